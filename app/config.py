@@ -1,0 +1,118 @@
+"""Settings from the environment, read once and validated at start-up.
+
+Everything the service needs from outside comes through `load_settings`; a
+missing or malformed value raises `ConfigError` naming the variable, which the
+entry points turn into one line on stderr and a non-zero exit.
+"""
+import os
+
+from .domain import load_domain
+from .errors import ConfigError
+
+DEFAULTS = {
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "REDIS_PREFIX": "notif:",
+    "JWT_SECRET": "",
+    "JWT_PUBLIC_KEY": "",
+    "JWT_ALGORITHMS": "",
+    "JWT_AUDIENCE": "",
+    "JWT_ISSUER": "",
+    "API_KEYS": "",
+    "NOTIFICATIONS_CONFIG": "notifications.yaml",
+    "QUEUE_CONFIG": "queue.yaml",
+    "DB_POOL_SIZE": "20",
+    "DB_POOL_TIMEOUT": "5",
+    "MAX_CONTENT_LENGTH": str(256 * 1024),
+    "CORS_ORIGINS": "",
+    "SSE_KEEPALIVE_SECONDS": "15",
+    "SSE_RETRY_MS": "3000",
+    "SSE_MAX_STREAMS_PER_USER": "10",
+    "SSE_QUEUE_SIZE": "256",
+    "SSE_REPLAY_LIMIT": "500",
+    "SSE_TICKET_TTL_SECONDS": "60",
+    "MAIL_SERVER": "localhost",
+    "MAIL_PORT": "25",
+    "MAIL_USE_TLS": "false",
+    "MAIL_USE_SSL": "false",
+    "MAIL_USERNAME": "",
+    "MAIL_PASSWORD": "",
+    "MAIL_DEFAULT_SENDER": "notifications@localhost",
+    "MAIL_TIMEOUT": "10",
+    "PUBLIC_URL": "http://localhost:8000",
+}
+
+INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
+        "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT")
+FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT")
+BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL")
+LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")
+
+
+def _convert(name, raw):
+    """Turn one raw string into its typed value, or say precisely why not."""
+    if name in INTS:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError("environment", name, f"must be a whole number, got {raw!r}")
+        if value < 0:
+            raise ConfigError("environment", name, "must not be negative")
+        return value
+    if name in FLOATS:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError("environment", name, f"must be a number, got {raw!r}")
+        if value <= 0:
+            raise ConfigError("environment", name, "must be greater than zero")
+        return value
+    if name in BOOLS:
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+            raise ConfigError("environment", name, f"must be true or false, got {raw!r}")
+        return lowered in ("1", "true", "yes", "on")
+    if name in LISTS:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def load_settings(overrides=None, environ=None):
+    """Build the app's settings from defaults, the environment and overrides."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    settings = {}
+    for name, default in DEFAULTS.items():
+        if name in overrides:
+            value = overrides.pop(name)
+            settings[name] = _convert(name, value) if isinstance(value, str) else value
+        else:
+            settings[name] = _convert(name, environ.get(name, default))
+    settings.update(overrides)
+    _check_auth(settings)
+    settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
+    return settings
+
+
+def _check_auth(settings):
+    """Refuse to start with no way to verify a token or a key."""
+    if not settings["JWT_SECRET"] and not settings["JWT_PUBLIC_KEY"]:
+        raise ConfigError("environment", "JWT_SECRET", "is required (or JWT_PUBLIC_KEY for RS256)")
+    if not settings["API_KEYS"]:
+        raise ConfigError("environment", "API_KEYS", "needs at least one key")
+    key = settings["JWT_PUBLIC_KEY"]
+    if key and not key.lstrip().startswith("-----BEGIN"):
+        if not os.path.isfile(key):
+            raise ConfigError("environment", "JWT_PUBLIC_KEY", "is neither a PEM key nor a readable file")
+        with open(key) as handle:
+            settings["JWT_PUBLIC_KEY"] = handle.read()
+    if not settings["JWT_ALGORITHMS"]:
+        algorithms = []
+        if settings["JWT_SECRET"]:
+            algorithms.append("HS256")
+        if settings["JWT_PUBLIC_KEY"]:
+            algorithms.append("RS256")
+        settings["JWT_ALGORITHMS"] = algorithms
+    for alg in settings["JWT_ALGORITHMS"]:
+        if alg not in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256"):
+            raise ConfigError("environment", "JWT_ALGORITHMS", f"unsupported algorithm {alg!r}")

@@ -1,0 +1,146 @@
+"""PostgreSQL access: a small blocking pool, a connection per request, transactions.
+
+The pool blocks (cooperatively, under gevent) when all connections are out,
+instead of failing like psycopg2's own pools; a connection that broke (server
+restart) is dropped rather than handed out again, so the service heals by
+itself when PostgreSQL comes back.
+"""
+import contextlib
+import logging
+import threading
+
+import psycopg2
+import psycopg2.extras
+from flask import current_app, g
+
+from .errors import ServiceUnavailable
+
+psycopg2.extras.register_uuid()
+log = logging.getLogger(__name__)
+
+
+class Pool:
+    """At most `size` connections; `get` waits up to `timeout` seconds for one."""
+
+    def __init__(self, dsn, size=10, timeout=5.0):
+        self.dsn, self.size, self.timeout = dsn, size, timeout
+        self._idle = []
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+
+    def get(self):
+        if not self._slots.acquire(timeout=self.timeout):
+            raise ServiceUnavailable("The database is busy; retry later")
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = psycopg2.connect(self.dsn, connect_timeout=5)
+            return conn
+        except Exception:
+            self._slots.release()
+            raise
+
+    def put(self, conn, broken=False):
+        """Return a connection; a broken or mid-transaction one is closed instead."""
+        try:
+            if not broken and not conn.closed:
+                try:
+                    if conn.status != psycopg2.extensions.STATUS_READY:
+                        conn.rollback()
+                except psycopg2.Error:
+                    broken = True
+            if broken or conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @contextlib.contextmanager
+    def connection(self):
+        """A connection for the block; rolled back unless the block committed."""
+        conn = self.get()
+        broken = False
+        try:
+            yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True
+            raise
+        finally:
+            self.put(conn, broken)
+
+
+def pool():
+    return current_app.extensions["db_pool"]
+
+
+def get_conn():
+    """The request's connection, checked out on first use and returned at teardown."""
+    if "db_conn" not in g:
+        g.db_conn = pool().get()
+    return g.db_conn
+
+
+def connection():
+    """A connection outside a request (jobs, CLI), returned when the block ends."""
+    return pool().connection()
+
+
+@contextlib.contextmanager
+def transaction(conn):
+    """Commit when the block succeeds, roll back when it raises."""
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
+        raise
+
+
+def cursor(conn):
+    return conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+
+
+def _teardown(exc):
+    conn = g.pop("db_conn", None)
+    if conn is not None:
+        broken = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        if not broken and not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                broken = True
+        pool().put(conn, broken)
+
+
+def init_app(app):
+    app.extensions["db_pool"] = Pool(app.config["DATABASE_URL"], app.config["DB_POOL_SIZE"],
+                                     app.config["DB_POOL_TIMEOUT"])
+    app.teardown_appcontext(_teardown)
+
+
+@contextlib.contextmanager
+def failing_as(api_error):
+    """Report a database failure as the endpoint's own SPEC code.
+
+    Connection-level failures (server down or restarting) stay as they are, so
+    the handler answers 503 and the client knows to retry.
+    """
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raise
+    except psycopg2.Error:
+        log.exception("database error")
+        raise api_error()

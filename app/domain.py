@@ -1,0 +1,167 @@
+"""The domain files `notifications.yaml` and `queue.yaml`, parsed and checked.
+
+The parsed form is immutable plain data (`Domain`) handed to everything that
+needs groups, events, channels or queue policy, so no module re-reads YAML.
+"""
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Event:
+    group: str
+    name: str
+    channels: tuple
+    locked: bool = False
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    aliases: tuple
+    events: dict
+    retention_days: int | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    channels: dict            # name -> options dict (enabled channels only)
+    groups: dict              # canonical name -> Group
+    aliases: dict             # every accepted name -> canonical name
+    templates: dict
+    queues: dict
+    retry_attempts: int
+    retry_backoff: tuple
+    users_per_chunk: int
+    max_user_ids: int
+    idempotency_ttl_seconds: int
+    relay_interval: float
+    relay_stale_after: float
+    all_channels: dict = field(default_factory=dict)   # enabled or not
+
+    def group(self, name):
+        """The canonical Group for a name or alias, or None."""
+        canonical = self.aliases.get(name)
+        return self.groups.get(canonical) if canonical else None
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "not found")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise ConfigError(path, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")
+    if not isinstance(data, dict):
+        raise ConfigError(path, "(file)", "must be a mapping at the top level")
+    return data
+
+
+def _need(path, data, key, kind, where=""):
+    full = f"{where}.{key}" if where else key
+    if key not in data:
+        raise ConfigError(path, full, "is missing")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(path, full, f"must be a {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_name(kind):
+    names = {dict: "mapping", list: "list", int: "whole number", str: "string", bool: "boolean"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _positive(path, data, key, where, default=None):
+    if key not in data and default is not None:
+        return default
+    value = _need(path, data, key, int, where)
+    if value <= 0:
+        raise ConfigError(path, f"{where}.{key}", "must be greater than zero")
+    return value
+
+
+def _parse_notifications(path):
+    data = _read(path)
+    raw_channels = _need(path, data, "channels", dict)
+    all_channels = {}
+    for name, options in raw_channels.items():
+        options = options or {}
+        if not isinstance(options, dict):
+            raise ConfigError(path, f"channels.{name}", "must be a mapping")
+        all_channels[str(name)] = dict(options, enabled=bool(options.get("enabled", True)))
+    if "system" not in all_channels:
+        raise ConfigError(path, "channels.system", "is missing (the in-app channel is required)")
+    channels = {n: o for n, o in all_channels.items() if o["enabled"]}
+    groups, aliases = {}, {}
+    for gname, graw in _need(path, data, "groups", dict).items():
+        where = f"groups.{gname}"
+        if not isinstance(graw, dict):
+            raise ConfigError(path, where, "must be a mapping")
+        events = {}
+        for ename, eraw in _need(path, graw, "events", dict, where).items():
+            ewhere = f"{where}.events.{ename}"
+            eraw = eraw or {}
+            if not isinstance(eraw, dict):
+                raise ConfigError(path, ewhere, "must be a mapping")
+            chans = _need(path, eraw, "channels", list, ewhere)
+            for chan in chans:
+                if chan not in all_channels:
+                    raise ConfigError(path, f"{ewhere}.channels", f"names unknown channel {chan!r}")
+            events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
+                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)))
+        retention = graw.get("retention_days")
+        if retention is not None and (not isinstance(retention, int) or retention <= 0):
+            raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
+        group_aliases = graw.get("aliases", []) or []
+        if not isinstance(group_aliases, list):
+            raise ConfigError(path, f"{where}.aliases", "must be a list")
+        groups[str(gname)] = Group(str(gname), tuple(group_aliases), events, retention)
+        for name in (gname, *group_aliases):
+            if name in aliases:
+                raise ConfigError(path, f"{where}.aliases", f"name {name!r} is used by two groups")
+            aliases[str(name)] = str(gname)
+    templates = data.get("templates", {}) or {}
+    if not isinstance(templates, dict):
+        raise ConfigError(path, "templates", "must be a mapping")
+    return channels, all_channels, groups, aliases, templates
+
+
+def _parse_queue(path):
+    data = _read(path)
+    queues = _need(path, data, "queues", dict)
+    for key in ("dispatch", "deliveries"):
+        _need(path, queues, key, str, "queues")
+    retry = _need(path, data, "retry", dict)
+    attempts = _positive(path, retry, "attempts", "retry")
+    backoff = _need(path, retry, "backoff", list, "retry")
+    for i, delay in enumerate(backoff):
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+            raise ConfigError(path, f"retry.backoff[{i}]", "must be a number of seconds >= 0")
+    batch = _need(path, data, "batch", dict)
+    idem = data.get("idempotency", {}) or {}
+    relay = data.get("relay", {}) or {}
+    return dict(
+        queues=dict(queues), retry_attempts=attempts, retry_backoff=tuple(backoff),
+        users_per_chunk=_positive(path, batch, "users_per_chunk", "batch"),
+        max_user_ids=_positive(path, batch, "max_user_ids", "batch"),
+        idempotency_ttl_seconds=3600 * _positive(path, idem, "ttl_hours", "idempotency", 24),
+        relay_interval=float(_positive(path, relay, "interval_seconds", "relay", 2)),
+        relay_stale_after=float(_positive(path, relay, "stale_after_seconds", "relay", 30)),
+    )
+
+
+def load_domain(notifications_path, queue_path):
+    """Parse and validate both domain files; raise ConfigError on the first problem."""
+    channels, all_channels, groups, aliases, templates = _parse_notifications(notifications_path)
+    return Domain(channels=channels, groups=groups, aliases=aliases, templates=templates,
+                  all_channels=all_channels, **_parse_queue(queue_path))

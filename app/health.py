@@ -1,0 +1,37 @@
+"""Liveness, readiness and the OpenAPI page: what load balancers and people probe."""
+from flask import Blueprint, current_app, jsonify
+
+from . import db
+from .redis_client import redis
+
+blp = Blueprint("health", __name__)
+
+
+@blp.get("/healthz")
+def healthz():
+    """The process answers."""
+    return jsonify(status="ok")
+
+
+@blp.get("/readyz")
+def readyz():
+    """PostgreSQL and Redis both answer; 503 names the one that does not."""
+    checks = {}
+    try:
+        with db.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # any failure means not ready
+        checks["postgres"] = f"unavailable: {type(exc).__name__}"
+    try:
+        redis().ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    if not ready:
+        current_app.logger.warning("not ready: %s", checks)
+    body = {"status": "ok" if ready else "unavailable", "checks": checks}
+    if not ready:
+        body.update(code="notifications_m.not_ready", message="A dependency is unavailable", status=503)
+    return jsonify(body), 200 if ready else 503

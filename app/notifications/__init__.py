@@ -1,0 +1,1 @@
+"""The inbox: a user's stored notifications over REST."""

@@ -1,0 +1,33 @@
+"""The one public shape of a notification, shared by REST, the stream and jobs."""
+import datetime
+
+# Columns every reader selects, in the order `to_public` expects.
+COLUMNS = ("id, seq, user_id, customer_id, type, event, title, content, link_url, link_text,"
+           " rec_type, rec_id, read_at, created_at")
+
+
+def rfc3339(moment):
+    """UTC, millisecond precision, `Z` suffix: what JavaScript's Date parses everywhere."""
+    if moment is None:
+        return None
+    moment = moment.astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def to_public(row):
+    """A stored row as SPEC's notification object."""
+    return {
+        "id": str(row["id"]),
+        "customer_id": str(row["customer_id"]) if row["customer_id"] else None,
+        "type": row["type"],
+        "event": row["event"],
+        "title": row["title"],
+        "content": row["content"],
+        "link_url": row["link_url"],
+        "link_text": row["link_text"],
+        "rec_type": row["rec_type"],
+        "rec_id": row["rec_id"],
+        "read": row["read_at"] is not None,
+        "read_at": rfc3339(row["read_at"]),
+        "created_at": rfc3339(row["created_at"]),
+    }

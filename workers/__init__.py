@@ -1,0 +1,1 @@
+"""RQ workers: the process entry point and the job functions it runs."""
