@@ -4,6 +4,8 @@ import logging
 from flask import Flask
 
 from . import api, db, errors, health, migrate, redis_client
+from .channels import registry as channels
+from .deliveries import cli as deliveries_cli
 from .config import load_settings
 
 
@@ -17,7 +19,16 @@ def create_app(config=None):
     db.init_app(app)
     redis_client.init_app(app)
     migrate.init_app(app)
+    channels.init_app(app)
+    deliveries_cli.init_app(app)
     app.register_blueprint(health.blp)
-    from .notifications.routes import blp as notifications_blp
-    api.init_app(app, [notifications_blp])
+    api.init_app(app, _blueprints())
     return app
+
+
+def _blueprints():
+    """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .deliveries.routes import blp as deliveries
+    from .dispatch.routes import blp as dispatch
+    from .notifications.routes import blp as notifications
+    return [dispatch, notifications, deliveries]

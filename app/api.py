@@ -25,8 +25,6 @@ class Api(SmorestApi):
         return errors.handle_http_exception(error)
 
 
-
-
 def require_json_body():
     """415 for a body that is not JSON, before any view tries to parse it."""
     if request.method in ("POST", "PUT", "PATCH") and (request.content_length or request.headers.get(
@@ -35,6 +33,21 @@ def require_json_body():
             return errors.envelope(415, "unsupported_media_type",
                                    "Send the body as application/json (Content-Type: application/json)")
     return None
+
+
+def _document_probes(app, api):
+    """The health probes are plain Flask routes; list them in the OpenAPI document too."""
+    json_object = {"application/json": {"schema": {"type": "object"}}}
+    docs = {
+        "/healthz": {"summary": "Liveness: the process answers",
+                     "responses": {"200": {"description": "OK", "content": json_object}}},
+        "/readyz": {"summary": "Readiness: PostgreSQL and Redis both answer",
+                    "responses": {"200": {"description": "OK", "content": json_object},
+                                  "503": {"description": "A dependency is unavailable", "content": json_object}}},
+    }
+    for rule in app.url_map.iter_rules():
+        if rule.rule in docs:
+            api.spec.path(rule=rule, operations={"get": dict(docs[rule.rule], tags=["health"])})
 
 
 def init_app(app, blueprints):
@@ -46,10 +59,13 @@ def init_app(app, blueprints):
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "/docs")
     app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/")
     app.config.setdefault("OPENAPI_REDOC_PATH", "/redoc")
+    # without a script URL flask-smorest silently skips the /redoc page
+    app.config.setdefault("OPENAPI_REDOC_URL", "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js")
     api = Api(app)
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
     for blp in blueprints:
         api.register_blueprint(blp)
+    _document_probes(app, api)
     app.before_request(require_json_body)
     return api

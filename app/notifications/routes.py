@@ -3,6 +3,7 @@ import uuid
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from .. import db
 from ..auth import USER_SECURITY, current_user, user_required
@@ -29,7 +30,8 @@ class Inbox(MethodView):
     decorators = [user_required]
 
     @blp.doc(security=USER_SECURITY)
-    @blp.arguments(InboxQuerySchema, location="query", as_kwargs=True)
+    # webargs drops unknown query parameters by default; a misspelt filter must be a 422
+    @blp.arguments(InboxQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, InboxSchema)
     def get(self, limit, offset, status, customer_id):
         """List the inbox, newest first"""

@@ -10,6 +10,15 @@ class StrictSchema(ma.Schema):
         unknown = ma.RAISE
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: 1, "yes" or "true" are a 422, not a guess."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class NotificationSchema(ma.Schema):
     """A notification as SPEC shows it; dumped from `model.to_public`."""
 
@@ -46,4 +55,4 @@ class InboxSchema(ma.Schema):
 class ReadPatchSchema(StrictSchema):
     """An empty body marks read; `{"read": false}` marks unread."""
 
-    read = fields.Boolean(load_default=True, truthy={True}, falsy={False})
+    read = StrictBoolean(load_default=True)

@@ -1,0 +1,1 @@
+"""Delivery channels behind one small interface; see base.py and registry.py."""

@@ -1,0 +1,1 @@
+"""Delivery of one notification on one external channel, with its attempts."""

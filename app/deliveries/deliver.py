@@ -1,0 +1,68 @@
+"""One attempt of one delivery: claim it, send it, record what happened.
+
+Outcomes: `sent`; `skipped` (no address for the channel, the notification
+was deleted, the channel is no longer configured) and never retried;
+`failed` at once for a permanent provider error or after the last attempt;
+otherwise back to `pending` and `RetryLater` is raised, so RQ schedules the
+next attempt with the back-off of queue.yaml.
+"""
+import logging
+
+from flask import current_app
+
+from .. import db
+from ..channels import registry
+from ..channels.base import Outbound, PermanentError
+from ..channels.templates import event_templates
+from ..notifications.model import to_public
+from . import repository
+
+log = logging.getLogger(__name__)
+LEASE_SECONDS = 120   # longer than any channel's send timeout; a crashed attempt is retaken after it
+
+
+class RetryLater(Exception):
+    """This attempt failed in a way worth trying again."""
+
+
+def deliver(delivery_id):
+    """Make one attempt; return the delivery's status after it."""
+    app = current_app._get_current_object()
+    domain = app.config["DOMAIN"]
+    with db.connection() as conn:
+        with db.transaction(conn):
+            claimed = repository.claim(conn, delivery_id, LEASE_SECONDS)
+        if claimed is None:
+            return "not-claimable"
+        status, kwargs, retry = _attempt(app, domain, claimed)
+        with db.transaction(conn):
+            repository.finish(conn, claimed, status, **kwargs)
+    if retry:
+        raise RetryLater(kwargs.get("error"))
+    return status
+
+
+def _attempt(app, domain, claimed):
+    """(status, finish kwargs, retry?) for one attempt of the claimed delivery."""
+    row = claimed["row"]
+    channel = registry.get(app, claimed["channel"])
+    if row is None or row["deleted_at"] is not None:
+        return "skipped", {"reason": "notification deleted before delivery"}, False
+    if channel is None:
+        return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
+    contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
+    if not channel.address(contact):
+        return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False
+    outbound = Outbound(str(claimed["id"]), to_public(row), str(row["user_id"]), contact,
+                        event_templates(domain, row["type"], row["event"]))
+    try:
+        provider_id = channel.send(outbound)
+    except PermanentError as exc:
+        return "failed", {"error": str(exc)[:1000]}, False
+    except Exception as exc:  # retryable by default: timeouts, 5xx, bugs in a provider SDK
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        if claimed["tries"] >= domain.retry_attempts:
+            return "failed", {"error": error, "reason": f"gave up after {claimed['tries']} attempts"}, False
+        log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], error)
+        return "pending", {"error": error, "outcome": "retry"}, True
+    return "sent", {"provider_id": provider_id}, False

@@ -1,0 +1,88 @@
+"""SQL of delivery state. A delivery is claimed (leased) before it is sent, so two
+jobs for the same delivery never send it twice at the same time."""
+from ..db import cursor
+from ..notifications.model import COLUMNS
+
+N_COLUMNS = ", ".join(f"n.{c.strip()}" for c in COLUMNS.split(","))
+
+
+def claim(conn, delivery_id, lease_seconds):
+    """Take the delivery for one attempt; None when it is done or held by a live job."""
+    with cursor(conn) as cur:
+        cur.execute(
+            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
+            " locked_until = now() + make_interval(secs => %s)"
+            " WHERE id = %s AND (status = 'pending' OR (status = 'sending' AND locked_until < now()))"
+            " RETURNING id, notification_id, user_id, channel, attempts, attempts - attempt_base AS tries,"
+            " now() AS started_at",
+            (lease_seconds, delivery_id))
+        claimed = cur.fetchone()
+        if claimed is None:
+            return None
+        cur.execute(f"SELECT {N_COLUMNS}, n.deleted_at, c.email, c.phone, c.locale, c.timezone"
+                    " FROM notifications n LEFT JOIN contacts c ON c.user_id = n.user_id WHERE n.id = %s",
+                    (claimed["notification_id"],))
+        claimed["row"] = cur.fetchone()
+        return claimed
+
+
+def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, outcome=None):
+    """Record the attempt and the delivery's new state (pending again for a retry)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE deliveries SET status = %(status)s, updated_at = now(), locked_until = NULL,"
+            " last_error = coalesce(%(error)s, last_error), reason = coalesce(%(reason)s, reason),"
+            " provider_message_id = coalesce(%(pid)s, provider_message_id),"
+            " sent_at = CASE WHEN %(status)s = 'sent' THEN now() ELSE sent_at END WHERE id = %(id)s",
+            {"status": status, "error": error, "reason": reason, "pid": provider_id, "id": claimed["id"]})
+        cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider_message_id,"
+                    " started_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (claimed["id"], claimed["attempts"], outcome or status, error or reason, provider_id,
+                     claimed["started_at"]))
+
+
+def for_notification(conn, user_id, notification_id):
+    """The deliveries of the user's notification with their attempts, or None if not theirs."""
+    with cursor(conn) as cur:
+        cur.execute("SELECT 1 FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL",
+                    (notification_id, user_id))
+        if cur.fetchone() is None:
+            return None
+        cur.execute("SELECT id, channel, status, reason, attempts, last_error, provider_message_id, created_at,"
+                    " updated_at, sent_at FROM deliveries WHERE notification_id = %s ORDER BY channel",
+                    (notification_id,))
+        deliveries = cur.fetchall()
+        cur.execute("SELECT delivery_id, attempt, outcome, error, provider_message_id, started_at, finished_at"
+                    " FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[]) ORDER BY attempt",
+                    ([d["id"] for d in deliveries],))
+        attempts = cur.fetchall()
+    for delivery in deliveries:
+        delivery["history"] = [a for a in attempts if a["delivery_id"] == delivery["id"]]
+    return deliveries
+
+
+def failed(conn, channel=None, limit=None):
+    """Ids of failed deliveries, oldest first."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM deliveries WHERE status = 'failed'"
+                    + (" AND channel = %(channel)s" if channel else "") + " ORDER BY updated_at"
+                    + (" LIMIT %(limit)s" if limit else ""), {"channel": channel, "limit": limit})
+        return [row[0] for row in cur.fetchall()]
+
+
+def reset_for_retry(conn, delivery_ids):
+    """Make failed deliveries pending again with a fresh attempt budget."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE deliveries SET status = 'pending', attempt_base = attempts, updated_at = now()"
+                    " WHERE id = ANY(%s::uuid[]) AND status = 'failed' RETURNING id", (list(delivery_ids),))
+        return [row[0] for row in cur.fetchall()]
+
+
+def stale(conn, older_than_seconds, limit=1000):
+    """Unfinished deliveries whose job may have been lost."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM deliveries WHERE status IN ('pending', 'sending')"
+                    " AND updated_at < now() - make_interval(secs => %s)"
+                    " AND (locked_until IS NULL OR locked_until < now()) ORDER BY updated_at LIMIT %s",
+                    (older_than_seconds, limit))
+        return [row[0] for row in cur.fetchall()]

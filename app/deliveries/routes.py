@@ -1,0 +1,39 @@
+"""A user reads back what happened to each channel of their notification."""
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import db
+from ..auth import USER_SECURITY, current_user, user_required
+from ..dispatch.schemas import DeliveriesSchema
+from ..errors import FailedToFetchNotifications, NotFound
+from ..notifications.model import rfc3339
+from ..notifications.routes import parse_id
+from . import repository
+
+blp = Blueprint("deliveries", __name__, url_prefix="/v1/notifications",
+                description="Delivery status per channel")
+
+
+def _public(delivery):
+    times = ("created_at", "updated_at", "sent_at")
+    history = [{"attempt": a["attempt"], "outcome": a["outcome"], "error": a["error"],
+                "provider_message_id": a["provider_message_id"], "started_at": rfc3339(a["started_at"]),
+                "finished_at": rfc3339(a["finished_at"])} for a in delivery["history"]]
+    return dict({k: delivery[k] for k in ("channel", "status", "reason", "attempts", "last_error",
+                                          "provider_message_id")},
+                **{k: rfc3339(delivery[k]) for k in times}, history=history)
+
+
+@blp.route("/<notification_id>/deliveries")
+class Deliveries(MethodView):
+    decorators = [user_required]
+
+    @blp.doc(security=USER_SECURITY)
+    @blp.response(200, DeliveriesSchema)
+    def get(self, notification_id):
+        """Each channel's status, attempts and last error"""
+        with db.failing_as(FailedToFetchNotifications):
+            rows = repository.for_notification(db.get_conn(), current_user().id, parse_id(notification_id))
+        if rows is None:
+            raise NotFound()
+        return {"items": [_public(r) for r in rows]}

@@ -1,0 +1,1 @@
+"""Trigger → accepted durably → stored per user → published → deliveries enqueued."""

@@ -1,0 +1,72 @@
+"""Accepting a trigger: idempotency, the durable outbox row, then the enqueue.
+
+The 202 is sent only after the trigger row has committed in PostgreSQL, so an
+accepted trigger survives anything that happens next: if the enqueue to Redis
+fails, or the worker dies, the relay finds the row still `pending` and
+enqueues it again. If PostgreSQL cannot take the row, the caller gets a 503
+and knows nothing was accepted.
+"""
+import hashlib
+import json
+import logging
+import uuid
+
+import psycopg2
+from flask import current_app, g
+
+from .. import db
+from ..errors import IdempotencyConflict
+from ..jobs_queue import enqueue_dispatch
+from . import repository
+
+log = logging.getLogger(__name__)
+
+
+def body_hash(raw):
+    """The same JSON body, whatever its key order or spacing, hashes the same."""
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _jsonable(body):
+    return {k: ([str(u) for u in v] if k == "user_ids" else str(v) if isinstance(v, uuid.UUID) else v)
+            for k, v in body.items()}
+
+
+def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
+    """Store the trigger durably and enqueue it; return (response, first_time)."""
+    domain = current_app.config["DOMAIN"]
+    ttl = domain.idempotency_ttl_seconds
+    digest = body_hash(raw_body)
+    conn = db.get_conn()
+    if idempotency_key:
+        previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
+        if previous is not None:
+            return _replay(previous, digest), False
+    trigger_id = uuid.uuid4()
+    users = len(body["user_ids"])
+    response = {"message": f"Notification accepted for delivery to {users} user(s)",
+                "trigger_id": str(trigger_id), "users": users,
+                "status_url": f"/v1/notifications/triggers/{trigger_id}"}
+    stored = dict(_jsonable(body), type=canonical_type)
+    try:
+        with db.transaction(conn):
+            if idempotency_key:
+                repository.release_expired_key(conn, api_key_id, idempotency_key, ttl)
+            repository.insert_trigger(conn, trigger_id, api_key_id, idempotency_key, digest, stored,
+                                      response, g.get("request_id"))
+    except psycopg2.errors.UniqueViolation:
+        # Two requests with one key raced; the other one won and is the answer.
+        previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
+        return _replay(previous, digest), False
+    try:
+        enqueue_dispatch(trigger_id)
+    except Exception as exc:  # Redis down: the relay will enqueue it
+        log.warning("trigger %s accepted but not enqueued (%s); the relay will retry", trigger_id,
+                    type(exc).__name__)
+    return response, True
+
+
+def _replay(previous, digest):
+    if previous["body_hash"] != digest:
+        raise IdempotencyConflict()
+    return previous["response"]

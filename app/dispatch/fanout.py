@@ -1,0 +1,62 @@
+"""The dispatch job's work: store a trigger's notifications chunk by chunk and fan them out.
+
+Per chunk of users (queue.yaml `batch.users_per_chunk`): one transaction
+stores the notifications (never twice: unique per trigger and user) and their
+delivery rows; after it commits, one script call publishes them to the users'
+stream channels and one pipeline enqueues the external deliveries. A run that
+was interrupted is simply run again: it redoes the last committed chunk (its
+publishes may not have gone out) and continues.
+"""
+import json
+import logging
+
+from flask import current_app
+
+from .. import db
+from ..jobs_queue import enqueue_deliveries
+from ..notifications.model import to_public
+from ..pubsub import notification_message, publisher
+from . import repository
+from .plan import plan_channels
+from .schemas import resolve_event
+
+log = logging.getLogger(__name__)
+
+
+def encode(row):
+    """The notification's JSON, encoded once for every stream that receives it."""
+    return json.dumps(to_public(row), separators=(",", ":"), ensure_ascii=False)
+
+
+def dispatch_trigger(trigger_id):
+    """Store and fan out one accepted trigger; returns the number of users done."""
+    app = current_app._get_current_object()
+    domain = app.config["DOMAIN"]
+    with db.connection() as conn:
+        trigger = repository.get_trigger(conn, trigger_id)
+        conn.commit()
+        if trigger is None or trigger["status"] == "dispatched":
+            return 0
+        body = trigger["body"]
+        event, channels = resolve_event(domain, body)
+        users = body["user_ids"]
+        size = domain.users_per_chunk
+        start = max(0, (trigger["users_done"] // size - 1) * size)
+        for offset in range(start, len(users), size):
+            chunk = users[offset:offset + size]
+            done = min(offset + size, len(users))
+            with db.transaction(conn):
+                rows = repository.store_chunk(conn, trigger_id, body, chunk)
+                plan = plan_channels(conn, event, channels, rows)
+                repository.insert_deliveries(conn, plan.delivery_rows())
+                repository.advance_trigger(conn, trigger_id, done, done == len(users))
+                pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
+            visible = [r for r in rows if r["deleted_at"] is None and plan.in_app(r)]
+            publisher(app).publish((r["user_id"], notification_message(r["seq"], r["customer_id"], encode(r)))
+                                   for r in visible)
+            enqueue_deliveries(pending, app)
+        if not users:
+            with db.transaction(conn):
+                repository.advance_trigger(conn, trigger_id, 0, True)
+        log.info("trigger %s dispatched to %d users", trigger_id, len(users))
+        return len(users)

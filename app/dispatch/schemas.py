@@ -1,0 +1,111 @@
+"""The trigger body (shared by the queued trigger and the direct push)."""
+import marshmallow as ma
+from flask import current_app
+from marshmallow import fields, validate
+
+from ..errors import InvalidChannel, InvalidEvent, InvalidGroup
+from ..notifications.schemas import StrictSchema
+from ..sanitize import plain_text, safe_link
+
+LIMITS = {"title": 200, "content": 5000, "link_url": 2048, "link_text": 100, "rec_type": 64, "rec_id": 128}
+
+
+def _text(name, required=False):
+    return fields.String(required=required, allow_none=not required,
+                         validate=validate.Length(min=1 if required else 0, max=LIMITS[name]))
+
+
+class TriggerSchema(StrictSchema):
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64),
+                         metadata={"description": "the group (or one of its aliases)"})
+    event = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    title = _text("title", required=True)
+    content = fields.String(load_default="", validate=validate.Length(max=LIMITS["content"]))
+    customer_id = fields.UUID(load_default=None, allow_none=True)
+    user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1))
+    link_url = _text("link_url")
+    link_text = _text("link_text")
+    rec_type = _text("rec_type")
+    rec_id = _text("rec_id")
+    channels = fields.List(fields.String(), load_default=None,
+                           metadata={"description": "limit delivery to these of the event's channels"})
+
+    @ma.validates("user_ids")
+    def _max_users(self, value, **_):
+        limit = current_app.config["DOMAIN"].max_user_ids
+        if len(value) > limit:
+            raise ma.ValidationError(f"At most {limit} user ids per trigger.")
+
+    @ma.validates("link_url")
+    def _link(self, value, **_):
+        if not safe_link(value):
+            raise ma.ValidationError("Must be a relative path starting with / or an https URL.")
+
+    @ma.post_load
+    def _clean(self, data, **_):
+        """Strip markup from every text field and drop repeated user ids."""
+        for name in ("title", "content", "link_text", "rec_type", "rec_id"):
+            if data.get(name) is not None:
+                data[name] = plain_text(data[name])
+        if not data["title"].strip():
+            raise ma.ValidationError({"title": ["Must contain text once markup is removed."]})
+        data["user_ids"] = list(dict.fromkeys(data["user_ids"]))
+        return data
+
+
+def resolve_event(domain, body):
+    """Check group, event and channels against the domain; return (Event, channels).
+
+    These are 400s with the SPEC's own codes rather than 422 field errors.
+    """
+    group = domain.group(body["type"])
+    if group is None:
+        raise InvalidGroup(f"Unknown notification group {body['type']!r}")
+    event = group.events.get(body["event"])
+    if event is None:
+        raise InvalidEvent(f"Unknown event {body['event']!r} in group {group.name!r}")
+    channels = event.channels
+    if body.get("channels") is not None:
+        for name in body["channels"]:
+            if name not in domain.channels:
+                raise InvalidChannel(f"Unknown or disabled channel {name!r}")
+        channels = tuple(c for c in event.channels if c in body["channels"])
+    return event, channels
+
+
+class AcceptedSchema(ma.Schema):
+    message = fields.String()
+    trigger_id = fields.String(metadata={"format": "uuid"})
+    users = fields.Integer()
+    status_url = fields.String()
+
+
+class TriggerStatusSchema(ma.Schema):
+    trigger_id = fields.String()
+    status = fields.String()
+    users_total = fields.Integer()
+    users_done = fields.Integer()
+    created_at = fields.String()
+    dispatched_at = fields.String(allow_none=True)
+
+
+class PushedSchema(ma.Schema):
+    message = fields.String()
+    users = fields.Integer()
+
+
+class DeliverySchema(ma.Schema):
+    channel = fields.String()
+    status = fields.String()
+    reason = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    provider_message_id = fields.String(allow_none=True)
+    created_at = fields.String()
+    updated_at = fields.String()
+    sent_at = fields.String(allow_none=True)
+    history = fields.List(fields.Dict())
+
+
+class DeliveriesSchema(ma.Schema):
+    items = fields.List(fields.Nested(DeliverySchema))

@@ -1,0 +1,65 @@
+"""Putting work on the RQ queues: names, job ids and retry policy in one place.
+
+Job ids are derived from what the job works on (`dispatch-<trigger>`,
+`deliver-<delivery>`), so the relay can ask RQ whether a job is still alive
+before enqueuing it again.
+"""
+from flask import current_app
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.worker import Worker
+
+ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def queue(purpose, app=None):
+    app = app or current_app
+    name = app.config["DOMAIN"].queues[purpose]
+    return Queue(name, connection=app.extensions["redis"])
+
+
+def dispatch_job_id(trigger_id):
+    return f"dispatch-{trigger_id}"
+
+
+def deliver_job_id(delivery_id):
+    return f"deliver-{delivery_id}"
+
+
+def enqueue_dispatch(trigger_id, app=None):
+    return queue("dispatch", app).enqueue("workers.jobs.dispatch_trigger", str(trigger_id),
+                                          job_id=dispatch_job_id(trigger_id), job_timeout=600,
+                                          result_ttl=60, failure_ttl=7 * 86400)
+
+
+def enqueue_deliveries(delivery_ids, app=None):
+    """One job per delivery, retried with the back-off of queue.yaml."""
+    app = app or current_app
+    domain = app.config["DOMAIN"]
+    q = queue("deliveries", app)
+    retry = None
+    if domain.retry_attempts > 1:
+        retry = Retry(max=domain.retry_attempts - 1, interval=list(domain.retry_backoff) or 0)
+    jobs = [Queue.prepare_data("workers.jobs.deliver", (str(d),), job_id=deliver_job_id(d), retry=retry,
+                               timeout=120, result_ttl=60, failure_ttl=7 * 86400)
+            for d in delivery_ids]
+    if jobs:
+        q.enqueue_many(jobs)
+    return len(jobs)
+
+
+def job_is_alive(job_id, app=None):
+    """True when RQ still holds the job and a live worker (or the queue) will run it."""
+    app = app or current_app
+    connection = app.extensions["redis"]
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except Exception:
+        return False
+    status = job.get_status(refresh=False)
+    if status not in ALIVE:
+        return False
+    if status == JobStatus.STARTED and job.worker_name:
+        return Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name,
+                                  connection=connection) is not None
+    return True
