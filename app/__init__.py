@@ -31,4 +31,5 @@ def _blueprints():
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch
     from .notifications.routes import blp as notifications
-    return [dispatch, notifications, deliveries]
+    from .streams.routes import blp as streams
+    return [streams, dispatch, notifications, deliveries]

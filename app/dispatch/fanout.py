@@ -7,25 +7,19 @@ stream channels and one pipeline enqueues the external deliveries. A run that
 was interrupted is simply run again: it redoes the last committed chunk (its
 publishes may not have gone out) and continues.
 """
-import json
 import logging
 
 from flask import current_app
 
 from .. import db
 from ..jobs_queue import enqueue_deliveries
-from ..notifications.model import to_public
+from ..notifications.model import to_json
 from ..pubsub import notification_message, publisher
 from . import repository
 from .plan import plan_channels
 from .schemas import resolve_event
 
 log = logging.getLogger(__name__)
-
-
-def encode(row):
-    """The notification's JSON, encoded once for every stream that receives it."""
-    return json.dumps(to_public(row), separators=(",", ":"), ensure_ascii=False)
 
 
 def dispatch_trigger(trigger_id):
@@ -52,7 +46,7 @@ def dispatch_trigger(trigger_id):
                 repository.advance_trigger(conn, trigger_id, done, done == len(users))
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
             visible = [r for r in rows if r["deleted_at"] is None and plan.in_app(r)]
-            publisher(app).publish((r["user_id"], notification_message(r["seq"], r["customer_id"], encode(r)))
+            publisher(app).publish((r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
                                    for r in visible)
             enqueue_deliveries(pending, app)
         if not users:

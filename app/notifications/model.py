@@ -1,5 +1,6 @@
 """The one public shape of a notification, shared by REST, the stream and jobs."""
 import datetime
+import json
 
 # Columns every reader selects, in the order `to_public` expects.
 COLUMNS = ("id, seq, user_id, customer_id, type, event, title, content, link_url, link_text,"
@@ -31,3 +32,8 @@ def to_public(row):
         "read_at": rfc3339(row["read_at"]),
         "created_at": rfc3339(row["created_at"]),
     }
+
+
+def to_json(row):
+    """The public shape as compact JSON: encoded once, sent to every stream as is."""
+    return json.dumps(to_public(row), separators=(",", ":"), ensure_ascii=False)

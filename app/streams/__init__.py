@@ -1,0 +1,1 @@
+"""The real-time stream: SSE endpoint, per-process hub, framing, tickets, limits."""

@@ -1,0 +1,69 @@
+"""Who may open a stream: bearer token or one-time ticket, and the per-user limit.
+
+Browsers cannot set headers on EventSource, so a page trades its bearer token
+for a ticket (random, single use, ~60 s) and puts it in the stream URL; the
+ticket is consumed atomically (GETDEL), so a leaked URL is useless once used.
+The per-user limit counts streams in Redis across every worker and server;
+each entry expires unless its stream refreshes it, so a crashed process
+cannot hold a user's slots for long.
+"""
+import json
+import secrets
+import time
+import uuid
+
+from ..auth import User
+from ..errors import InvalidTicket, TooManyConnections
+from ..redis_client import key
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+SLOT_TTL = 180        # seconds an entry lives without a refresh
+SLOT_REFRESH = 60     # how often an open stream refreshes it
+
+
+def issue_ticket(redis, user, ttl):
+    ticket = secrets.token_urlsafe(32)
+    payload = {"sub": str(user.id), "customers": None if user.customers is None else [str(c) for c in user.customers]}
+    redis.set(key("ticket", ticket), json.dumps(payload), ex=ttl)
+    return ticket
+
+
+def redeem_ticket(redis, ticket):
+    """The user a ticket was issued to; it cannot be used again."""
+    raw = redis.getdel(key("ticket", ticket)) if ticket and len(ticket) < 100 else None
+    if raw is None:
+        raise InvalidTicket()
+    payload = json.loads(raw)
+    customers = payload["customers"]
+    return User(uuid.UUID(payload["sub"]), None if customers is None else tuple(uuid.UUID(c) for c in customers))
+
+
+class Slots:
+    """The per-user stream limit, shared through Redis."""
+
+    def __init__(self, redis, limit, prefix):
+        self.redis, self.limit, self.prefix = redis, limit, prefix
+        self.script = redis.register_script(_ACQUIRE)
+
+    def _key(self, user_id):
+        return f"{self.prefix}streams:{user_id}"
+
+    def acquire(self, user_id):
+        """Take a slot or raise 429; returns the slot id to release."""
+        slot = uuid.uuid4().hex
+        now = time.time()
+        if not self.script(keys=[self._key(user_id)], args=[now, now + SLOT_TTL, self.limit, slot, SLOT_TTL]):
+            raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
+        return slot
+
+    def refresh(self, user_id, slot):
+        self.redis.zadd(self._key(user_id), {slot: time.time() + SLOT_TTL})
+
+    def release(self, user_id, slot):
+        self.redis.zrem(self._key(user_id), slot)

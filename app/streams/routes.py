@@ -1,0 +1,156 @@
+"""`GET /v1/notifications/sse` (the stream) and `POST /v1/notifications/sse/ticket`."""
+import time
+import uuid
+
+from flask import Response, current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+import marshmallow as ma
+
+from .. import db
+from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
+from ..errors import InvalidRequest
+from ..redis_client import redis
+from . import access, frames, replay
+from .hub import RESYNC, Stream, hub
+
+blp = Blueprint("streams", __name__, url_prefix="/v1/notifications",
+                description="The real-time stream (Server-Sent Events)")
+
+
+class StreamQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    ticket = ma.fields.String(load_default=None, metadata={"description": "from POST /sse/ticket, for EventSource"})
+    customer_id = ma.fields.UUID(load_default=None)
+    last_event_id = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=0),
+                                      metadata={"description": "cursor, when Last-Event-ID cannot be sent"})
+
+
+class TicketSchema(ma.Schema):
+    ticket = ma.fields.String()
+    expires_in = ma.fields.Integer()
+    stream_url = ma.fields.String()
+
+
+def _cursor(query_value):
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or raw == "":
+        return query_value
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(errors={"Last-Event-ID": ["Must be a cursor received as `id:`."]})
+    if value < 0:
+        raise InvalidRequest(errors={"Last-Event-ID": ["Must be a cursor received as `id:`."]})
+    return value
+
+
+def _user(ticket):
+    if ticket is not None and bearer_token() is None:
+        return access.redeem_ticket(redis(), ticket)
+    return current_user() if ticket is None else decode_token(bearer_token(), current_app.config)
+
+
+@blp.route("/sse")
+class StreamView(MethodView):
+    @blp.doc(security=USER_SECURITY, responses={"200": {
+        "description": "text/event-stream; each notification is `id: <cursor>` + `data: <JSON>`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    @blp.arguments(StreamQuerySchema, location="query", as_kwargs=True)
+    def get(self, ticket, customer_id, last_event_id):
+        """Open the real-time stream
+
+        Authenticate with the bearer token, or with `?ticket=` from
+        `POST /v1/notifications/sse/ticket` (EventSource cannot send headers).
+        Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every
+        missed notification in order, then the live stream.
+        """
+        user = _user(ticket)
+        user.check_customer(customer_id)
+        cursor = _cursor(last_event_id)
+        config = current_app.config
+        if customer_id is not None:
+            customers = {str(customer_id)}
+        elif user.customers is not None:
+            customers = {str(c) for c in user.customers} | {""}
+        else:
+            customers = None
+        slots = access.Slots(redis(), config["SSE_MAX_STREAMS_PER_USER"], config["REDIS_PREFIX"])
+        slot = slots.acquire(user.id)
+        try:
+            body = _stream(hub(current_app), db.pool(), slots, slot, user.id, customers, cursor, config)
+        except BaseException:
+            slots.release(user.id, slot)
+            raise
+        response = Response(body, mimetype="text/event-stream", headers={
+            "Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no", "Connection": "keep-alive"})
+        response.direct_passthrough = True
+        return response
+
+
+@blp.route("/sse/ticket")
+class TicketView(MethodView):
+    decorators = [user_required]
+
+    @blp.doc(security=USER_SECURITY)
+    @blp.response(201, TicketSchema)
+    def post(self):
+        """Trade the bearer token for a single-use stream ticket (about a minute)"""
+        ttl = current_app.config["SSE_TICKET_TTL_SECONDS"]
+        ticket = access.issue_ticket(redis(), current_user(), ttl)
+        return {"ticket": ticket, "expires_in": ttl, "stream_url": f"/v1/notifications/sse?ticket={ticket}"}
+
+
+def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config):
+    """The stream's generator. It runs after the request context is gone: it holds
+    only what it was given, and releases all of it in `finally`."""
+    keepalive, cap = config["SSE_KEEPALIVE_SECONDS"], config["SSE_REPLAY_LIMIT"]
+    stream = Stream(user_id, customers, config["SSE_QUEUE_SIZE"])
+
+    def catch_up(after):
+        with pool.connection() as conn:
+            return replay.missed(conn, user_id, customers, after, cap)
+
+    try:
+        yield frames.opening(config["SSE_RETRY_MS"])
+        if cursor is None:  # a new stream starts at the newest stored notification
+            with pool.connection() as conn:
+                cursor = replay.latest_seq(conn, user_id)
+        # Subscribe first, then read what was stored meanwhile: no gap between the two.
+        the_hub.register(stream).wait(timeout=5)
+        out, last = catch_up(cursor)
+        if out:
+            yield b"".join(out)
+        refresh_at = time.monotonic() + access.SLOT_REFRESH
+        while not stream.overflowed:
+            if not stream.queue:
+                stream.wakeup.clear()
+                if not stream.queue and not stream.wakeup.wait(keepalive):
+                    yield frames.KEEPALIVE
+                    if time.monotonic() > refresh_at:
+                        slots.refresh(user_id, slot)
+                        refresh_at = time.monotonic() + access.SLOT_REFRESH
+                    continue
+            out = []
+            while stream.queue:
+                item = stream.queue.popleft()
+                if item is RESYNC:
+                    caught, last = catch_up(last)
+                    out.extend(caught)
+                    continue
+                seq, _, frame = item
+                if seq is not None:
+                    if seq <= last:
+                        continue
+                    last = seq
+                out.append(frame)
+            if out:
+                yield b"".join(out)
+    finally:
+        the_hub.unregister(stream)
+        try:
+            slots.release(user_id, slot)
+        except Exception:  # Redis down: the slot expires by itself
+            pass
