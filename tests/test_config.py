@@ -1,0 +1,238 @@
+"""Configuration: the default files fit SPEC; a bad file or variable stops start-up with one line."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from app.config import load_settings
+from app.errors import ConfigError
+from conftest import API_KEY, JWT_SECRET
+from devtools.services import free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_NOTIFICATIONS = os.path.join(REPO, "notifications.yaml")
+DEFAULT_QUEUE = os.path.join(REPO, "queue.yaml")
+AUTH = {"JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY}
+
+GOOD_NOTIFICATIONS = """\
+channels:
+  system: {enabled: true}
+  email: {enabled: true}
+groups:
+  chat:
+    aliases: [chats]
+    events:
+      message_received:
+        channels: [system, email]
+"""
+
+GOOD_QUEUE = """\
+queues:
+  dispatch: d
+  deliveries: e
+retry:
+  attempts: 3
+  backoff: [1, 2]
+batch:
+  users_per_chunk: 10
+  max_user_ids: 100
+"""
+
+
+def settings_with(tmp_path, notifications=GOOD_NOTIFICATIONS, queue=GOOD_QUEUE, **env):
+    n_path, q_path = tmp_path / "notifications.yaml", tmp_path / "queue.yaml"
+    n_path.write_text(textwrap.dedent(notifications))
+    q_path.write_text(textwrap.dedent(queue))
+    environ = dict(AUTH, NOTIFICATIONS_CONFIG=str(n_path), QUEUE_CONFIG=str(q_path), **env)
+    return load_settings(environ=environ), str(n_path), str(q_path)
+
+
+# ---------------------------------------------------------------- the default files
+
+
+def test_default_files_make_spec_examples_valid():
+    settings = load_settings(AUTH, environ={"NOTIFICATIONS_CONFIG": DEFAULT_NOTIFICATIONS,
+                                            "QUEUE_CONFIG": DEFAULT_QUEUE})
+    domain = settings["DOMAIN"]
+    # SPEC's trigger example: type "chats", event "message_received"
+    chat = domain.group("chats")
+    assert chat is not None and chat.name == "chat"
+    assert domain.group("chat") is chat
+    assert "message_received" in chat.events
+    assert "system" in chat.events["message_received"].channels
+    assert domain.group("no-such-group") is None
+    # SPEC's groups and channels
+    assert {"chat", "task", "security"} <= set(domain.groups)
+    assert {"system", "email", "sms"} <= set(domain.channels)
+    # security alerts may not be switched off
+    assert domain.groups["security"].events and all(e.locked for e in domain.groups["security"].events.values())
+    assert domain.retry_attempts >= 1 and domain.queues["dispatch"] and domain.queues["deliveries"]
+
+
+def test_good_tmp_files_load(tmp_path):
+    settings, _, _ = settings_with(tmp_path)
+    domain = settings["DOMAIN"]
+    assert domain.group("chats").name == "chat"
+    assert domain.retry_attempts == 3 and domain.retry_backoff == (1, 2)
+
+
+# ---------------------------------------------------------------- broken notifications.yaml
+
+
+@pytest.mark.parametrize("content, key, problem", [
+    ("channels: [system\ngroups: {}\n", "line", "not valid YAML"),
+    ("channels:\n  system: {}\n groups: x\n", "line", "not valid YAML"),
+    ("- just\n- a list\n", "(file)", "mapping"),
+    ("groups:\n  chat:\n    events:\n      a: {channels: [system]}\n", "channels", "missing"),
+    ("channels: [system]\ngroups: {}\n", "channels", "mapping"),
+    ("channels:\n  email: {}\ngroups: {}\n", "channels.system", "missing"),
+    ("channels:\n  system: {}\n", "groups", "missing"),
+    ("channels:\n  system: {}\ngroups:\n  chat:\n    events:\n      message_received:\n"
+     "        channels: [system, pigeon]\n",
+     "groups.chat.events.message_received.channels", "pigeon"),
+    ("channels:\n  system: {}\ngroups:\n  chat:\n    events:\n      message_received: {}\n",
+     "groups.chat.events.message_received.channels", "missing"),
+    ("channels:\n  system: {}\ngroups:\n  chat:\n    events:\n      message_received:\n"
+     "        channels: system\n",
+     "groups.chat.events.message_received.channels", "list"),
+    ("channels:\n  system: {}\ngroups:\n  chat: {}\n", "groups.chat.events", "missing"),
+    ("channels:\n  system: {}\ngroups:\n  chat:\n    aliases: [x]\n    events: {}\n"
+     "  task:\n    aliases: [x]\n    events: {}\n", "groups.task.aliases", "two groups"),
+    ("channels:\n  system: {}\ngroups:\n  chat:\n    retention_days: -1\n    events: {}\n",
+     "groups.chat.retention_days", "days"),
+])
+def test_broken_notifications_yaml_names_file_and_key(tmp_path, content, key, problem):
+    with pytest.raises(ConfigError) as caught:
+        settings_with(tmp_path, notifications=content)
+    message = str(caught.value)
+    path = str(tmp_path / "notifications.yaml")
+    assert path in message
+    assert key in message
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_missing_file_names_it(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=dict(AUTH, NOTIFICATIONS_CONFIG=missing, QUEUE_CONFIG=DEFAULT_QUEUE))
+    assert missing in str(caught.value) and "not found" in str(caught.value)
+
+
+# ---------------------------------------------------------------- broken queue.yaml
+
+
+@pytest.mark.parametrize("replace, by, key, problem", [
+    ("attempts: 3", "attempts: 0", "retry.attempts", "greater than zero"),
+    ("attempts: 3", "attempts: -2", "retry.attempts", "greater than zero"),
+    ("attempts: 3", "attempts: three", "retry.attempts", "whole number"),
+    ("attempts: 3", "attempts: true", "retry.attempts", "whole number"),
+    ("  attempts: 3\n", "", "retry.attempts", "missing"),
+    ("backoff: [1, 2]", "backoff: [1, -2]", "retry.backoff[1]", ">= 0"),
+    ("backoff: [1, 2]", "backoff: 5", "retry.backoff", "list"),
+    ("  deliveries: e\n", "", "queues.deliveries", "missing"),
+    ("users_per_chunk: 10", "users_per_chunk: 0", "batch.users_per_chunk", "greater than zero"),
+])
+def test_broken_queue_yaml_names_file_and_key(tmp_path, replace, by, key, problem):
+    assert replace in GOOD_QUEUE
+    with pytest.raises(ConfigError) as caught:
+        settings_with(tmp_path, queue=GOOD_QUEUE.replace(replace, by))
+    message = str(caught.value)
+    assert str(tmp_path / "queue.yaml") in message
+    assert key in message and problem in message
+
+
+# ---------------------------------------------------------------- broken environment
+
+
+@pytest.mark.parametrize("env, key", [
+    ({"DB_POOL_SIZE": "many"}, "DB_POOL_SIZE"),
+    ({"DB_POOL_SIZE": "-1"}, "DB_POOL_SIZE"),
+    ({"DB_POOL_TIMEOUT": "0"}, "DB_POOL_TIMEOUT"),
+    ({"MAX_CONTENT_LENGTH": "1MB"}, "MAX_CONTENT_LENGTH"),
+    ({"MAIL_USE_TLS": "maybe"}, "MAIL_USE_TLS"),
+    ({"JWT_SECRET": ""}, "JWT_SECRET"),
+    ({"API_KEYS": " , "}, "API_KEYS"),
+    ({"JWT_ALGORITHMS": "HS256,none"}, "JWT_ALGORITHMS"),
+    ({"JWT_SECRET": "", "JWT_PUBLIC_KEY": "/no/such/key.pem"}, "JWT_PUBLIC_KEY"),
+])
+def test_broken_environment_names_the_variable(env, key):
+    environ = dict(AUTH, NOTIFICATIONS_CONFIG=DEFAULT_NOTIFICATIONS, QUEUE_CONFIG=DEFAULT_QUEUE, **env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    assert str(caught.value).startswith("config error: environment: " + key + ":")
+
+
+# ---------------------------------------------------------------- start-up as a process
+
+
+def start_env(base_env, **extra):
+    env = dict(os.environ, **base_env)
+    env.update(extra)
+    return env
+
+
+def run_import(env):
+    return subprocess.run([sys.executable, "-c", "from wsgi import app; print('started')"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def assert_one_clean_line(stderr, *fragments):
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_import_with_good_config_starts(base_env):
+    result = run_import(start_env(base_env))
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+
+
+@pytest.mark.parametrize("content, key", [
+    ("channels: [system\n", "line 2"),
+    ("channels:\n  system: {}\ngroups:\n  chat:\n    events:\n      message_received:\n"
+     "        channels: [system, fax]\n", "groups.chat.events.message_received.channels"),
+    ("groups: {}\n", "channels"),
+])
+def test_import_with_bad_notifications_yaml_exits_2_with_one_line(base_env, tmp_path, content, key):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(content)
+    result = run_import(start_env(base_env, NOTIFICATIONS_CONFIG=str(bad)))
+    assert result.returncode == 2
+    assert "started" not in result.stdout
+    assert_one_clean_line(result.stderr, str(bad), key)
+
+
+def test_import_with_bad_queue_yaml_exits_2(base_env, tmp_path):
+    bad = tmp_path / "queue.yaml"
+    bad.write_text(GOOD_QUEUE.replace("attempts: 3", "attempts: 0"))
+    result = run_import(start_env(base_env, QUEUE_CONFIG=str(bad)))
+    assert result.returncode == 2
+    assert_one_clean_line(result.stderr, str(bad), "retry.attempts")
+
+
+def test_import_with_bad_environment_exits_2(base_env):
+    result = run_import(start_env(base_env, DB_POOL_SIZE="lots"))
+    assert result.returncode == 2
+    assert_one_clean_line(result.stderr, "environment", "DB_POOL_SIZE")
+
+
+def test_gunicorn_refuses_to_start_on_bad_config(base_env, tmp_path):
+    """The Procfile's web process: no half-started server, one line, exit 2."""
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("channels: {}\n")
+    env = start_env(base_env, NOTIFICATIONS_CONFIG=str(bad), PORT=str(free_port()), HOST="127.0.0.1",
+                    WEB_CONCURRENCY="1")
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    result = subprocess.run([gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if str(bad) in line] == [
+        f"config error: {bad}: channels.system: is missing (the in-app channel is required)"]
+    assert "Booting worker" not in result.stderr

@@ -1,0 +1,157 @@
+"""Plain-SQL migrations: from zero, idempotent, safe when two releases race."""
+import os
+import re
+import secrets
+import subprocess
+import sys
+import threading
+
+import psycopg2
+import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from app.migrate import MIGRATIONS_DIR, migrate, migration_files
+from conftest import API_KEY, JWT_SECRET
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)\"?", re.IGNORECASE)
+
+
+def with_dbname(url, name):
+    params = parse_dsn(url)
+    params["dbname"] = name
+    return make_dsn(**params)
+
+
+@pytest.fixture
+def fresh_db(pg_server):
+    """An empty database of its own on the run's server, dropped afterwards."""
+    name = f"notif_migr_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = psycopg2.connect(with_dbname(pg_server, "postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield with_dbname(pg_server, name)
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.close()
+
+
+def query(url, sql, params=None):
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def tables(url):
+    return {row[0] for row in query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+def recorded(url):
+    return query(url, "SELECT version, applied_at FROM schema_migrations ORDER BY version")
+
+
+def expected_tables():
+    """Every table some migration file creates."""
+    names = set()
+    for _, path in migration_files():
+        with open(path) as handle:
+            names.update(name.lower() for name in CREATE_TABLE.findall(handle.read()))
+    return names
+
+
+def test_migration_files_are_found_in_order():
+    files = migration_files()
+    versions = [version for version, _ in files]
+    assert versions and versions == sorted(versions)
+    assert versions[0].startswith("0001_")
+    # every .sql file in the directory follows the naming rule, so none is silently skipped
+    sql_files = sorted(name[:-4] for name in os.listdir(MIGRATIONS_DIR) if name.endswith(".sql"))
+    assert sql_files == versions
+
+
+def test_from_zero_creates_every_table(fresh_db):
+    assert tables(fresh_db) == set()
+    applied = migrate(fresh_db, echo=lambda *_: None)
+    versions = [version for version, _ in migration_files()]
+    assert applied == versions
+    assert [row[0] for row in recorded(fresh_db)] == versions
+    present = tables(fresh_db)
+    assert {"notifications", "schema_migrations"} <= present
+    assert expected_tables() <= present
+    columns = {row[0] for row in query(fresh_db, "SELECT column_name FROM information_schema.columns"
+                                                 " WHERE table_name = 'notifications'")}
+    assert {"id", "seq", "user_id", "customer_id", "type", "event", "title", "content", "link_url",
+            "link_text", "rec_type", "rec_id", "read_at", "created_at", "deleted_at"} <= columns
+
+
+def test_second_run_applies_nothing(fresh_db):
+    messages = []
+    assert migrate(fresh_db, echo=messages.append)
+    assert messages == [f"applied {version}" for version, _ in migration_files()]
+    before = recorded(fresh_db)
+    again = []
+    assert migrate(fresh_db, echo=again.append) == []
+    assert again == []
+    assert recorded(fresh_db) == before
+
+
+def test_concurrent_runs_apply_each_file_once(fresh_db):
+    start = threading.Barrier(2)
+    results, failures = [None, None], []
+
+    def run(slot):
+        try:
+            start.wait()
+            results[slot] = migrate(fresh_db, echo=lambda *_: None)
+        except Exception as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    versions = [version for version, _ in migration_files()]
+    # between them they applied every file exactly once
+    assert sorted(results[0] + results[1]) == versions
+    assert [row[0] for row in recorded(fresh_db)] == versions
+    assert expected_tables() <= tables(fresh_db)
+
+
+def test_failing_migration_is_rolled_back_and_releases_the_lock(fresh_db, tmp_path):
+    (tmp_path / "0001_good.sql").write_text("CREATE TABLE good (id int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half_done (id int);\nSELECT no_such_function();")
+    with pytest.raises(psycopg2.Error):
+        migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None)
+    assert [row[0] for row in recorded(fresh_db)] == ["0001_good"]
+    assert tables(fresh_db) == {"good", "schema_migrations"}
+    # fixed file: the next release applies just it (and does not wait on a leftover lock)
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half_done (id int);")
+    assert migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None) == ["0002_bad"]
+    assert "half_done" in tables(fresh_db)
+
+
+def test_release_command(fresh_db, redis_proc):
+    """The Procfile's `release: flask --app wsgi migrate`, twice."""
+    env = dict(os.environ, DATABASE_URL=fresh_db, REDIS_URL=redis_proc.url, JWT_SECRET=JWT_SECRET,
+               API_KEYS=API_KEY)
+    env.pop("NOTIFICATIONS_CONFIG", None)
+    env.pop("QUEUE_CONFIG", None)
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "migrate"]
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    count = len(migration_files())
+    assert f"{count} migration(s) applied" in first.stdout
+    assert expected_tables() <= tables(fresh_db)
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert "database is up to date" in second.stdout
+    assert len(recorded(fresh_db)) == count
