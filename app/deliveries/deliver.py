@@ -15,6 +15,8 @@ from ..channels import registry
 from ..channels.base import Outbound, PermanentError
 from ..channels.templates import event_templates
 from ..notifications.model import to_public
+from ..preferences import repository as preferences
+from ..preferences.rules import resolve
 from . import repository
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ def deliver(delivery_id):
     with db.connection() as conn:
         with db.transaction(conn):
             claimed = repository.claim(conn, delivery_id, LEASE_SECONDS)
+            if claimed is not None and claimed["row"] is not None:
+                claimed["choices"] = preferences.choices(conn, claimed["user_id"], claimed["row"]["customer_id"],
+                                                         claimed["row"]["type"])
         if claimed is None:
             return "not-claimable"
         status, kwargs, retry = _attempt(app, domain, claimed)
@@ -50,6 +55,10 @@ def _attempt(app, domain, claimed):
         return "skipped", {"reason": "notification deleted before delivery"}, False
     if channel is None:
         return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
+    group = domain.groups.get(row["type"])
+    event = group.events.get(row["event"]) if group else None
+    if event is not None and not resolve(event, claimed["channel"], claimed["choices"], row["customer_id"])[0]:
+        return "skipped", {"reason": "switched off in the user's preferences"}, False
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
     if not channel.address(contact):
         return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False

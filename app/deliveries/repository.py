@@ -44,7 +44,7 @@ def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, 
 def for_notification(conn, user_id, notification_id):
     """The deliveries of the user's notification with their attempts, or None if not theirs."""
     with cursor(conn) as cur:
-        cur.execute("SELECT 1 FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL",
+        cur.execute("SELECT 1 FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app",
                     (notification_id, user_id))
         if cur.fetchone() is None:
             return None

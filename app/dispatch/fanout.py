@@ -8,6 +8,7 @@ was interrupted is simply run again: it redoes the last committed chunk (its
 publishes may not have gone out) and continues.
 """
 import logging
+import uuid
 
 from flask import current_app
 
@@ -32,7 +33,8 @@ def dispatch_trigger(trigger_id):
         if trigger is None or trigger["status"] == "dispatched":
             return 0
         body = trigger["body"]
-        event, channels = resolve_event(domain, body)
+        event, _ = resolve_event(domain, body)
+        customer_id = uuid.UUID(body["customer_id"]) if body.get("customer_id") else None
         users = body["user_ids"]
         size = domain.users_per_chunk
         start = max(0, (trigger["users_done"] // size - 1) * size)
@@ -40,12 +42,12 @@ def dispatch_trigger(trigger_id):
             chunk = users[offset:offset + size]
             done = min(offset + size, len(users))
             with db.transaction(conn):
-                rows = repository.store_chunk(conn, trigger_id, body, chunk)
-                plan = plan_channels(conn, event, channels, rows)
-                repository.insert_deliveries(conn, plan.delivery_rows())
+                plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id)
+                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
+                repository.insert_deliveries(conn, plan.delivery_rows(rows))
                 repository.advance_trigger(conn, trigger_id, done, done == len(users))
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
-            visible = [r for r in rows if r["deleted_at"] is None and plan.in_app(r)]
+            visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
             publisher(app).publish((r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
                                    for r in visible)
             enqueue_deliveries(pending, app)

@@ -45,7 +45,7 @@ def get_trigger(conn, trigger_id, api_key_id=None):
         return cur.fetchone()
 
 
-def store_chunk(conn, trigger_id, body, user_ids):
+def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
     """Insert one notification per user (none twice), return every row of the chunk.
 
     Rows stored by an earlier, interrupted run of the same trigger come back too,
@@ -55,18 +55,19 @@ def store_chunk(conn, trigger_id, body, user_ids):
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (SEQ_LOCK,))
         cur.execute(
             "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id)"
+            " link_url, link_text, rec_type, rec_id, in_app)"
             " SELECT ids.id, %(trigger)s, ids.user_id, %(customer)s, %(type)s, %(event)s, %(title)s,"
-            " %(content)s, %(link_url)s, %(link_text)s, %(rec_type)s, %(rec_id)s"
+            " %(content)s, %(link_url)s, %(link_text)s, %(rec_type)s, %(rec_id)s,"
+            " NOT (ids.user_id = ANY(%(hidden)s::uuid[]))"
             " FROM unnest(%(ids)s::uuid[], %(users)s::uuid[]) WITH ORDINALITY AS ids(id, user_id, n)"
             " ORDER BY ids.n ON CONFLICT (trigger_id, user_id) DO NOTHING",
             {"trigger": trigger_id, "customer": body.get("customer_id"), "type": body["type"],
              "event": body["event"], "title": body["title"], "content": body.get("content") or "",
              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
              "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
-             "ids": [uuid.uuid4() for _ in user_ids], "users": list(user_ids)})
+             "ids": [uuid.uuid4() for _ in user_ids], "users": list(user_ids), "hidden": list(hidden_users)})
     with cursor(conn) as cur:
-        cur.execute(f"SELECT {COLUMNS}, deleted_at FROM notifications WHERE trigger_id = %s AND user_id = ANY(%s::uuid[])"
+        cur.execute(f"SELECT {COLUMNS}, deleted_at, in_app FROM notifications WHERE trigger_id = %s AND user_id = ANY(%s::uuid[])"
                     " ORDER BY seq", (trigger_id, list(user_ids)))
         return cur.fetchall()
 

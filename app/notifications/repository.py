@@ -5,7 +5,7 @@ from .model import COLUMNS
 
 def _scope(user_id, customer_id, customers, status):
     """WHERE clause and parameters shared by the list and its counts."""
-    where = ["user_id = %(user_id)s", "deleted_at IS NULL"]
+    where = ["user_id = %(user_id)s", "deleted_at IS NULL", "in_app"]
     params = {"user_id": user_id}
     if customer_id is not None:
         where.append("customer_id = %(customer_id)s")
@@ -38,7 +38,7 @@ def get(conn, user_id, notification_id):
     """The user's notification, or None (also for another user's id)."""
     with cursor(conn) as cur:
         cur.execute(f"SELECT {COLUMNS} FROM notifications"
-                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL",
+                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app",
                     (notification_id, user_id))
         return cur.fetchone()
 
@@ -47,7 +47,7 @@ def set_read(conn, user_id, notification_id, read):
     """Mark read (keeping the first read time) or unread; the updated row or None."""
     with cursor(conn) as cur:
         cur.execute(f"UPDATE notifications SET read_at = CASE WHEN %(read)s THEN coalesce(read_at, now())"
-                    f" ELSE NULL END WHERE id = %(id)s AND user_id = %(user_id)s AND deleted_at IS NULL"
+                    f" ELSE NULL END WHERE id = %(id)s AND user_id = %(user_id)s AND deleted_at IS NULL AND in_app"
                     f" RETURNING {COLUMNS}", {"read": read, "id": notification_id, "user_id": user_id})
         return cur.fetchone()
 
@@ -56,5 +56,5 @@ def soft_delete(conn, user_id, notification_id):
     """Hide it from inbox and stream; the row stays for audit. True when it existed."""
     with conn.cursor() as cur:
         cur.execute("UPDATE notifications SET deleted_at = now()"
-                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL", (notification_id, user_id))
+                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app", (notification_id, user_id))
         return cur.rowcount == 1

@@ -28,7 +28,7 @@ def missed(conn, user_id, customers, after, cap):
     where, params = _scope(customers)
     with cursor(conn) as cur:
         cur.execute(f"SELECT {COLUMNS} FROM notifications WHERE user_id = %(user)s AND seq > %(after)s"
-                    f" AND deleted_at IS NULL{where} ORDER BY seq LIMIT %(limit)s",
+                    f" AND deleted_at IS NULL AND in_app{where} ORDER BY seq LIMIT %(limit)s",
                     dict(params, user=user_id, after=after, limit=cap + 1))
         rows = cur.fetchall()
     if len(rows) > cap:

@@ -1,0 +1,1 @@
+"""Per user × customer × group × event × channel preferences, and how they resolve."""
