@@ -9,6 +9,13 @@ the listen backlog.
 import gc
 import os
 import sys
+import tempfile
+
+# Metrics of every worker process are merged at scrape time through files in
+# this directory; set it to the same path for web and worker processes to see
+# both (./dev up does). It must be set before prometheus_client is imported.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="notifications-metrics-")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gevent"
@@ -45,3 +52,9 @@ def post_worker_init(worker):
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (open streams) from the merged metrics."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)

@@ -3,7 +3,7 @@ import logging
 
 from flask import Flask
 
-from . import api, db, errors, health, migrate, redis_client
+from . import api, db, errors, health, metrics, migrate, redis_client
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
 from .config import load_settings
@@ -22,14 +22,17 @@ def create_app(config=None):
     channels.init_app(app)
     deliveries_cli.init_app(app)
     app.register_blueprint(health.blp)
+    metrics.init_app(app)
     api.init_app(app, _blueprints())
     return app
 
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .contacts.routes import blp as contacts
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch
     from .notifications.routes import blp as notifications
+    from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
-    return [streams, dispatch, notifications, deliveries]
+    return [streams, dispatch, preferences, notifications, deliveries, contacts]

@@ -44,6 +44,9 @@ def _document_probes(app, api):
         "/readyz": {"summary": "Readiness: PostgreSQL and Redis both answer",
                     "responses": {"200": {"description": "OK", "content": json_object},
                                   "503": {"description": "A dependency is unavailable", "content": json_object}}},
+        "/metrics": {"summary": "Prometheus metrics (text exposition format)",
+                     "responses": {"200": {"description": "OK",
+                                           "content": {"text/plain": {"schema": {"type": "string"}}}}}},
     }
     for rule in app.url_map.iter_rules():
         if rule.rule in docs:

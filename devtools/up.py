@@ -8,6 +8,7 @@ Ctrl-C, on SIGTERM, or as soon as one process dies, so nothing is left running b
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,11 @@ def main() -> int:
         redis, stop = redis_url()
         stops.append(stop)
         env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis, PYTHONUNBUFFERED="1")
+        # one metrics directory for web and worker, so /metrics counts both
+        metrics_dir = REPO_ROOT / ".devdata" / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
         say(f"DATABASE_URL={database_url}")
         say(f"REDIS_URL={redis}")
         for key, value in DEFAULTS.items():

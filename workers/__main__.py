@@ -10,10 +10,9 @@ import sys
 
 from rq import Queue, SimpleWorker
 
-from app.startup import create_app_or_exit
-
 
 def main():
+    from app.startup import create_app_or_exit
     app = create_app_or_exit()
     domain = app.config["DOMAIN"]
     with app.app_context():

@@ -6,12 +6,14 @@ was deleted, the channel is no longer configured) and never retried;
 otherwise back to `pending` and `RetryLater` is raised, so RQ schedules the
 next attempt with the back-off of queue.yaml.
 """
+import datetime
 import logging
 
 from flask import current_app
 
 from .. import db
 from ..channels import registry
+from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..channels.base import Outbound, PermanentError
 from ..channels.templates import event_templates
 from ..notifications.model import to_public
@@ -42,6 +44,10 @@ def deliver(delivery_id):
         status, kwargs, retry = _attempt(app, domain, claimed)
         with db.transaction(conn):
             repository.finish(conn, claimed, status, **kwargs)
+    DELIVERIES.labels(claimed["channel"], kwargs.get("outcome") or status).inc()
+    if status == "sent" and claimed["row"] is not None:
+        age = datetime.datetime.now(datetime.timezone.utc) - claimed["row"]["created_at"]
+        DELIVERY_LATENCY.labels(claimed["channel"]).observe(age.total_seconds())
     if retry:
         raise RetryLater(kwargs.get("error"))
     return status

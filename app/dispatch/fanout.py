@@ -7,6 +7,7 @@ stream channels and one pipeline enqueues the external deliveries. A run that
 was interrupted is simply run again: it redoes the last committed chunk (its
 publishes may not have gone out) and continues.
 """
+import datetime
 import logging
 import uuid
 
@@ -14,6 +15,7 @@ from flask import current_app
 
 from .. import db
 from ..jobs_queue import enqueue_deliveries
+from ..metrics import FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json
 from ..pubsub import notification_message, publisher
 from . import repository
@@ -50,9 +52,18 @@ def dispatch_trigger(trigger_id):
             visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
             publisher(app).publish((r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
                                    for r in visible)
+            _count(rows, visible)
             enqueue_deliveries(pending, app)
         if not users:
             with db.transaction(conn):
                 repository.advance_trigger(conn, trigger_id, 0, True)
         log.info("trigger %s dispatched to %d users", trigger_id, len(users))
         return len(users)
+
+
+def _count(rows, visible):
+    STORED.inc(len(rows))
+    PUBLISHED.inc(len(visible))
+    if visible:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        FANOUT_LATENCY.observe((now - visible[-1]["created_at"]).total_seconds())

@@ -10,6 +10,7 @@ import marshmallow as ma
 from .. import db
 from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from ..errors import InvalidRequest
+from ..metrics import OPEN_STREAMS
 from ..redis_client import redis
 from . import access, frames, replay
 from .hub import RESYNC, Stream, hub
@@ -113,6 +114,7 @@ def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config):
         with pool.connection() as conn:
             return replay.missed(conn, user_id, customers, after, cap)
 
+    OPEN_STREAMS.inc()
     try:
         yield frames.opening(config["SSE_RETRY_MS"])
         if cursor is None:  # a new stream starts at the newest stored notification
@@ -149,6 +151,7 @@ def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config):
             if out:
                 yield b"".join(out)
     finally:
+        OPEN_STREAMS.dec()
         the_hub.unregister(stream)
         try:
             slots.release(user_id, slot)

@@ -1,0 +1,76 @@
+"""Contacts endpoints (API key): services set and read where a user is reached."""
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .. import db
+from ..auth import SERVICE_SECURITY, service_required
+from ..errors import ApiError, InvalidId, NotFound
+from ..notifications.model import rfc3339
+from ..notifications.routes import parse_id
+from . import repository
+from .schemas import ContactOutSchema, ContactSchema
+
+blp = Blueprint("contacts", __name__, url_prefix="/v1/notifications/users",
+                description="Where users are reached outside the app (API key)")
+
+
+class FailedToFetchContact(ApiError):
+    """Failed to fetch contact"""
+
+    code = "failed_to_fetch_contact"
+
+
+class FailedToUpdateContact(ApiError):
+    """Failed to update contact"""
+
+    code = "failed_to_update_contact"
+
+
+def _user_id(raw):
+    try:
+        return parse_id(raw)
+    except InvalidId:
+        raise InvalidId("Invalid user ID")
+
+
+def _public(row):
+    return {"user_id": str(row["user_id"]), "email": row["email"], "phone": row["phone"],
+            "locale": row["locale"], "timezone": row["timezone"], "updated_at": rfc3339(row["updated_at"])}
+
+
+@blp.route("/<user_id>/contact")
+class Contact(MethodView):
+    decorators = [service_required]
+
+    @blp.doc(security=SERVICE_SECURITY)
+    @blp.response(200, ContactOutSchema)
+    def get(self, user_id):
+        """The user's email, phone, locale and time zone"""
+        uid = _user_id(user_id)
+        with db.failing_as(FailedToFetchContact):
+            row = repository.get(db.get_conn(), uid)
+        if row is None:
+            raise NotFound("Contact not found")
+        return _public(row)
+
+    @blp.doc(security=SERVICE_SECURITY)
+    @blp.arguments(ContactSchema)
+    @blp.response(200, ContactOutSchema)
+    def put(self, body, user_id):
+        """Create or replace the user's contact (a field left out is cleared)"""
+        uid = _user_id(user_id)
+        conn = db.get_conn()
+        with db.failing_as(FailedToUpdateContact), db.transaction(conn):
+            row = repository.upsert(conn, uid, body)
+        return _public(row)
+
+    @blp.doc(security=SERVICE_SECURITY)
+    @blp.response(204)
+    def delete(self, user_id):
+        """Forget the user's contact (no more email or SMS)"""
+        uid = _user_id(user_id)
+        conn = db.get_conn()
+        with db.failing_as(FailedToUpdateContact), db.transaction(conn):
+            if not repository.delete(conn, uid):
+                raise NotFound("Contact not found")
+        return None

@@ -1,0 +1,80 @@
+"""Prometheus metrics at `/metrics`, counted across every gunicorn and RQ worker.
+
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets one when absent)
+each process writes its samples to files there and a scrape merges them;
+without it (tests, one-off CLI) the process's own registry is served.
+Queue depths are read from Redis at scrape time.
+"""
+import os
+import time
+
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess, REGISTRY)
+from prometheus_client.core import GaugeMetricFamily
+
+REQUEST_LATENCY = Histogram("notif_http_request_duration_seconds", "REST and stream-open latency",
+                            ["endpoint", "method", "status"])
+OPEN_STREAMS = Gauge("notif_open_streams", "SSE streams open", multiprocess_mode="livesum")
+STORED = Counter("notif_notifications_stored_total", "Notifications stored by dispatch jobs")
+PUBLISHED = Counter("notif_events_published_total", "Events published to stream channels")
+FANOUT_LATENCY = Histogram("notif_fanout_seconds", "Time from a notification's creation to its publish",
+                           buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+DELIVERIES = Counter("notif_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "outcome"])
+DELIVERY_LATENCY = Histogram("notif_delivery_seconds", "Time from notification to a sent delivery", ["channel"],
+                             buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900))
+
+blp = Blueprint("metrics", __name__)
+
+
+class QueueCollector:
+    """Queue depth and failed jobs per RQ queue, read when scraped."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def collect(self):
+        from rq import Queue
+        depth = GaugeMetricFamily("notif_queue_depth", "Jobs waiting per queue", labels=["queue"])
+        failed = GaugeMetricFamily("notif_queue_failed_jobs", "Jobs in the failed registry", labels=["queue"])
+        try:
+            for name in self.app.config["DOMAIN"].queues.values():
+                queue = Queue(name, connection=self.app.extensions["redis"])
+                depth.add_metric([name], queue.count)
+                failed.add_metric([name], queue.failed_job_registry.count)
+        except Exception:  # Redis down: the scrape still answers with what it has
+            return
+        yield depth
+        yield failed
+
+
+@blp.get("/metrics")
+def metrics():
+    """Prometheus text exposition."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    queues = CollectorRegistry()
+    queues.register(QueueCollector(current_app))
+    return Response(body + generate_latest(queues), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _start_timer():
+    g.metrics_start = time.perf_counter()
+
+
+def _observe(response):
+    start = g.pop("metrics_start", None)
+    if start is not None and request.endpoint != "metrics.metrics":
+        REQUEST_LATENCY.labels(request.endpoint or "unmatched", request.method,
+                               str(response.status_code)).observe(time.perf_counter() - start)
+    return response
+
+
+def init_app(app):
+    app.register_blueprint(blp)
+    app.before_request(_start_timer)
+    app.after_request(_observe)
