@@ -1,9 +1,7 @@
 """The application factory."""
-import logging
-
 from flask import Flask
 
-from . import api, db, errors, health, metrics, migrate, redis_client
+from . import api, db, errors, health, logs, metrics, migrate, redis_client
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
 from .config import load_settings
@@ -14,7 +12,7 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.update(load_settings(config))
     app.json.sort_keys = False
-    logging.basicConfig(level=logging.INFO)
+    logs.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     redis_client.init_app(app)

@@ -15,6 +15,7 @@ from flask import current_app
 
 from .. import db
 from ..jobs_queue import enqueue_deliveries
+from ..logs import request_id_var
 from ..metrics import FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json
 from ..pubsub import notification_message, publisher
@@ -34,6 +35,7 @@ def dispatch_trigger(trigger_id):
         conn.commit()
         if trigger is None or trigger["status"] == "dispatched":
             return 0
+        request_id_var.set(trigger["request_id"])   # log under the id of the request that accepted it
         body = trigger["body"]
         event, _ = resolve_event(domain, body)
         customer_id = uuid.UUID(body["customer_id"]) if body.get("customer_id") else None
