@@ -1,7 +1,7 @@
 """The application factory."""
 from flask import Flask
 
-from . import api, db, errors, health, logs, metrics, migrate, redis_client
+from . import api, db, errors, health, logs, metrics, migrate, redis_client, security
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
 from .config import load_settings
@@ -13,6 +13,7 @@ def create_app(config=None):
     app.config.update(load_settings(config))
     app.json.sort_keys = False
     logs.init_app(app)
+    security.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     redis_client.init_app(app)
