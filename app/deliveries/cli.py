@@ -1,4 +1,6 @@
 """Operator commands: `flask deliveries failed` and `flask deliveries retry`."""
+import sys
+
 import click
 from flask.cli import AppGroup
 
@@ -32,7 +34,7 @@ def retry_command(channel, limit):
         ids = repository.failed(conn, channel, limit)
         conn.commit()
         done = 0
-        with click.progressbar(length=len(ids), label="re-enqueuing", file=click.get_text_stream("stderr")) as bar:
+        with click.progressbar(length=len(ids), label="re-enqueuing", file=sys.stderr) as bar:
             for start in range(0, len(ids), 500):
                 with db.transaction(conn):
                     reset = repository.reset_for_retry(conn, ids[start:start + 500])
