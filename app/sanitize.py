@@ -17,8 +17,14 @@ def plain_text(value):
     """Remove markup from user-supplied text."""
     if value is None:
         return None
-    cleaned = nh3.clean(value, tags=set(), clean_content_tags=_DROP_WITH_CONTENT)
-    return html.unescape(cleaned)
+    # Repeat until stable: escaped markup ("&lt;script&gt;") unescapes into markup,
+    # which the next pass removes, so no tag survives however it was encoded.
+    for _ in range(5):
+        cleaned = html.unescape(nh3.clean(value, tags=set(), clean_content_tags=_DROP_WITH_CONTENT))
+        if cleaned == value:
+            break
+        value = cleaned
+    return value
 
 
 def safe_link(value):

@@ -1,15 +1,72 @@
-"""Email through flask-mail over SMTP: a text part and an HTML part per message.
+"""Email through flask-mail over SMTP: one multipart/alternative message (text + HTML).
 
-The Message-ID is derived from the delivery id, so a resent attempt carries
-the same id and receiving systems can recognise it as the same message.
+Settings (flask-mail's names, from the environment): MAIL_SERVER, MAIL_PORT,
+MAIL_USE_TLS (STARTTLS), MAIL_USE_SSL (implicit TLS, usually port 465),
+MAIL_USERNAME, MAIL_PASSWORD, MAIL_DEFAULT_SENDER, and MAIL_TIMEOUT (seconds
+for connecting and for every SMTP reply). Channel options in
+notifications.yaml: `sender` (overrides MAIL_DEFAULT_SENDER), `timeout`
+(overrides MAIL_TIMEOUT), `ca_file` (a PEM bundle to trust for a relay with a
+private CA; certificates are always verified), `unsubscribe_url` and
+`unsubscribe_mailto` (List-Unsubscribe targets, templates over the
+notification, `user_id` and `preferences_url`).
+
+flask-mail 0.10 opens one SMTP connection per `Mail.send` and quits it
+afterwards, which is what we want (no connection is kept between
+deliveries), but it passes no timeout to smtplib (a dead relay would hang the
+worker), uses an unverified TLS context for STARTTLS and SSL, leaks the socket
+when STARTTLS or login fails, and lets a failing QUIT after an accepted
+message raise (which would make us send it again). `SMTPConnection` below is
+flask-mail's Connection with those four things fixed.
+
+The Message-ID is derived from the delivery id, so every attempt of one
+delivery carries the same id (receiving systems can recognise a resend), and
+it is what the delivery records as its provider message id.
 """
 import smtplib
-import socket
+import ssl
+from email.utils import parseaddr
 
-from flask_mail import Mail, Message
+import flask_mail
+from flask_mail import BadHeaderError, Mail, Message
 
+from ..errors import ConfigError
 from .base import Channel, PermanentError, RetryableError
-from .email_render import render_email
+from .email_render import render_email, unsubscribe_targets
+from .webhook import expand_env
+
+
+class SMTPConnection(flask_mail.Connection):
+    """flask-mail's connection with a timeout, verified TLS and a close that never masks a send."""
+
+    def __init__(self, state, timeout, tls_context):
+        super().__init__(state)
+        self.timeout, self.tls_context = timeout, tls_context
+
+    def configure_host(self):
+        mail = self.mail
+        if mail.use_ssl:
+            host = smtplib.SMTP_SSL(mail.server, mail.port, timeout=self.timeout, context=self.tls_context)
+        else:
+            host = smtplib.SMTP(mail.server, mail.port, timeout=self.timeout)
+        try:
+            host.set_debuglevel(int(mail.debug))
+            if mail.use_tls:
+                host.starttls(context=self.tls_context)
+            if mail.username and mail.password:
+                host.login(mail.username, mail.password)
+        except BaseException:
+            host.close()
+            raise
+        return host
+
+    def __exit__(self, exc_type, exc_value, tb):
+        host, self.host = self.host, None
+        if host is None:
+            return
+        try:
+            host.quit()
+        except (smtplib.SMTPException, OSError):
+            host.close()   # the message (if any) was already accepted; a failed goodbye changes nothing
 
 
 class EmailChannel(Channel):
@@ -17,26 +74,64 @@ class EmailChannel(Channel):
 
     def __init__(self, name, options, app):
         super().__init__(name, options, app)
+        if app.config["MAIL_USE_TLS"] and app.config["MAIL_USE_SSL"]:
+            raise ConfigError("environment", "MAIL_USE_SSL",
+                              "MAIL_USE_TLS (STARTTLS) and MAIL_USE_SSL (implicit TLS) exclude each other")
         self.mail = Mail(app)
+        self.sender = expand_env(options.get("sender")) or app.config["MAIL_DEFAULT_SENDER"]
+        if not parseaddr(self.sender)[1]:
+            raise ConfigError("environment", "MAIL_DEFAULT_SENDER", f"is not an email address: {self.sender!r}")
+        self.timeout = float(options.get("timeout") or app.config["MAIL_TIMEOUT"])
+        ca_file = expand_env(options.get("ca_file")) or None
+        try:
+            self.tls_context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(app.config["NOTIFICATIONS_CONFIG"], f"channels.{name}.ca_file",
+                              f"cannot be loaded: {exc}")
+        domain = parseaddr(self.sender)[1].rpartition("@")[2]
+        self.domain = domain or "localhost"
 
     def message_id(self, outbound):
-        domain = self.app.config["MAIL_DEFAULT_SENDER"].rpartition("@")[2].strip(">") or "localhost"
-        return f"<{outbound.delivery_id}@{domain}>"
+        return f"<{outbound.delivery_id}@{self.domain}>"
+
+    def build(self, outbound):
+        """The flask-mail Message of one delivery."""
+        subject, text, html = render_email(self.app, outbound)
+        headers = {"Auto-Submitted": "auto-generated"}
+        targets = unsubscribe_targets(self.app, self.options, outbound)
+        if targets:
+            headers["List-Unsubscribe"] = ", ".join(f"<{t}>" for t in targets)
+        message = Message(subject=subject, recipients=[outbound.contact["email"]], body=text, html=html,
+                          sender=self.sender, extra_headers=headers)
+        # flask-mail writes msgId as the Message-ID header; an extra header would add a second one
+        message.msgId = self.message_id(outbound)
+        return message
 
     def send(self, outbound):
-        subject, text, html = render_email(self.app, outbound)
-        message = Message(subject=subject, recipients=[outbound.contact["email"]], body=text, html=html,
-                          extra_headers={"Message-ID": self.message_id(outbound),
-                                         "List-Unsubscribe": f"<{self.app.config['PUBLIC_URL']}"
-                                                             "/v1/notifications/preferences>"})
+        message = self.build(outbound)
         try:
-            self.mail.send(message)
+            with SMTPConnection(self.mail.state, self.timeout, self.tls_context) as connection:
+                connection.send(message)
+        except BadHeaderError:
+            raise PermanentError("message refused before sending: a header contains a line break")
         except smtplib.SMTPRecipientsRefused as exc:
-            raise PermanentError(f"recipient refused: {exc.recipients}")
+            codes = [code for code, _ in exc.recipients.values()]
+            why = "; ".join(f"{code} {_text(msg)}" for code, msg in exc.recipients.values())
+            if codes and all(500 <= code < 600 for code in codes):
+                raise PermanentError(f"recipient refused: {why}")
+            raise RetryableError(f"recipient deferred: {why}")
+        except smtplib.SMTPAuthenticationError as exc:
+            # our credentials, not this message: worth retrying once an operator fixed them
+            raise RetryableError(f"SMTP authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}")
         except smtplib.SMTPResponseException as exc:
+            text = f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}"
             if 500 <= exc.smtp_code < 600:
-                raise PermanentError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}")
-            raise RetryableError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}")
-        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}")
-        return self.message_id(outbound)
+                raise PermanentError(f"message refused: {text}")
+            raise RetryableError(text)
+        except (smtplib.SMTPException, OSError) as exc:   # OSError: refused, reset, timeout, TLS
+            raise RetryableError(f"{type(exc).__name__}: {exc}"[:500])
+        return message.msgId
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

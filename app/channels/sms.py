@@ -1,24 +1,33 @@
 """SMS through Twilio's REST Messages API (or anything that speaks it).
 
-Options: `account_sid`, `auth_token`, `from` (sender), `base_url` (defaults
-to Twilio's; tests point it at a local server), `timeout`. Values written as
-`${NAME}` are read from the environment so secrets stay out of the file.
-"""
-import os
+POST {base_url}/2010-04-01/Accounts/{account_sid}/Messages.json, form fields
+To, From (or MessagingServiceSid) and Body, HTTP basic auth
+account_sid:auth_token; a 201 answer carries the message's `sid`.
 
+Options: `account_sid`, `auth_token`, `from` (sender number) or
+`messaging_service_sid`, `base_url` (defaults to Twilio's; tests point it
+at a local server), `status_callback` (URL Twilio reports delivery status
+to), `timeout`. Values written as `${NAME}` are read from the environment
+so secrets stay out of the file; by default they come from
+TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM.
+
+Twilio's answers map as every provider's: 429/5xx, timeouts and connection
+errors are retried; a 4xx is permanent, recorded with Twilio's own message
+and error code (e.g. 21211 "The 'To' number is not a valid phone number").
+"""
 import requests
 
 from .base import Channel, RetryableError
 from .templates import render
-from .webhook import check_response
+from .webhook import check_response, expand_env
 
-SMS_LIMIT = 1600   # Twilio's maximum body length
+SMS_LIMIT = 1600   # Twilio's maximum body length, in characters
 
 
-def _env(value):
-    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
-        return os.environ.get(value[2:-1], "")
-    return value
+def fit(text, limit=SMS_LIMIT):
+    """The body cut to the provider's limit, with an ellipsis when something was cut."""
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 class TwilioChannel(Channel):
@@ -28,16 +37,30 @@ class TwilioChannel(Channel):
         super().__init__(name, options, app)
         self.session = requests.Session()
 
+    def _option(self, key, default=None):
+        return expand_env(self.options.get(key, default)) or ""
+
     def send(self, outbound):
-        sid = _env(self.options.get("account_sid", "${TWILIO_ACCOUNT_SID}"))
-        token = _env(self.options.get("auth_token", "${TWILIO_AUTH_TOKEN}"))
-        base = _env(self.options.get("base_url", "https://api.twilio.com")).rstrip("/")
-        body = render(outbound.template.get("sms", "{title}: {content}"), outbound.notification)[:SMS_LIMIT]
+        sid = self._option("account_sid", "${TWILIO_ACCOUNT_SID}")
+        token = self._option("auth_token", "${TWILIO_AUTH_TOKEN}")
+        sender = self._option("from", "${TWILIO_FROM}")
+        service = self._option("messaging_service_sid")
+        if not (sid and token and (sender or service)):
+            # a configuration gap, not this message's fault: retried, so fixing the setting saves it
+            raise RetryableError(f"channel {self.name!r} is not configured: account_sid, auth_token and "
+                                 "from (or messaging_service_sid) are required")
+        base = self._option("base_url", "https://api.twilio.com").rstrip("/")
+        body = fit(render(outbound.template.get("sms", "{title}: {content}"), outbound.notification))
+        form = {"To": outbound.contact["phone"], "Body": body}
+        if service:
+            form["MessagingServiceSid"] = service
+        else:
+            form["From"] = sender
+        if self._option("status_callback"):
+            form["StatusCallback"] = self._option("status_callback")
         try:
             response = self.session.post(f"{base}/2010-04-01/Accounts/{sid}/Messages.json", auth=(sid, token),
-                                         data={"To": outbound.contact["phone"],
-                                               "From": _env(self.options.get("from", "${TWILIO_FROM}")),
-                                               "Body": body},
+                                         data=form, allow_redirects=False,
                                          timeout=float(self.options.get("timeout", 10)))
         except requests.RequestException as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}"[:500])

@@ -1,0 +1,337 @@
+"""Real local servers standing in for the providers, and helpers to drive the real delivery path.
+
+- `FakeSMTP`: an aiosmtpd SMTP server on a free port that keeps every message
+  (optionally STARTTLS or implicit TLS, optionally refusing recipients).
+- `FakeTwilio`: a stdlib HTTP server speaking the shape of Twilio's Messages API
+  (form fields, basic auth, 201 with a `sid`, Twilio's error JSON).
+- `FakeHTTP`: a stdlib HTTP server that records JSON posts (webhook, Apprise json://).
+  Both HTTP fakes answer from a script of responses first (`fail(...)`), then
+  with `always` if set, else success.
+- `channel_config`: notifications.yaml and queue.yaml written to a tmp dir.
+- `work`, `fast_forward`, `drain`: run the RQ worker in-process in burst mode,
+  and move jobs waiting for their back-off into their queue at once, so retries
+  are deterministic without sleeping.
+"""
+import base64
+import collections
+import datetime
+import email
+import email.policy
+import http.server
+import json
+import re
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs
+
+import yaml
+from aiosmtpd.controller import Controller
+from rq import Queue, SimpleWorker
+from rq.registry import ScheduledJobRegistry
+
+from conftest import SERVICE
+from devtools.services import free_port
+
+# ---------------------------------------------------------------- SMTP
+
+
+class _SMTPHandler:
+    def __init__(self, owner):
+        self.owner = owner
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.owner.refuse_rcpt:
+            return self.owner.refuse_rcpt
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.owner.messages.append({
+            "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos), "data": envelope.content,
+            "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
+            "tls": session.ssl is not None})
+        return "250 Message accepted"
+
+    async def handle_QUIT(self, server, session, envelope):
+        self.owner.quits += 1
+        return "221 Bye"
+
+
+class FakeSMTP:
+    """An SMTP server on 127.0.0.1; `start()` may come later than the first attempt."""
+
+    def __init__(self, port=None, tls_context=None, ssl_context=None):
+        self.port = port or free_port()
+        self.tls_context, self.ssl_context = tls_context, ssl_context
+        self.messages, self.quits, self.refuse_rcpt = [], 0, None
+        self.controller = None
+
+    def start(self):
+        kwargs = {}
+        if self.tls_context is not None:
+            kwargs.update(tls_context=self.tls_context, require_starttls=True)
+        if self.ssl_context is not None:
+            kwargs.update(ssl_context=self.ssl_context)
+        self.controller = Controller(_SMTPHandler(self), hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller.start()
+        return self
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+def self_signed_cert(directory):
+    """A certificate for 127.0.0.1 / localhost and its key, as PEM files; (cert, key) paths."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+# ---------------------------------------------------------------- HTTP
+
+Request = collections.namedtuple("Request", "method path headers body form json auth")
+
+
+class FakeHTTP:
+    """A threaded HTTP server that records requests and answers from a script."""
+
+    def __init__(self):
+        self.requests = []
+        self.script = collections.deque()     # (status, payload, delay seconds)
+        self.always = None                    # (status, payload, delay) once the script is used up
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                status, payload = owner._answer(self, raw)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fail(self, status, payload=None, times=1, delay=0):
+        """The next `times` requests get this answer."""
+        for _ in range(times):
+            self.script.append((status, payload if payload is not None else {"message": "failure"}, delay))
+
+    def _scripted(self):
+        with self.lock:
+            if self.script:
+                return self.script.popleft()
+        return self.always
+
+    def _record(self, handler, raw):
+        auth = None
+        header = handler.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            auth = tuple(base64.b64decode(header[6:]).decode().split(":", 1))
+        ctype = handler.headers.get("Content-Type", "")
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()} if "form-urlencoded" in ctype else None
+        body_json = json.loads(raw) if "json" in ctype and raw else None
+        request = Request(handler.command, handler.path, dict(handler.headers), raw, form, body_json, auth)
+        with self.lock:
+            self.requests.append(request)
+        return request
+
+    def _answer(self, handler, raw):
+        request = self._record(handler, raw)
+        scripted = self._scripted()
+        if scripted is not None:
+            status, payload, delay = scripted
+            time.sleep(delay)
+            return status, payload
+        return self.succeed(request)
+
+    def succeed(self, request):
+        return 200, {"id": f"msg-{len(self.requests)}"}
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeTwilio(FakeHTTP):
+    """Twilio's Messages API: POST /2010-04-01/Accounts/{sid}/Messages.json, form data, basic auth."""
+
+    PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages\.json$")
+
+    def __init__(self, account_sid="AC" + "1" * 32, auth_token="secret-token", sender="+15005550006"):
+        self.account_sid, self.auth_token, self.sender = account_sid, auth_token, sender
+        self.messages = []    # form fields of every request Twilio accepted
+        super().__init__()
+
+    def _answer(self, handler, raw):
+        request = self._record(handler, raw)
+        match = self.PATH.match(handler.path)
+        if match is None:
+            return 404, self.error(20404, "The requested resource was not found", 404)
+        if request.auth != (self.account_sid, self.auth_token) or match["sid"] != self.account_sid:
+            return 401, self.error(20003, "Authenticate", 401)
+        scripted = self._scripted()
+        if scripted is not None:
+            status, payload, delay = scripted
+            time.sleep(delay)
+            if status < 300:
+                self.messages.append(request.form)
+            return status, payload
+        self.messages.append(request.form)
+        form = request.form or {}
+        return 201, {"sid": "SM" + uuid.uuid4().hex, "account_sid": self.account_sid, "to": form.get("To"),
+                     "from": form.get("From"), "body": form.get("Body"), "status": "queued",
+                     "num_segments": "1", "api_version": "2010-04-01"}
+
+    @staticmethod
+    def error(code, message, status):
+        """Twilio's error body."""
+        return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status}
+
+
+# ---------------------------------------------------------------- configuration
+
+BASE_GROUPS = {
+    "chat": {"aliases": ["chats"], "events": {"message_received": {"channels": ["system", "email"]}}},
+    "security": {"events": {"login_alert": {"channels": ["system", "email"], "locked": True, "urgent": True}}},
+}
+
+
+def channel_config(tmp_path, channels, events=None, attempts=3, backoff=(60, 600), templates=None):
+    """Write notifications.yaml and queue.yaml; return the settings that point at them.
+
+    `channels`: name -> options (the in-app `system` channel is added);
+    `events`: group -> event -> channel list, merged over BASE_GROUPS.
+    """
+    groups = json.loads(json.dumps(BASE_GROUPS))
+    known = {"system", *channels}
+    for group in groups.values():       # the base events use only the channels this config has
+        for event in group["events"].values():
+            event["channels"] = [c for c in event["channels"] if c in known]
+    for group, group_events in (events or {}).items():
+        groups.setdefault(group, {"events": {}})
+        for event, chans in group_events.items():
+            groups[group]["events"][event] = {"channels": list(chans)}
+    notifications = {"channels": dict({"system": {"enabled": True}}, **channels), "groups": groups,
+                     "templates": templates or {"default": {"email_subject": "{title}",
+                                                            "sms": "{title}: {content}"}}}
+    queue = {"queues": {"dispatch": "test-dispatch", "deliveries": "test-deliveries"},
+             "retry": {"attempts": attempts, "backoff": list(backoff)},
+             "batch": {"users_per_chunk": 100, "max_user_ids": 1000}}
+    n_path, q_path = tmp_path / "notifications.yaml", tmp_path / "queue.yaml"
+    n_path.write_text(yaml.safe_dump(notifications, sort_keys=False))
+    q_path.write_text(yaml.safe_dump(queue, sort_keys=False))
+    return {"NOTIFICATIONS_CONFIG": str(n_path), "QUEUE_CONFIG": str(q_path)}
+
+
+# ---------------------------------------------------------------- driving the real path
+
+
+def _queues(app):
+    domain, connection = app.config["DOMAIN"], app.extensions["redis"]
+    return [Queue(domain.queues[p], connection=connection) for p in ("dispatch", "deliveries")]
+
+
+def work(app):
+    """Run every queued job now, in this process, then return (RQ's burst mode)."""
+    with app.app_context():
+        SimpleWorker(_queues(app), connection=app.extensions["redis"]).work(
+            burst=True, with_scheduler=False, logging_level="WARNING")
+
+
+def scheduled(app):
+    """{job id: when it is due} for jobs waiting for their retry back-off."""
+    due = {}
+    for queue in _queues(app):
+        registry = ScheduledJobRegistry(queue=queue)
+        for job_id in registry.get_job_ids():
+            due[job_id] = registry.get_scheduled_time(job_id)
+    return due
+
+
+def fast_forward(app):
+    """Let the back-off pass: every scheduled job goes to its queue now. Returns how many."""
+    moved = 0
+    for queue in _queues(app):
+        registry = ScheduledJobRegistry(queue=queue)
+        for job_id in registry.get_job_ids():
+            registry.requeue(job_id)
+            moved += 1
+    return moved
+
+
+def drain(app, rounds=20):
+    """Work and fast-forward until nothing is queued or scheduled."""
+    for _ in range(rounds):
+        work(app)
+        if not fast_forward(app):
+            return
+    raise AssertionError("jobs still scheduled after %d rounds" % rounds)
+
+
+def trigger(client, user_ids, *, type="chat", event="message_received", title="Hello", content="World",
+            **fields):
+    """POST the trigger with the service key; returns the trigger id."""
+    body = dict(type=type, event=event, title=title, content=content,
+                user_ids=[str(u) for u in user_ids], **fields)
+    response = client.post("/v1/notifications/trigger", json=body, headers=SERVICE)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["trigger_id"]
+
+
+def put_contact(client, user_id, **contact):
+    response = client.put(f"/v1/notifications/users/{user_id}/contact", json=contact, headers=SERVICE)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def notification_id(client, user_headers):
+    """The id of the user's newest notification (read through the inbox, as the user)."""
+    response = client.get("/v1/notifications", headers=user_headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["items"][0]["id"]
+
+
+def deliveries(client, user_headers, nid=None):
+    """channel -> delivery, as the user reads them from GET /v1/notifications/{id}/deliveries."""
+    nid = nid or notification_id(client, user_headers)
+    response = client.get(f"/v1/notifications/{nid}/deliveries", headers=user_headers)
+    assert response.status_code == 200, response.get_json()
+    return {d["channel"]: d for d in response.get_json()["items"]}

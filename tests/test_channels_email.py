@@ -1,0 +1,336 @@
+"""The email channel end to end: trigger -> RQ worker -> flask-mail -> a real SMTP server (aiosmtpd)."""
+import socket
+import ssl
+import time
+import uuid
+
+import pytest
+
+from fake_providers import (FakeSMTP, channel_config, deliveries, drain, fast_forward, put_contact,
+                            scheduled, self_signed_cert, trigger, work)
+
+PUBLIC_URL = "https://notify.example.com"
+SENDER = "Bank Notifications <notify@bank.example>"
+
+
+@pytest.fixture
+def smtp():
+    server = FakeSMTP().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def build(clean, tmp_path):
+    """build(smtp_port, channels=..., **settings) -> an app whose email goes to 127.0.0.1:smtp_port."""
+    from app import create_app
+    apps = []
+
+    def make(port, channels=None, events=None, attempts=3, backoff=(60, 600), **settings):
+        config = channel_config(tmp_path, channels or {"email": {"enabled": True}}, events, attempts, backoff)
+        env = dict(clean, **config, PUBLIC_URL=PUBLIC_URL, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(port),
+                   MAIL_DEFAULT_SENDER=SENDER, MAIL_TIMEOUT="5")
+        env.update(settings)
+        application = create_app(env)
+        apps.append(application)
+        return application
+    yield make
+    for application in apps:
+        application.extensions["db_pool"].close()
+
+
+@pytest.fixture
+def recipient(user):
+    user_id, headers = user
+    return user_id, headers, f"user-{user_id.hex[:8]}@example.org"
+
+
+def delivery_id(db, channel="email"):
+    with db.cursor() as cur:
+        cur.execute("SELECT id FROM deliveries WHERE channel = %s", (channel,))
+        return str(cur.fetchone()[0])
+
+
+def parts(message):
+    """(text part, html part) of a received message, with the wire's CRLF as LF."""
+    return tuple(message.get_body(preferencelist=(kind,)).get_content().replace("\r\n", "\n")
+                 for kind in ("plain", "html"))
+
+
+# ---------------------------------------------------------------- the message
+
+
+def test_email_is_multipart_escaped_and_carries_its_headers(build, smtp, recipient, db):
+    user_id, headers, address = recipient
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id], title='<script>alert(1)</script>Rates < 5% & "fees"',
+            content='a < b & "c" > d\nsecond line', link_url="/chat/room/456", link_text="View & reply")
+    work(app)
+
+    assert len(smtp.messages) == 1
+    received = smtp.messages[0]
+    message = received["message"]
+    assert received["rcpt_tos"] == [address]
+    assert received["mail_from"] == "notify@bank.example"
+    assert message["To"] == address
+    assert message["From"] == SENDER
+    assert message["Subject"] == 'Rates < 5% & "fees"'
+    assert message["Auto-Submitted"] == "auto-generated"
+
+    # both parts, as alternatives of one another
+    types = [part.get_content_type() for part in message.walk()]
+    assert "multipart/alternative" in types and "text/plain" in types and "text/html" in types
+    text, html = parts(message)
+
+    # the text part keeps the characters as written
+    assert 'Rates < 5% & "fees"' in text
+    assert 'a < b & "c" > d\nsecond line' in text
+    assert f"View & reply: {PUBLIC_URL}/chat/room/456" in text
+    # the HTML part escapes every one of them; no markup from the trigger survives
+    assert "<script" not in html.lower() and "alert(1)" not in html
+    assert "Rates &lt; 5% &amp; &#34;fees&#34;" in html
+    assert "a &lt; b &amp; &#34;c&#34; &gt; d" in html
+    assert f'<a href="{PUBLIC_URL}/chat/room/456">View &amp; reply</a>' in html
+    assert f'href="{PUBLIC_URL}/v1/notifications/preferences"' in html
+
+    assert message["List-Unsubscribe"] == f"<{PUBLIC_URL}/v1/notifications/preferences>"
+    assert len(message.get_all("Message-ID")) == 1
+    assert message["Message-ID"] == f"<{delivery_id(db)}@bank.example>"
+
+    email_delivery = deliveries(client, headers)["email"]
+    assert email_delivery["status"] == "sent"
+    assert email_delivery["provider_message_id"] == message["Message-ID"]
+    assert email_delivery["attempts"] == 1
+    assert [(a["outcome"], a["provider_message_id"]) for a in email_delivery["history"]] == [
+        ("sent", message["Message-ID"])]
+    assert email_delivery["sent_at"] is not None
+
+
+def test_each_send_opens_and_closes_its_own_connection(build, smtp, db):
+    app = build(smtp.port)
+    client = app.test_client()
+    users = [uuid.uuid4() for _ in range(3)]
+    for u in users:
+        put_contact(client, u, email=f"{u.hex[:8]}@example.org")
+    trigger(client, users)
+    work(app)
+    assert sorted(m["rcpt_tos"][0] for m in smtp.messages) == sorted(f"{u.hex[:8]}@example.org" for u in users)
+    assert smtp.quits == 3          # every connection ended with QUIT, none kept open
+    with db.cursor() as cur:
+        cur.execute("SELECT count(DISTINCT provider_message_id) FROM deliveries WHERE status = 'sent'"
+                    " AND channel = 'email'")
+        assert cur.fetchone()[0] == 3
+
+
+def test_subject_cannot_inject_headers(build, smtp, recipient):
+    user_id, _, address = recipient
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id], title="Hello\r\nBcc: victim@example.org\r\n\r\nbody")
+    work(app)
+    message = smtp.messages[0]["message"]
+    assert smtp.messages[0]["rcpt_tos"] == [address]
+    assert message["Bcc"] is None
+    assert message["Subject"] == "Hello Bcc: victim@example.org body"
+
+
+def test_locked_event_has_no_unsubscribe_header(build, smtp, recipient):
+    user_id, _, address = recipient
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id], type="security", event="login_alert", title="New sign-in")
+    work(app)
+    assert smtp.messages[0]["message"]["List-Unsubscribe"] is None
+
+
+def test_unsubscribe_targets_are_configurable(build, smtp, recipient):
+    user_id, _, address = recipient
+    app = build(smtp.port, channels={"email": {"unsubscribe_mailto": "unsubscribe@bank.example?subject={user_id}",
+                                               "unsubscribe_url": "https://bank.example/settings/notifications"}})
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id])
+    work(app)
+    assert smtp.messages[0]["message"]["List-Unsubscribe"] == (
+        f"<mailto:unsubscribe@bank.example?subject={user_id}>, <https://bank.example/settings/notifications>")
+
+
+# ---------------------------------------------------------------- failures and retries
+
+
+def test_smtp_down_is_retried_with_backoff_then_sent_once(build, recipient):
+    user_id, headers, address = recipient
+    server = FakeSMTP()                    # its port is chosen, nothing listens yet
+    app = build(server.port, backoff=[60, 600])
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id])
+    try:
+        work(app)
+        first = deliveries(client, headers)["email"]
+        assert first["status"] == "pending"
+        assert first["attempts"] == 1
+        assert [a["outcome"] for a in first["history"]] == ["retry"]
+        assert "Connection" in first["history"][0]["error"]     # ConnectionRefusedError
+        due = list(scheduled(app).values())
+        assert len(due) == 1
+        wait = (due[0] - _now()).total_seconds()
+        assert 50 < wait <= 60                                   # queue.yaml's first back-off
+
+        server.start()
+        assert fast_forward(app) == 1
+        work(app)
+        done = deliveries(client, headers)["email"]
+        assert done["status"] == "sent"
+        assert done["attempts"] == 2
+        assert [a["outcome"] for a in done["history"]] == ["retry", "sent"]
+        drain(app)                                               # nothing left that could send it again
+        assert len(server.messages) == 1
+        assert server.messages[0]["message"]["Message-ID"] == done["provider_message_id"]
+    finally:
+        server.stop()
+
+
+def test_smtp_timeout_is_applied_and_retried(build, recipient):
+    user_id, headers, address = recipient
+    silent = socket.socket()               # accepts connections (backlog) and never says a word
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        app = build(silent.getsockname()[1], MAIL_TIMEOUT="0.5")
+        client = app.test_client()
+        put_contact(client, user_id, email=address)
+        trigger(client, [user_id])
+        started = time.monotonic()
+        work(app)
+        assert time.monotonic() - started < 5
+        delivery = deliveries(client, headers)["email"]
+        assert delivery["status"] == "pending"
+        assert "timed out" in delivery["history"][0]["error"].lower()
+    finally:
+        silent.close()
+
+
+def test_recipient_refused_fails_at_once_with_the_servers_reason(build, smtp, recipient):
+    user_id, headers, address = recipient
+    smtp.refuse_rcpt = "550 5.1.1 mailbox unavailable"
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id])
+    drain(app)
+    delivery = deliveries(client, headers)["email"]
+    assert delivery["status"] == "failed"
+    assert delivery["attempts"] == 1
+    assert "550" in delivery["last_error"] and "mailbox unavailable" in delivery["last_error"]
+    assert [a["outcome"] for a in delivery["history"]] == ["failed"]
+    assert smtp.messages == []
+
+
+def test_recipient_deferred_is_retried(build, smtp, recipient):
+    user_id, headers, address = recipient
+    smtp.refuse_rcpt = "450 4.2.1 try again later"
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id])
+    work(app)
+    delivery = deliveries(client, headers)["email"]
+    assert delivery["status"] == "pending"
+    assert "450" in delivery["history"][0]["error"]
+    smtp.refuse_rcpt = None
+    drain(app)
+    delivery = deliveries(client, headers)["email"]
+    assert delivery["status"] == "sent" and delivery["attempts"] == 2
+    assert len(smtp.messages) == 1
+
+
+def test_user_without_email_is_skipped_and_not_retried(build, smtp, user):
+    user_id, headers = user
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, phone="+14155550100")
+    trigger(client, [user_id])
+    work(app)
+    delivery = deliveries(client, headers)["email"]
+    assert delivery["status"] == "skipped"
+    assert delivery["reason"] == "no email on file for this user"
+    assert scheduled(app) == {}
+    assert smtp.messages == []
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def test_starttls_with_a_verified_certificate(build, recipient, certificate):
+    user_id, headers, address = recipient
+    cert, context = certificate
+    server = FakeSMTP(tls_context=context).start()    # refuses mail before STARTTLS
+    try:
+        app = build(server.port, channels={"email": {"ca_file": cert}}, MAIL_USE_TLS="true")
+        client = app.test_client()
+        put_contact(client, user_id, email=address)
+        trigger(client, [user_id])
+        work(app)
+        assert deliveries(client, headers)["email"]["status"] == "sent"
+        assert len(server.messages) == 1 and server.messages[0]["tls"]
+    finally:
+        server.stop()
+
+
+def test_starttls_refuses_an_untrusted_certificate(build, recipient, certificate):
+    user_id, headers, address = recipient
+    _, context = certificate
+    server = FakeSMTP(tls_context=context).start()
+    try:
+        app = build(server.port, MAIL_USE_TLS="true")            # no ca_file: the self-signed cert is unknown
+        client = app.test_client()
+        put_contact(client, user_id, email=address)
+        trigger(client, [user_id])
+        work(app)
+        delivery = deliveries(client, headers)["email"]
+        assert delivery["status"] == "pending"
+        assert "CERTIFICATE_VERIFY_FAILED" in delivery["history"][0]["error"]
+        assert server.messages == []
+    finally:
+        server.stop()
+
+
+def test_implicit_tls_with_mail_use_ssl(build, recipient, certificate):
+    user_id, headers, address = recipient
+    cert, context = certificate
+    server = FakeSMTP(ssl_context=context).start()
+    try:
+        app = build(server.port, channels={"email": {"ca_file": cert}}, MAIL_USE_SSL="true")
+        client = app.test_client()
+        put_contact(client, user_id, email=address)
+        trigger(client, [user_id])
+        work(app)
+        assert deliveries(client, headers)["email"]["status"] == "sent"
+        assert len(server.messages) == 1
+    finally:
+        server.stop()
+
+
+def test_tls_and_ssl_together_stop_start_up(build, smtp):
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        build(smtp.port, MAIL_USE_TLS="true", MAIL_USE_SSL="true")
+    assert "MAIL_USE_SSL" in str(caught.value)
+
+
+def _now():
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc)

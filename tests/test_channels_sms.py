@@ -1,0 +1,335 @@
+"""SMS end to end: trigger -> RQ worker -> Twilio's Messages API (a local server of its shape),
+and the generic webhook adapter used as an SMS gateway."""
+import pytest
+
+from conftest import SERVICE
+from fake_providers import (FakeHTTP, FakeTwilio, channel_config, deliveries, drain, fast_forward, put_contact,
+                            scheduled, trigger, work)
+
+PHONE = "+14155550100"
+
+
+@pytest.fixture
+def twilio():
+    server = FakeTwilio()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def build(clean, tmp_path):
+    """build(channels, **queue) -> an app with payment.payment_failed on system + the given channels."""
+    from app import create_app
+    apps = []
+
+    def make(channels, attempts=3, backoff=(60, 600), extra=None, **settings):
+        events = {"payment": {"payment_failed": ["system", *(c for c in channels if c != "system")]}}
+        config = channel_config(tmp_path, dict(channels, **(extra or {})), events, attempts, backoff)
+        application = create_app(dict(clean, **config, PUBLIC_URL="https://notify.example.com", **settings))
+        apps.append(application)
+        return application
+    yield make
+    for application in apps:
+        application.extensions["db_pool"].close()
+
+
+def twilio_channel(server, **options):
+    return {"sms": dict({"type": "twilio", "base_url": server.url, "account_sid": server.account_sid,
+                         "auth_token": server.auth_token, "from": server.sender, "timeout": 5}, **options)}
+
+
+def send(app, user_id, **fields):
+    client = app.test_client()
+    put_contact(client, user_id, phone=PHONE)
+    fields = dict({"title": "Payment failed", "content": "Card ending 4242 was declined"}, **fields)
+    trigger(client, [user_id], type="payment", event="payment_failed", **fields)
+    return client
+
+
+# ---------------------------------------------------------------- Twilio
+
+
+def test_twilio_gets_the_right_form_fields_and_basic_auth(build, twilio, user):
+    user_id, headers = user
+    app = build(twilio_channel(twilio))
+    client = send(app, user_id)
+    work(app)
+
+    assert len(twilio.requests) == 1
+    request = twilio.requests[0]
+    assert request.method == "POST"
+    assert request.path == f"/2010-04-01/Accounts/{twilio.account_sid}/Messages.json"
+    assert request.auth == (twilio.account_sid, twilio.auth_token)
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.form == {"To": PHONE, "From": twilio.sender,
+                            "Body": "Payment failed: Card ending 4242 was declined"}
+
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "sent"
+    assert sms["attempts"] == 1
+    assert sms["provider_message_id"].startswith("SM") and len(sms["provider_message_id"]) == 34
+    assert [a["outcome"] for a in sms["history"]] == ["sent"]
+
+
+def test_secrets_can_come_from_the_environment(build, twilio, user, monkeypatch):
+    user_id, headers = user
+    monkeypatch.setenv("TEST_TWILIO_SID", twilio.account_sid)
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", twilio.auth_token)
+    app = build(twilio_channel(twilio, account_sid="${TEST_TWILIO_SID}", auth_token="${TEST_TWILIO_TOKEN}"))
+    client = send(app, user_id)
+    work(app)
+    assert twilio.requests[0].auth == (twilio.account_sid, twilio.auth_token)
+    assert deliveries(client, headers)["sms"]["status"] == "sent"
+
+
+def test_messaging_service_instead_of_a_sender_number(build, twilio, user):
+    user_id, _ = user
+    app = build(twilio_channel(twilio, **{"from": None, "messaging_service_sid": "MG" + "2" * 32}))
+    send(app, user_id)
+    work(app)
+    form = twilio.requests[0].form
+    assert form["MessagingServiceSid"] == "MG" + "2" * 32 and "From" not in form
+
+
+def test_long_body_is_cut_to_twilios_limit(build, twilio, user):
+    user_id, headers = user
+    app = build(twilio_channel(twilio))
+    client = send(app, user_id, link_url="/payments/1")
+    # a second, long one
+    trigger(client, [user_id], type="payment", event="payment_failed", title="Long", content="x" * 5000)
+    work(app)
+    bodies = sorted((r.form["Body"] for r in twilio.requests), key=len)
+    assert len(bodies[-1]) == 1600 and bodies[-1].endswith("…")
+    assert bodies[-1].startswith("Long: xxx")
+
+
+def test_a_500_then_success_ends_sent_with_two_attempts(build, twilio, user):
+    user_id, headers = user
+    twilio.fail(500, FakeTwilio.error(20500, "Internal Server Error", 500))
+    app = build(twilio_channel(twilio))
+    client = send(app, user_id)
+    work(app)
+    pending = deliveries(client, headers)["sms"]
+    assert pending["status"] == "pending"
+    assert "500" in pending["last_error"] and "Internal Server Error" in pending["last_error"]
+    drain(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "sent"
+    assert sms["attempts"] == 2
+    assert [a["outcome"] for a in sms["history"]] == ["retry", "sent"]
+    assert len(twilio.requests) == 2 and len(twilio.messages) == 1
+
+
+def test_a_400_fails_at_once_with_twilios_reason(build, twilio, user):
+    user_id, headers = user
+    twilio.fail(400, FakeTwilio.error(21211, "The 'To' number +14155550100 is not a valid phone number.", 400))
+    app = build(twilio_channel(twilio))
+    client = send(app, user_id)
+    drain(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "failed"
+    assert sms["attempts"] == 1
+    assert "is not a valid phone number" in sms["last_error"] and "21211" in sms["last_error"]
+    assert [(a["outcome"], a["error"]) for a in sms["history"]] == [("failed", sms["last_error"])]
+    assert len(twilio.requests) == 1
+    assert scheduled(app) == {}
+
+
+def test_bad_credentials_are_a_permanent_refusal(build, twilio, user):
+    user_id, headers = user
+    app = build(twilio_channel(twilio, auth_token="wrong"))
+    client = send(app, user_id)
+    drain(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "failed" and "Authenticate" in sms["last_error"] and "401" in sms["last_error"]
+
+
+def test_fails_twice_then_succeeds_with_the_configured_backoff(build, twilio, user):
+    user_id, headers = user
+    twilio.fail(503, FakeTwilio.error(20503, "Service Unavailable", 503))
+    twilio.fail(429, FakeTwilio.error(20429, "Too Many Requests", 429))
+    app = build(twilio_channel(twilio), attempts=3, backoff=(60, 600))
+    client = send(app, user_id)
+    waits = []
+    for _ in range(2):
+        work(app)
+        (due,) = scheduled(app).values()
+        waits.append((due - _now()).total_seconds())
+        fast_forward(app)
+    work(app)
+    assert 50 < waits[0] <= 60 and 590 < waits[1] <= 600
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "sent"
+    assert sms["attempts"] == 3
+    assert [a["outcome"] for a in sms["history"]] == ["retry", "retry", "sent"]
+    assert [a["attempt"] for a in sms["history"]] == [1, 2, 3]
+    assert "429" in sms["history"][1]["error"]
+    assert len(twilio.messages) == 1
+
+
+def test_always_failing_gives_up_then_operator_retry_sends_it(build, twilio, user):
+    user_id, headers = user
+    twilio.always = (502, {"message": "Bad Gateway"}, 0)
+    app = build(twilio_channel(twilio), attempts=3)
+    client = send(app, user_id)
+    drain(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "failed"
+    assert sms["attempts"] == 3
+    assert sms["reason"] == "gave up after 3 attempts"
+    assert [a["outcome"] for a in sms["history"]] == ["retry", "retry", "failed"]
+    assert len(twilio.requests) == 3 and twilio.messages == []
+
+    twilio.always = None                                        # the provider is back
+    result = app.test_cli_runner().invoke(args=["deliveries", "retry"])
+    assert result.exit_code == 0, result.output
+    assert "1 deliveries re-enqueued" in result.output
+    drain(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "sent"
+    assert sms["attempts"] == 4
+    assert [a["outcome"] for a in sms["history"]] == ["retry", "retry", "failed", "sent"]
+    assert len(twilio.messages) == 1
+
+
+def test_provider_timeout_is_retried(build, twilio, user):
+    user_id, headers = user
+    twilio.fail(201, {"sid": "SMlate"}, delay=2)               # answers after the client gave up
+    app = build(twilio_channel(twilio, timeout=0.5))
+    client = send(app, user_id)
+    work(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "pending"
+    assert "Timeout" in sms["history"][0]["error"]
+
+
+def test_provider_unreachable_is_retried(build, twilio, user):
+    user_id, headers = user
+    twilio.stop()
+    app = build(twilio_channel(twilio))
+    client = send(app, user_id)
+    work(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "pending"
+    assert "ConnectionError" in sms["history"][0]["error"]
+
+
+def test_unconfigured_twilio_is_retried_not_sent(build, user, monkeypatch):
+    user_id, headers = user
+    monkeypatch.delenv("TWILIO_ACCOUNT_SID", raising=False)
+    app = build({"sms": {"type": "twilio", "base_url": "http://127.0.0.1:9"}})
+    client = send(app, user_id)
+    work(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "pending"
+    assert "not configured" in sms["last_error"]
+
+
+def test_user_without_phone_is_skipped_and_not_retried(build, twilio, user):
+    user_id, headers = user
+    app = build(twilio_channel(twilio))
+    client = app.test_client()
+    put_contact(client, user_id, email="someone@example.org")
+    trigger(client, [user_id], type="payment", event="payment_failed", title="Payment failed")
+    work(app)
+    sms = deliveries(client, headers)["sms"]
+    assert sms["status"] == "skipped"
+    assert sms["reason"] == "no phone on file for this user"
+    assert [a["outcome"] for a in sms["history"]] == ["skipped"]
+    assert scheduled(app) == {}
+    assert twilio.requests == []
+
+
+def test_user_without_any_contact_is_skipped(build, twilio, user):
+    user_id, headers = user
+    app = build(twilio_channel(twilio))
+    client = app.test_client()
+    trigger(client, [user_id], type="payment", event="payment_failed", title="Payment failed")
+    work(app)
+    assert deliveries(client, headers)["sms"]["status"] == "skipped"
+    assert twilio.requests == []
+
+
+# ---------------------------------------------------------------- channels in the trigger
+
+
+def test_disabled_channel_in_trigger_is_400_invalid_channel(build, twilio, user):
+    user_id, _ = user
+    app = build(twilio_channel(twilio), extra={"whatsapp": {"type": "webhook", "url": "http://127.0.0.1:9",
+                                                            "enabled": False}})
+    client = app.test_client()
+    body = {"type": "payment", "event": "payment_failed", "title": "x", "user_ids": [str(user_id)],
+            "channels": ["system", "whatsapp"]}
+    r = client.post("/v1/notifications/trigger", json=body, headers=SERVICE)
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "notifications_m.invalid_channel"
+    r = client.post("/v1/notifications/trigger", json=dict(body, channels=["pigeon"]), headers=SERVICE)
+    assert r.get_json()["code"] == "notifications_m.invalid_channel"
+
+
+def test_trigger_channels_limit_delivery(build, twilio, user):
+    user_id, headers = user
+    app = build(twilio_channel(twilio))
+    client = app.test_client()
+    put_contact(client, user_id, phone=PHONE)
+    trigger(client, [user_id], type="payment", event="payment_failed", title="x", channels=["system"])
+    work(app)
+    assert set(deliveries(client, headers)) == {"system"}
+    assert twilio.requests == []
+
+
+# ---------------------------------------------------------------- the generic webhook as an SMS gateway
+
+
+@pytest.fixture
+def gateway():
+    server = FakeHTTP()
+    yield server
+    server.stop()
+
+
+def gateway_channel(server, **options):
+    return {"sms_gateway": dict({
+        "type": "webhook", "url": server.url + "/v1/sms", "needs": "phone", "max_length": 160,
+        "headers": {"Authorization": "${TEST_GATEWAY_AUTH}"},
+        "body": {"to": "{recipient}", "text": "{title}: {content}", "meta": {"ref": "{delivery_id}",
+                                                                         "tags": ["{type}", "{event}"]}},
+    }, **options)}
+
+
+def test_webhook_gateway_gets_the_templated_json_and_auth_header(build, gateway, user, monkeypatch, db):
+    user_id, headers = user
+    monkeypatch.setenv("TEST_GATEWAY_AUTH", "Bearer gw-secret")
+    app = build(gateway_channel(gateway))
+    client = send(app, user_id, content="y" * 300)
+    work(app)
+    with db.cursor() as cur:
+        cur.execute("SELECT id FROM deliveries WHERE channel = 'sms_gateway'")
+        delivery_id = str(cur.fetchone()[0])
+    (request,) = gateway.requests
+    assert request.path == "/v1/sms"
+    assert request.headers["Authorization"] == "Bearer gw-secret"
+    assert request.headers["Idempotency-Key"] == delivery_id
+    assert request.json == {"to": PHONE, "text": ("Payment failed: " + "y" * 300)[:160],
+                            "meta": {"ref": delivery_id, "tags": ["payment", "payment_failed"]}}
+    sms = deliveries(client, headers)["sms_gateway"]
+    assert sms["status"] == "sent" and sms["provider_message_id"] == "msg-1"
+
+
+def test_webhook_4xx_is_permanent_with_the_reason_5xx_is_retried(build, gateway, user):
+    user_id, headers = user
+    gateway.fail(503, {"error": "maintenance"})
+    gateway.fail(422, {"error": {"message": "number is blocked"}, "code": "blocked"})
+    app = build(gateway_channel(gateway))
+    client = send(app, user_id)
+    drain(app)
+    sms = deliveries(client, headers)["sms_gateway"]
+    assert sms["status"] == "failed"
+    assert [a["outcome"] for a in sms["history"]] == ["retry", "failed"]
+    assert "maintenance" in sms["history"][0]["error"]
+    assert "422" in sms["last_error"] and "number is blocked" in sms["last_error"]
+
+
+def _now():
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc)
