@@ -63,3 +63,11 @@ def job_is_alive(job_id, app=None):
         return Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name,
                                   connection=connection) is not None
     return True
+
+
+def schedule_delivery(delivery_id, at, app=None):
+    """Run a held delivery at `at` (RQ's scheduler). Its own job id, so it cannot
+    collide with the job that is holding it right now."""
+    return queue("deliveries", app).enqueue_at(at, "workers.jobs.deliver", str(delivery_id),
+                                               job_id=f"{deliver_job_id(delivery_id)}-at-{int(at.timestamp())}",
+                                               job_timeout=120, result_ttl=60, failure_ttl=7 * 86400)

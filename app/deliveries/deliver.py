@@ -1,6 +1,7 @@
 """One attempt of one delivery: claim it, send it, record what happened.
 
-Outcomes: `sent`; `skipped` (no address for the channel, the notification
+Outcomes: `held` (quiet hours: waits, without spending an attempt, and is
+scheduled for the window's end); `sent`; `skipped` (no address for the channel, the notification
 was deleted, the channel is no longer configured) and never retried;
 `failed` at once for a permanent provider error or after the last attempt;
 otherwise back to `pending` and `RetryLater` is raised, so RQ schedules the
@@ -16,9 +17,11 @@ from ..channels import registry
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..channels.base import Outbound, PermanentError
 from ..channels.templates import event_templates
-from ..notifications.model import to_public
+from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
+from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
+from ..jobs_queue import schedule_delivery
 from . import repository
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,18 @@ def deliver(delivery_id):
             if claimed is not None and claimed["row"] is not None:
                 claimed["choices"] = preferences.choices(conn, claimed["user_id"], claimed["row"]["customer_id"],
                                                          claimed["row"]["type"])
+                claimed["quiet"] = preferences.quiet_hours(conn, claimed["user_id"])
         if claimed is None:
             return "not-claimable"
         status, kwargs, retry = _attempt(app, domain, claimed)
         with db.transaction(conn):
-            repository.finish(conn, claimed, status, **kwargs)
+            if status == "held":
+                repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
+            else:
+                repository.finish(conn, claimed, status, **kwargs)
+        if status == "held":
+            schedule_delivery(claimed["id"], kwargs["until"], app)
+            return status
     DELIVERIES.labels(claimed["channel"], kwargs.get("outcome") or status).inc()
     if status == "sent" and claimed["row"] is not None:
         age = datetime.datetime.now(datetime.timezone.utc) - claimed["row"]["created_at"]
@@ -65,6 +75,10 @@ def _attempt(app, domain, claimed):
     event = group.events.get(row["event"]) if group else None
     if event is not None and not resolve(event, claimed["channel"], claimed["choices"], row["customer_id"])[0]:
         return "skipped", {"reason": "switched off in the user's preferences"}, False
+    if applies(claimed.get("quiet"), claimed["channel"], event):
+        until = held_until(datetime.datetime.now(datetime.timezone.utc), claimed["quiet"], row["timezone"])
+        if until is not None:
+            return "held", {"until": until, "reason": f"held by quiet hours until {rfc3339(until)}"}, False
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
     if not channel.address(contact):
         return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False

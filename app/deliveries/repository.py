@@ -86,3 +86,17 @@ def stale(conn, older_than_seconds, limit=1000):
                     " AND (locked_until IS NULL OR locked_until < now()) ORDER BY updated_at LIMIT %s",
                     (older_than_seconds, limit))
         return [row[0] for row in cur.fetchall()]
+
+
+def hold(conn, claimed, until, reason):
+    """Put a claimed delivery back to wait, without spending an attempt.
+
+    `locked_until` keeps the relay away until the hold ends; the attempt row
+    records the hold for the audit trail.
+    """
+    with conn.cursor() as cur:
+        cur.execute("UPDATE deliveries SET status = 'pending', attempts = attempts - 1, reason = %s,"
+                    " locked_until = %s, updated_at = now() WHERE id = %s", (reason, until, claimed["id"]))
+        cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at)"
+                    " VALUES (%s, %s, 'held', %s, %s)", (claimed["id"], claimed["attempts"], reason,
+                                                       claimed["started_at"]))

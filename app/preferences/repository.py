@@ -46,3 +46,22 @@ def upsert(conn, user_id, changes):
                  " ON CONFLICT (user_id, group_name, customer_id, event, channel)"
                  " DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = now()",
             list(rows.values()))
+
+
+def quiet_hours(conn, user_id):
+    """The user's quiet-hours window, or None."""
+    with cursor(conn) as cur:
+        cur.execute("SELECT start_time, end_time, channels FROM quiet_hours WHERE user_id = %s", (user_id,))
+        return cur.fetchone()
+
+
+def set_quiet_hours(conn, user_id, window):
+    """Set (or, with None, clear) the user's quiet hours."""
+    with conn.cursor() as cur:
+        if window is None:
+            cur.execute("DELETE FROM quiet_hours WHERE user_id = %s", (user_id,))
+        else:
+            cur.execute("INSERT INTO quiet_hours (user_id, start_time, end_time, channels) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT (user_id) DO UPDATE SET start_time = EXCLUDED.start_time,"
+                        " end_time = EXCLUDED.end_time, channels = EXCLUDED.channels, updated_at = now()",
+                        (user_id, window["start"], window["end"], list(window["channels"])))

@@ -31,6 +31,37 @@ def effective(domain, choices, customer_id):
     return {"customer_id": str(customer_id) if customer_id else None, "groups": groups}
 
 
+def quiet_view(window, timezone):
+    if window is None:
+        return None
+    return {"start": window["start_time"].strftime("%H:%M"), "end": window["end_time"].strftime("%H:%M"),
+            "channels": list(window["channels"]), "timezone": timezone or "UTC"}
+
+
+def _timezone(conn, user_id):
+    with conn.cursor() as cur:
+        cur.execute("SELECT timezone FROM contacts WHERE user_id = %s", (user_id,))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _with_quiet_hours(conn, user_id, body):
+    body["quiet_hours"] = quiet_view(repository.quiet_hours(conn, user_id), _timezone(conn, user_id))
+    return body
+
+
+def validate_quiet_hours(domain, window):
+    """Default the held channels to every external channel; refuse unknown ones."""
+    if window is None:
+        return None
+    if window["channels"] is None:
+        window["channels"] = [c for c in domain.channels if c != "system"]
+    for channel in window["channels"]:
+        if channel not in domain.channels or channel == "system":
+            raise InvalidChannel(f"Quiet hours cannot hold channel {channel!r}")
+    return window
+
+
 def validate_changes(domain, user, changes):
     """Canonical changes, or the first invalid one's 400 (then nothing is applied)."""
     for change in changes:
@@ -63,9 +94,10 @@ class Preferences(MethodView):
         """The effective preferences (defaults merged with the user's choices)"""
         user = current_user()
         user.check_customer(customer_id)
+        conn = db.get_conn()
         with db.failing_as(FailedToFetchPreferences):
-            choices = repository.choices(db.get_conn(), user.id, customer_id)
-        return effective(current_app.config["DOMAIN"], choices, customer_id)
+            choices = repository.choices(conn, user.id, customer_id)
+            return _with_quiet_hours(conn, user.id, effective(current_app.config["DOMAIN"], choices, customer_id))
 
     @blp.doc(security=USER_SECURITY)
     @blp.arguments(PreferencesUpdateSchema)
@@ -82,9 +114,13 @@ class Preferences(MethodView):
         user.check_customer(customer_id)
         domain = current_app.config["DOMAIN"]
         changes = validate_changes(domain, user, body["changes"])
+        quiet = validate_quiet_hours(domain, body.get("quiet_hours"))
         conn = db.get_conn()
         with db.failing_as(FailedToUpdatePreferences), db.transaction(conn):
-            repository.upsert(conn, user.id, changes)
+            if changes:
+                repository.upsert(conn, user.id, changes)
+            if "quiet_hours" in body:
+                repository.set_quiet_hours(conn, user.id, quiet)
         with db.failing_as(FailedToFetchPreferences):
             choices = repository.choices(conn, user.id, customer_id)
-        return effective(domain, choices, customer_id)
+            return _with_quiet_hours(conn, user.id, effective(domain, choices, customer_id))

@@ -17,8 +17,24 @@ class ChangeSchema(StrictSchema):
     enabled = fields.Boolean(required=True, truthy={True}, falsy={False})
 
 
+class QuietHoursSchema(StrictSchema):
+    """Local wall-clock times in the user's contact time zone; may cross midnight."""
+
+    start = fields.Time(required=True, format="%H:%M", metadata={"example": "22:00"})
+    end = fields.Time(required=True, format="%H:%M", metadata={"example": "07:00"})
+    channels = fields.List(fields.String(), load_default=None,
+                           metadata={"description": "channels held (default: every channel but in-app)"})
+
+
 class PreferencesUpdateSchema(StrictSchema):
-    changes = fields.List(fields.Nested(ChangeSchema), required=True, validate=validate.Length(min=1, max=200))
+    changes = fields.List(fields.Nested(ChangeSchema), load_default=list, validate=validate.Length(max=200))
+    quiet_hours = fields.Nested(QuietHoursSchema, allow_none=True,
+                                metadata={"description": "set, or null to remove; omit to keep"})
+
+    @ma.validates_schema
+    def _something(self, data, **_):
+        if not data.get("changes") and "quiet_hours" not in data:
+            raise ma.ValidationError("Give `changes`, `quiet_hours`, or both.", "changes")
 
 
 class ChannelStateSchema(ma.Schema):
@@ -38,6 +54,14 @@ class GroupPreferencesSchema(ma.Schema):
     events = fields.List(fields.Nested(EventPreferencesSchema))
 
 
+class QuietHoursOutSchema(ma.Schema):
+    start = fields.String()
+    end = fields.String()
+    channels = fields.List(fields.String())
+    timezone = fields.String()
+
+
 class PreferencesSchema(ma.Schema):
     customer_id = fields.String(allow_none=True)
     groups = fields.List(fields.Nested(GroupPreferencesSchema))
+    quiet_hours = fields.Nested(QuietHoursOutSchema, allow_none=True)
