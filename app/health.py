@@ -9,8 +9,12 @@ blp = Blueprint("health", __name__)
 
 @blp.get("/healthz")
 def healthz():
-    """The process answers."""
-    return jsonify(status="ok")
+    """The process answers; once it has served a stream, also how many are open in it."""
+    body = {"status": "ok"}
+    hub = current_app.extensions.get("stream_hub")
+    if hub is not None:
+        body["streams"] = hub.count()
+    return jsonify(body)
 
 
 @blp.get("/readyz")

@@ -9,9 +9,14 @@ import redis as redis_lib
 from flask import current_app
 
 
+MAX_CONNECTIONS = 32   # per process: a burst of stream connects waits for one instead of opening hundreds
+
+
 def make_client(url):
-    return redis_lib.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10,
-                                    health_check_interval=30, retry_on_timeout=True)
+    pool = redis_lib.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=5,
+                                                     socket_connect_timeout=5, socket_timeout=10,
+                                                     health_check_interval=30)
+    return redis_lib.Redis(connection_pool=pool)
 
 
 def redis():
