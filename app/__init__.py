@@ -1,7 +1,8 @@
 """The application factory."""
 from flask import Flask
 
-from . import api, db, errors, health, logs, metrics, migrate, redis_client, security
+from . import api, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
+from . import audit, retention
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
 from .config import load_settings
@@ -20,18 +21,24 @@ def create_app(config=None):
     migrate.init_app(app)
     channels.init_app(app)
     deliveries_cli.init_app(app)
+    audit.init_app(app)
+    retention.init_app(app)
     app.register_blueprint(health.blp)
+    inbox_page.init_app(app)
     metrics.init_app(app)
     api.init_app(app, _blueprints())
+    ratelimit.init_app(app)
     return app
 
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .audit_routes import blp as audit_log
     from .contacts.routes import blp as contacts
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch
     from .notifications.routes import blp as notifications
+    from .notifications.stats import blp as stats
     from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
-    return [streams, dispatch, preferences, notifications, deliveries, contacts]
+    return [streams, dispatch, preferences, notifications, deliveries, contacts, stats, audit_log]

@@ -42,6 +42,7 @@ class Domain:
     relay_interval: float
     relay_stale_after: float
     all_channels: dict = field(default_factory=dict)   # enabled or not
+    rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit.py)
 
     def group(self, name):
         """The canonical Group for a name or alias, or None."""
@@ -136,6 +137,31 @@ def _parse_notifications(path):
     return channels, all_channels, groups, aliases, templates
 
 
+# queue.yaml `rate_limits:` names and their defaults (app/ratelimit.py applies them).
+RATE_LIMITS = {"trigger": "100/second", "service": "100/second", "user": "50/second",
+               "stream_connect": "10/minute"}
+
+
+def _rate_limits(path, data):
+    raw = data.get("rate_limits", {}) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "rate_limits", "must be a mapping")
+    from limits import parse_many
+    found = dict(RATE_LIMITS)
+    for name, value in raw.items():
+        where = f"rate_limits.{name}"
+        if name not in RATE_LIMITS:
+            raise ConfigError(path, where, f"unknown limit (known: {', '.join(RATE_LIMITS)})")
+        try:
+            items = parse_many(value) if isinstance(value, str) else None
+        except ValueError:
+            items = None
+        if not items or any(item.amount <= 0 for item in items):
+            raise ConfigError(path, where, f"must be a rate such as '100/second' or '10 per minute', got {value!r}")
+        found[name] = value
+    return found
+
+
 def _parse_queue(path):
     data = _read(path)
     queues = _need(path, data, "queues", dict)
@@ -157,6 +183,7 @@ def _parse_queue(path):
         idempotency_ttl_seconds=3600 * _positive(path, idem, "ttl_hours", "idempotency", 24),
         relay_interval=float(_positive(path, relay, "interval_seconds", "relay", 2)),
         relay_stale_after=float(_positive(path, relay, "stale_after_seconds", "relay", 30)),
+        rate_limits=_rate_limits(path, data),
     )
 
 

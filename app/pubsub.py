@@ -13,12 +13,13 @@ parsing JSON and frames each event once for all its streams:
 """
 import json
 
-# One round trip publishes a whole batch, inside Redis.
+# One round trip publishes a whole batch, inside Redis; the answer is each channel's subscriber count.
 _PUBLISH_MANY = """
+local heard = {}
 for i = 1, #KEYS do
-  redis.call('PUBLISH', KEYS[i], ARGV[i])
+  heard[i] = redis.call('PUBLISH', KEYS[i], ARGV[i])
 end
-return #KEYS
+return heard
 """
 BATCH = 1000
 
@@ -52,13 +53,16 @@ class Publisher:
         self.client, self.prefix = client, prefix
         self._script = client.register_script(_PUBLISH_MANY)
 
-    def publish(self, pairs):
-        """pairs: iterable of (user_id, message); returns how many were sent."""
+    def publish(self, pairs, heard=None):
+        """pairs: iterable of (user_id, message); returns how many were sent. A `heard` list
+        receives the user ids whose channel had a subscriber (a stream open somewhere)."""
         pairs = list(pairs)
         for start in range(0, len(pairs), BATCH):
             chunk = pairs[start:start + BATCH]
-            self._script(keys=[user_channel(self.prefix, uid) for uid, _ in chunk],
-                         args=[message for _, message in chunk])
+            counts = self._script(keys=[user_channel(self.prefix, uid) for uid, _ in chunk],
+                                  args=[message for _, message in chunk])
+            if heard is not None:
+                heard.extend(uid for (uid, _), count in zip(chunk, counts) if count)
         return len(pairs)
 
 

@@ -71,6 +71,7 @@ def base_env(database_url, redis_proc):
         "REDIS_PREFIX": "notif:",
         "JWT_SECRET": JWT_SECRET,
         "API_KEYS": f"{API_KEY},{OTHER_API_KEY}",
+        "RATE_LIMITS_ENABLED": "false",  # load tests exceed them; tests/test_ratelimit.py turns them on
     }
 
 

@@ -8,7 +8,7 @@ accepted work whose job was lost.
 import os
 import sys
 
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 
 def main():
@@ -19,9 +19,10 @@ def main():
         connection = app.extensions["redis"]
         names = [domain.queues["dispatch"], domain.queues["deliveries"]]
         queues = [Queue(name, connection=connection) for name in names]
-        from workers.relay import start_relay
-        start_relay(app)
-        worker = SimpleWorker(queues, connection=connection, name=f"notif-{os.getpid()}")
+        from workers.relay import LeasedWorker, start_relay, worker_lease
+        worker = LeasedWorker(queues, connection=connection, name=f"notif-{os.getpid()}")
+        worker.lease = worker_lease(app)
+        start_relay(app, worker.key)
         burst = "--burst" in sys.argv
         worker.work(with_scheduler=True, burst=burst, logging_level="INFO")
 

@@ -14,3 +14,11 @@ def dispatch_trigger(trigger_id):
 def deliver(delivery_id):
     """One attempt of one external delivery."""
     return _deliver(delivery_id)
+
+
+def purge_expired():
+    """Delete notifications past their group's retention (app/retention.py); {group: deleted},
+    or None when another worker is purging."""
+    from flask import current_app
+    from app.retention import purge_exclusive
+    return purge_exclusive(current_app._get_current_object())

@@ -7,11 +7,21 @@ still `pending` and deliveries still unfinished past `relay.stale_after`,
 asks RQ whether their job is alive, and enqueues the ones that are not. The
 jobs are idempotent, so a spurious re-enqueue costs a little work, never a
 duplicate.
+
+A job counts as alive while the RQ worker that started it is registered in
+Redis. RQ keeps a worker's key for the job's timeout plus a minute (11
+minutes for a dispatch job) even after the process was SIGKILLed, so our
+worker (`LeasedWorker`) keeps its key on a short lease (`worker_lease`)
+instead, renewed by a thread of its own: a killed worker's key is gone
+seconds later, and its job is re-enqueued by the relay of any surviving
+worker.
 """
 import logging
 import threading
 
-from app import db
+from rq import SimpleWorker
+
+from app import db, retention
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
 from app.jobs_queue import (deliver_job_id, dispatch_job_id, enqueue_deliveries, enqueue_dispatch,
@@ -46,8 +56,40 @@ def _loop(app, stop):
             log.warning("relay pass failed: %s: %s", type(exc).__name__, exc)
 
 
-def start_relay(app):
-    """Run the relay in a daemon thread of the worker process; returns its stop event."""
+def worker_lease(app):
+    """Seconds a worker's registration outlives its last renewal."""
+    return max(5, int(3 * app.config["DOMAIN"].relay_interval))
+
+
+class LeasedWorker(SimpleWorker):
+    """A SimpleWorker whose own heartbeats (job start included) set the short lease, not RQ's
+    job timeout + 60 s; the lease thread of `start_relay` renews it while the process lives."""
+
+    lease = None
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        return super().heartbeat(self.lease or timeout, pipeline=pipeline)
+
+
+def _keep_registration_short(app, worker_key, stop):
+    """Renew this worker's RQ key on a short lease (no-op until RQ has registered it)."""
+    connection, lease = app.extensions["redis"], worker_lease(app)
+    interval = min(app.config["DOMAIN"].relay_interval, lease / 3)
+    while True:
+        try:
+            connection.expire(worker_key, lease)
+        except Exception as exc:  # Redis down: the key is gone with it anyway
+            log.debug("worker lease not renewed: %s", type(exc).__name__)
+        if stop.wait(interval):
+            return
+
+
+def start_relay(app, worker_key=None):
+    """Run the relay (and the worker's lease, given its RQ key) in daemon threads; returns their stop event."""
     stop = threading.Event()
+    if worker_key:
+        threading.Thread(target=_keep_registration_short, args=(app, worker_key, stop), name="worker-lease",
+                         daemon=True).start()
     threading.Thread(target=_loop, args=(app, stop), name="relay", daemon=True).start()
+    retention.schedule(app, stop)  # the periodic purge (app/retention.py), its own thread
     return stop

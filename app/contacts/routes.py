@@ -2,7 +2,7 @@
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import db
+from .. import audit, db
 from ..auth import SERVICE_SECURITY, service_required
 from ..errors import ApiError, InvalidId, NotFound
 from ..notifications.model import rfc3339
@@ -62,6 +62,10 @@ class Contact(MethodView):
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
             row = repository.upsert(conn, uid, body)
+            # field names only: the audit log is immutable, so it must hold no address to erase later
+            audit.record(conn, "contact.update", ("user", uid),
+                         {"set": sorted(f for f in repository.FIELDS if body.get(f) is not None),
+                          "cleared": sorted(f for f in repository.FIELDS if body.get(f) is None)})
         return _public(row)
 
     @blp.doc(security=SERVICE_SECURITY)
@@ -73,4 +77,5 @@ class Contact(MethodView):
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
             if not repository.delete(conn, uid):
                 raise NotFound("Contact not found")
+            audit.record(conn, "contact.delete", ("user", uid), {"deleted": True})
         return None

@@ -4,7 +4,7 @@ import sys
 import click
 from flask.cli import AppGroup
 
-from .. import db
+from .. import audit, db
 from ..jobs_queue import enqueue_deliveries
 from . import repository
 
@@ -38,6 +38,9 @@ def retry_command(channel, limit):
             for start in range(0, len(ids), 500):
                 with db.transaction(conn):
                     reset = repository.reset_for_retry(conn, ids[start:start + 500])
+                    if reset:
+                        audit.record(conn, "delivery.retry", ("deliveries", channel),
+                                     {"ids": [str(d) for d in reset]}, actor=audit.operator())
                 enqueue_deliveries(reset)
                 done += len(reset)
                 bar.update(len(ids[start:start + 500]))

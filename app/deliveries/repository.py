@@ -41,11 +41,13 @@ def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, 
                      claimed["started_at"]))
 
 
-def for_notification(conn, user_id, notification_id):
+def for_notification(conn, user_id, notification_id, customers=None):
     """The deliveries of the user's notification with their attempts, or None if not theirs."""
+    from ..notifications.repository import visible
+    extra, args = visible(customers)
     with cursor(conn) as cur:
-        cur.execute("SELECT 1 FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app",
-                    (notification_id, user_id))
+        cur.execute("SELECT 1 FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app"
+                    + extra, (notification_id, user_id, *args))
         if cur.fetchone() is None:
             return None
         cur.execute("SELECT id, channel, status, reason, attempts, last_error, provider_message_id, created_at,"

@@ -33,7 +33,9 @@ class Deliveries(MethodView):
     def get(self, notification_id):
         """Each channel's status, attempts and last error"""
         with db.failing_as(FailedToFetchNotifications):
-            rows = repository.for_notification(db.get_conn(), current_user().id, parse_id(notification_id))
+            user = current_user()
+            rows = repository.for_notification(db.get_conn(), user.id, parse_id(notification_id),
+                                               user.visible_customers())
         if rows is None:
             raise NotFound()
         return {"items": [_public(r) for r in rows]}

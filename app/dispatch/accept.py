@@ -14,7 +14,7 @@ import uuid
 import psycopg2
 from flask import current_app, g
 
-from .. import db
+from .. import audit, db
 from ..errors import IdempotencyConflict
 from ..jobs_queue import enqueue_dispatch
 from . import repository
@@ -54,6 +54,10 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
                 repository.release_expired_key(conn, api_key_id, idempotency_key, ttl)
             repository.insert_trigger(conn, trigger_id, api_key_id, idempotency_key, digest, stored,
                                       response, g.get("request_id"))
+            audit.record(conn, "notification.trigger", ("trigger", trigger_id),
+                         {"type": canonical_type, "event": body["event"], "customer_id": body.get("customer_id"),
+                          "users": users, "idempotency_key": idempotency_key},
+                         actor=("service", api_key_id))
     except psycopg2.errors.UniqueViolation:
         # Two requests with one key raced; the other one won and is the answer.
         previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)

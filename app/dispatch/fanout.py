@@ -13,7 +13,7 @@ import uuid
 
 from flask import current_app
 
-from .. import db
+from .. import db, events
 from ..jobs_queue import enqueue_deliveries
 from ..logs import request_id_var
 from ..metrics import FANOUT_LATENCY, PUBLISHED, STORED
@@ -45,15 +45,20 @@ def dispatch_trigger(trigger_id):
         for offset in range(start, len(users), size):
             chunk = users[offset:offset + size]
             done = min(offset + size, len(users))
-            with db.transaction(conn):
-                plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id)
-                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
-                repository.insert_deliveries(conn, plan.delivery_rows(rows))
-                repository.advance_trigger(conn, trigger_id, done, done == len(users))
-                pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
-            visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
-            publisher(app).publish((r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
-                                   for r in visible)
+            with repository.sequence_lock(conn):
+                with db.transaction(conn):
+                    plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id)
+                    rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
+                    repository.insert_deliveries(conn, plan.delivery_rows(rows))
+                    repository.advance_trigger(conn, trigger_id, done, done == len(users))
+                    pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
+                visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
+                online = []   # users with a stream open somewhere: only they can hear new counts
+                publisher(app).publish([(r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
+                                        for r in visible], heard=online)
+            if online:
+                with db.transaction(conn):  # their new `unread` counts: one query, one publish
+                    events.publish_counts(app, conn, online)
             _count(rows, visible)
             enqueue_deliveries(pending, app)
         if not users:

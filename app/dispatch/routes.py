@@ -7,7 +7,7 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import db
+from .. import audit, db
 from ..auth import SERVICE_SECURITY, current_service, service_required
 from ..errors import InvalidRequest, NotFound
 from ..notifications.model import rfc3339
@@ -43,6 +43,8 @@ class Trigger(MethodView):
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and len(key) > 200:
             raise InvalidRequest(errors={"Idempotency-Key": ["At most 200 characters."]})
+        if key is not None and "\x00" in key:
+            raise InvalidRequest(errors={"Idempotency-Key": ["Must not contain NUL characters."]})
         response, _ = accept_trigger(body, request.get_json(), current_service(), key, event.group)
         return response
 
@@ -81,5 +83,10 @@ class DirectPush(MethodView):
                   "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
                   "read": False, "read_at": None, "created_at": now}
         encoded = json.dumps(public, separators=(",", ":"), ensure_ascii=False)
+        conn = db.get_conn()
+        with db.transaction(conn):  # audited before it goes out: no push is ever unrecorded
+            audit.record(conn, "notification.push", ("push", public["id"]),
+                         {"type": event.group, "event": event.name, "customer_id": customer,
+                          "user_ids": [str(uid) for uid in body["user_ids"]]})
         sent = publisher(current_app).publish((uid, direct_message(customer, encoded)) for uid in body["user_ids"])
         return {"message": "Notification sent to all connected users", "users": sent}

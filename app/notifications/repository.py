@@ -34,27 +34,54 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     return items, counts["total"], counts["unread"]
 
 
-def get(conn, user_id, notification_id):
+def visible(customers):
+    """By-id lookups: a token limited to `customers` sees only those and customer-less
+    notifications (as its inbox does); another customer's answers as missing. None: no limit."""
+    if customers is None:
+        return "", ()
+    return " AND (customer_id IS NULL OR customer_id = ANY(%s::uuid[]))", (list(customers),)
+
+
+def get(conn, user_id, notification_id, customers=None):
     """The user's notification, or None (also for another user's id)."""
+    extra, args = visible(customers)
     with cursor(conn) as cur:
         cur.execute(f"SELECT {COLUMNS} FROM notifications"
-                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app",
-                    (notification_id, user_id))
+                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app" + extra,
+                    (notification_id, user_id, *args))
         return cur.fetchone()
 
 
-def set_read(conn, user_id, notification_id, read):
+def set_read(conn, user_id, notification_id, read, customers=None):
     """Mark read (keeping the first read time) or unread; the updated row or None."""
+    extra, args = visible(customers)
     with cursor(conn) as cur:
-        cur.execute(f"UPDATE notifications SET read_at = CASE WHEN %(read)s THEN coalesce(read_at, now())"
-                    f" ELSE NULL END WHERE id = %(id)s AND user_id = %(user_id)s AND deleted_at IS NULL AND in_app"
-                    f" RETURNING {COLUMNS}", {"read": read, "id": notification_id, "user_id": user_id})
+        cur.execute(f"UPDATE notifications SET read_at = CASE WHEN %s THEN coalesce(read_at, now())"
+                    f" ELSE NULL END WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app{extra}"
+                    f" RETURNING {COLUMNS}", (read, notification_id, user_id, *args))
         return cur.fetchone()
 
 
-def soft_delete(conn, user_id, notification_id):
+def soft_delete(conn, user_id, notification_id, customers=None):
     """Hide it from inbox and stream; the row stays for audit. True when it existed."""
+    extra, args = visible(customers)
     with conn.cursor() as cur:
         cur.execute("UPDATE notifications SET deleted_at = now()"
-                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app", (notification_id, user_id))
+                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app" + extra,
+                    (notification_id, user_id, *args))
         return cur.rowcount == 1
+
+
+def mark_all_read(conn, user_id, *, customer_id=None, customers=None, group=None, before=None):
+    """Mark every unread notification in scope read (`before`: created at or before that
+    time, to the millisecond shown in `created_at`); how many changed."""
+    where, params = _scope(user_id, customer_id, customers, "unread")
+    if group is not None:
+        where += " AND type = %(group)s"
+        params["group"] = group
+    if before is not None:
+        where += " AND created_at < date_trunc('milliseconds', %(before)s::timestamptz) + interval '1 millisecond'"
+        params["before"] = before
+    with conn.cursor() as cur:
+        cur.execute(f"UPDATE notifications SET read_at = now() WHERE {where}", params)
+        return cur.rowcount

@@ -1,17 +1,19 @@
 """The inbox endpoints. Views validate, call one repository function, serialise."""
 import uuid
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from .. import db
+from .. import audit, db, events
 from ..auth import USER_SECURITY, current_user, user_required
-from ..errors import (FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, InvalidId,
-                      NotFound)
+from ..errors import (FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, InvalidGroup,
+                      InvalidId, NotFound)
 from . import repository
-from .model import to_public
-from .schemas import InboxQuerySchema, InboxSchema, NotificationSchema, ReadPatchSchema
+from .model import rfc3339, to_public
+from .schemas import (InboxQuerySchema, InboxSchema, NotificationSchema, ReadAllResultSchema, ReadAllSchema,
+                      ReadPatchSchema, UnreadCountSchema, UnreadQuerySchema)
 
 blp = Blueprint("notifications", __name__, url_prefix="/v1/notifications",
                 description="A user's inbox of stored notifications")
@@ -54,7 +56,8 @@ class NotificationById(MethodView):
     def get(self, notification_id):
         """Get one notification"""
         with db.failing_as(FailedToFetchNotifications):
-            row = repository.get(db.get_conn(), current_user().id, parse_id(notification_id))
+            user = current_user()
+            row = repository.get(db.get_conn(), user.id, parse_id(notification_id), user.visible_customers())
         if row is None:
             raise NotFound()
         return to_public(row)
@@ -66,8 +69,10 @@ class NotificationById(MethodView):
         user, nid = current_user(), parse_id(notification_id)
         conn = db.get_conn()
         with db.failing_as(FailedToDelete), db.transaction(conn):
-            if not repository.soft_delete(conn, user.id, nid):
+            if not repository.soft_delete(conn, user.id, nid, user.visible_customers()):
                 raise NotFound()
+            audit.record(conn, "notification.delete", ("notification", nid), {"deleted": True})
+        events.after_change(current_app, conn, user.id, ("deleted", {"ids": [str(nid)]}))
         return None
 
 
@@ -82,8 +87,63 @@ class NotificationRead(MethodView):
         """Mark read (empty body) or unread (`{"read": false}`)"""
         user, nid = current_user(), parse_id(notification_id)
         conn = db.get_conn()
+        read = body.get("read", True)
         with db.failing_as(FailedToMarkAsRead), db.transaction(conn):
-            row = repository.set_read(conn, user.id, nid, body.get("read", True))
+            row = repository.set_read(conn, user.id, nid, read, user.visible_customers())
             if row is None:
                 raise NotFound()
+            audit.record(conn, "notification.read" if read else "notification.unread", ("notification", nid),
+                         {"read": read})
+        events.after_change(current_app, conn, user.id, ("read", {"ids": [str(nid)], "read": read}))
         return to_public(row)
+
+
+@blp.route("/read-all")
+class ReadAll(MethodView):
+    decorators = [user_required]
+
+    @blp.doc(security=USER_SECURITY)
+    @blp.arguments(ReadAllSchema, required=False)
+    @blp.response(200, ReadAllResultSchema)
+    def post(self, body):
+        """Mark every unread notification read, optionally for one customer, group, or up to a time
+
+        Every device of the user receives `read` (`{"all": true, ...}`) and `unread` events.
+        """
+        user = current_user()
+        customer_id, before = body.get("customer_id"), body.get("before")
+        user.check_customer(customer_id)
+        group = None
+        if body.get("group") is not None:
+            found = current_app.config["DOMAIN"].group(body["group"])
+            if found is None:
+                raise InvalidGroup(f"Unknown notification group {body['group']!r}")
+            group = found.name
+        conn = db.get_conn()
+        with db.failing_as(FailedToMarkAsRead), db.transaction(conn):
+            updated = repository.mark_all_read(conn, user.id, customer_id=customer_id,
+                                               customers=user.visible_customers(), group=group, before=before)
+            audit.record(conn, "notification.read_all", ("user", user.id),
+                         {"read": True, "customer_id": customer_id, "group": group, "before": before,
+                          "updated": updated})
+        if updated:
+            events.after_change(current_app, conn, user.id, ("read", {
+                "all": True, "read": True, "customer_id": str(customer_id) if customer_id else None,
+                "group": group, "before": rfc3339(before)}))
+        return {"updated": updated}
+
+
+@blp.route("/unread-count")
+class UnreadCount(MethodView):
+    decorators = [user_required]
+
+    @blp.doc(security=USER_SECURITY)
+    @blp.arguments(UnreadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.response(200, UnreadCountSchema)
+    def get(self, customer_id):
+        """Unread notifications: in total, per customer (`none`: of no customer) and per group"""
+        user = current_user()
+        user.check_customer(customer_id)
+        with db.failing_as(FailedToFetchNotifications):
+            return events.unread_counts(db.get_conn(), user.id, current_app.config["DOMAIN"],
+                                        customer_id=customer_id, customers=user.visible_customers())

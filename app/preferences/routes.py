@@ -2,8 +2,9 @@
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
-from .. import db
+from .. import audit, db
 from ..auth import USER_SECURITY, current_user, user_required
 from ..errors import (EventLocked, FailedToFetchPreferences, FailedToUpdatePreferences, InvalidChannel,
                       InvalidEvent, InvalidGroup)
@@ -88,7 +89,7 @@ class Preferences(MethodView):
     decorators = [user_required]
 
     @blp.doc(security=USER_SECURITY)
-    @blp.arguments(PreferencesQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PreferencesQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, PreferencesSchema)
     def get(self, customer_id):
         """The effective preferences (defaults merged with the user's choices)"""
@@ -101,7 +102,7 @@ class Preferences(MethodView):
 
     @blp.doc(security=USER_SECURITY)
     @blp.arguments(PreferencesUpdateSchema)
-    @blp.arguments(PreferencesQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PreferencesQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, PreferencesSchema)
     def put(self, body, customer_id):
         """Apply a list of changes at once (all or none); returns the effective preferences
@@ -121,6 +122,8 @@ class Preferences(MethodView):
                 repository.upsert(conn, user.id, changes)
             if "quiet_hours" in body:
                 repository.set_quiet_hours(conn, user.id, quiet)
+            audit.record(conn, "preferences.update", ("user", user.id),
+                         {"changes": changes, **({"quiet_hours": quiet} if "quiet_hours" in body else {})})
         with db.failing_as(FailedToFetchPreferences):
             choices = repository.choices(conn, user.id, customer_id)
             return _with_quiet_hours(conn, user.id, effective(domain, choices, customer_id))

@@ -1,13 +1,17 @@
 """`GET /v1/notifications/sse` (the stream) and `POST /v1/notifications/sse/ticket`."""
+import select
+import socket
 import time
 import uuid
+
+import gevent
 
 from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 import marshmallow as ma
 
-from .. import db
+from .. import db, events
 from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from ..errors import InvalidRequest
 from ..metrics import OPEN_STREAMS
@@ -81,7 +85,8 @@ class StreamView(MethodView):
         slots = access.Slots(redis(), config["SSE_MAX_STREAMS_PER_USER"], config["REDIS_PREFIX"])
         slot = slots.acquire(user.id)
         try:
-            body = _stream(hub(current_app), db.pool(), slots, slot, user.id, customers, cursor, config)
+            body = _stream(hub(current_app), db.pool(), slots, slot, user.id, customers, cursor, config,
+                           request.environ.get("gunicorn.socket"))
         except BaseException:
             slots.release(user.id, slot)
             raise
@@ -104,15 +109,66 @@ class TicketView(MethodView):
         return {"ticket": ticket, "expires_in": ttl, "stream_url": f"/v1/notifications/sse?ticket={ticket}"}
 
 
-def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config):
+class _Hangup:
+    """Sees a client leave at once, not at the stream's next write (up to two keep-alive
+    periods later, holding its slot, hub subscription and greenlet until then).
+
+    An SSE client sends nothing after its request, so its socket turning readable
+    means it closed. The libev watcher costs no greenlet: its callback wakes the
+    stream, which then looks at the socket itself.
+    """
+
+    def __init__(self, client, wakeup):
+        self.client, self.wakeup = client, wakeup
+        self.watcher = gevent.get_hub().loop.io(client.fileno(), 1)  # 1: readable
+        self.watcher.start(self._readable)
+
+    def _readable(self):
+        self.watcher.stop()  # level-triggered: once is enough
+        self.wakeup.set()
+
+    def client_left(self):
+        if self.watcher is None or self.watcher.active:
+            return False
+        try:
+            readable = select.select([self.client], [], [], 0)[0]
+            if readable and self.client.recv(1, socket.MSG_PEEK) == b"":
+                return True
+        except OSError:  # reset by the peer
+            return True
+        except ValueError:  # a TLS socket cannot peek: leave it to the next write
+            readable = True
+        if readable:
+            self.close()  # it sent bytes instead: its next failed write ends the stream
+        else:
+            self.watcher.start(self._readable)
+        return False
+
+    def close(self):
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
+
+def _hangup(client, wakeup):
+    try:
+        return _Hangup(client, wakeup) if client is not None else None
+    except (OSError, AttributeError, ValueError):  # not a real socket (a test client)
+        return None
+
+
+def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config, client=None):
     """The stream's generator. It runs after the request context is gone: it holds
-    only what it was given, and releases all of it in `finally`."""
+    only what it was given, and releases all of it in `finally`. `client` is the
+    connection's socket (gunicorn's), watched to see a disconnect at once."""
     keepalive, cap = config["SSE_KEEPALIVE_SECONDS"], config["SSE_REPLAY_LIMIT"]
     stream = Stream(user_id, customers, config["SSE_QUEUE_SIZE"])
+    hangup = None
 
-    def catch_up(after):
+    def catch_up(after):  # what was missed, then the user's unread counts (app/events.py)
         with pool.connection() as conn:
-            return replay.missed(conn, user_id, customers, after, cap)
+            out, last = replay.missed(conn, user_id, customers, after, cap)
+            return out + [frames.named("unread", events.unread_json(conn, user_id, config["DOMAIN"]))], last
 
     OPEN_STREAMS.inc()
     try:
@@ -126,14 +182,17 @@ def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config):
         if out:
             yield b"".join(out)
         refresh_at = time.monotonic() + access.SLOT_REFRESH
+        hangup = _hangup(client, stream.wakeup)
         while not stream.overflowed:
+            if time.monotonic() > refresh_at:   # busy or idle, the stream keeps its slot
+                slots.refresh(user_id, slot)
+                refresh_at = time.monotonic() + access.SLOT_REFRESH
             if not stream.queue:
                 stream.wakeup.clear()
+                if hangup is not None and hangup.client_left():
+                    return
                 if not stream.queue and not stream.wakeup.wait(keepalive):
                     yield frames.KEEPALIVE
-                    if time.monotonic() > refresh_at:
-                        slots.refresh(user_id, slot)
-                        refresh_at = time.monotonic() + access.SLOT_REFRESH
                     continue
             out = []
             while stream.queue:
@@ -151,6 +210,8 @@ def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config):
             if out:
                 yield b"".join(out)
     finally:
+        if hangup is not None:
+            hangup.close()
         OPEN_STREAMS.dec()
         the_hub.unregister(stream)
         try:

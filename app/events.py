@@ -1,0 +1,114 @@
+"""Inbox state shared live by every device of a user: unread counts and read/delete sync.
+
+After a change commits, the changed user's streams get named SSE events
+(`e|<name>||<JSON>` on their channel, see app/pubsub.py):
+
+    unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n}}
+    read      {"ids": [...], "read": true|false}
+              read-all: {"all": true, "read": true, "customer_id": ..., "group": ..., "before": ...}
+    deleted   {"ids": [...]}
+
+`unread` is what `GET /v1/notifications/unread-count` answers without a
+customer filter: every unread in-app notification of the user. `by_group`
+lists every configured group (0 when none is unread); `by_customer` only the
+customers with unread notifications ("none": those of no customer).
+
+Counting is one GROUP BY over the user's unread rows only, read through the
+partial index `notifications_inbox_unread` (docs/inbox.md shows the plan);
+the dispatch job counts a whole chunk of users in one such query.
+
+Publishing is best-effort: the change has committed, so a Redis failure is
+logged, not raised. A stream re-reads the counts whenever it (re)connects,
+which is when a client could have missed one.
+"""
+import json
+import logging
+import uuid
+
+from .dispatch.repository import uuid_array
+from .pubsub import event_message, publisher
+
+log = logging.getLogger(__name__)
+
+# Ids come back as text: the fan-out reads thousands of rows, and parsing each into uuid.UUID
+# (psycopg2's uuid adapter) would cost more than the query.
+_UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, count(*) FROM notifications"
+           " WHERE {users} AND deleted_at IS NULL AND in_app AND read_at IS NULL{scope}"
+           " GROUP BY user_id, customer_id, type")
+
+
+def _payloads(rows, user_ids, groups):
+    """{user id (str): payload} for every user asked about, from (user, customer, group, count) rows."""
+    empty_groups = dict.fromkeys(groups, 0)
+    out = {uid: {"unread": 0, "by_customer": {}, "by_group": dict(empty_groups)} for uid in user_ids}
+    for user_id, customer, group, count in rows:
+        payload = out[user_id]
+        payload["unread"] += count
+        by_customer, by_group = payload["by_customer"], payload["by_group"]
+        by_customer[customer] = by_customer.get(customer, 0) + count
+        by_group[group] = by_group.get(group, 0) + count
+    return out
+
+
+def unread_counts(conn, user_id, domain, customer_id=None, customers=None):
+    """One user's counts; `customer_id` narrows to one customer, `customers` (a token's
+    claim) to those customers plus notifications of no customer."""
+    scope, params = "", {"user": user_id}
+    if customer_id is not None:
+        scope, params["customer"] = " AND customer_id = %(customer)s", customer_id
+    elif customers is not None:
+        scope = " AND (customer_id = ANY(%(customers)s::uuid[]) OR customer_id IS NULL)"
+        params["customers"] = uuid_array(customers)
+    with conn.cursor() as cur:
+        cur.execute(_UNREAD.format(users="user_id = %(user)s", scope=scope), params)
+        rows = cur.fetchall()
+    return _payloads(rows, [str(user_id)], domain.groups)[str(user_id)]
+
+
+def unread_counts_many(conn, user_ids, domain):
+    """{user id (str): counts} for many users in one query (the dispatch job's chunk)."""
+    user_ids = [str(u if isinstance(u, uuid.UUID) else uuid.UUID(str(u))) for u in user_ids]
+    if not user_ids:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(_UNREAD.format(users="user_id = ANY(%(users)s::uuid[])", scope=""),
+                    {"users": "{" + ",".join(user_ids) + "}"})
+        rows = cur.fetchall()
+    return _payloads(rows, user_ids, domain.groups)
+
+
+def unread_json(conn, user_id, domain):
+    """The `unread` event's data for one user, as compact JSON (the stream's first count)."""
+    return json.dumps(unread_counts(conn, user_id, domain), separators=(",", ":"))
+
+
+def publish(app, events):
+    """events: (user_id, name, payload) triples, sent in one batch; never raises."""
+    pairs = [(user_id, event_message(name, payload)) for user_id, name, payload in events]
+    if not pairs:
+        return 0
+    try:
+        return publisher(app).publish(pairs)
+    except Exception as exc:  # Redis down: the change stands; streams re-count when they reconnect
+        log.warning("state events not published (%s): %d message(s)", type(exc).__name__, len(pairs))
+        return 0
+
+
+def after_change(app, conn, user_id, *events):
+    """Publish `events` ((name, payload) pairs) and then the user's fresh `unread` counts.
+
+    Call after the transaction committed, on the same connection: the counts
+    include the change.
+    """
+    messages = [(user_id, name, payload) for name, payload in events]
+    try:
+        messages.append((user_id, "unread", unread_counts(conn, user_id, app.config["DOMAIN"])))
+    except Exception as exc:  # the change committed; a count we cannot read now is sent with the next one
+        log.warning("unread counts not computed (%s)", type(exc).__name__)
+    return publish(app, messages)
+
+
+def publish_counts(app, conn, user_ids):
+    """The fan-out's `unread` for a chunk's users: one count query, one publish."""
+    counts = unread_counts_many(conn, user_ids, app.config["DOMAIN"])
+    return publish(app, ((uid, "unread", payload) for uid, payload in counts.items()))

@@ -1,0 +1,148 @@
+"""`GET /v1/notifications/stats` (API key): what happened to the notifications created in a window.
+
+    created                     notifications stored in [from, to) (hidden and deleted ones included)
+    read, read_rate             of those, how many were read in the app (read / created; 0 when none)
+    median_seconds_to_read      median of read_at - created_at over the read ones (null when none)
+    deliveries                  per channel: deliveries of those notifications by state
+                                (`pending` counts pending, sending and held ones)
+    delivery_latency_seconds    per channel: p50/p95/p99 of sent_at - created_at over the sent ones
+
+Percentiles are PostgreSQL's percentile_cont (interpolated). The window is
+read through `notifications_created` (migrations_sql/0006); the plans are in
+docs/inbox.md.
+"""
+import datetime
+
+import marshmallow as ma
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import RAISE, fields, validate
+
+from .. import db
+from ..auth import SERVICE_SECURITY, service_required
+from ..errors import ApiError, InvalidEvent, InvalidGroup
+from .schemas import StrictSchema, UtcDateTime
+
+blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
+                description="History and analytics (API key)")
+
+MAX_WINDOW = datetime.timedelta(days=366)
+STATES = ("sent", "failed", "skipped", "pending")
+
+
+class FailedToFetchStats(ApiError):
+    """Failed to fetch notification statistics"""
+
+    code = "failed_to_fetch_stats"
+
+
+class StatsQuerySchema(StrictSchema):
+    since = UtcDateTime(data_key="from", required=True, metadata={"description": "RFC 3339, inclusive"})
+    until = UtcDateTime(data_key="to", required=True,
+                                 metadata={"description": "RFC 3339, exclusive; at most 366 days after `from`"})
+    customer_id = fields.UUID(load_default=None)
+    group = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    event = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+
+    @ma.validates_schema
+    def _window(self, data, **_):
+        since, until = data.get("since"), data.get("until")
+        if since is None or until is None:
+            return
+        if until <= since:
+            raise ma.ValidationError("Must be after `from`.", "to")
+        if until - since > MAX_WINDOW:
+            raise ma.ValidationError("The window may span at most 366 days.", "to")
+
+
+class ChannelDeliveriesSchema(ma.Schema):
+    sent = fields.Integer()
+    failed = fields.Integer()
+    skipped = fields.Integer()
+    pending = fields.Integer()
+
+
+class LatencySchema(ma.Schema):
+    p50 = fields.Float(allow_none=True)
+    p95 = fields.Float(allow_none=True)
+    p99 = fields.Float(allow_none=True)
+
+
+class StatsSchema(ma.Schema):
+    created = fields.Integer()
+    read = fields.Integer()
+    read_rate = fields.Float()
+    median_seconds_to_read = fields.Float(allow_none=True)
+    deliveries = fields.Dict(keys=fields.String(), values=fields.Nested(ChannelDeliveriesSchema))
+    delivery_latency_seconds = fields.Dict(keys=fields.String(), values=fields.Nested(LatencySchema))
+
+
+def _filters(domain, customer_id, group, event):
+    """SQL conditions on `n` and their parameters; 400 for an unknown group or event."""
+    where, params = [], {}
+    if customer_id is not None:
+        where.append("n.customer_id = %(customer_id)s")
+        params["customer_id"] = customer_id
+    found = None
+    if group is not None:
+        found = domain.group(group)
+        if found is None:
+            raise InvalidGroup(f"Unknown notification group {group!r}")
+        where.append("n.type = %(group)s")
+        params["group"] = found.name
+    if event is not None:
+        groups = [found] if found is not None else list(domain.groups.values())
+        if not any(event in g.events for g in groups):
+            raise InvalidEvent(f"Unknown event {event!r}" + (f" in group {found.name!r}" if found else ""))
+        where.append("n.event = %(event)s")
+        params["event"] = event
+    return "".join(" AND " + w for w in where), params
+
+
+def _seconds(value):
+    return None if value is None else round(float(value), 3)
+
+
+def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
+    extra, params = _filters(domain, customer_id, group, event)
+    params.update(since=since, until=until)
+    window = "n.created_at >= %(since)s AND n.created_at < %(until)s" + extra
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(n.read_at), percentile_cont(0.5) WITHIN GROUP"
+                    " (ORDER BY extract(epoch FROM n.read_at - n.created_at)::float8)"
+                    f" FROM notifications n WHERE {window}", params)
+        created, read, median = cur.fetchone()
+        cur.execute("SELECT d.channel,"
+                    " count(*) FILTER (WHERE d.status = 'sent'),"
+                    " count(*) FILTER (WHERE d.status = 'failed'),"
+                    " count(*) FILTER (WHERE d.status = 'skipped'),"
+                    " count(*) FILTER (WHERE d.status IN ('pending', 'sending')),"
+                    " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
+                    " (ORDER BY extract(epoch FROM d.sent_at - n.created_at)::float8) FILTER (WHERE d.status = 'sent')"
+                    f" FROM notifications n JOIN deliveries d ON d.notification_id = n.id WHERE {window}"
+                    " GROUP BY d.channel ORDER BY d.channel", params)
+        per_channel = cur.fetchall()
+    deliveries = {channel: dict.fromkeys(STATES, 0) for channel in domain.channels}
+    latency = {channel: {"p50": None, "p95": None, "p99": None} for channel in domain.channels}
+    for channel, sent, failed, skipped, pending, percentiles in per_channel:
+        deliveries[channel] = {"sent": sent, "failed": failed, "skipped": skipped, "pending": pending}
+        p50, p95, p99 = percentiles or (None, None, None)
+        latency[channel] = {"p50": _seconds(p50), "p95": _seconds(p95), "p99": _seconds(p99)}
+    return {"created": created, "read": read, "read_rate": round(read / created, 4) if created else 0.0,
+            "median_seconds_to_read": _seconds(median), "deliveries": deliveries,
+            "delivery_latency_seconds": latency}
+
+
+@blp.route("/stats")
+class Stats(MethodView):
+    decorators = [service_required]
+
+    @blp.doc(security=SERVICE_SECURITY)
+    @blp.arguments(StatsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.response(200, StatsSchema)
+    def get(self, since, until, customer_id, group, event):
+        """Created, read, time to read, deliveries and their latency for a window of at most 366 days"""
+        with db.failing_as(FailedToFetchStats):
+            return stats(db.get_conn(), current_app.config["DOMAIN"], since, until, customer_id, group, event)
+

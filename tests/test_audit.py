@@ -1,0 +1,362 @@
+"""The tamper-evident audit log: one row per state-changing operation, a hash chain that
+`flask audit verify` checks, and GET /v1/notifications/audit."""
+import datetime
+import getpass
+import json
+import threading
+import uuid
+
+import psycopg2.extras
+import pytest
+
+from app.auth import key_id
+from tests.conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
+from tests.factories import insert_notification
+
+CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
+SERVICE_ID = key_id(API_KEY)
+
+
+def rows(db):
+    with db.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("SELECT * FROM audit_log ORDER BY id")
+        return [dict(r) for r in cur.fetchall()]
+
+
+def only_row(db):
+    found = rows(db)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def tamper(db, sql, params=()):
+    """Change the log behind the service's back, as someone with the table owner's rights could."""
+    with db.cursor() as cur:
+        cur.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        cur.execute(sql, params)
+        cur.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+
+
+def verify(app, *args):
+    return app.test_cli_runner().invoke(args=["audit", "verify", *args])
+
+
+# ------------------------------------------------------------------------------------ one row per operation
+
+def test_trigger_is_recorded_with_the_service_and_request(client, db):
+    user_id = uuid.uuid4()
+    r = client.post("/v1/notifications/trigger", headers=dict(SERVICE, **{"X-Request-ID": "req-trigger-1",
+                                                                          "Idempotency-Key": "k1"}),
+                    json={"type": "chats", "event": "message_received", "title": "Hi", "customer_id": str(CUSTOMER),
+                          "user_ids": [str(user_id)]})
+    assert r.status_code == 202
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"]) == ("service", SERVICE_ID)
+    assert (row["action"], row["target_type"], row["target_id"]) == ("notification.trigger", "trigger",
+                                                                     r.get_json()["trigger_id"])
+    assert (row["request_id"], row["client_ip"]) == ("req-trigger-1", "127.0.0.1")
+    assert row["change"] == {"type": "chat", "event": "message_received", "customer_id": str(CUSTOMER), "users": 1,
+                             "idempotency_key": "k1"}
+    # the same request again (idempotent replay) changes nothing and records nothing
+    again = client.post("/v1/notifications/trigger", headers=dict(SERVICE, **{"Idempotency-Key": "k1"}),
+                        json={"type": "chats", "event": "message_received", "title": "Hi",
+                              "customer_id": str(CUSTOMER), "user_ids": [str(user_id)]})
+    assert again.get_json() == r.get_json()
+    assert len(rows(db)) == 1
+
+
+def test_the_api_key_itself_is_never_recorded(client, db):
+    for key in (API_KEY, OTHER_API_KEY):
+        r = client.post("/v1/notifications/trigger", headers={"X-API-Key": key},
+                        json={"type": "task", "event": "task_due", "title": "Due", "user_ids": [str(uuid.uuid4())]})
+        assert r.status_code == 202
+    found = rows(db)
+    assert [r["actor_id"] for r in found] == [key_id(API_KEY), key_id(OTHER_API_KEY)]
+    text = json.dumps(found, default=str)
+    assert API_KEY not in text and OTHER_API_KEY not in text
+
+
+def test_direct_push_is_recorded(client, db):
+    users = [str(uuid.uuid4()), str(uuid.uuid4())]
+    r = client.post("/v1/notifications/sse", headers=SERVICE,
+                    json={"type": "chats", "event": "mention", "title": "Hey", "user_ids": users})
+    assert r.status_code == 200
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"], row["action"]) == ("service", SERVICE_ID, "notification.push")
+    assert row["target_type"] == "push"
+    assert row["change"] == {"type": "chat", "event": "mention", "customer_id": None, "user_ids": users}
+
+
+@pytest.mark.parametrize("body, action, read", [(None, "notification.read", True),
+                                                ({"read": False}, "notification.unread", False)])
+def test_read_and_unread_are_recorded(client, user, db, body, action, read):
+    user_id, headers = user
+    notification = insert_notification(db, user_id)
+    r = client.patch(f"/v1/notifications/{notification['id']}/read", headers=headers, json=body or {})
+    assert r.status_code == 200
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"]) == ("user", str(user_id))
+    assert (row["action"], row["target_type"], row["target_id"]) == (action, "notification", str(notification["id"]))
+    assert row["change"] == {"read": read}
+
+
+def test_delete_is_recorded(client, user, db):
+    user_id, headers = user
+    notification = insert_notification(db, user_id)
+    assert client.delete(f"/v1/notifications/{notification['id']}", headers=headers).status_code == 204
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"], row["action"]) == ("user", str(user_id), "notification.delete")
+    assert (row["target_type"], row["target_id"]) == ("notification", str(notification["id"]))
+
+
+def test_read_all_is_recorded(client, user, db):
+    user_id, headers = user
+    insert_notification(db, user_id, type="task", event="task_due")
+    insert_notification(db, user_id, type="task", event="task_due")
+    r = client.post("/v1/notifications/read-all", headers=headers,
+                    json={"group": "tasks", "before": "2030-01-01T00:00:00Z"})
+    assert r.get_json() == {"updated": 2}
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"], row["action"]) == ("user", str(user_id), "notification.read_all")
+    assert (row["target_type"], row["target_id"]) == ("user", str(user_id))
+    assert row["change"] == {"read": True, "customer_id": None, "group": "task",
+                             "before": "2030-01-01T00:00:00.000000Z", "updated": 2}
+
+
+def test_preference_change_is_recorded(client, user, db):
+    user_id, headers = user
+    r = client.put("/v1/notifications/preferences", headers=headers, json={"changes": [
+        {"group": "chats", "event": "mention", "channel": "email", "customer_id": str(CUSTOMER), "enabled": False}]})
+    assert r.status_code == 200
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"], row["action"]) == ("user", str(user_id), "preferences.update")
+    assert row["change"] == {"changes": [{"group": "chat", "event": "mention", "channel": "email",
+                                          "customer_id": str(CUSTOMER), "enabled": False}]}
+
+
+def test_contact_put_and_delete_are_recorded_without_the_addresses(client, db):
+    user_id = uuid.uuid4()
+    r = client.put(f"/v1/notifications/users/{user_id}/contact", headers=SERVICE,
+                   json={"email": "ada@example.com", "phone": "+15005550006"})
+    assert r.status_code == 200
+    assert client.delete(f"/v1/notifications/users/{user_id}/contact", headers=SERVICE).status_code == 204
+    put, delete = rows(db)
+    assert (put["actor_type"], put["actor_id"], put["action"]) == ("service", SERVICE_ID, "contact.update")
+    assert (put["target_type"], put["target_id"]) == ("user", str(user_id))
+    assert put["change"] == {"set": ["email", "phone"], "cleared": ["locale", "timezone"]}
+    assert "ada@example.com" not in json.dumps(put, default=str)
+    assert (delete["actor_type"], delete["action"], delete["target_id"]) == ("service", "contact.delete", str(user_id))
+
+
+def test_operator_re_enqueue_is_recorded(app, db):
+    user_id = uuid.uuid4()
+    notification = insert_notification(db, user_id)
+    ids = []
+    with db.cursor() as cur:
+        for channel in ("email", "sms"):
+            ids.append(uuid.uuid4())
+            cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, attempts)"
+                        " VALUES (%s, %s, %s, %s, 'failed', 5)", (ids[-1], notification["id"], user_id, channel))
+    result = app.test_cli_runner().invoke(args=["deliveries", "retry"])
+    assert result.exit_code == 0, result.output
+    assert "2 deliveries re-enqueued" in result.output
+    row = only_row(db)
+    assert (row["actor_type"], row["actor_id"], row["action"]) == ("operator", getpass.getuser(), "delivery.retry")
+    assert sorted(row["change"]["ids"]) == sorted(str(i) for i in ids)
+    assert row["request_id"] is None and row["client_ip"] is None
+
+
+def test_refused_operations_record_nothing(client, user, db):
+    user_id, headers = user
+    other = insert_notification(db, uuid.uuid4())
+    assert client.patch(f"/v1/notifications/{other['id']}/read", headers=headers).status_code == 404
+    assert client.delete(f"/v1/notifications/{uuid.uuid4()}", headers=headers).status_code == 404
+    assert client.post("/v1/notifications/read-all", headers=headers, json={"group": "fax"}).status_code == 400
+    assert client.put("/v1/notifications/preferences", headers=headers,
+                      json={"changes": [{"group": "security", "event": "login_alert", "enabled": False}]}
+                      ).status_code == 400
+    assert client.delete(f"/v1/notifications/users/{uuid.uuid4()}/contact", headers=SERVICE).status_code == 404
+    assert client.get("/v1/notifications", headers=headers).status_code == 200        # reads are not audited
+    assert rows(db) == []
+
+
+# ------------------------------------------------------------------------------------ the chain
+
+def make_history(client, db, count=5):
+    user_id = uuid.uuid4()
+    headers = {"Authorization": f"Bearer {make_token(user_id)}"}
+    ids = [insert_notification(db, user_id)["id"] for _ in range(count)]
+    for nid in ids:
+        assert client.patch(f"/v1/notifications/{nid}/read", headers=headers).status_code == 200
+    return user_id, headers, ids
+
+
+def test_rows_are_chained(client, db):
+    make_history(client, db, 4)
+    found = rows(db)
+    assert found[0]["prev_hash"] == "0" * 64
+    for before, after in zip(found, found[1:]):
+        assert after["prev_hash"] == before["hash"]
+    assert len({r["hash"] for r in found}) == 4
+
+
+def test_verify_passes_on_an_intact_log(app, client, db):
+    assert verify(app).exit_code == 0
+    assert "0 rows" in verify(app).output
+    make_history(client, db, 5)
+    result = verify(app)
+    assert result.exit_code == 0, result.output
+    head = rows(db)[-1]
+    assert f"intact: 5 rows; head row {head['id']} hash {head['hash']}" in result.output
+
+
+def test_the_service_cannot_update_or_delete_rows(client, db):
+    make_history(client, db, 1)
+    with pytest.raises(psycopg2.Error, match="append-only"):
+        with db.cursor() as cur:
+            cur.execute("UPDATE audit_log SET actor_id = 'someone-else'")
+    with pytest.raises(psycopg2.Error, match="append-only"):
+        with db.cursor() as cur:
+            cur.execute("DELETE FROM audit_log")
+
+
+def test_verify_names_an_edited_row(app, client, db):
+    make_history(client, db, 5)
+    third = rows(db)[2]
+    tamper(db, "UPDATE audit_log SET change = '{\"read\": false}' WHERE id = %s", (third["id"],))
+    result = verify(app)
+    assert result.exit_code == 1
+    assert f"BROKEN at row {third['id']}: its content does not match its hash" in result.output
+
+
+def test_verify_names_the_row_after_a_deleted_one(app, client, db):
+    make_history(client, db, 5)
+    found = rows(db)
+    tamper(db, "DELETE FROM audit_log WHERE id = %s", (found[2]["id"],))
+    result = verify(app)
+    assert result.exit_code == 1
+    assert (f"BROKEN at row {found[3]['id']}: its prev_hash does not match the hash of row {found[1]['id']}"
+            in result.output)
+
+
+def test_verify_sees_an_edit_whose_hash_was_recomputed(app, client, db):
+    make_history(client, db, 4)
+    found = rows(db)
+    tamper(db, "UPDATE audit_log SET actor_id = 'mallory', hash = repeat('a', 64) WHERE id = %s", (found[1]["id"],))
+    result = verify(app)
+    assert result.exit_code == 1
+    assert f"BROKEN at row {found[1]['id']}" in result.output
+
+
+def test_verify_head_sees_rows_removed_from_the_end(app, client, db):
+    make_history(client, db, 3)
+    head = rows(db)[-1]
+    assert verify(app, "--head", head["hash"]).exit_code == 0
+    tamper(db, "DELETE FROM audit_log WHERE id = %s", (head["id"],))
+    assert verify(app).exit_code == 0                  # the chain alone cannot see it ...
+    result = verify(app, "--head", head["hash"])       # ... the head noted earlier can
+    assert result.exit_code == 1
+    assert f"hash {head['hash']} is no longer in the chain" in result.output
+
+
+def test_concurrent_writers_do_not_fork_the_chain(app, db):
+    from app import audit
+    from app import db as app_db
+    start = threading.Barrier(8)
+    failures = []
+
+    def writer(n):
+        try:
+            with app.app_context(), app_db.connection() as conn:
+                start.wait()
+                for i in range(10):
+                    with app_db.transaction(conn):
+                        audit.record(conn, "test.write", ("thread", n), {"i": i}, actor=("system", f"t{n}"))
+        except Exception as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert len(rows(db)) == 80
+    result = verify(app)
+    assert result.exit_code == 0, result.output
+    assert "intact: 80 rows" in result.output
+
+
+# ------------------------------------------------------------------------------------ GET /audit
+
+def audit_page(client, **query):
+    r = client.get("/v1/notifications/audit", headers=SERVICE, query_string=query)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def test_endpoint_lists_newest_first_and_verifies_each_row(client, db):
+    user_id, _, ids = make_history(client, db, 3)
+    body = audit_page(client)
+    assert body["verified"] is True and body["has_more"] is False
+    assert [item["target_id"] for item in body["items"]] == [str(i) for i in reversed(ids)]
+    item = body["items"][0]
+    assert set(item) == {"id", "at", "actor_type", "actor_id", "request_id", "client_ip", "action", "target_type",
+                         "target_id", "change", "prev_hash", "hash", "verified"}
+    assert (item["actor_type"], item["actor_id"], item["action"]) == ("user", str(user_id), "notification.read")
+    assert item["verified"] is True
+
+
+def test_endpoint_filters(client, db):
+    user_id, headers, ids = make_history(client, db, 2)
+    assert client.delete(f"/v1/notifications/{ids[0]}", headers=headers).status_code == 204
+    client.put(f"/v1/notifications/users/{user_id}/contact", headers=SERVICE, json={"email": "a@example.com"})
+    assert [i["action"] for i in audit_page(client, actor=str(user_id))["items"]] == [
+        "notification.delete", "notification.read", "notification.read"]
+    assert [i["action"] for i in audit_page(client, actor=f"service:{SERVICE_ID}")["items"]] == ["contact.update"]
+    assert audit_page(client, actor=f"user:{SERVICE_ID}")["items"] == []
+    assert [i["target_id"] for i in audit_page(client, action="notification.delete")["items"]] == [str(ids[0])]
+    assert [i["action"] for i in audit_page(client, target=f"notification:{ids[0]}")["items"]] == [
+        "notification.delete", "notification.read"]
+    assert [i["action"] for i in audit_page(client, target=str(user_id))["items"]] == ["contact.update"]
+    found = rows(db)
+    middle = found[1]["at"].astimezone(datetime.timezone.utc)
+    since = audit_page(client, **{"from": middle.isoformat()})["items"]
+    assert [i["id"] for i in since] == [r["id"] for r in reversed(found[1:])]
+    until = audit_page(client, to=middle.isoformat())["items"]
+    assert [i["id"] for i in until] == [found[0]["id"]]
+
+
+def test_endpoint_pages(client, db):
+    make_history(client, db, 5)
+    found = [r["id"] for r in reversed(rows(db))]
+    first = audit_page(client, limit=2)
+    assert [i["id"] for i in first["items"]] == found[:2] and first["has_more"] is True
+    last = audit_page(client, limit=2, offset=4)
+    assert [i["id"] for i in last["items"]] == found[4:] and last["has_more"] is False
+
+
+def test_endpoint_marks_an_edited_row_and_the_row_after_a_deleted_one(client, db):
+    make_history(client, db, 5)
+    found = rows(db)
+    tamper(db, "UPDATE audit_log SET actor_id = 'mallory' WHERE id = %s", (found[1]["id"],))
+    tamper(db, "DELETE FROM audit_log WHERE id = %s", (found[3]["id"],))
+    body = audit_page(client)
+    assert body["verified"] is False
+    flags = {item["id"]: item["verified"] for item in body["items"]}
+    assert flags == {found[0]["id"]: True, found[1]["id"]: False, found[2]["id"]: True, found[4]["id"]: False}
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "501"}, {"from": "yesterday"},
+                                   {"from": "2024-01-02T00:00:00Z", "to": "2024-01-01T00:00:00Z"},
+                                   {"who": "me"}])
+def test_endpoint_refuses_bad_queries(client, query):
+    r = client.get("/v1/notifications/audit", headers=SERVICE, query_string=query)
+    assert r.status_code == 422
+    assert r.get_json()["code"] == "notifications_m.invalid_request"
+
+
+def test_endpoint_needs_an_api_key(client, user):
+    _, headers = user
+    assert client.get("/v1/notifications/audit", headers=headers).status_code == 401
+    assert client.get("/v1/notifications/audit").status_code == 401

@@ -1,0 +1,291 @@
+"""Rate limits (app/ratelimit.py): per API key, per user, per stream connect; counted in Redis.
+
+The other test modules run with RATE_LIMITS_ENABLED=false (tests/conftest.py); here every app
+turns them on, with small limits from a queue.yaml copy so a test needs only a few requests.
+"""
+import pathlib
+import time
+import uuid
+
+import pytest
+import redis as redis_lib
+import yaml
+
+from conftest import OTHER_API_KEY, SERVICE, make_token
+from factories import insert_notification
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OTHER_SERVICE = {"X-API-Key": OTHER_API_KEY}
+
+
+def body_for(*user_ids):
+    return {"type": "chat", "event": "message_received", "title": "New Message",
+            "user_ids": [str(u) for u in user_ids or (uuid.uuid4(),)]}
+
+
+def bearer(user_id, **claims):
+    return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
+
+
+def queue_yaml(tmp_path, name="queue.yaml", **limits):
+    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
+    data["rate_limits"] = dict(data.get("rate_limits") or {}, **limits)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.fixture
+def make_app(clean, tmp_path):
+    """An app with rate limits on and the given limits; pools closed at the end."""
+    from app import create_app
+    made = []
+
+    def factory(enabled="true", **limits):
+        application = create_app(dict(clean, RATE_LIMITS_ENABLED=enabled,
+                                      QUEUE_CONFIG=queue_yaml(tmp_path, **limits)))
+        application.config["TESTING"] = True
+        made.append(application)
+        return application
+
+    yield factory
+    for application in made:
+        application.extensions["db_pool"].close()
+
+
+def assert_rate_limited(response):
+    assert response.status_code == 429, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["code"] == "notifications_m.rate_limited"
+    assert body["status"] == 429
+    assert body["message"]
+    assert set(body) <= {"code", "message", "status"}
+    retry = int(response.headers["Retry-After"])
+    assert 1 <= retry <= 60
+    return retry
+
+
+def trigger(client, headers=SERVICE):
+    return client.post("/v1/notifications/trigger", json=body_for(), headers=headers)
+
+
+def push(client, headers=SERVICE):
+    return client.post("/v1/notifications/sse", json=body_for(), headers=headers)
+
+
+# ---------------------------------------------------------------- per API key
+
+
+def test_the_n_plus_first_trigger_in_a_window_is_429_with_retry_after(make_app):
+    client = make_app(trigger="3/minute").test_client()
+    for _ in range(3):
+        assert trigger(client).status_code == 202
+    retry = assert_rate_limited(trigger(client))
+    assert retry <= 60
+
+
+def test_another_api_key_has_its_own_budget(make_app):
+    client = make_app(trigger="2/minute").test_client()
+    for _ in range(2):
+        assert trigger(client).status_code == 202
+    assert_rate_limited(trigger(client))
+    for _ in range(2):
+        assert trigger(client, OTHER_SERVICE).status_code == 202
+    assert_rate_limited(trigger(client, OTHER_SERVICE))
+
+
+def test_trigger_and_direct_push_share_one_budget_per_key(make_app):
+    client = make_app(trigger="3/minute").test_client()
+    assert trigger(client).status_code == 202
+    assert push(client).status_code == 200
+    assert trigger(client).status_code == 202
+    assert_rate_limited(push(client))
+    assert_rate_limited(trigger(client))
+
+
+def test_other_service_calls_have_the_service_budget(make_app):
+    client = make_app(trigger="1/minute", service="2/minute").test_client()
+    assert trigger(client).status_code == 202
+    assert_rate_limited(trigger(client))
+    path = f"/v1/notifications/users/{uuid.uuid4()}/contact"
+    assert client.get(path, headers=SERVICE).status_code == 404   # the trigger budget is spent, not this one
+    assert client.put(path, json={"email": "a@example.com"}, headers=SERVICE).status_code == 200
+    assert_rate_limited(client.get(path, headers=SERVICE))
+
+
+# ---------------------------------------------------------------- shared by every process, in Redis
+
+
+def test_the_count_is_shared_between_two_app_instances(make_app, clean):
+    first, second = make_app(trigger="3/minute").test_client(), make_app(trigger="3/minute").test_client()
+    assert trigger(first).status_code == 202
+    assert trigger(second).status_code == 202
+    assert trigger(first).status_code == 202
+    assert_rate_limited(trigger(second))
+    assert_rate_limited(trigger(first))
+    keys = redis_lib.Redis.from_url(clean["REDIS_URL"]).keys("*")
+    limit_keys = [k.decode() for k in keys if b"ratelimit" in k]
+    assert limit_keys and all(k.startswith(clean["REDIS_PREFIX"] + "ratelimit:") for k in limit_keys)
+
+
+def test_two_gunicorn_gevent_workers_share_the_count(clean, tmp_path):
+    """The deployment shape: gunicorn with two gevent workers; requests land on either one and
+    the budget is still one budget."""
+    from processes import ProcessGroup
+    env = dict(clean, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue_yaml(tmp_path, trigger="6/minute"))
+    with ProcessGroup(str(tmp_path)) as group:
+        web = group.start_web(env, workers=2)
+        statuses = [web.post("/v1/notifications/trigger", json=body_for(), headers=SERVICE).status_code
+                    for _ in range(10)]
+        refused = web.post("/v1/notifications/trigger", json=body_for(), headers=SERVICE)
+        other = web.post("/v1/notifications/trigger", json=body_for(), headers=OTHER_SERVICE)
+    assert statuses == [202] * 6 + [429] * 4
+    assert refused.status_code == 429 and refused.json()["code"] == "notifications_m.rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert other.status_code == 202
+
+
+def test_redis_down_fails_open(make_app, redis_proc, db):
+    user_id = uuid.uuid4()
+    insert_notification(db, user_id)
+    client = make_app(trigger="3/minute", user="3/minute").test_client()
+    assert client.get("/v1/notifications", headers=bearer(user_id)).status_code == 200
+    redis_proc.stop()
+    try:
+        # the trigger is accepted into the outbox (no Redis needed); the inbox is PostgreSQL only
+        assert trigger(client).status_code == 202
+        response = client.get("/v1/notifications", headers=bearer(user_id))
+        assert response.status_code == 200 and response.get_json()["total"] == 1
+        # still limited while Redis is away: per process, counted afresh in memory
+        for _ in range(2):
+            assert client.get("/v1/notifications", headers=bearer(user_id)).status_code == 200
+        assert_rate_limited(client.get("/v1/notifications", headers=bearer(user_id)))
+    finally:
+        redis_proc.start()
+
+
+def test_back_on_redis_once_it_returns(make_app, redis_proc, clean):
+    client = make_app(trigger="100/minute").test_client()
+    redis_proc.stop()
+    try:
+        assert trigger(client).status_code == 202
+    finally:
+        redis_proc.start()
+    time.sleep(2.1)  # flask-limiter probes the storage again after 1, 2, 4 … s
+    assert trigger(client).status_code == 202
+    keys = redis_lib.Redis.from_url(clean["REDIS_URL"]).keys(clean["REDIS_PREFIX"] + "ratelimit:*")
+    assert keys
+
+
+def test_disabled_by_the_environment_switch(make_app):
+    client = make_app(enabled="false", trigger="1/minute").test_client()
+    for _ in range(3):
+        assert trigger(client).status_code == 202
+
+
+# ---------------------------------------------------------------- per user
+
+
+def test_user_calls_are_limited_per_user(make_app):
+    client = make_app(user="3/minute").test_client()
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    assert client.get("/v1/notifications", headers=bearer(alice)).status_code == 200
+    assert client.get("/v1/notifications/preferences", headers=bearer(alice)).status_code == 200
+    assert client.get(f"/v1/notifications/{uuid.uuid4()}", headers=bearer(alice)).status_code == 404
+    assert_rate_limited(client.get("/v1/notifications", headers=bearer(alice)))
+    # a new token of the same user is the same user
+    assert_rate_limited(client.get("/v1/notifications", headers=bearer(alice, customers=[uuid.uuid4()])))
+    assert client.get("/v1/notifications", headers=bearer(bob)).status_code == 200
+
+
+def test_calls_without_valid_credentials_are_limited_per_address(make_app):
+    client = make_app(user="2/minute", service="2/minute").test_client()
+    garbage = {"Authorization": "Bearer not-a-token"}
+    assert client.get("/v1/notifications", headers=garbage).status_code == 401
+    assert client.get("/v1/notifications").status_code == 401
+    assert_rate_limited(client.get("/v1/notifications", headers=garbage))
+    # a real user from the same address is not affected
+    assert client.get("/v1/notifications", headers=bearer(uuid.uuid4())).status_code == 200
+    path = f"/v1/notifications/users/{uuid.uuid4()}/contact"
+    assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.get(path).status_code == 401
+    assert_rate_limited(client.get(path, headers={"X-API-Key": "wrong"}))
+    assert client.get(path, headers=SERVICE).status_code == 404
+
+
+def test_stream_connects_are_limited_per_user_with_a_token_or_a_ticket(make_app):
+    """Opening a stream that the view then refuses (403: customer outside the token) still
+    counts as a connect, so no stream has to be held open here."""
+    client = make_app(stream_connect="3/minute", user="100/minute").test_client()
+    alice, mine, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    headers = bearer(alice, customers=[mine])
+    assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=headers).status_code == 403
+    assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=headers).status_code == 403
+    ticket = client.post("/v1/notifications/sse/ticket", headers=headers).get_json()["ticket"]
+    assert client.get(f"/v1/notifications/sse?ticket={ticket}&customer_id={other}").status_code == 403
+    ticket = client.post("/v1/notifications/sse/ticket", headers=headers).get_json()["ticket"]
+    assert_rate_limited(client.get(f"/v1/notifications/sse?ticket={ticket}&customer_id={other}"))
+    assert_rate_limited(client.get("/v1/notifications/sse", headers=headers))
+    # the user's REST budget is separate, and so is another user's stream budget
+    assert client.get("/v1/notifications", headers=headers).status_code == 200
+    bob = bearer(uuid.uuid4(), customers=[mine])
+    assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=bob).status_code == 403
+
+
+def test_probes_docs_and_preflight_are_not_limited(make_app):
+    client = make_app(user="1/minute", service="1/minute", trigger="1/minute", stream_connect="1/minute").test_client()
+    for _ in range(3):
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        assert client.options("/v1/notifications").status_code == 200
+
+
+def test_openapi_documents_the_429_on_limited_operations(make_app):
+    spec = make_app().test_client().get("/openapi.json").get_json()
+    assert spec["components"]["responses"]["TOO_MANY_REQUESTS"]["headers"]["Retry-After"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            limited = path.startswith("/v1/")
+            assert ("429" in operation["responses"]) is limited, (method, path)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("name,value", [("trigger", "lots"), ("user", "0/second"), ("stream_connect", 10),
+                                        ("service", ""), ("trigger", "100/fortnight")])
+def test_a_bad_limit_stops_start_up_naming_it(tmp_path, name, value):
+    from app.domain import load_domain
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        load_domain(str(ROOT / "notifications.yaml"), queue_yaml(tmp_path, **{name: value}))
+    assert caught.value.key == f"rate_limits.{name}"
+    assert str(caught.value).startswith("config error: ")
+
+
+def test_an_unknown_limit_name_stops_start_up(tmp_path):
+    from app.domain import load_domain
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        load_domain(str(ROOT / "notifications.yaml"), queue_yaml(tmp_path, triggers="5/second"))
+    assert caught.value.key == "rate_limits.triggers"
+
+
+def test_rate_limits_section_is_optional_with_defaults(tmp_path):
+    from app.domain import RATE_LIMITS, load_domain
+    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
+    data.pop("rate_limits", None)
+    path = tmp_path / "queue.yaml"
+    path.write_text(yaml.safe_dump(data))
+    domain = load_domain(str(ROOT / "notifications.yaml"), str(path))
+    assert domain.rate_limits == RATE_LIMITS
+
+
+def test_bad_switch_value_is_a_config_error(clean):
+    from app.config import load_settings
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=dict(clean, RATE_LIMITS_ENABLED="maybe"))
+    assert caught.value.key == "RATE_LIMITS_ENABLED"

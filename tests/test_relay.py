@@ -1,0 +1,275 @@
+"""A 202 is never lost: Redis down at accept time, PostgreSQL down, a worker SIGKILLed mid-dispatch.
+
+The relay (workers/relay.py) re-enqueues accepted work whose RQ job is gone;
+the jobs are idempotent, so recovering never stores a notification twice.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psycopg2
+import pytest
+import rq
+import yaml
+
+from conftest import SERVICE
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TRIGGER = "/v1/notifications/trigger"
+
+
+def write_queue_yaml(tmp_path, **sections):
+    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path = tmp_path / "queue.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.fixture
+def make_app(clean):
+    from app import create_app
+    made = []
+
+    def factory(**overrides):
+        application = create_app(dict(clean, **overrides))
+        application.config["TESTING"] = True
+        made.append(application)
+        return application
+
+    yield factory
+    for application in made:
+        application.extensions["db_pool"].close()
+
+
+def run_jobs(app):
+    domain = app.config["DOMAIN"]
+    with app.app_context():
+        redis = app.extensions["redis"]
+        queues = [rq.Queue(name, connection=redis) for name in (domain.queues["dispatch"],
+                                                                 domain.queues["deliveries"])]
+        rq.SimpleWorker(queues, connection=redis).work(burst=True)
+
+
+def body_for(user_ids, **overrides):
+    body = {"type": "chat", "event": "message_received", "title": "New Message",
+            "content": "Hello from John", "user_ids": [str(u) for u in user_ids]}
+    body.update(overrides)
+    return body
+
+
+def scalar(db, sql, *args):
+    with db.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()[0]
+
+
+def queued(app, purpose):
+    name = app.config["DOMAIN"].queues[purpose]
+    return rq.Queue(name, connection=app.extensions["redis"]).count
+
+
+def age_triggers(db, seconds=120):
+    """Make every trigger look older, so the relay's stale_after has passed without waiting."""
+    with db.cursor() as cur:
+        cur.execute("UPDATE triggers SET created_at = created_at - make_interval(secs => %s)", (seconds,))
+
+
+# ---------------------------------------------------------------- Redis down at accept time
+
+
+def test_redis_down_trigger_still_accepted_then_relayed(make_app, redis_proc, db, tmp_path):
+    from workers.relay import sweep
+    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"interval_seconds": 1,
+                                                                  "stale_after_seconds": 1}))
+    client = app.test_client()
+    users = [uuid.uuid4() for _ in range(3)]
+    redis_proc.stop()
+    try:
+        r = client.post(TRIGGER, json=body_for(users), headers=dict(SERVICE, **{"Idempotency-Key": "r-1"}))
+        assert r.status_code == 202, r.get_data(as_text=True)
+        trigger_id = r.get_json()["trigger_id"]
+        assert scalar(db, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "pending"
+        # a retry of the same request while Redis is still down gets the same answer
+        again = client.post(TRIGGER, json=body_for(users), headers=dict(SERVICE, **{"Idempotency-Key": "r-1"}))
+        assert again.status_code == 202 and again.get_json() == r.get_json()
+    finally:
+        redis_proc.start()
+    # Redis came back empty: the job is gone, only the row remembers the trigger
+    assert queued(app, "dispatch") == 0
+    # not stale yet: the relay leaves a fresh trigger to its own enqueue
+    assert sweep(app) == (0, 0)
+    age_triggers(db)
+    assert sweep(app) == (1, 0)
+    assert sweep(app) == (0, 0)            # its job is queued now: not enqueued twice
+    assert queued(app, "dispatch") == 1
+    run_jobs(app)
+    assert scalar(db, "SELECT count(*) FROM notifications WHERE trigger_id = %s", trigger_id) == 3
+    assert scalar(db, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "dispatched"
+    assert sweep(app) == (0, 0)
+
+
+def test_relay_leaves_a_queued_job_alone_and_requeues_a_lost_one(make_app, db, tmp_path):
+    from workers.relay import sweep
+    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
+    client = app.test_client()
+    assert client.post(TRIGGER, json=body_for([uuid.uuid4()]), headers=SERVICE).status_code == 202
+    age_triggers(db)
+    assert sweep(app) == (0, 0)            # queued and alive
+    app.extensions["redis"].flushall()     # Redis restarted without persistence
+    assert sweep(app) == (1, 0)
+    run_jobs(app)
+    assert scalar(db, "SELECT count(*) FROM notifications") == 1
+
+
+def test_relay_requeues_lost_deliveries(make_app, db, tmp_path):
+    from workers.relay import sweep
+    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
+    client = app.test_client()
+    assert client.post(TRIGGER, json=body_for([uuid.uuid4(), uuid.uuid4()]), headers=SERVICE).status_code == 202
+    # run only the dispatch job, then lose the delivery jobs it enqueued
+    with app.app_context():
+        from app.dispatch.fanout import dispatch_trigger
+        dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
+    assert queued(app, "deliveries") == 2
+    app.extensions["redis"].flushall()
+    with db.cursor() as cur:
+        cur.execute("UPDATE deliveries SET updated_at = now() - interval '1 minute' WHERE status = 'pending'")
+    assert sweep(app) == (0, 2)
+    run_jobs(app)
+    assert scalar(db, "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") == 0
+    assert scalar(db, "SELECT count(*) FROM delivery_attempts") == 2
+
+
+# ---------------------------------------------------------------- PostgreSQL unreachable
+
+
+def test_postgres_unreachable_is_503_and_never_202(make_app, redis_proc):
+    app = make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:1/x")
+    client = app.test_client()
+    for headers in (SERVICE, dict(SERVICE, **{"Idempotency-Key": "pg-down"})):
+        r = client.post(TRIGGER, json=body_for([uuid.uuid4()]), headers=headers)
+        assert r.status_code == 503, r.get_data(as_text=True)
+        body = r.get_json()
+        assert body["code"] == "notifications_m.service_unavailable" and body["status"] == 503
+        assert "psycopg2" not in r.get_data(as_text=True) and "Traceback" not in r.get_data(as_text=True)
+    assert queued(app, "dispatch") == 0     # nothing was enqueued for a trigger that was not stored
+
+
+# ---------------------------------------------------------------- SIGKILL mid-dispatch
+
+
+def _start_worker(env, log):
+    return subprocess.Popen([sys.executable, "-m", "workers"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc):
+    """SIGTERM to the worker's group (it and its scheduler child), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_worker_registration_is_on_a_short_lease(clean, tmp_path):
+    """RQ would keep a worker's key for job timeout + 60 s after a crash; ours lives seconds."""
+    import redis as redis_lib
+    config = write_queue_yaml(tmp_path, relay={"interval_seconds": 1})
+    env = dict(os.environ, **clean, QUEUE_CONFIG=config, PYTHONUNBUFFERED="1")
+    client = redis_lib.Redis.from_url(clean["REDIS_URL"])
+    with open(tmp_path / "worker.log", "ab") as log:
+        proc = _start_worker(env, log)
+        try:
+            key = f"rq:worker:notif-{proc.pid}"
+            ttl = None
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                ttl = client.ttl(key)
+                if 0 < ttl <= 5:
+                    break
+                time.sleep(0.1)
+            assert 0 < ttl <= 5, (ttl, (tmp_path / "worker.log").read_text()[-2000:])
+        finally:
+            _stop(proc)
+            client.close()
+    assert proc.returncode == 0
+
+
+@pytest.mark.timeout(240)
+def test_worker_sigkilled_mid_dispatch_is_recovered_without_duplicates(make_app, clean, tmp_path):
+    users_total = 5000
+    config = write_queue_yaml(tmp_path, batch={"users_per_chunk": 100},
+                              relay={"interval_seconds": 1, "stale_after_seconds": 2})
+    app = make_app(QUEUE_CONFIG=config)
+    client = app.test_client()
+    users = [uuid.uuid4() for _ in range(users_total)]
+    r = client.post(TRIGGER, json=body_for(users), headers=SERVICE)
+    assert r.status_code == 202, r.get_data(as_text=True)
+    trigger_id = r.get_json()["trigger_id"]
+
+    env = dict(os.environ, **clean, QUEUE_CONFIG=config, PYTHONUNBUFFERED="1")
+    watch = psycopg2.connect(clean["DATABASE_URL"])
+    watch.autocommit = True
+
+    def stored():
+        return scalar(watch, "SELECT count(*) FROM notifications WHERE trigger_id = %s", trigger_id)
+
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "ab") as log:
+        first = _start_worker(env, log)
+        try:
+            deadline = time.monotonic() + 60
+            count = 0
+            while time.monotonic() < deadline and first.poll() is None:
+                count = stored()
+                if count > 0:
+                    break
+                time.sleep(0.005)
+            # the whole process group, as a crashed machine would: RQ's scheduler child dies with it
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+        killed_at = stored()
+        assert 0 < count <= killed_at < users_total, (count, killed_at, log_path.read_text()[-3000:])
+        assert scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "pending"
+
+        second = _start_worker(env, log)
+        try:
+            started = time.monotonic()
+            deadline = started + 120
+            status = None
+            while time.monotonic() < deadline:
+                status = scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id)
+                if status == "dispatched":
+                    break
+                assert second.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            recovered_in = time.monotonic() - started
+            assert status == "dispatched", f"not recovered in {recovered_in:.0f}s\n" + log_path.read_text()[-3000:]
+        finally:
+            _stop(second)
+
+    try:
+        assert stored() == users_total
+        assert scalar(watch, "SELECT count(DISTINCT user_id) FROM notifications WHERE trigger_id = %s",
+                      trigger_id) == users_total
+        assert scalar(watch, "SELECT users_done FROM triggers WHERE id = %s", trigger_id) == users_total
+        deliveries = scalar(watch, "SELECT count(*) FROM deliveries")
+        assert deliveries == scalar(watch, "SELECT count(DISTINCT (notification_id, channel)) FROM deliveries")
+        assert deliveries == 2 * users_total      # system + email for every notification
+    finally:
+        watch.close()
+    print(f"killed after {killed_at} of {users_total} stored; recovered in {recovered_in:.1f}s")
