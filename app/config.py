@@ -23,7 +23,7 @@ DEFAULTS = {
     "QUEUE_CONFIG": "queue.yaml",
     "DB_POOL_SIZE": "20",
     "DB_POOL_TIMEOUT": "5",
-    "MAX_CONTENT_LENGTH": str(256 * 1024),
+    "MAX_CONTENT_LENGTH": str(1024 * 1024),   # a trigger to batch.max_user_ids (10,000) users is ~390 KB
     "CORS_ORIGINS": "",
     "SSE_KEEPALIVE_SECONDS": "15",
     "SSE_RETRY_MS": "3000",

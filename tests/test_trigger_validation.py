@@ -150,8 +150,6 @@ def test_default_maximum_is_queue_yaml(client, nothing_accepted):
         assert "user_ids" in assert_envelope(r, 422, "invalid_request")["errors"]
 
 
-@pytest.mark.xfail(reason="MAX_CONTENT_LENGTH (256 KiB) is smaller than a body carrying batch.max_user_ids "
-                          "(10,000) user ids (~390 KB): the largest allowed trigger gets 413", strict=False)
 def test_a_trigger_with_the_maximum_number_of_user_ids_fits_in_the_body_limit(client):
     users = [str(uuid.uuid4()) for _ in range(10_000)]
     assert client.post(TRIGGER, json=valid(user_ids=users), headers=SERVICE).status_code == 202
