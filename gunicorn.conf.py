@@ -11,6 +11,13 @@ import os
 import sys
 import tempfile
 
+# Patch before anything imports ssl, sockets or threading: the start-up check
+# below imports the app (and with it requests, redis, PyJWT), and the gevent
+# worker's own patching after fork would come too late for those modules.
+from gevent import monkey
+
+monkey.patch_all()
+
 # Metrics of every worker process are merged at scrape time through files in
 # this directory; set it to the same path for web and worker processes to see
 # both (./dev up does). It must be set before prometheus_client is imported.
