@@ -77,9 +77,20 @@ def unread_counts_many(conn, user_ids, domain):
     return _payloads(rows, user_ids, domain.groups)
 
 
-def unread_json(conn, user_id, domain):
-    """The `unread` event's data for one user, as compact JSON (the stream's first count)."""
-    return json.dumps(unread_counts(conn, user_id, domain), separators=(",", ":"))
+def unread_json(conn, user_id, domain, scope=None):
+    """The `unread` event's data for one user's stream, as compact JSON.
+
+    `scope` is the stream's customer filter (app/streams): None for every
+    customer; a set of customer ids, with "" when notifications of no customer
+    count too (a token's `customers` claim), without it for `?customer_id=`.
+    """
+    if scope is None:
+        counts = unread_counts(conn, user_id, domain)
+    elif "" in scope:
+        counts = unread_counts(conn, user_id, domain, customers=[c for c in scope if c])
+    else:
+        counts = unread_counts(conn, user_id, domain, customer_id=next(iter(scope)))
+    return json.dumps(counts, separators=(",", ":"))
 
 
 def publish(app, events):

@@ -282,3 +282,32 @@ def test_second_device_sees_read_and_counts_live(services, clean, db):
     finally:
         phone.close()
         laptop.close()
+
+
+@pytest.mark.timeout(120)
+def test_customer_scoped_stream_counts_only_its_customers(services, clean, db):
+    web, _ = services
+    user_id, other_customer = uuid.uuid4(), uuid.uuid4()
+    insert_notification(db, user_id, customer_id=CUSTOMER)
+    insert_notification(db, user_id, customer_id=other_customer)
+    scoped = web.stream(headers={"Authorization": f"Bearer {make_token(user_id, customers=[CUSTOMER])}"})
+    everything = web.stream(headers=bearer(user_id))
+    try:
+        assert every(scoped, 1)[0].json() == {"unread": 1, "by_customer": {str(CUSTOMER): 1},
+                                              "by_group": dict(GROUPS, chat=1)}
+        assert every(everything, 1)[0].json()["unread"] == 2
+        # a new notification for the other customer: the scoped stream neither sees it nor its count
+        r = web.post("/v1/notifications/trigger", headers=SERVICE, json={
+            "type": "chat", "event": "message_received", "title": "Other", "user_ids": [str(user_id)],
+            "customer_id": str(other_customer)})
+        assert r.status_code == 202
+        events = every(everything, 3, timeout=20)
+        assert (events[2].event, events[2].json()["unread"]) == ("unread", 3)
+        scoped_events = every(scoped, 2, timeout=20)
+        assert scoped_events[1].event == "unread"
+        assert scoped_events[1].json() == {"unread": 1, "by_customer": {str(CUSTOMER): 1},
+                                           "by_group": dict(GROUPS, chat=1)}
+        assert [e for e in scoped.snapshot(everything=True) if e.event is None] == []
+    finally:
+        scoped.close()
+        everything.close()

@@ -25,12 +25,15 @@ from . import frames
 
 log = logging.getLogger(__name__)
 RESYNC = object()  # queue marker: the hub reconnected, catch up from the database
+# queue marker for a customer-scoped stream: the user's counts changed; the published
+# `unread` counts every customer of the user, so the stream re-counts within its scope
+UNREAD_CHANGED = object()
 
 
 class Stream:
     """One open SSE connection's inbox of frames, filled by the hub."""
 
-    __slots__ = ("user_id", "customers", "queue", "maxsize", "wakeup", "overflowed", "__weakref__")
+    __slots__ = ("user_id", "customers", "queue", "maxsize", "wakeup", "overflowed", "on_overflow", "__weakref__")
 
     def __init__(self, user_id, customers, maxsize):
         self.user_id = user_id
@@ -39,9 +42,12 @@ class Stream:
         self.maxsize = maxsize
         self.wakeup = gevent.event.Event()
         self.overflowed = False
+        self.on_overflow = None  # cuts the connection: its greenlet may be blocked writing to a client that stopped reading
 
     def push(self, item):
         if len(self.queue) >= self.maxsize:
+            if not self.overflowed and self.on_overflow is not None:
+                self.on_overflow()
             self.overflowed = True
         else:
             self.queue.append(item)
@@ -210,6 +216,10 @@ class Hub:
             item = (None, customer, frames.direct(body))
         else:
             item = (None, None, frames.named(first.decode(), body))
+            if first == b"unread":
+                for stream in tuple(group):
+                    stream.push(item if stream.customers is None else UNREAD_CHANGED)
+                return
         for stream in tuple(group):
             if item[1] is None or stream.wants(item[1]):
                 stream.push(item)

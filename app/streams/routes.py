@@ -17,7 +17,7 @@ from ..errors import InvalidRequest
 from ..metrics import OPEN_STREAMS
 from ..redis_client import redis
 from . import access, frames, replay
-from .hub import RESYNC, Stream, hub
+from .hub import RESYNC, UNREAD_CHANGED, Stream, hub
 
 blp = Blueprint("streams", __name__, url_prefix="/v1/notifications",
                 description="The real-time stream (Server-Sent Events)")
@@ -157,18 +157,32 @@ def _hangup(client, wakeup):
         return None
 
 
+def _cut(client):
+    """End a stream whose client stopped reading: its greenlet may sit in a write that never
+    completes (no send timeout), so the overflow flag alone would never be seen."""
+    try:
+        client.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config, client=None):
     """The stream's generator. It runs after the request context is gone: it holds
     only what it was given, and releases all of it in `finally`. `client` is the
     connection's socket (gunicorn's), watched to see a disconnect at once."""
     keepalive, cap = config["SSE_KEEPALIVE_SECONDS"], config["SSE_REPLAY_LIMIT"]
     stream = Stream(user_id, customers, config["SSE_QUEUE_SIZE"])
+    if client is not None:
+        stream.on_overflow = lambda: _cut(client)
     hangup = None
 
-    def catch_up(after):  # what was missed, then the user's unread counts (app/events.py)
+    def counts(conn):  # the `unread` event, within the stream's customer scope (app/events.py)
+        return frames.named("unread", events.unread_json(conn, user_id, config["DOMAIN"], customers))
+
+    def catch_up(after):  # what was missed, then the user's unread counts
         with pool.connection() as conn:
             out, last = replay.missed(conn, user_id, customers, after, cap)
-            return out + [frames.named("unread", events.unread_json(conn, user_id, config["DOMAIN"]))], last
+            return out + [counts(conn)], last
 
     OPEN_STREAMS.inc()
     try:
@@ -200,6 +214,10 @@ def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config, clie
                 if item is RESYNC:
                     caught, last = catch_up(last)
                     out.extend(caught)
+                    continue
+                if item is UNREAD_CHANGED:   # a customer-scoped stream counts only its customers
+                    with pool.connection() as conn:
+                        out.append(counts(conn))
                     continue
                 seq, _, frame = item
                 if seq is not None:
