@@ -67,3 +67,12 @@ class Slots:
 
     def release(self, user_id, slot):
         self.redis.zrem(self._key(user_id), slot)
+
+
+def slots(app):
+    """The process's Slots, built once: every stream shares it (and its script object)."""
+    instance = app.extensions.get("stream_slots")
+    if instance is None:
+        instance = Slots(app.extensions["redis"], app.config["SSE_MAX_STREAMS_PER_USER"], app.config["REDIS_PREFIX"])
+        app.extensions["stream_slots"] = instance
+    return instance

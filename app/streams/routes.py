@@ -82,7 +82,7 @@ class StreamView(MethodView):
             customers = {str(c) for c in user.customers} | {""}
         else:
             customers = None
-        slots = access.Slots(redis(), config["SSE_MAX_STREAMS_PER_USER"], config["REDIS_PREFIX"])
+        slots = access.slots(current_app)
         slot = slots.acquire(user.id)
         try:
             body = _stream(hub(current_app), db.pool(), slots, slot, user.id, customers, cursor, config,
