@@ -159,9 +159,11 @@ def _hangup(client, wakeup):
 
 def _cut(client):
     """End a stream whose client stopped reading: its greenlet may sit in a write that never
-    completes (no send timeout), so the overflow flag alone would never be seen."""
+    completes (no send timeout), so the overflow flag alone would never be seen. The OS socket
+    is shut down (not gevent's wrapper, which would cancel the write with EBADF and make gunicorn
+    log a traceback): the blocked write then fails with EPIPE, which gunicorn ends quietly."""
     try:
-        client.shutdown(socket.SHUT_RDWR)
+        getattr(client, "_sock", client).shutdown(socket.SHUT_RDWR)
     except (OSError, AttributeError):
         pass
 
@@ -227,6 +229,7 @@ def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config, clie
                 out.append(frame)
             if out:
                 yield b"".join(out)
+            out = item = frame = None   # a paused stream holds no frame: memory per idle stream
     finally:
         if hangup is not None:
             hangup.close()
