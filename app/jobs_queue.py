@@ -59,9 +59,26 @@ def job_is_alive(job_id, app=None):
     status = job.get_status(refresh=False)
     if status not in ALIVE:
         return False
+    if status == JobStatus.QUEUED and _stranded(job, connection):
+        return False
     if status == JobStatus.STARTED and job.worker_name:
         return Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name,
                                   connection=connection) is not None
+    return True
+
+
+def _stranded(job, connection):
+    """A worker killed between taking the job off its queue (BLPOP, or LMOVE to RQ's intermediate
+    list) and marking it started leaves it `queued` in no queue at all: nobody would ever run it.
+    Such a job is dead (dropped from the intermediate list, so RQ does not fail the new copy
+    later) and the caller enqueues it again. A live worker passes through this state for
+    milliseconds, and the relay only asks about work older than `stale_after`; a rare double run
+    is harmless (the jobs are idempotent). (RQ's started registry is no help: it may still hold
+    an entry of an earlier, killed execution of the same job id.)"""
+    queue_ = Queue(job.origin, connection=connection)
+    if connection.lpos(queue_.key, job.id) is not None:
+        return False
+    connection.lrem(queue_.intermediate_queue_key, 0, job.id)
     return True
 
 
