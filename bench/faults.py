@@ -208,7 +208,7 @@ def email_figures(smtp):
 # ------------------------------------------------------------------------------------ 1. crash
 
 
-def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None):
+def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     """N triggers, each to one user with an email contact, while an RQ worker is SIGKILLed every
     `kill_every` seconds and a fresh one started; then every notification stored once and every
     email received once (by Message-ID and by recipient + subject)."""
@@ -241,7 +241,8 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None):
     next_kill = time.monotonic() + kill_every
     emails_sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")
     # kill while the triggers go in and for a while after (the jobs are still running)
-    while not done.is_set() or (emails_sent() < n * 0.9 and time.monotonic() - started < timeout / 2):
+    while not done.is_set() or kills < min_kills \
+            or (emails_sent() < n * 0.9 and time.monotonic() - started < timeout / 2):
         time.sleep(max(0.0, next_kill - time.monotonic()))
         next_kill = time.monotonic() + kill_every
         old = pool[victim % len(pool)]

@@ -150,3 +150,7 @@ def user():
 
 
 SERVICE = {"X-API-Key": API_KEY}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "faults: fault scenarios against real processes (tests/test_faults.py)")
