@@ -75,6 +75,21 @@ def base_env(database_url, redis_proc):
     }
 
 
+def _truncate(cur, tables, attempts=20):
+    """TRUNCATE locks table after table; a service process of an earlier test (a module-scoped
+    gunicorn, a worker's relay) reading two of them in the other order can deadlock with it.
+    PostgreSQL then aborts one side: ours is simply tried again."""
+    for attempt in range(attempts):
+        try:
+            cur.execute("SET lock_timeout = '5s'")
+            cur.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+            return
+        except (psycopg2.errors.DeadlockDetected, psycopg2.errors.LockNotAvailable):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+
+
 def _clean(database_url, redis_url):
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
@@ -83,7 +98,7 @@ def _clean(database_url, redis_url):
                     " AND tablename <> 'schema_migrations'")
         tables = [row[0] for row in cur.fetchall()]
         if tables:
-            cur.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+            _truncate(cur, tables)
     conn.close()
     import redis
     client = redis.Redis.from_url(redis_url)
