@@ -127,11 +127,24 @@ def test_relay_leaves_a_queued_job_alone_and_requeues_a_lost_one(make_app, db, t
     assert scalar(db, "SELECT count(*) FROM notifications") == 1
 
 
-def test_relay_requeues_lost_deliveries(make_app, db, tmp_path):
+@pytest.fixture
+def smtp():
+    from tests.fake_providers import FakeSMTP
+    server = FakeSMTP().start()
+    yield server
+    server.stop()
+
+
+def test_relay_requeues_lost_deliveries(make_app, db, tmp_path, smtp):
     from workers.relay import sweep
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
+    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}),
+                   MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port))
     client = app.test_client()
-    assert client.post(TRIGGER, json=body_for([uuid.uuid4(), uuid.uuid4()]), headers=SERVICE).status_code == 202
+    users = [uuid.uuid4(), uuid.uuid4()]
+    with db.cursor() as cur:   # with an address, so each email delivery gets a job
+        for user_id in users:
+            cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (user_id, f"{user_id.hex}@example.org"))
+    assert client.post(TRIGGER, json=body_for(users), headers=SERVICE).status_code == 202
     # run only the dispatch job, then lose the delivery jobs it enqueued
     with app.app_context():
         from app.dispatch.fanout import dispatch_trigger
@@ -144,6 +157,7 @@ def test_relay_requeues_lost_deliveries(make_app, db, tmp_path):
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") == 0
     assert scalar(db, "SELECT count(*) FROM delivery_attempts") == 2
+    assert len(smtp.messages) == 2
 
 
 # ---------------------------------------------------------------- PostgreSQL unreachable

@@ -16,7 +16,7 @@ from flask import current_app
 from .. import db, events
 from ..jobs_queue import enqueue_deliveries
 from ..logs import request_id_var
-from ..metrics import FANOUT_LATENCY, PUBLISHED, STORED
+from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json
 from ..pubsub import notification_message, publisher
 from . import repository
@@ -40,6 +40,7 @@ def dispatch_trigger(trigger_id):
         event, _ = resolve_event(domain, body)
         customer_id = uuid.UUID(body["customer_id"]) if body.get("customer_id") else None
         users = body["user_ids"]
+        needs = {name: channel.needs for name, channel in app.extensions["channels"].items()}
         size = domain.users_per_chunk
         start = max(0, (trigger["users_done"] // size - 1) * size)
         for offset in range(start, len(users), size):
@@ -47,7 +48,7 @@ def dispatch_trigger(trigger_id):
             done = min(offset + size, len(users))
             with repository.sequence_lock(conn):
                 with db.transaction(conn):
-                    plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id)
+                    plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id, needs)
                     rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
                     repository.insert_deliveries(conn, plan.delivery_rows(rows))
                     repository.advance_trigger(conn, trigger_id, done, done == len(users))
@@ -59,7 +60,7 @@ def dispatch_trigger(trigger_id):
             if online:
                 with db.transaction(conn):  # their new `unread` counts: one query, one publish
                     events.publish_counts(app, conn, online)
-            _count(rows, visible)
+            _count(rows, visible, plan)
             enqueue_deliveries(pending, app)
         if not users:
             with db.transaction(conn):
@@ -68,9 +69,13 @@ def dispatch_trigger(trigger_id):
         return len(users)
 
 
-def _count(rows, visible):
+def _count(rows, visible, plan):
     STORED.inc(len(rows))
     PUBLISHED.inc(len(visible))
+    for decisions in plan.decisions.values():
+        for channel, status, _, tried in decisions:
+            if tried:   # decided here rather than by a job: counted as that job would have
+                DELIVERIES.labels(channel, status).inc()
     if visible:
         now = datetime.datetime.now(datetime.timezone.utc)
         FANOUT_LATENCY.observe((now - visible[-1]["created_at"]).total_seconds())

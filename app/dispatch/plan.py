@@ -4,7 +4,10 @@ The in-app channel (`system`) is delivered by storing and publishing, so its
 delivery row is `sent` at once; when a user switched it off the notification
 is stored for history but kept out of the inbox and stream. Every other
 enabled channel gets a `pending` row and a job; a default channel switched
-off gets a `skipped` row saying why.
+off gets a `skipped` row saying why. A channel that needs an address the
+user does not have (no email, no phone) is `skipped` here, with its one
+attempt recorded, exactly as its job would have ended: a job per such
+delivery was most of the fan-out's cost.
 """
 from dataclasses import dataclass, field
 
@@ -17,33 +20,53 @@ OFF = "switched off in the user's preferences"
 
 @dataclass
 class Plan:
-    decisions: dict = field(default_factory=dict)   # user id (str) -> [(channel, status, reason)]
+    decisions: dict = field(default_factory=dict)   # user id (str) -> [(channel, status, reason, tried)]
 
     def hidden_users(self):
         """Users whose notification stays out of the inbox and stream."""
         return [uid for uid, decisions in self.decisions.items()
-                if not any(c == IN_APP and status == "sent" for c, status, _ in decisions)]
+                if not any(c == IN_APP and status == "sent" for c, status, _, _ in decisions)]
 
     def delivery_rows(self, rows):
-        return [(row["id"], row["user_id"], channel, status, reason)
-                for row in rows for channel, status, reason in self.decisions[str(row["user_id"])]]
+        return [(row["id"], row["user_id"], *decision)
+                for row in rows for decision in self.decisions[str(row["user_id"])]]
 
 
-def plan_channels(conn, domain, event, requested, user_ids, customer_id):
-    """Decide every channel for every user of the chunk (one query for all of them)."""
+def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=None):
+    """Decide every channel for every user of the chunk (one query each for preferences and contacts).
+
+    needs: channel -> the contact field it addresses (None: no address needed)."""
+    needs = needs or {}
     candidates = [c for c in domain.channels if requested is None or c in requested]
     choices = choices_for_users(conn, user_ids, event.group, customer_id)
+    fields = sorted({needs[c] for c in candidates if needs.get(c)})
+    contacts = _contacts(conn, user_ids, fields) if fields else {}
     plan = Plan()
     for uid in user_ids:
-        mine = choices.get(_uuid(uid), [])
+        key = _uuid(uid)
+        mine, contact = choices.get(key, []), contacts.get(key, {})
         decisions = []
         for channel in candidates:
             if resolve(event, channel, mine, customer_id)[0]:
-                decisions.append((channel, "sent" if channel == IN_APP else "pending", None))
+                field_name = needs.get(channel)
+                if channel == IN_APP:
+                    decisions.append((channel, "sent", None, False))
+                elif field_name and not contact.get(field_name):
+                    decisions.append((channel, "skipped", f"no {field_name} on file for this user", True))
+                else:
+                    decisions.append((channel, "pending", None, False))
             elif channel in event.channels:
-                decisions.append((channel, "skipped", OFF))
+                decisions.append((channel, "skipped", OFF, False))
         plan.decisions[str(uid)] = decisions
     return plan
+
+
+def _contacts(conn, user_ids, fields):
+    """{user id: {field: value}} for the chunk's users that have a contact row."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT user_id, {', '.join(fields)} FROM contacts WHERE user_id = ANY(%s::uuid[])",
+                    ("{" + ",".join(str(u) for u in user_ids) + "}",))
+        return {row[0]: dict(zip(fields, row[1:])) for row in cur.fetchall()}
 
 
 def _uuid(value):

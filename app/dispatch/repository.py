@@ -106,19 +106,24 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
 
 
 def insert_deliveries(conn, rows):
-    """rows: (notification_id, user_id, channel, status, reason); existing ones are kept."""
+    """rows: (notification_id, user_id, channel, status, reason, tried); existing ones are kept.
+
+    A row decided with `tried` (skipped for want of an address) gets its one attempt recorded."""
     if not rows:
         return
-    notification_ids, user_ids, channels, statuses, reasons = zip(*rows)
+    notification_ids, user_ids, channels, statuses, reasons, tried = zip(*rows)
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason, sent_at)"
-                    " SELECT gen_random_uuid(), d.nid, d.uid, d.channel, d.status, d.reason,"
-                    " CASE WHEN d.status = 'sent' THEN now() END"
-                    " FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[])"
-                    " AS d(nid, uid, channel, status, reason)"
-                    " ON CONFLICT (notification_id, channel) DO NOTHING",
+        cur.execute("WITH d AS (SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],"
+                    " %s::boolean[]) AS d(nid, uid, channel, status, reason, tried)),"
+                    " ins AS (INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason,"
+                    " attempts, sent_at)"
+                    " SELECT gen_random_uuid(), d.nid, d.uid, d.channel, d.status, d.reason, d.tried::int,"
+                    " CASE WHEN d.status = 'sent' THEN now() END FROM d"
+                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id, attempts, status, reason)"
+                    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at)"
+                    " SELECT id, 1, status, reason, now() FROM ins WHERE attempts = 1",
                     (uuid_array(notification_ids), uuid_array(user_ids), list(channels), list(statuses),
-                     list(reasons)))
+                     list(reasons), list(tried)))
 
 
 def pending_deliveries(conn, notification_ids):
