@@ -14,46 +14,12 @@ import uuid
 import psycopg2
 import pytest
 import rq
-import yaml
 
 from conftest import SERVICE
+from tests.test_dispatch import make_app, run_jobs, write_queue_yaml  # noqa: F401  (make_app: a fixture)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRIGGER = "/v1/notifications/trigger"
-
-
-def write_queue_yaml(tmp_path, **sections):
-    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = tmp_path / "queue.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-@pytest.fixture
-def make_app(clean):
-    from app import create_app
-    made = []
-
-    def factory(**overrides):
-        application = create_app(dict(clean, **overrides))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield factory
-    for application in made:
-        application.extensions["db_pool"].close()
-
-
-def run_jobs(app):
-    domain = app.config["DOMAIN"]
-    with app.app_context():
-        redis = app.extensions["redis"]
-        queues = [rq.Queue(name, connection=redis) for name in (domain.queues["dispatch"],
-                                                                 domain.queues["deliveries"])]
-        rq.SimpleWorker(queues, connection=redis).work(burst=True)
 
 
 def body_for(user_ids, **overrides):

@@ -3,6 +3,8 @@ import contextlib
 import json
 import uuid
 
+import psycopg2
+
 from ..db import cursor
 from ..notifications.model import COLUMNS
 

@@ -2,7 +2,6 @@
 import select
 import socket
 import time
-import uuid
 
 import gevent
 
