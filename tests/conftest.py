@@ -133,6 +133,23 @@ def app(clean):
 
 
 @pytest.fixture
+def make_app(clean):
+    """Build apps with config overrides (QUEUE_CONFIG, JWT settings, …); pools closed after the test."""
+    from app import create_app
+    made = []
+
+    def factory(**overrides):
+        application = create_app(dict(clean, **overrides))
+        application.config["TESTING"] = True
+        made.append(application)
+        return application
+
+    yield factory
+    for application in made:
+        application.extensions["db_pool"].close()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -54,3 +54,20 @@ def fetch_row(db, notification_id):
         cur.execute("SELECT * FROM notifications WHERE id = %s", (notification_id,))
         found = cur.fetchone()
         return dict(found) if found else None
+
+
+ENVELOPE_KEYS = {"code", "message", "status"}
+
+
+def assert_envelope(response, status, code):
+    """SPEC's one error shape: JSON, prefixed code, matching status, a message, no HTML."""
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text
+    assert response.mimetype == "application/json", text
+    assert "<html" not in text.lower() and "<!doctype" not in text.lower()
+    body = response.get_json()
+    assert body["code"] == "notifications_m." + code, body
+    assert body["status"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    assert set(body) - {"errors"} == ENVELOPE_KEYS
+    return body

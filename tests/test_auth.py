@@ -43,18 +43,6 @@ def future():
     return int(time.time()) + 300
 
 
-@pytest.fixture
-def make_app(clean):
-    from app import create_app
-    built = []
-
-    def make(**overrides):
-        application = create_app(dict(clean, **overrides))
-        built.append(application)
-        return application
-    yield make
-    for application in built:
-        application.extensions["db_pool"].close()
 
 
 @pytest.fixture(scope="module")

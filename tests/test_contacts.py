@@ -4,20 +4,13 @@ import uuid
 import pytest
 
 from conftest import OTHER_API_KEY, SERVICE, make_token
+from tests.factories import assert_envelope
 
 
 def url(user_id):
     return f"/v1/notifications/users/{user_id}/contact"
 
 
-def assert_envelope(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert body["code"] == "notifications_m." + code, body
-    assert body["status"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 FULL = {"email": "jane@example.com", "phone": "+14155550100", "locale": "en-GB", "timezone": "Europe/London"}

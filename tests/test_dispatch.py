@@ -9,11 +9,11 @@ import time
 import uuid
 
 import psycopg2.extras
-import pytest
 import rq
 import yaml
 
 from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
+from tests.factories import assert_envelope
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,21 +37,6 @@ def write_queue_yaml(tmp_path, **sections):
     return str(path)
 
 
-@pytest.fixture
-def make_app(clean):
-    """Build an app with config overrides (e.g. QUEUE_CONFIG); pools closed at the end."""
-    from app import create_app
-    made = []
-
-    def factory(**overrides):
-        application = create_app(dict(clean, **overrides))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield factory
-    for application in made:
-        application.extensions["db_pool"].close()
 
 
 def run_jobs(app):
@@ -91,13 +76,6 @@ def scalar(db, sql, *args):
         return cur.fetchone()[0]
 
 
-def assert_envelope(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert body["code"] == "notifications_m." + code
-    assert body["status"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 # ---------------------------------------------------------------- trigger → stored → inbox

@@ -5,37 +5,12 @@ import pytest
 
 from devtools.services import free_port
 from factories import fetch_row, insert_notification
-
-ENVELOPE_KEYS = {"code", "message", "status"}
-
-
-def assert_envelope(response, status, code):
-    """The one error shape: JSON, prefixed code, matching status, a message, no HTML."""
-    text = response.get_data(as_text=True)
-    assert response.status_code == status, text
-    assert response.mimetype == "application/json", text
-    assert "<html" not in text.lower() and "<!doctype" not in text.lower()
-    body = response.get_json()
-    assert body["code"] == "notifications_m." + code, body
-    assert body["status"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    assert set(body) - {"errors"} == ENVELOPE_KEYS
-    return body
+from tests.factories import assert_envelope
 
 
-@pytest.fixture
-def make_app(clean):
-    """Build extra apps with overrides; their pools are closed after the test."""
-    from app import create_app
-    built = []
 
-    def make(**overrides):
-        application = create_app(dict(clean, **overrides))
-        built.append(application)
-        return application
-    yield make
-    for application in built:
-        application.extensions["db_pool"].close()
+
+
 
 
 @pytest.fixture

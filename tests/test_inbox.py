@@ -7,6 +7,7 @@ import pytest
 
 from conftest import make_token
 from factories import fetch_row, insert_notification
+from tests.factories import assert_envelope
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 NOTIFICATION_KEYS = ["id", "customer_id", "type", "event", "title", "content", "link_url", "link_text",
@@ -21,14 +22,6 @@ def ids(response):
     return [item["id"] for item in response.get_json()["items"]]
 
 
-def assert_envelope(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert body["code"] == "notifications_m." + code
-    assert body["status"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 # ---------------------------------------------------------------- list

@@ -16,7 +16,7 @@ import pytest
 import rq
 
 from conftest import SERVICE
-from tests.test_dispatch import make_app, run_jobs, write_queue_yaml  # noqa: F401  (make_app: a fixture)
+from tests.test_dispatch import run_jobs, write_queue_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRIGGER = "/v1/notifications/trigger"

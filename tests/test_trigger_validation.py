@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import SERVICE, make_token
+from tests.factories import assert_envelope
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRIGGER = "/v1/notifications/trigger"
@@ -30,14 +31,6 @@ def valid(**overrides):
 _MISSING = object()
 
 
-def assert_envelope(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert body["code"] == "notifications_m." + code
-    assert body["status"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 @pytest.fixture
