@@ -55,10 +55,20 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Keep start-up objects out of later full GC passes (they caused p99 spikes)."""
+    """Streams write their access-log line through gunicorn's logger (they outlive the request
+    that opened them); keep start-up objects out of later full GC passes (they caused p99 spikes)."""
+    from app.streams.keeper import use_access_log
+    use_access_log(worker.log)
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def worker_exit(server, worker):
+    """Close this worker's streams and give their per-user slots back: the clients reconnect
+    at once, to another worker, with their cursor."""
+    from app.streams.keeper import shutdown
+    shutdown(worker.wsgi)
 
 
 def child_exit(server, worker):

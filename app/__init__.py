@@ -5,6 +5,7 @@ from . import api, db, errors, health, inbox_page, logs, metrics, migrate, ratel
 from . import audit, retention
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
+from .streams import handoff as stream_handoff
 from .config import load_settings
 
 
@@ -28,6 +29,7 @@ def create_app(config=None):
     metrics.init_app(app)
     api.init_app(app, _blueprints())
     ratelimit.init_app(app)
+    stream_handoff.init_app(app)
     return app
 
 

@@ -25,6 +25,7 @@ return 1
 """
 SLOT_TTL = 180        # seconds an entry lives without a refresh
 SLOT_REFRESH = 60     # how often an open stream refreshes it
+STREAM_PATH = "/v1/notifications/sse"
 
 
 def issue_ticket(redis, user, ttl):
@@ -62,11 +63,22 @@ class Slots:
             raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
         return slot
 
-    def refresh(self, user_id, slot):
-        self.redis.zadd(self._key(user_id), {slot: time.time() + SLOT_TTL})
+    def refresh_many(self, pairs, batch=1000):
+        """Push back the expiry of every (user id, slot) given: one pipeline per batch."""
+        expires = time.time() + SLOT_TTL
+        for start in range(0, len(pairs), batch):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for user_id, slot in pairs[start:start + batch]:
+                    pipe.zadd(self._key(user_id), {slot: expires}, xx=True)
+                    pipe.expire(self._key(user_id), SLOT_TTL)
+                pipe.execute()
 
-    def release(self, user_id, slot):
-        self.redis.zrem(self._key(user_id), slot)
+    def release_many(self, pairs, batch=1000):
+        for start in range(0, len(pairs), batch):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for user_id, slot in pairs[start:start + batch]:
+                    pipe.zrem(self._key(user_id), slot)
+                pipe.execute()
 
 
 def slots(app):

@@ -3,9 +3,14 @@
 One greenlet owns a raw socket to Redis, parsed with hiredis. It subscribes
 to the channel of each user that has at least one stream in this process
 (and unsubscribes when the last one leaves), frames each incoming event once
-and appends it to the bounded queue of each of that user's streams. A stream
-whose queue is full is cut (it resumes from its cursor), so a slow client
-never holds up the hub or anyone else.
+and offers it to each of that user's streams; after every read from the
+socket it flushes the streams it fed, so a stream gets all the frames of one
+read in one write (app/streams/stream.py).
+
+A stream waits for its channel's SUBSCRIBE to be confirmed before it reads
+what it missed from PostgreSQL: no gap between the two. Confirmations are
+counted per channel, because a channel unsubscribed and subscribed again has
+two SUBSCRIBE replies in flight and only the newest one counts.
 
 When the connection drops the hub reconnects with back-off, subscribes again
 and tells every stream to catch up from PostgreSQL, so nothing published
@@ -13,7 +18,6 @@ while it was away is lost to a client.
 """
 import logging
 import socket
-from collections import deque
 from urllib.parse import unquote, urlsplit
 
 import gevent
@@ -22,39 +26,10 @@ import gevent.lock
 import hiredis
 
 from . import frames
+from .stream import RESYNC, UNREAD_CHANGED
 
 log = logging.getLogger(__name__)
-RESYNC = object()  # queue marker: the hub reconnected, catch up from the database
-# queue marker for a customer-scoped stream: the user's counts changed; the published
-# `unread` counts every customer of the user, so the stream re-counts within its scope
-UNREAD_CHANGED = object()
-
-
-class Stream:
-    """One open SSE connection's inbox of frames, filled by the hub."""
-
-    __slots__ = ("user_id", "customers", "queue", "maxsize", "wakeup", "overflowed", "on_overflow", "__weakref__")
-
-    def __init__(self, user_id, customers, maxsize):
-        self.user_id = user_id
-        self.customers = customers      # None: every customer; else a set of allowed customer ids ('' = none)
-        self.queue = deque()
-        self.maxsize = maxsize
-        self.wakeup = gevent.event.Event()
-        self.overflowed = False
-        self.on_overflow = None  # cuts the connection: its greenlet may be blocked writing to a client that stopped reading
-
-    def push(self, item):
-        if len(self.queue) >= self.maxsize:
-            if not self.overflowed and self.on_overflow is not None:
-                self.on_overflow()
-            self.overflowed = True
-        else:
-            self.queue.append(item)
-        self.wakeup.set()
-
-    def wants(self, customer):
-        return self.customers is None or customer in self.customers
+SUBSCRIBE_BATCH = 500     # channels per SUBSCRIBE/UNSUBSCRIBE command
 
 
 def _command(*parts):
@@ -73,10 +48,12 @@ class Hub:
         self.username = unquote(url.username) if url.username else None
         self.prefix = prefix
         self.streams = {}          # channel -> set of Stream
-        self.subscribed = {}       # channel -> Event set once Redis confirmed the subscription
+        self.acks = {}             # channel -> [SUBSCRIBE replies still due, Event set when none is]
+        self.leaving = set()       # channels whose last stream left: UNSUBSCRIBE them
         self.sock = None
         self.write_lock = gevent.lock.Semaphore()
-        self.greenlet = None
+        self.greenlet = self.unsubscriber = None
+        self.unsubscribe_due = gevent.event.Event()
         self.connected = gevent.event.Event()
         self.reconnects = 0
 
@@ -85,36 +62,50 @@ class Hub:
         return f"{self.prefix}user:{user_id}"
 
     def register(self, stream):
-        """Add a stream; subscribe its user's channel if it is the first one here."""
+        """Add a stream; returns an Event to wait on for its subscription (None: it is active)."""
         self._ensure_running()
-        channel = self.channel(stream.user_id)
+        channel = stream.channel
         group = self.streams.get(channel)
-        if group is None:
-            self.streams[channel] = {stream}
-            self.subscribed[channel] = gevent.event.Event()
-            self._send(_command("SUBSCRIBE", channel))
-        else:
+        if group is not None:
             group.add(stream)
-        return self.subscribed[channel]
+            entry = self.acks.get(channel)
+            return entry[1] if entry else None
+        self.streams[channel] = {stream}
+        event = self._expect_ack(channel)
+        self._send(_command("SUBSCRIBE", channel))
+        return event
 
-    def unregister(self, stream):
-        channel = self.channel(stream.user_id)
-        group = self.streams.get(channel)
+    def forget(self, stream):
+        """Drop a closed stream at once; its channel's UNSUBSCRIBE goes out from a greenlet, as
+        this may run inside an event-loop callback that must not block."""
+        group = self.streams.get(stream.channel)
         if group is None:
             return
         group.discard(stream)
         if not group:
-            del self.streams[channel]
-            self.subscribed.pop(channel, None)
-            self._send(_command("UNSUBSCRIBE", channel))
+            del self.streams[stream.channel]
+            self.leaving.add(stream.channel)
+            self.unsubscribe_due.set()
+
+    def all_streams(self):
+        return [stream for group in self.streams.values() for stream in group]
 
     def count(self):
         return sum(len(group) for group in self.streams.values())
+
+    def _expect_ack(self, channel):
+        entry = self.acks.get(channel)
+        if entry is None:
+            entry = self.acks[channel] = [0, gevent.event.Event()]
+        entry[0] += 1
+        return entry[1]
 
     # -- connection -----------------------------------------------------
     def _ensure_running(self):
         if self.greenlet is None or self.greenlet.dead:
             self.greenlet = gevent.spawn(self._run)
+        if self.unsubscriber is None or self.unsubscriber.dead:
+            self.unsubscriber = gevent.spawn(self._unsubscribe_loop)
 
     def _send(self, data):
         sock = self.sock
@@ -125,6 +116,23 @@ class Hub:
                 sock.sendall(data)
         except OSError:
             self._drop(sock)
+
+    def _unsubscribe_loop(self):
+        while True:
+            self.unsubscribe_due.wait()
+            self.unsubscribe_due.clear()
+            # Decided under the lock: a stream registering meanwhile sends its SUBSCRIBE after this.
+            with self.write_lock:
+                channels = [c for c in self.leaving if c not in self.streams]
+                self.leaving.clear()
+                sock = self.sock
+                if sock is None:
+                    continue
+                try:
+                    for start in range(0, len(channels), SUBSCRIBE_BATCH):
+                        sock.sendall(_command("UNSUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
+                except OSError:
+                    pass  # the reader sees the broken connection and reconnects
 
     def _drop(self, sock):
         if self.sock is sock:
@@ -162,8 +170,14 @@ class Hub:
             with self.write_lock:
                 self.sock = sock
                 channels = list(self.streams)
-                for start in range(0, len(channels), 500):
-                    sock.sendall(_command("SUBSCRIBE", *channels[start:start + 500]))
+                for channel in channels:   # replies due on the old connection will never come
+                    entry = self.acks.get(channel)
+                    if entry is not None:
+                        entry[0] = 0
+                    self._expect_ack(channel)
+                self.leaving.clear()
+                for start in range(0, len(channels), SUBSCRIBE_BATCH):
+                    sock.sendall(_command("SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
             if self.reconnects:
                 self._resync_all()
             self.reconnects += 1
@@ -173,16 +187,15 @@ class Hub:
             except OSError as exc:
                 log.warning("hub: Redis connection lost (%s)", exc)
             self._drop(sock)
-            for event in self.subscribed.values():
-                event.clear()
 
     def _resync_all(self):
-        for group in list(self.streams.values()):
-            for stream in group:
-                stream.push(RESYNC)
+        fed = [stream for stream in self.all_streams() if stream.offer(RESYNC)]
+        for stream in fed:
+            stream.flush()
 
     def _read(self, sock):
         reader = hiredis.Reader()
+        fed = []
         while True:
             data = sock.recv(65536)
             if not data:
@@ -190,19 +203,28 @@ class Hub:
             reader.feed(data)
             reply = reader.gets()
             while reply is not False:
-                self._handle(reply)
+                self._handle(reply, fed)
                 reply = reader.gets()
+            if fed:
+                for stream in fed:
+                    stream.flush()
+                fed.clear()
+                gevent.sleep(0)   # a busy feed must not starve requests and keep-alives
 
-    def _handle(self, reply):
+    def _handle(self, reply, fed):
         kind = reply[0]
         if kind == b"message":
-            self._deliver(reply[1].decode(), reply[2])
+            self._deliver(reply[1].decode(), reply[2], fed)
         elif kind == b"subscribe":
-            event = self.subscribed.get(reply[1].decode())
-            if event is not None:
-                event.set()
+            channel = reply[1].decode()
+            entry = self.acks.get(channel)
+            if entry is not None:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del self.acks[channel]
+                    entry[1].set()
 
-    def _deliver(self, channel, message):
+    def _deliver(self, channel, message, fed):
         group = self.streams.get(channel)
         if not group:
             return
@@ -217,12 +239,13 @@ class Hub:
         else:
             item = (None, None, frames.named(first.decode(), body))
             if first == b"unread":
-                for stream in tuple(group):
-                    stream.push(item if stream.customers is None else UNREAD_CHANGED)
+                for stream in group:
+                    if stream.offer(item if stream.customers is None else UNREAD_CHANGED):
+                        fed.append(stream)
                 return
-        for stream in tuple(group):
-            if item[1] is None or stream.wants(item[1]):
-                stream.push(item)
+        for stream in group:
+            if (item[1] is None or stream.wants(item[1])) and stream.offer(item):
+                fed.append(stream)
 
 
 def hub(app):

@@ -1,22 +1,14 @@
 """`GET /v1/notifications/sse` (the stream) and `POST /v1/notifications/sse/ticket`."""
-import select
-import socket
-import time
-
-import gevent
-
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 import marshmallow as ma
 
-from .. import db, events
 from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from ..errors import InvalidRequest
-from ..metrics import OPEN_STREAMS
 from ..redis_client import redis
-from . import access, frames, replay
-from .hub import RESYNC, UNREAD_CHANGED, Stream, hub
+from . import access, frames, handoff
+from .keeper import keeper, new_peer
 
 blp = Blueprint("streams", __name__, url_prefix="/v1/notifications",
                 description="The real-time stream (Server-Sent Events)")
@@ -81,18 +73,16 @@ class StreamView(MethodView):
             customers = {str(c) for c in user.customers} | {""}
         else:
             customers = None
-        slots = access.slots(current_app)
-        slot = slots.acquire(user.id)
+        if request.method == "HEAD":   # the headers a GET would get, and no stream
+            return Response(b"", mimetype="text/event-stream", headers=handoff.HEADERS)
+        the_keeper = keeper(current_app)
+        stream = the_keeper.open(user.id, customers, new_peer(request.environ, g.get("request_id")))
         try:
-            body = _stream(hub(current_app), db.pool(), slots, slot, user.id, customers, cursor, config,
-                           request.environ.get("gunicorn.socket"))
+            frames_ = [frames.opening(config["SSE_RETRY_MS"])] + the_keeper.first_frames(stream, cursor)
         except BaseException:
-            slots.release(user.id, slot)
+            stream.close("failed to open")
             raise
-        response = Response(body, mimetype="text/event-stream", headers={
-            "Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no", "Connection": "keep-alive"})
-        response.direct_passthrough = True
-        return response
+        return handoff.response(request.environ, the_keeper, stream, frames_)
 
 
 @blp.route("/sse/ticket")
@@ -106,135 +96,3 @@ class TicketView(MethodView):
         ttl = current_app.config["SSE_TICKET_TTL_SECONDS"]
         ticket = access.issue_ticket(redis(), current_user(), ttl)
         return {"ticket": ticket, "expires_in": ttl, "stream_url": f"/v1/notifications/sse?ticket={ticket}"}
-
-
-class _Hangup:
-    """Sees a client leave at once, not at the stream's next write (up to two keep-alive
-    periods later, holding its slot, hub subscription and greenlet until then).
-
-    An SSE client sends nothing after its request, so its socket turning readable
-    means it closed. The libev watcher costs no greenlet: its callback wakes the
-    stream, which then looks at the socket itself.
-    """
-
-    def __init__(self, client, wakeup):
-        self.client, self.wakeup = client, wakeup
-        self.watcher = gevent.get_hub().loop.io(client.fileno(), 1)  # 1: readable
-        self.watcher.start(self._readable)
-
-    def _readable(self):
-        self.watcher.stop()  # level-triggered: once is enough
-        self.wakeup.set()
-
-    def client_left(self):
-        if self.watcher is None or self.watcher.active:
-            return False
-        try:
-            readable = select.select([self.client], [], [], 0)[0]
-            if readable and self.client.recv(1, socket.MSG_PEEK) == b"":
-                return True
-        except OSError:  # reset by the peer
-            return True
-        except ValueError:  # a TLS socket cannot peek: leave it to the next write
-            readable = True
-        if readable:
-            self.close()  # it sent bytes instead: its next failed write ends the stream
-        else:
-            self.watcher.start(self._readable)
-        return False
-
-    def close(self):
-        if self.watcher is not None:
-            self.watcher.close()
-            self.watcher = None
-
-
-def _hangup(client, wakeup):
-    try:
-        return _Hangup(client, wakeup) if client is not None else None
-    except (OSError, AttributeError, ValueError):  # not a real socket (a test client)
-        return None
-
-
-def _cut(client):
-    """End a stream whose client stopped reading: its greenlet may sit in a write that never
-    completes (no send timeout), so the overflow flag alone would never be seen. The OS socket
-    is shut down (not gevent's wrapper, which would cancel the write with EBADF and make gunicorn
-    log a traceback): the blocked write then fails with EPIPE, which gunicorn ends quietly."""
-    try:
-        getattr(client, "_sock", client).shutdown(socket.SHUT_RDWR)
-    except (OSError, AttributeError):
-        pass
-
-
-def _stream(the_hub, pool, slots, slot, user_id, customers, cursor, config, client=None):
-    """The stream's generator. It runs after the request context is gone: it holds
-    only what it was given, and releases all of it in `finally`. `client` is the
-    connection's socket (gunicorn's), watched to see a disconnect at once."""
-    keepalive, cap = config["SSE_KEEPALIVE_SECONDS"], config["SSE_REPLAY_LIMIT"]
-    stream = Stream(user_id, customers, config["SSE_QUEUE_SIZE"])
-    if client is not None:
-        stream.on_overflow = lambda: _cut(client)
-    hangup = None
-
-    def counts(conn):  # the `unread` event, within the stream's customer scope (app/events.py)
-        return frames.named("unread", events.unread_json(conn, user_id, config["DOMAIN"], customers))
-
-    def catch_up(after):  # what was missed, then the user's unread counts
-        with pool.connection() as conn:
-            out, last = replay.missed(conn, user_id, customers, after, cap)
-            return out + [counts(conn)], last
-
-    OPEN_STREAMS.inc()
-    try:
-        yield frames.opening(config["SSE_RETRY_MS"])
-        if cursor is None:  # a new stream starts at the newest stored notification
-            with pool.connection() as conn:
-                cursor = replay.latest_seq(conn, user_id)
-        # Subscribe first, then read what was stored meanwhile: no gap between the two.
-        the_hub.register(stream).wait(timeout=5)
-        out, last = catch_up(cursor)
-        if out:
-            yield b"".join(out)
-        refresh_at = time.monotonic() + access.SLOT_REFRESH
-        hangup = _hangup(client, stream.wakeup)
-        while not stream.overflowed:
-            if time.monotonic() > refresh_at:   # busy or idle, the stream keeps its slot
-                slots.refresh(user_id, slot)
-                refresh_at = time.monotonic() + access.SLOT_REFRESH
-            if not stream.queue:
-                stream.wakeup.clear()
-                if hangup is not None and hangup.client_left():
-                    return
-                if not stream.queue and not stream.wakeup.wait(keepalive):
-                    yield frames.KEEPALIVE
-                    continue
-            out = []
-            while stream.queue:
-                item = stream.queue.popleft()
-                if item is RESYNC:
-                    caught, last = catch_up(last)
-                    out.extend(caught)
-                    continue
-                if item is UNREAD_CHANGED:   # a customer-scoped stream counts only its customers
-                    with pool.connection() as conn:
-                        out.append(counts(conn))
-                    continue
-                seq, _, frame = item
-                if seq is not None:
-                    if seq <= last:
-                        continue
-                    last = seq
-                out.append(frame)
-            if out:
-                yield b"".join(out)
-            out = item = frame = None   # a paused stream holds no frame: memory per idle stream
-    finally:
-        if hangup is not None:
-            hangup.close()
-        OPEN_STREAMS.dec()
-        the_hub.unregister(stream)
-        try:
-            slots.release(user_id, slot)
-        except Exception:  # Redis down: the slot expires by itself
-            pass
