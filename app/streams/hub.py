@@ -24,12 +24,14 @@ import gevent
 import gevent.event
 import gevent.lock
 import hiredis
+from gevent.socket import wait_read
 
 from . import frames
 from .stream import RESYNC, UNREAD_CHANGED
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_BATCH = 500     # channels per SUBSCRIBE/UNSUBSCRIBE command
+FLUSH_AFTER = 20_000      # messages read before the streams are flushed even if Redis has more
 
 
 def _command(*parts):
@@ -115,7 +117,15 @@ class Hub:
             with self.write_lock:
                 sock.sendall(data)
         except OSError:
-            self._drop(sock)
+            self._hang_up(sock)
+
+    @staticmethod
+    def _hang_up(sock):
+        """Wake the reader (it sees the end and reconnects); it alone closes the socket."""
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _unsubscribe_loop(self):
         while True:
@@ -132,7 +142,7 @@ class Hub:
                     for start in range(0, len(channels), SUBSCRIBE_BATCH):
                         sock.sendall(_command("UNSUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
                 except OSError:
-                    pass  # the reader sees the broken connection and reconnects
+                    self._hang_up(sock)
 
     def _drop(self, sock):
         if self.sock is sock:
@@ -194,22 +204,35 @@ class Hub:
             stream.flush()
 
     def _read(self, sock):
+        """Read until Redis has nothing more for now, then flush: under load one write carries
+        many frames per stream; when idle every message goes out at once. (`sock._sock` is the
+        non-blocking socket under gevent's wrapper.)"""
         reader = hiredis.Reader()
+        raw, fd = sock._sock, sock.fileno()
         fed = []
+        replies = 0
         while True:
-            data = sock.recv(65536)
+            try:
+                data = raw.recv(262144)
+            except BlockingIOError:
+                data = None
+            if data is None or replies >= FLUSH_AFTER:
+                for stream in fed:
+                    stream.flush()
+                fed.clear()
+                replies = 0
+                gevent.sleep(0)       # a busy feed must not starve requests and keep-alives
+                if data is None:
+                    wait_read(fd)
+                    continue
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
             reader.feed(data)
             reply = reader.gets()
             while reply is not False:
                 self._handle(reply, fed)
+                replies += 1
                 reply = reader.gets()
-            if fed:
-                for stream in fed:
-                    stream.flush()
-                fed.clear()
-                gevent.sleep(0)   # a busy feed must not starve requests and keep-alives
 
     def _handle(self, reply, fed):
         kind = reply[0]
