@@ -118,14 +118,14 @@ class ServiceProcess:
 
 
 class WebServer(ServiceProcess):
-    """`gunicorn -c gunicorn.conf.py wsgi:app` on 127.0.0.1:<free port>."""
+    """`gunicorn -c gunicorn.conf.py wsgi:app` on 127.0.0.1:<free port> (HOST=... to bind elsewhere)."""
 
     name = "gunicorn"
 
     def __init__(self, env, log_dir, workers=1, keepalive=1, access_log="", **settings):
         self.port = free_port()
         metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=log_dir)  # not one left in /tmp per run
-        env = dict(env, HOST="127.0.0.1", PORT=str(self.port), WEB_CONCURRENCY=str(workers),
+        env = dict(env, HOST=settings.pop("HOST", "127.0.0.1"), PORT=str(self.port), WEB_CONCURRENCY=str(workers),
                    PROMETHEUS_MULTIPROC_DIR=metrics_dir,
                    ACCESS_LOG=access_log, SSE_KEEPALIVE_SECONDS=str(keepalive), GRACEFUL_TIMEOUT="2",
                    **{k: str(v) for k, v in settings.items()})

@@ -52,6 +52,10 @@ def test_slow_and_reset_stream_clients(rig):
     run(faults.slow_clients(rig, **faults.SHORT["slow"]))
 
 
+def test_client_that_vanishes_without_fin_is_cut(rig):
+    run(faults.vanished_client(rig, **faults.SHORT["vanished"]))
+
+
 def test_graceful_shutdown_of_worker_and_gunicorn(rig):
     run(faults.shutdown(rig, **faults.SHORT["shutdown"]))
 
