@@ -6,9 +6,12 @@ one-line figures and fails on anything lost or duplicated.
 Run only these: `pytest -m faults tests/test_faults.py -s` (-s shows the figures).
 """
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -84,3 +87,24 @@ def test_job_stranded_by_a_kill_between_dequeue_and_start_is_relayed(app, db, de
     assert sweep(app) == (1, 0)
     assert queue.count == 1 and redis.llen(queue.intermediate_queue_key) == 0
     assert sweep(app) == (0, 0)   # queued for real now: not enqueued twice
+
+
+def test_worker_outlives_a_redis_outage_in_the_middle_of_a_job(rig):
+    """RQ's worker quits when Redis vanishes during a job (it retries only while waiting for one);
+    `python -m workers` starts it again once Redis answers, and the relay finishes the trigger."""
+    env = rig.env(users_per_chunk=50)
+    web, worker = rig.web(env), rig.worker(env)
+    users = [uuid.uuid4() for _ in range(5000)]
+    with requests.Session() as session:
+        assert faults.post_trigger(session, web.url, users, "mid-job").status_code == 202
+    count = "SELECT count(*) FROM notifications"
+    started, _ = faults.wait_for(lambda: 0 < rig.scalar(count) < len(users), 30, 0.01)
+    assert started, "the dispatch job never got going"
+    rig.redis.stop()
+    time.sleep(2)
+    rig.redis.start()
+    done, _ = faults.wait_for(lambda: rig.scalar(count) == len(users), 90, 0.2)
+    assert done, f"{rig.scalar(count)} of {len(users)} stored"
+    assert worker.alive, worker.output()[-3000:]
+    assert "worker lost Redis" in worker.output()
+    assert rig.scalar("SELECT count(DISTINCT user_id) FROM notifications") == len(users)

@@ -3,12 +3,19 @@
 It runs jobs in-process (SimpleWorker: no fork per job; jobs are idempotent
 and time-bounded, so per-job process isolation buys nothing) inside one app
 context, with RQ's scheduler for delayed retries and the relay that re-enqueues
-accepted work whose job was lost.
+accepted work whose job was lost. A Redis outage does not end the process: RQ
+gives up when Redis disappears in the middle of a job, so the worker is started
+again once Redis answers.
 """
+import logging
 import os
 import sys
+import time
 
+import redis
 from rq import Queue
+
+log = logging.getLogger("workers")
 
 
 def main():
@@ -20,11 +27,32 @@ def main():
         names = [domain.queues["dispatch"], domain.queues["deliveries"]]
         queues = [Queue(name, connection=connection) for name in names]
         from workers.relay import LeasedWorker, start_relay, worker_lease
+        # Built before anything uses the connection: RQ raises the pool's socket timeout above
+        # its blocking dequeue's, which only connections made afterwards get.
         worker = LeasedWorker(queues, connection=connection, name=f"notif-{os.getpid()}")
-        worker.lease = worker_lease(app)
         start_relay(app, worker.key)
         burst = "--burst" in sys.argv
-        worker.work(with_scheduler=True, burst=burst, logging_level="INFO")
+        while True:
+            worker.lease = worker_lease(app)
+            try:
+                worker.work(with_scheduler=True, burst=burst, logging_level="INFO")
+                return
+            except redis.exceptions.ConnectionError as exc:
+                # RQ retries a lost Redis only while it waits for a job; lost during one, it quits.
+                # The job's committed work stands and the relay re-enqueues the rest: start again.
+                log.warning("worker lost Redis (%s); starting again once it answers", exc)
+                _wait_for(connection)
+                worker = LeasedWorker(queues, connection=connection, name=worker.name)
+
+
+def _wait_for(connection, delay=0.5):
+    while True:
+        try:
+            connection.ping()
+            return
+        except redis.exceptions.ConnectionError:
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 if __name__ == "__main__":
