@@ -644,3 +644,19 @@ def test_redis_restart_loses_nothing_and_duplicates_nothing(web, streams, db, re
         assert client.connections >= 1
     finally:
         client.close()
+
+
+def test_sigterm_closes_the_streams_and_gives_their_slots_back(web, clean, processes, streams, rds):
+    """A rolling restart: the stopping server's clients must be able to reconnect elsewhere at once,
+    not wait three minutes for their per-user slots to expire."""
+    other = processes.start_web(clean, workers=1, keepalive=1, SSE_MAX_STREAMS_PER_USER=MAX_STREAMS)
+    user_id = uuid.uuid4()
+    leaving = [streams(other, user_id) for _ in range(MAX_STREAMS)]
+    assert all(s.ok for s in leaving) and rds.zcard(f"notif:streams:{user_id}") == MAX_STREAMS
+    started = time.monotonic()
+    other.stop()
+    for stream in leaving:
+        stream.wait_ended(5)      # the connections were closed, not left to time out
+    assert rds.zcard(f"notif:streams:{user_id}") == 0
+    assert time.monotonic() - started < 5
+    assert streams(web, user_id).ok   # the user reconnects to the server still running
