@@ -122,8 +122,12 @@ class WebServer(ServiceProcess):
 
     name = "gunicorn"
 
-    def __init__(self, env, log_dir, workers=1, keepalive=1, access_log="", **settings):
+    def __init__(self, env, log_dir, workers=1, keepalive=1, access_log="", tls=None, **settings):
+        """tls: (certificate file, key file) to serve HTTPS; the certificate must name 127.0.0.1."""
         self.port = free_port()
+        self.scheme, self.verify = ("https", tls[0]) if tls else ("http", True)
+        if tls:
+            settings["GUNICORN_CMD_ARGS"] = f"--certfile {tls[0]} --keyfile {tls[1]}"
         metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=log_dir)  # not one left in /tmp per run
         env = dict(env, HOST=settings.pop("HOST", "127.0.0.1"), PORT=str(self.port), WEB_CONCURRENCY=str(workers),
                    PROMETHEUS_MULTIPROC_DIR=metrics_dir,
@@ -134,7 +138,7 @@ class WebServer(ServiceProcess):
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout=30.0):
         super().start()
@@ -143,7 +147,7 @@ class WebServer(ServiceProcess):
             if not self.alive:
                 self._fail(f"exited with {self.proc.returncode} at start-up")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200 \
+                if requests.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200 \
                         and len(self.worker_pids()) == self.workers:
                     return self
             except requests.RequestException:
@@ -159,7 +163,7 @@ class WebServer(ServiceProcess):
             return []
 
     def health(self):
-        response = requests.get(self.url + "/healthz", timeout=5)
+        response = requests.get(self.url + "/healthz", timeout=5, verify=self.verify)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -170,19 +174,22 @@ class WebServer(ServiceProcess):
     # -- HTTP helpers -------------------------------------------------------------------------
     def get(self, path, **kwargs):
         kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("verify", self.verify)
         return requests.get(self.url + path, **kwargs)
 
     def post(self, path, **kwargs):
         kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("verify", self.verify)
         return requests.post(self.url + path, **kwargs)
 
     def delete(self, path, **kwargs):
         kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("verify", self.verify)
         return requests.delete(self.url + path, **kwargs)
 
     def stream(self, headers=None, params=None, **kwargs):
         """Open GET /v1/notifications/sse; see SSEStream."""
-        return SSEStream(self.url + STREAM_PATH, headers=headers, params=params, **kwargs)
+        return SSEStream(self.url + STREAM_PATH, headers=headers, params=params, verify=self.verify, **kwargs)
 
 
 class RQWorker(ServiceProcess):
@@ -294,7 +301,7 @@ class SSEStream:
     `.response` and no thread starts. `close()` shuts the socket down (FIN at once).
     """
 
-    def __init__(self, url, headers=None, params=None, connect_timeout=5.0, read_timeout=15.0):
+    def __init__(self, url, headers=None, params=None, connect_timeout=5.0, read_timeout=15.0, verify=True):
         self.all_events, self.comments, self.retry = [], [], None
         self.raw = bytearray()
         self.error, self.ended, self.closed = None, False, False
@@ -302,7 +309,7 @@ class SSEStream:
         self._cond = threading.Condition()
         self.started_at = time.monotonic()
         self.response = requests.get(url, headers=headers, params=params, stream=True,
-                                     timeout=(connect_timeout, read_timeout))
+                                     timeout=(connect_timeout, read_timeout), verify=verify)
         self.status_code = self.response.status_code
         self._sock = self._find_socket()
         if self.status_code == 200 and self.response.headers.get("Content-Type", "").startswith("text/event-stream"):

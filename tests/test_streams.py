@@ -660,3 +660,45 @@ def test_sigterm_closes_the_streams_and_gives_their_slots_back(web, clean, proce
     assert rds.zcard(f"notif:streams:{user_id}") == 0
     assert time.monotonic() - started < 5
     assert streams(web, user_id).ok   # the user reconnects to the server still running
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (cert file, key file)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    directory = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_streams_over_gunicorns_own_tls(web, clean, processes, streams, db, certificate):
+    """A TLS connection cannot be handed to the hub as a bare socket (its encryption state lives in
+    the object): it is served by the generator, with the same frames, replay and limits."""
+    secure = processes.start_web(clean, workers=1, keepalive=1, tls=certificate)
+    user_id = uuid.uuid4()
+    stream = streams(secure, user_id)
+    assert stream.ok, stream.response.text
+    trigger(secure, [user_id], title="over tls")
+    (event,) = stream.wait_events(1)
+    assert event.json()["title"] == "over tls" and event.id == str(stored(db, user_id)[0][0])
+    stream.wait_comments("keep-alive")
+    stream.close()
+    wait_until(lambda: secure.open_streams() == 0, 5, message="the TLS stream to be cleaned up")
+    resumed = streams(secure, user_id, last_event_id=0)
+    assert [e.json()["title"] for e in resumed.wait_events(1)] == ["over tls"]

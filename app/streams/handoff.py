@@ -19,6 +19,7 @@ Servers that do not hand their socket over (the Flask test client, a
 development server) get the same stream through a generator instead.
 """
 import functools
+import ssl
 from email.utils import formatdate
 
 from gevent import monkey
@@ -33,12 +34,19 @@ _HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive"
 
 def response(environ, keeper, stream, frames):
     """The stream's response: marked for hand-off under gunicorn + gevent, else a generator."""
-    if "gunicorn.socket" in environ and monkey.is_module_patched("socket"):
+    if _detachable(environ.get("gunicorn.socket")):
         environ[HANDOFF] = functools.partial(_detach, environ, keeper, stream, frames)
         return Response(iter(()), mimetype="text/event-stream", headers=HEADERS)
     sink = stream.sink = QueueSink(stream, keeper.queue_size)
     stream.resume(frames)
     return Response(sink.body(), mimetype="text/event-stream", headers=dict(HEADERS, Connection="keep-alive"))
+
+
+def _detachable(sock):
+    """A plain TCP socket of gunicorn's gevent worker. A TLS socket keeps its generator: its
+    encryption state lives in the object, not in the descriptor."""
+    return (sock is not None and monkey.is_module_patched("socket") and hasattr(sock, "detach")
+            and not isinstance(sock, ssl.SSLSocket) and not hasattr(sock, "cipher"))
 
 
 def _detach(environ, keeper, stream, frames, status, headers):
