@@ -13,9 +13,11 @@ customer filter: every unread in-app notification of the user. `by_group`
 lists every configured group (0 when none is unread); `by_customer` only the
 customers with unread notifications ("none": those of no customer).
 
-Counting is one GROUP BY over the user's unread rows only, read through the
-partial index `notifications_inbox_unread` (docs/inbox.md shows the plan);
-the dispatch job counts a whole chunk of users in one such query.
+Counts are read from `notification_unread_counts` (migrations_sql/0011),
+which PostgreSQL keeps exact in the same transaction as every insert, update
+and delete of a notification: one index probe per user, whatever the size of
+the inbox (docs/inbox.md shows the plan). The dispatch job reads a whole
+chunk of users in one such query.
 
 Publishing is best-effort: the change has committed, so a Redis failure is
 logged, not raised. A stream re-reads the counts whenever it (re)connects,
@@ -32,9 +34,9 @@ log = logging.getLogger(__name__)
 
 # Ids come back as text: the fan-out reads thousands of rows, and parsing each into uuid.UUID
 # (psycopg2's uuid adapter) would cost more than the query.
-_UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, count(*) FROM notifications"
-           " WHERE {users} AND deleted_at IS NULL AND in_app AND read_at IS NULL{scope}"
-           " GROUP BY user_id, customer_id, type")
+# Zero rows are kept by the triggers (see 0011) and skipped here; each key is one row.
+_UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, unread"
+           " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}")
 
 
 def _payloads(rows, user_ids, groups):
