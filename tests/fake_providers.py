@@ -2,11 +2,13 @@
 
 - `FakeSMTP`: an aiosmtpd SMTP server on a free port that keeps every message
   (optionally STARTTLS or implicit TLS, optionally refusing recipients).
+  `on_data` and `on_quit` run just before it answers DATA (the acceptance)
+  and QUIT: a test looks at the database there, or kills the sender.
 - `FakeTwilio`: a stdlib HTTP server speaking the shape of Twilio's Messages API
   (form fields, basic auth, 201 with a `sid`, Twilio's error JSON).
 - `FakeHTTP`: a stdlib HTTP server that records JSON posts (webhook, Apprise json://).
   Both HTTP fakes answer from a script of responses first (`fail(...)`), then
-  with `always` if set, else success.
+  with `always` if set, else success; `on_request` runs before each answer.
 - `channel_config`: notifications.yaml and queue.yaml written to a tmp dir.
 - `work`, `fast_forward`, `drain`: run the RQ worker in-process in burst mode,
   and move jobs waiting for their back-off into their queue at once, so retries
@@ -47,6 +49,8 @@ class _SMTPHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.owner.on_data is not None:
+            self.owner.on_data()
         self.owner.messages.append({
             "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos), "data": envelope.content,
             "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
@@ -54,6 +58,8 @@ class _SMTPHandler:
         return "250 Message accepted"
 
     async def handle_QUIT(self, server, session, envelope):
+        if self.owner.on_quit is not None:
+            self.owner.on_quit()
         self.owner.quits += 1
         return "221 Bye"
 
@@ -65,6 +71,7 @@ class FakeSMTP:
         self.port = port or free_port()
         self.tls_context, self.ssl_context = tls_context, ssl_context
         self.messages, self.quits, self.refuse_rcpt = [], 0, None
+        self.on_data = self.on_quit = None     # callables run before answering DATA / QUIT
         self.controller = None
 
     def start(self):
@@ -122,6 +129,7 @@ class FakeHTTP:
         self.requests = []
         self.script = collections.deque()     # (status, payload, delay seconds)
         self.always = None                    # (status, payload, delay) once the script is used up
+        self.on_request = None                # a callable run before each answer
         self.lock = threading.Lock()
         owner = self
 
@@ -170,6 +178,8 @@ class FakeHTTP:
         request = Request(handler.command, handler.path, dict(handler.headers), raw, form, body_json, auth)
         with self.lock:
             self.requests.append(request)
+        if self.on_request is not None:
+            self.on_request()
         return request
 
     def _answer(self, handler, raw):
