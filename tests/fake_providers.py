@@ -1,6 +1,7 @@
 """Real local servers standing in for the providers, and helpers to drive the real delivery path.
 
 - `FakeSMTP`: an aiosmtpd SMTP server on a free port that keeps every message
+  (`SMTPProcess`: the same in a process of its own, for load scenarios)
   (optionally STARTTLS or implicit TLS, optionally refusing recipients).
   `on_data` and `on_quit` run just before it answers DATA (the acceptance)
   and QUIT: a test looks at the database there, or kills the sender.
@@ -21,6 +22,7 @@ import email
 import email.policy
 import http.server
 import json
+import multiprocessing
 import re
 import threading
 import time
@@ -51,10 +53,9 @@ class _SMTPHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.owner.on_data is not None:
             self.owner.on_data()
-        self.owner.messages.append({
-            "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos), "data": envelope.content,
-            "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
-            "tls": session.ssl is not None})
+        # `at`: when it was stored, just before the 250
+        self.owner.messages.append(_received(envelope.mail_from, envelope.rcpt_tos, envelope.content,
+                                             session.ssl is not None, time.time()))
         return "250 Message accepted"
 
     async def handle_QUIT(self, server, session, envelope):
@@ -88,6 +89,54 @@ class FakeSMTP:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+
+
+def _received(mail_from, rcpt_tos, data, tls, at):
+    """One stored message, as `FakeSMTP.messages` holds it."""
+    return {"mail_from": mail_from, "rcpt_tos": list(rcpt_tos), "data": data, "tls": tls, "at": at,
+            "message": email.message_from_bytes(data, policy=email.policy.default)}
+
+
+def _serve_smtp(port, conn):
+    """SMTPProcess's child: a FakeSMTP that sends the messages stored since index N on request."""
+    server = FakeSMTP(port=port).start()
+    conn.send("ready")
+    while (start := conn.recv()) is not None:
+        conn.send([(m["mail_from"], m["rcpt_tos"], m["data"], m["tls"], m["at"]) for m in server.messages[start:]])
+    server.stop()
+
+
+class SMTPProcess:
+    """FakeSMTP in a process of its own, for load scenarios: in the load generator's process its
+    250 would wait for the GIL (milliseconds behind 8 posting threads), a stall a real MTA does
+    not have and a window in which a killed sender has its message stored but unacknowledged.
+    `messages` is fetched from the child when read."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self._messages, self.proc, self._conn = [], None, None
+
+    def start(self):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve_smtp, args=(self.port, child), daemon=True)
+        self.proc.start()
+        if not (self._conn.poll(30) and self._conn.recv() == "ready"):
+            raise RuntimeError("the SMTP server process did not start")
+        return self
+
+    @property
+    def messages(self):
+        if self.proc is not None:
+            self._conn.send(len(self._messages))
+            self._messages.extend(_received(*m) for m in self._conn.recv())
+        return self._messages
+
+    def stop(self):
+        if self.proc is not None:
+            self._conn.send(None)
+            self.proc.join(10)
+            self.proc = None
 
 
 def self_signed_cert(directory):
