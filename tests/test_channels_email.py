@@ -139,6 +139,30 @@ def test_sent_is_recorded_before_the_smtp_conversation_ends(build, smtp, recipie
     assert [(a["outcome"], a["provider_message_id"]) for a in email_delivery["history"]] == [("sent", message_id)]
 
 
+def test_an_error_after_the_server_accepted_does_not_send_it_again(build, smtp, recipient):
+    """What fails after the 250 (here a receiver of flask-mail's `email_dispatched` signal; in
+    production, say, the job's timeout landing then) leaves the delivery `sent`: it used to be
+    recorded as a retry, and the message went out again on every attempt."""
+    import flask_mail
+    user_id, headers, address = recipient
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+
+    def broken_receiver(sender, message):
+        raise RuntimeError("a bug after the send")
+    flask_mail.email_dispatched.connect(broken_receiver)
+    try:
+        trigger(client, [user_id])
+        drain(app)
+    finally:
+        flask_mail.email_dispatched.disconnect(broken_receiver)
+    assert len(smtp.messages) == 1
+    email_delivery = deliveries(client, headers)["email"]
+    assert (email_delivery["status"], email_delivery["attempts"]) == ("sent", 1)
+    assert [a["outcome"] for a in email_delivery["history"]] == ["sent"]
+
+
 def test_each_send_opens_and_closes_its_own_connection(build, smtp, db):
     app = build(smtp.port)
     client = app.test_client()
