@@ -1,26 +1,25 @@
-"""How long a worker kill can still cause a resend: from the SMTP server's 250 to the record.
+"""How long a worker kill can still cause a resend: from the SMTP server having a message to its record.
 
     python bench/accept_window.py [-n 500]
 
-A duplicate email needs the worker to die after the SMTP server accepted a message
-(its 250 to DATA) and before the statement that records the delivery as sent is on
-its way to PostgreSQL. This measures that window for N deliveries:
+A duplicate email needs the worker to die after the SMTP server has a whole message
+(it answers 250 to DATA and keeps it, whether the client is still there or not) and
+before the statement that records the delivery as sent is on its way to PostgreSQL.
+This measures that window for N deliveries, on one clock (the machine's):
 
-- start: the SMTP server (aiosmtpd, tests/fake_providers.py, in a process of its own)
-  reads `time.time()` just before it answers 250 to DATA;
+- start: the SMTP server (tests/fake_providers.py `SMTPProcess`: aiosmtpd in a process
+  of its own, answering without parsing the message first) reads `time.time()` when it
+  has the whole message, just before it answers 250;
 - end: the worker reads the same clock just before it hands to psycopg2 the statement
   that commits the record: the receipt's one autocommit statement, or (the older
-  design) the COMMIT after QUIT, UPDATE and INSERT;
+  design) the COMMIT after QUIT, UPDATE and INSERT; psycopg2's C call to send()
+  follows within microseconds;
 - and the worker's own share: from smtplib's DATA command returning (the 250 read and
   parsed) to the same end.
 
-One clock for both processes (the machine's). The worker runs the
-real `deliver` job in-process (RQ SimpleWorker, burst), one delivery at a time; the
-start stamp is a little early (aiosmtpd still formats and writes the reply), the end
-stamp a few microseconds early (psycopg2's C call to send() follows), so the figure
-is the window within some tens of microseconds. Own database and Redis, as
-bench/faults.py. Not a test: it prints p50 / p99 / max and the mean and asserts only that
-every email was sent once.
+The worker runs the real `deliver` job in-process (RQ SimpleWorker, burst), one
+delivery at a time. Own database and Redis, as bench/faults.py. Not a test: it prints
+p50 / p99 / max and the mean, and checks only that every email was sent once.
 """
 from __future__ import annotations
 
@@ -140,7 +139,7 @@ def main(argv=None):
     assert all(w > 0 for w in window), "a record before its acceptance: the stamps are not paired"
     worker = sorted((r - p) * 1e6 for p, r in zip(sorted(PARSED), sorted(RECORDS)))
     print(f"{args.n} deliveries, load {load:.2f} -> {os.getloadavg()[0]:.2f}:\n"
-          f"  SMTP server stored the message -> sent record handed to PostgreSQL: {quantiles(window)} µs,"
+          f"  SMTP server has the message -> sent record handed to PostgreSQL: {quantiles(window)} µs,"
           f" mean {statistics.fmean(window):.0f} µs\n"
           f"  of which in the worker, 250 parsed by smtplib -> record handed over: {quantiles(worker)} µs,"
           f" mean {statistics.fmean(worker):.0f} µs")

@@ -279,7 +279,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
                        window_us=quantiles(window), duplicates_expected_from_window=round(expected, 2))
     res.line = (f"crash: {n} triggers, {stored} stored, {distinct_ids} emails ({total} received), "
                 f"{dup_id} duplicates (all identifiable by Message-ID: {ambiguous == 0 and distinct_keys == distinct_ids}),"
-                f" {kills} kills, {expired} stuck leases fast-forwarded, {elapsed:.1f} s; stored-by-SMTP -> record"
+                f" {kills} kills, {expired} stuck leases fast-forwarded, {elapsed:.1f} s; window SMTP has it -> record"
                 f" in PostgreSQL {quantiles(window)} µs, so ~{expected:.1f} duplicates expected")
     res.check(statuses[202] == n, f"not every trigger got its 202: {dict(statuses)}")
     res.check(stored == n and distinct_users == n, f"{stored} notifications stored for {distinct_users} users, want {n}")
@@ -297,9 +297,9 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
 
 
 def record_windows(rig):
-    """µs from the SMTP server storing each message (just before its 250) to PostgreSQL starting
-    the statement that records it sent (`sent_at`, the statement's now()): the time in which a
-    kill makes a resend. One clock (the machine's); the last copy of a resent message counts."""
+    """µs from the SMTP server having each whole message (just before its 250) to PostgreSQL
+    starting the statement that records it sent (`sent_at`, the statement's now()): the time in
+    which a kill makes a resend. One clock (the machine's); the last copy of a resent message counts."""
     stored = {}
     for m in list(rig.smtp.messages):
         mid = str(m["message"]["Message-ID"]).strip("<>").partition("@")[0]
