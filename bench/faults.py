@@ -237,7 +237,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
 
     poster = threading.Thread(target=post_all, daemon=True)
     poster.start()
-    kills, victim = 0, 0
+    kills, victim, kill_times = 0, 0, []
     next_kill = time.monotonic() + kill_every
     emails_sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")
     # kill while the triggers go in and for a while after (the jobs are still running)
@@ -246,6 +246,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
         time.sleep(max(0.0, next_kill - time.monotonic()))
         next_kill = time.monotonic() + kill_every
         old = pool[victim % len(pool)]
+        kill_times.append(time.time())
         rig.kill(old)
         rig.group.started.remove(old)
         pool[victim % len(pool)] = rig.worker(env)
@@ -270,17 +271,20 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     total, distinct_ids, dup_id, dup_key, ambiguous, distinct_keys = email_figures(rig.smtp)
     resent_attempts = rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND attempts > 1")
     window = record_windows(rig)
+    kill_offsets = duplicates_vs_kills(rig, kill_times)
     # a kill lands in some delivery's window with probability (time spent in windows) / (time killed)
     expected = kills * sum(window) / 1e6 / (load_done * workers) if window else 0.0
     res.figures = dict(triggers=n, accepted=statuses[202], stored=stored, emails=total, distinct_emails=distinct_ids,
                        duplicates_by_message_id=dup_id, duplicates_by_recipient=dup_key, kills=kills,
                        stuck_leases_fast_forwarded=expired, deliveries_retaken=resent_attempts,
                        load_seconds=round(load_done, 1), seconds=round(elapsed, 1),
-                       window_us=quantiles(window), duplicates_expected_from_window=round(expected, 2))
+                       window_us=quantiles(window), duplicates_expected_from_window=round(expected, 2),
+                       duplicate_kill_offsets_ms=kill_offsets)
     res.line = (f"crash: {n} triggers, {stored} stored, {distinct_ids} emails ({total} received), "
                 f"{dup_id} duplicates (all identifiable by Message-ID: {ambiguous == 0 and distinct_keys == distinct_ids}),"
                 f" {kills} kills, {expired} stuck leases fast-forwarded, {elapsed:.1f} s; window SMTP has it -> record"
-                f" in PostgreSQL {quantiles(window)} µs, so ~{expected:.1f} duplicates expected")
+                f" in PostgreSQL {quantiles(window)} µs, so ~{expected:.1f} duplicates expected"
+                + (f"; each duplicate's first copy vs the nearest kill (ms): {kill_offsets}" if kill_offsets else ""))
     res.check(statuses[202] == n, f"not every trigger got its 202: {dict(statuses)}")
     res.check(stored == n and distinct_users == n, f"{stored} notifications stored for {distinct_users} users, want {n}")
     res.check(sent == n, f"{sent} email deliveries marked sent, want {n}")
@@ -300,13 +304,29 @@ def record_windows(rig):
     """µs from the SMTP server having each whole message (just before its 250) to PostgreSQL
     starting the statement that records it sent (`sent_at`, the statement's now()): the time in
     which a kill makes a resend. One clock (the machine's); the last copy of a resent message counts."""
-    stored = {}
-    for m in list(rig.smtp.messages):
-        mid = str(m["message"]["Message-ID"]).strip("<>").partition("@")[0]
-        stored[mid] = max(stored.get(mid, 0.0), m["at"])
     sent = dict(rig.rows("SELECT id::text, extract(epoch FROM sent_at)::float8 FROM deliveries"
                          " WHERE channel = 'email' AND status = 'sent'"))
-    return sorted((sent[mid] - at) * 1e6 for mid, at in stored.items() if mid in sent)
+    return sorted((sent[d] - max(ats)) * 1e6 for d, ats in _received_at(rig).items() if d in sent)
+
+
+def _received_at(rig):
+    """delivery id -> the times the SMTP server had a copy of its message (Message-ID <id@domain>)."""
+    copies = collections.defaultdict(list)
+    for m in list(rig.smtp.messages):
+        copies[str(m["message"]["Message-ID"]).strip("<>").partition("@")[0]].append(m["at"])
+    return copies
+
+
+def duplicates_vs_kills(rig, kill_times):
+    """For each resent message, ms from the SMTP server having its first copy to the nearest kill:
+    a small positive number is a kill inside the window (a negative one: the worker was killed
+    with the message already on its way, the server read it afterwards)."""
+    offsets = []
+    for ats in _received_at(rig).values():
+        if len(ats) > 1 and kill_times:
+            at = min(ats)
+            offsets.append(round(min((k - at for k in kill_times), key=abs) * 1000, 1))
+    return sorted(offsets)
 
 
 def quantiles(values):
