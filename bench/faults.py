@@ -42,7 +42,7 @@ import requests  # noqa: E402
 import yaml  # noqa: E402
 
 from conftest import API_KEY, OTHER_API_KEY, JWT_SECRET, make_token  # noqa: E402
-from fake_providers import FakeSMTP, channel_config  # noqa: E402
+from fake_providers import FakeSMTP, SMTPProcess, channel_config  # noqa: E402
 from processes import ProcessGroup, ResumingStream, RQWorker, WebServer  # noqa: E402
 
 SERVICE = {"X-API-Key": API_KEY}
@@ -105,7 +105,7 @@ class Rig:
 
     # -- configuration ------------------------------------------------------------------------
     def env(self, email=False, attempts=3, backoff=(1, 2), users_per_chunk=100, relay=(1, 1), start_smtp=True,
-            **extra):
+            smtp_process=False, **extra):
         channels = {"email": {"enabled": True}} if email else {}
         config = channel_config(self.dir, channels, attempts=attempts, backoff=backoff)
         queue = yaml.safe_load(Path(config["QUEUE_CONFIG"]).read_text())
@@ -114,7 +114,7 @@ class Rig:
         Path(config["QUEUE_CONFIG"]).write_text(yaml.safe_dump(queue))
         env = dict(self.base_env, **config, **extra)
         if email:
-            self.smtp = FakeSMTP()
+            self.smtp = SMTPProcess() if smtp_process else FakeSMTP()
             if start_smtp:
                 self.smtp.start()
             env.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=str(self.smtp.port), MAIL_DEFAULT_SENDER=SENDER,
@@ -214,7 +214,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     email received once (by Message-ID and by recipient + subject)."""
     res = Result("crash")
     timeout = timeout or max(90, n / 8)
-    env = rig.env(email=True, attempts=5, backoff=(1, 2, 4, 8))
+    env = rig.env(email=True, attempts=5, backoff=(1, 2, 4, 8), smtp_process=True)
     web = rig.web(env, workers=2 if n > 1000 else 1)
     pool = [rig.worker(env) for _ in range(workers)]
     users = rig.users_with_email(n)
@@ -237,7 +237,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
 
     poster = threading.Thread(target=post_all, daemon=True)
     poster.start()
-    kills, victim = 0, 0
+    kills, victim, kill_times = 0, 0, []
     next_kill = time.monotonic() + kill_every
     emails_sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")
     # kill while the triggers go in and for a while after (the jobs are still running)
@@ -246,6 +246,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
         time.sleep(max(0.0, next_kill - time.monotonic()))
         next_kill = time.monotonic() + kill_every
         old = pool[victim % len(pool)]
+        kill_times.append(time.time())
         rig.kill(old)
         rig.group.started.remove(old)
         pool[victim % len(pool)] = rig.worker(env)
@@ -269,13 +270,21 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     sent = emails_sent()
     total, distinct_ids, dup_id, dup_key, ambiguous, distinct_keys = email_figures(rig.smtp)
     resent_attempts = rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND attempts > 1")
+    window = record_windows(rig)
+    kill_offsets = duplicates_vs_kills(rig, kill_times)
+    # a kill lands in some delivery's window with probability (time spent in windows) / (time killed)
+    expected = kills * sum(window) / 1e6 / (load_done * workers) if window else 0.0
     res.figures = dict(triggers=n, accepted=statuses[202], stored=stored, emails=total, distinct_emails=distinct_ids,
                        duplicates_by_message_id=dup_id, duplicates_by_recipient=dup_key, kills=kills,
                        stuck_leases_fast_forwarded=expired, deliveries_retaken=resent_attempts,
-                       load_seconds=round(load_done, 1), seconds=round(elapsed, 1))
+                       load_seconds=round(load_done, 1), seconds=round(elapsed, 1),
+                       window_us=quantiles(window), duplicates_expected_from_window=round(expected, 2),
+                       duplicate_kill_offsets_ms=kill_offsets)
     res.line = (f"crash: {n} triggers, {stored} stored, {distinct_ids} emails ({total} received), "
                 f"{dup_id} duplicates (all identifiable by Message-ID: {ambiguous == 0 and distinct_keys == distinct_ids}),"
-                f" {kills} kills, {expired} stuck leases fast-forwarded, {elapsed:.1f} s")
+                f" {kills} kills, {expired} stuck leases fast-forwarded, {elapsed:.1f} s; window SMTP has it -> record"
+                f" in PostgreSQL {quantiles(window)} µs, so ~{expected:.1f} duplicates expected"
+                + (f"; each duplicate's first copy vs the nearest kill (ms): {kill_offsets}" if kill_offsets else ""))
     res.check(statuses[202] == n, f"not every trigger got its 202: {dict(statuses)}")
     res.check(stored == n and distinct_users == n, f"{stored} notifications stored for {distinct_users} users, want {n}")
     res.check(sent == n, f"{sent} email deliveries marked sent, want {n}")
@@ -289,6 +298,43 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     for w in pool:
         res.check(w.alive, f"a worker died by itself:\n{w.output()[-2000:]}")
     return res
+
+
+def record_windows(rig):
+    """µs from the SMTP server having each whole message (just before its 250) to PostgreSQL
+    starting the statement that records it sent (`sent_at`, the statement's now()): the time in
+    which a kill makes a resend. One clock (the machine's); the last copy of a resent message counts."""
+    sent = dict(rig.rows("SELECT id::text, extract(epoch FROM sent_at)::float8 FROM deliveries"
+                         " WHERE channel = 'email' AND status = 'sent'"))
+    return sorted((sent[d] - max(ats)) * 1e6 for d, ats in _received_at(rig).items() if d in sent)
+
+
+def _received_at(rig):
+    """delivery id -> the times the SMTP server had a copy of its message (Message-ID <id@domain>)."""
+    copies = collections.defaultdict(list)
+    for m in list(rig.smtp.messages):
+        copies[str(m["message"]["Message-ID"]).strip("<>").partition("@")[0]].append(m["at"])
+    return copies
+
+
+def duplicates_vs_kills(rig, kill_times):
+    """For each resent message, ms from the SMTP server having its first copy to the nearest kill:
+    a small positive number is a kill inside the window (a negative one: the worker was killed
+    with the message already on its way, the server read it afterwards)."""
+    offsets = []
+    for ats in _received_at(rig).values():
+        if len(ats) > 1 and kill_times:
+            at = min(ats)
+            offsets.append(round(min((k - at for k in kill_times), key=abs) * 1000, 1))
+    return sorted(offsets)
+
+
+def quantiles(values):
+    """'p50 … / p99 … / max …' of sorted values."""
+    if not values:
+        return "p50 - / p99 - / max -"
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return f"p50 {pick(0.5):.0f} / p99 {pick(0.99):.0f} / max {values[-1]:.0f}"
 
 
 # ------------------------------------------------------------------------------------ 2. Redis restart

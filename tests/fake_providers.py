@@ -1,12 +1,15 @@
 """Real local servers standing in for the providers, and helpers to drive the real delivery path.
 
 - `FakeSMTP`: an aiosmtpd SMTP server on a free port that keeps every message
+  (`SMTPProcess`: the same in a process of its own, for load scenarios)
   (optionally STARTTLS or implicit TLS, optionally refusing recipients).
+  `on_data` and `on_quit` run just before it answers DATA (the acceptance)
+  and QUIT: a test looks at the database there, or kills the sender.
 - `FakeTwilio`: a stdlib HTTP server speaking the shape of Twilio's Messages API
   (form fields, basic auth, 201 with a `sid`, Twilio's error JSON).
 - `FakeHTTP`: a stdlib HTTP server that records JSON posts (webhook, Apprise json://).
   Both HTTP fakes answer from a script of responses first (`fail(...)`), then
-  with `always` if set, else success.
+  with `always` if set, else success; `on_request` runs before each answer.
 - `channel_config`: notifications.yaml and queue.yaml written to a tmp dir.
 - `work`, `fast_forward`, `drain`: run the RQ worker in-process in burst mode,
   and move jobs waiting for their back-off into their queue at once, so retries
@@ -19,6 +22,7 @@ import email
 import email.policy
 import http.server
 import json
+import multiprocessing
 import re
 import threading
 import time
@@ -47,13 +51,16 @@ class _SMTPHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        self.owner.messages.append({
-            "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos), "data": envelope.content,
-            "message": email.message_from_bytes(envelope.content, policy=email.policy.default),
-            "tls": session.ssl is not None})
+        at = time.time()   # the whole message is here: from now on it counts as received
+        if self.owner.on_data is not None:
+            self.owner.on_data()
+        raw = (envelope.mail_from, list(envelope.rcpt_tos), envelope.content, session.ssl is not None, at)
+        self.owner.messages.append(_received(*raw) if self.owner.parse else raw)
         return "250 Message accepted"
 
     async def handle_QUIT(self, server, session, envelope):
+        if self.owner.on_quit is not None:
+            self.owner.on_quit()
         self.owner.quits += 1
         return "221 Bye"
 
@@ -61,10 +68,11 @@ class _SMTPHandler:
 class FakeSMTP:
     """An SMTP server on 127.0.0.1; `start()` may come later than the first attempt."""
 
-    def __init__(self, port=None, tls_context=None, ssl_context=None):
-        self.port = port or free_port()
+    def __init__(self, port=None, tls_context=None, ssl_context=None, parse=True):
+        self.port, self.parse = port or free_port(), parse   # parse=False keeps raw tuples for _received
         self.tls_context, self.ssl_context = tls_context, ssl_context
         self.messages, self.quits, self.refuse_rcpt = [], 0, None
+        self.on_data = self.on_quit = None     # callables run before answering DATA / QUIT
         self.controller = None
 
     def start(self):
@@ -81,6 +89,56 @@ class FakeSMTP:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+
+
+def _received(mail_from, rcpt_tos, data, tls, at):
+    """One stored message, as `FakeSMTP.messages` holds it; `at`: when the server had all of it."""
+    return {"mail_from": mail_from, "rcpt_tos": list(rcpt_tos), "data": data, "tls": tls, "at": at,
+            "message": email.message_from_bytes(data, policy=email.policy.default)}
+
+
+def _serve_smtp(port, conn):
+    """SMTPProcess's child: a FakeSMTP that sends the messages stored since index N on request."""
+    server = FakeSMTP(port=port, parse=False).start()
+    conn.send("ready")
+    while (start := conn.recv()) is not None:
+        conn.send(server.messages[start:])
+    server.stop()
+
+
+class SMTPProcess:
+    """FakeSMTP in a process of its own, for load scenarios, that answers 250 without parsing
+    the message first (the parent parses what it fetches). In the load generator's process its
+    250 would wait for the GIL (milliseconds behind 8 posting threads), and parsing first takes
+    about a millisecond more: a stall between having the message and acknowledging it, in
+    which a sender killed has its message received but not acknowledged. A real MTA has such
+    a stall too (its queue write), but this fake's would be measured as ours."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self._messages, self.proc, self._conn = [], None, None
+
+    def start(self):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve_smtp, args=(self.port, child), daemon=True)
+        self.proc.start()
+        if not (self._conn.poll(30) and self._conn.recv() == "ready"):
+            raise RuntimeError("the SMTP server process did not start")
+        return self
+
+    @property
+    def messages(self):
+        if self.proc is not None:
+            self._conn.send(len(self._messages))
+            self._messages.extend(_received(*m) for m in self._conn.recv())
+        return self._messages
+
+    def stop(self):
+        if self.proc is not None:
+            self._conn.send(None)
+            self.proc.join(10)
+            self.proc = None
 
 
 def self_signed_cert(directory):
@@ -122,6 +180,7 @@ class FakeHTTP:
         self.requests = []
         self.script = collections.deque()     # (status, payload, delay seconds)
         self.always = None                    # (status, payload, delay) once the script is used up
+        self.on_request = None                # a callable run before each answer
         self.lock = threading.Lock()
         owner = self
 
@@ -170,6 +229,8 @@ class FakeHTTP:
         request = Request(handler.command, handler.path, dict(handler.headers), raw, form, body_json, auth)
         with self.lock:
             self.requests.append(request)
+        if self.on_request is not None:
+            self.on_request()
         return request
 
     def _answer(self, handler, raw):

@@ -108,6 +108,61 @@ def test_email_is_multipart_escaped_and_carries_its_headers(build, smtp, recipie
     assert email_delivery["sent_at"] is not None
 
 
+def delivery_state(db, channel="email"):
+    """(status, provider message id, attempt outcomes) of the channel's one delivery, read now."""
+    with db.cursor() as cur:
+        cur.execute("SELECT d.status, d.provider_message_id,"
+                    " array_agg(a.outcome ORDER BY a.attempt) FILTER (WHERE a.id IS NOT NULL)"
+                    " FROM deliveries d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id"
+                    " WHERE d.channel = %s GROUP BY d.id", (channel,))
+        return cur.fetchone()
+
+
+def test_sent_is_recorded_before_the_smtp_conversation_ends(build, smtp, recipient, db):
+    """When the server is asked to QUIT, the delivery already says `sent` with its attempt: a
+    worker that dies from then on (before the goodbye, before its own bookkeeping) leaves
+    nothing that would send the message again."""
+    user_id, headers, address = recipient
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id])
+    seen = {}
+    smtp.on_data = lambda: seen.setdefault("data", delivery_state(db))
+    smtp.on_quit = lambda: seen.setdefault("quit", delivery_state(db))
+    work(app)
+    message_id = smtp.messages[0]["message"]["Message-ID"]
+    assert seen["data"] == ("sending", None, None)        # not before the server took it
+    assert seen["quit"] == ("sent", message_id, ["sent"])
+    email_delivery = deliveries(client, headers)["email"]
+    assert (email_delivery["status"], email_delivery["attempts"]) == ("sent", 1)
+    assert [(a["outcome"], a["provider_message_id"]) for a in email_delivery["history"]] == [("sent", message_id)]
+
+
+def test_an_error_after_the_server_accepted_does_not_send_it_again(build, smtp, recipient):
+    """What fails after the 250 (here a receiver of flask-mail's `email_dispatched` signal; in
+    production, say, the job's timeout landing then) leaves the delivery `sent`: it used to be
+    recorded as a retry, and the message went out again on every attempt."""
+    import flask_mail
+    user_id, headers, address = recipient
+    app = build(smtp.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+
+    def broken_receiver(sender, message):
+        raise RuntimeError("a bug after the send")
+    flask_mail.email_dispatched.connect(broken_receiver)
+    try:
+        trigger(client, [user_id])
+        drain(app)
+    finally:
+        flask_mail.email_dispatched.disconnect(broken_receiver)
+    assert len(smtp.messages) == 1
+    email_delivery = deliveries(client, headers)["email"]
+    assert (email_delivery["status"], email_delivery["attempts"]) == ("sent", 1)
+    assert [a["outcome"] for a in email_delivery["history"]] == ["sent"]
+
+
 def test_each_send_opens_and_closes_its_own_connection(build, smtp, db):
     app = build(smtp.port)
     client = app.test_client()

@@ -89,4 +89,5 @@ class AppriseChannel(Channel):
             reasons = [entry.message for entry in result.logs()] if hasattr(result, "logs") else []
             reason = "; ".join(dict.fromkeys(reasons)) or "Apprise reported a failed notification"
             raise RetryableError(f"{self.name}: {reason}"[:1000])
+        outbound.accepted(None)
         return None

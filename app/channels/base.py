@@ -1,5 +1,13 @@
 """The channel interface: send one notification to one recipient.
 
+The moment the provider has accepted the message (an SMTP 250 to DATA, a 2xx
+from an API), a channel calls `outbound.accepted(provider_id)`, before it
+closes, logs or parses anything else: that call records the delivery as
+sent in one round trip (app/deliveries/receipt.py), so a worker killed
+afterwards does not send it again. A channel that does not call it is
+recorded when `send` returns, a wider window. Errors raised after the call
+do not make the delivery a retry.
+
 A channel returns the provider's message id, or raises
     DeliveryError
     ├── RetryableError   timeouts, connection errors, provider 5xx/429: try again later
@@ -7,6 +15,7 @@ A channel returns the provider's message id, or raises
 Anything else a channel raises is treated as retryable.
 """
 from dataclasses import dataclass
+from typing import Callable
 
 
 class DeliveryError(Exception):
@@ -30,6 +39,7 @@ class Outbound:
     user_id: str
     contact: dict           # email, phone, locale, timezone (values may be None)
     template: dict          # the event's templates, defaults merged
+    accepted: Callable = lambda provider_id=None: None   # call it the instant the provider accepted
 
 
 class Channel:

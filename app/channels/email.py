@@ -16,7 +16,10 @@ deliveries), but it passes no timeout to smtplib (a dead relay would hang the
 worker), uses an unverified TLS context for STARTTLS and SSL, leaks the socket
 when STARTTLS or login fails, and lets a failing QUIT after an accepted
 message raise (which would make us send it again). `SMTPConnection` below is
-flask-mail's Connection with those four things fixed.
+flask-mail's Connection with those four things fixed, and a fifth: its
+`send` reports the acceptance (the 250 to DATA) the moment `sendmail`
+returns, before flask-mail's signal and before QUIT, so the delivery is
+recorded as sent while the SMTP conversation is still open.
 
 The Message-ID is derived from the delivery id, so every attempt of one
 delivery carries the same id (receiving systems can recognise a resend), and
@@ -24,10 +27,12 @@ it is what the delivery records as its provider message id.
 """
 import smtplib
 import ssl
+import time
 from email.utils import parseaddr
 
 import flask_mail
-from flask_mail import BadHeaderError, Mail, Message
+from flask import current_app
+from flask_mail import BadHeaderError, Mail, Message, sanitize_address, sanitize_addresses
 
 from ..errors import ConfigError
 from .base import Channel, PermanentError, RetryableError
@@ -58,6 +63,18 @@ class SMTPConnection(flask_mail.Connection):
             host.close()
             raise
         return host
+
+    def send(self, message, accepted):
+        """flask-mail's `send`, with `accepted(Message-ID)` called as soon as the server took it."""
+        if message.has_bad_headers():
+            raise BadHeaderError
+        if message.date is None:
+            message.date = time.time()
+        if self.host is not None:
+            self.host.sendmail(sanitize_address(message.sender), list(sanitize_addresses(message.send_to)),
+                               message.as_bytes(), message.mail_options, message.rcpt_options)
+        accepted(message.msgId)
+        flask_mail.email_dispatched.send(current_app._get_current_object(), message=message)
 
     def __exit__(self, exc_type, exc_value, tb):
         host, self.host = self.host, None
@@ -111,7 +128,7 @@ class EmailChannel(Channel):
         message = self.build(outbound)
         try:
             with SMTPConnection(self.mail.state, self.timeout, self.tls_context) as connection:
-                connection.send(message)
+                connection.send(message, outbound.accepted)
         except BadHeaderError:
             raise PermanentError("message refused before sending: a header contains a line break")
         except smtplib.SMTPRecipientsRefused as exc:

@@ -64,4 +64,6 @@ class TwilioChannel(Channel):
                                          timeout=float(self.options.get("timeout", 10)))
         except requests.RequestException as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}"[:500])
-        return check_response(response, id_field="sid")
+        sid = check_response(response, id_field="sid")
+        outbound.accepted(sid)
+        return sid

@@ -62,7 +62,9 @@ class WebhookChannel(Channel):
                                          timeout=float(self.options.get("timeout", 10)))
         except requests.RequestException as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}"[:500])
-        return check_response(response)
+        provider_id = check_response(response)
+        outbound.accepted(provider_id)
+        return provider_id
 
 
 def provider_reason(response):

@@ -1,5 +1,11 @@
 """One attempt of one delivery: claim it, send it, record what happened.
 
+A successful send is recorded by the channel itself, through the receipt it
+finds in `Outbound.accepted`, the moment the provider accepted (receipt.py
+says why); a channel that does not call it is recorded as soon as `send`
+returns. Anything that goes wrong after the provider accepted (a failed
+goodbye, a job timeout) no longer makes it a retry.
+
 Outcomes: `held` (quiet hours: waits, without spending an attempt, and is
 scheduled for the window's end); `sent`; `skipped` (no address for the channel, the notification
 was deleted, the channel is no longer configured) and never retried;
@@ -23,6 +29,7 @@ from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
 from ..jobs_queue import schedule_delivery
 from . import repository
+from .receipt import Receipt, record_late
 
 log = logging.getLogger(__name__)
 LEASE_SECONDS = 120   # longer than any channel's send timeout; a crashed attempt is retaken after it
@@ -45,15 +52,19 @@ def deliver(delivery_id):
                 claimed["quiet"] = preferences.quiet_hours(conn, claimed["user_id"])
         if claimed is None:
             return "not-claimable"
-        status, kwargs, retry = _attempt(app, domain, claimed)
-        with db.transaction(conn):
-            if status == "held":
-                repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
-            else:
-                repository.finish(conn, claimed, status, **kwargs)
-        if status == "held":
-            schedule_delivery(claimed["id"], kwargs["until"], app)
-            return status
+        with Receipt(conn, claimed) as accepted:
+            status, kwargs, retry = _attempt(app, domain, claimed, accepted)
+        if status != "sent":
+            with db.transaction(conn):
+                if status == "held":
+                    repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
+                else:
+                    repository.finish(conn, claimed, status, **kwargs)
+    if status == "sent" and not accepted.recorded:
+        record_late(claimed, accepted.provider_id)
+    if status == "held":
+        schedule_delivery(claimed["id"], kwargs["until"], app)
+        return status
     DELIVERIES.labels(claimed["channel"], kwargs.get("outcome") or status).inc()
     if status == "sent" and claimed["row"] is not None:
         age = datetime.datetime.now(datetime.timezone.utc) - claimed["row"]["created_at"]
@@ -63,7 +74,7 @@ def deliver(delivery_id):
     return status
 
 
-def _attempt(app, domain, claimed):
+def _attempt(app, domain, claimed, accepted):
     """(status, finish kwargs, retry?) for one attempt of the claimed delivery."""
     row = claimed["row"]
     channel = registry.get(app, claimed["channel"])
@@ -83,15 +94,24 @@ def _attempt(app, domain, claimed):
     if not channel.address(contact):
         return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False
     outbound = Outbound(str(claimed["id"]), to_public(row), str(row["user_id"]), contact,
-                        event_templates(domain, row["type"], row["event"]))
+                        event_templates(domain, row["type"], row["event"]), accepted)
     try:
         provider_id = channel.send(outbound)
-    except PermanentError as exc:
+    except Exception as exc:
+        if accepted.accepted:   # the provider has it: what failed came afterwards
+            log.warning("delivery %s: %s after the provider accepted it", claimed["id"], type(exc).__name__)
+            return "sent", {"provider_id": accepted.provider_id}, False
+        return _failure(domain, claimed, exc)
+    accepted(provider_id)       # a channel that does not report acceptance itself: recorded now
+    return "sent", {"provider_id": accepted.provider_id}, False
+
+
+def _failure(domain, claimed, exc):
+    """(status, finish kwargs, retry?) for a send that raised before the provider accepted."""
+    if isinstance(exc, PermanentError):
         return "failed", {"error": str(exc)[:1000]}, False
-    except Exception as exc:  # retryable by default: timeouts, 5xx, bugs in a provider SDK
-        error = f"{type(exc).__name__}: {exc}"[:1000]
-        if claimed["tries"] >= domain.retry_attempts:
-            return "failed", {"error": error, "reason": f"gave up after {claimed['tries']} attempts"}, False
-        log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], error)
-        return "pending", {"error": error, "outcome": "retry"}, True
-    return "sent", {"provider_id": provider_id}, False
+    error = f"{type(exc).__name__}: {exc}"[:1000]   # retryable by default: timeouts, 5xx, SDK bugs
+    if claimed["tries"] >= domain.retry_attempts:
+        return "failed", {"error": error, "reason": f"gave up after {claimed['tries']} attempts"}, False
+    log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], error)
+    return "pending", {"error": error, "outcome": "retry"}, True

@@ -1,0 +1,118 @@
+"""Recording `sent` the instant the provider accepted a message.
+
+SMTP and most provider APIs have no idempotency we can lean on: a worker
+killed after the provider took a message and before the delivery row says
+`sent` sends it again once the claim lease runs out. The receipt makes that
+window as narrow as it can be. Its statement is written out (mogrified)
+before the channel talks to the provider, with a hole for the provider's
+message id; the channel calls the receipt the moment the provider accepted
+(email: right after the 250 to DATA, before QUIT), and the receipt fills the
+hole and sends ONE statement on an autocommit connection: one round trip,
+one transaction. What is left between acceptance and record is reading the
+provider's reply and handing a few hundred bytes to the kernel. PostgreSQL
+runs a query it has received even if the client dies right after sending it
+(unless `client_connection_check_interval` is set on the server), so a kill
+after that point no longer causes a resend.
+
+The statement is idempotent per attempt (a second run for the same attempt
+changes nothing), so a record whose connection broke on the way, when we
+cannot know whether it committed, is simply run again (`record_late`).
+"""
+import contextlib
+import logging
+import secrets
+import time
+
+import psycopg2
+from psycopg2.extensions import adapt
+
+from .. import db
+
+log = logging.getLogger(__name__)
+LATE_RECORD_SECONDS = 30   # how long a failed record is retried: inside the job's timeout and the lease
+
+SENT_SQL = (
+    "WITH sent AS (UPDATE deliveries SET status = 'sent', updated_at = now(), locked_until = NULL,"
+    " provider_message_id = coalesce(%(pid)s, provider_message_id), sent_at = now()"
+    " WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM delivery_attempts"
+    " WHERE delivery_id = %(id)s AND attempt = %(attempt)s AND outcome = 'sent') RETURNING id)"
+    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, started_at)"
+    " SELECT id, %(attempt)s, 'sent', %(pid)s, %(started_at)s FROM sent")
+
+
+def _params(claimed, provider_id):
+    return {"id": claimed["id"], "attempt": claimed["attempts"], "started_at": claimed["started_at"],
+            "pid": provider_id}
+
+
+def record_sent(conn, claimed, provider_id):
+    """The receipt's statement, run as an ordinary query (the caller commits)."""
+    with conn.cursor() as cur:
+        cur.execute(SENT_SQL, _params(claimed, provider_id))
+
+
+class Receipt:
+    """`accepted(provider_id)` for one claimed delivery: records it as sent in one round trip.
+
+    Used as a context manager around the send: the connection is in autocommit
+    for the block (so no BEGIN or COMMIT round trip is added) and back to
+    transactions after it. Never raises a database error into the channel:
+    a failed record is kept in `error`, and `record_late` completes it.
+    """
+
+    def __init__(self, conn, claimed):
+        self.conn, self.claimed = conn, claimed
+        self.accepted = self.recorded = False
+        self.provider_id = self.error = None
+        hole = secrets.token_hex(16)
+        with conn.cursor() as cur:
+            text = cur.mogrify(SENT_SQL, _params(claimed, hole))
+        self._parts = text.split(adapt(hole).getquoted())
+        assert len(self._parts) == 3, "the provider id appears twice in SENT_SQL"
+
+    def __enter__(self):
+        self.conn.autocommit = True
+        self._cursor = self.conn.cursor()
+        return self
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(psycopg2.Error):
+            self._cursor.close()
+        with contextlib.suppress(psycopg2.Error):   # a broken connection is closed by the pool
+            self.conn.autocommit = False
+
+    def __call__(self, provider_id=None):
+        """The provider accepted the message: record it now, before anything else happens."""
+        if self.accepted:
+            return
+        provider_id = None if provider_id is None else str(provider_id)
+        self.accepted, self.provider_id = True, provider_id
+        try:
+            quoted = adapt(provider_id)
+            if hasattr(quoted, "prepare"):
+                quoted.prepare(self.conn)
+            self._cursor.execute(quoted.getquoted().join(self._parts))
+            self.recorded = True
+        except psycopg2.Error as exc:
+            self.error = exc
+
+
+def record_late(claimed, provider_id, patience=LATE_RECORD_SECONDS):
+    """Record an accepted send whose receipt failed (PostgreSQL restarting, a broken connection),
+    on fresh connections, until it is stored or `patience` runs out (then raise: the send may be
+    repeated after the lease, the one case left)."""
+    deadline, pause = time.monotonic() + patience, 0.2
+    while True:
+        try:
+            with db.connection() as conn, db.transaction(conn):
+                record_sent(conn, claimed, provider_id)
+            return
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                log.error("delivery %s was accepted by the provider but could not be recorded: %s",
+                          claimed["id"], exc)
+                raise
+            log.warning("delivery %s accepted, record failed (%s); trying again in %.1f s",
+                        claimed["id"], type(exc).__name__, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)

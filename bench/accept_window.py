@@ -1,0 +1,148 @@
+"""How long a worker kill can still cause a resend: from the SMTP server having a message to its record.
+
+    python bench/accept_window.py [-n 500]
+
+A duplicate email needs the worker to die after the SMTP server has a whole message
+(it answers 250 to DATA and keeps it, whether the client is still there or not) and
+before the statement that records the delivery as sent is on its way to PostgreSQL.
+This measures that window for N deliveries, on one clock (the machine's):
+
+- start: the SMTP server (tests/fake_providers.py `SMTPProcess`: aiosmtpd in a process
+  of its own, answering without parsing the message first) reads `time.time()` when it
+  has the whole message, just before it answers 250;
+- end: the worker reads the same clock just before it hands to psycopg2 the statement
+  that commits the record: the receipt's one autocommit statement, or (the older
+  design) the COMMIT after QUIT, UPDATE and INSERT; psycopg2's C call to send()
+  follows within microseconds;
+- and the worker's own share: from smtplib's DATA command returning (the 250 read and
+  parsed) to the same end.
+
+The worker runs the real `deliver` job in-process (RQ SimpleWorker, burst), one
+delivery at a time. Own database and Redis, as bench/faults.py. Not a test: it prints
+p50 / p99 / max and the mean, and checks only that every email was sent once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (str(ROOT / "tests"), str(ROOT / "bench"), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+RECORDS = []   # time.time() at which a "sent" record was handed over to be committed
+PARSED = []    # time.time() at which smtplib returned the 250 to DATA to its caller
+
+
+def stamping_smtp():
+    """smtplib's DATA command, stamping PARSED when the server's 250 has been read and parsed."""
+    import smtplib
+    data = smtplib.SMTP.data
+
+    def stamped(self, msg):
+        reply = data(self, msg)
+        PARSED.append(time.time())
+        return reply
+    smtplib.SMTP.data = stamped
+
+
+def stamping_connect():
+    """psycopg2.connect whose connections stamp RECORDS when a sent record goes out to commit."""
+    import psycopg2
+    import psycopg2.extensions
+
+    def is_record(query):
+        text = query if isinstance(query, bytes) else str(query).encode()
+        return b"UPDATE deliveries SET status = 'sent'" in text   # (dispatch's own rows are INSERTs)
+
+    class Cursor(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):
+            if is_record(query) or (vars and is_record(self.mogrify(query, vars))):
+                if self.connection.autocommit:
+                    RECORDS.append(time.time())     # commits by itself
+                else:
+                    self.connection.record_pending = True   # commits with the transaction
+            return super().execute(query, vars)
+
+    class Connection(psycopg2.extensions.connection):
+        record_pending = False
+
+        def commit(self):
+            if self.record_pending:
+                RECORDS.append(time.time())
+                self.record_pending = False
+            return super().commit()
+
+    real = psycopg2.connect
+
+    def connect(*args, **kwargs):
+        conn = real(*args, connection_factory=Connection, **kwargs)
+        conn.cursor_factory = Cursor
+        return conn
+    return connect
+
+
+def run(n):
+    import uuid
+
+    import psycopg2
+    import psycopg2.extras
+
+    from app import create_app, db as app_db
+    from fake_providers import SMTPProcess, channel_config, work
+    from faults import SERVICE, _standalone_env
+
+    env, _redis, cleanup = _standalone_env()
+    smtp = SMTPProcess().start()
+    try:
+        config = channel_config(Path(tempfile.mkdtemp(prefix="accept-window-")), {"email": {"enabled": True}})
+        app_db.psycopg2.connect = stamping_connect()
+        stamping_smtp()
+        app = create_app(dict(env, **config, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
+                              MAIL_DEFAULT_SENDER="notify@bank.example", MAIL_TIMEOUT="5"))
+        users = [(str(uuid.uuid4()), f"u{i}@example.com") for i in range(n)]
+        with psycopg2.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
+            psycopg2.extras.execute_values(cur, "INSERT INTO contacts (user_id, email) VALUES %s", users)
+        conn.close()
+        client = app.test_client()
+        for user_id, _ in users:
+            body = {"type": "chat", "event": "message_received", "title": "window", "user_ids": [user_id]}
+            assert client.post("/v1/notifications/trigger", json=body, headers=SERVICE).status_code == 202
+        work(app)
+        app.extensions["db_pool"].close()
+        messages = list(smtp.messages)
+    finally:
+        smtp.stop()
+        cleanup()
+    accepted = [m["at"] for m in messages]
+    messages = len(messages)
+    return accepted, messages
+
+
+def main(argv=None):
+    from faults import quantiles
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=500, help="deliveries to measure")
+    args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    accepted, messages = run(args.n)
+    if messages != args.n or len(RECORDS) != args.n or len(accepted) != args.n:
+        raise SystemExit(f"{messages} messages, {len(accepted)} accepted, {len(RECORDS)} records; want {args.n}")
+    # one delivery at a time: each acceptance is followed by its own record, before the next one
+    window = sorted((r - a) * 1e6 for a, r in zip(sorted(accepted), sorted(RECORDS)))
+    assert all(w > 0 for w in window), "a record before its acceptance: the stamps are not paired"
+    worker = sorted((r - p) * 1e6 for p, r in zip(sorted(PARSED), sorted(RECORDS)))
+    print(f"{args.n} deliveries, load {load:.2f} -> {os.getloadavg()[0]:.2f}:\n"
+          f"  SMTP server has the message -> sent record handed to PostgreSQL: {quantiles(window)} µs,"
+          f" mean {statistics.fmean(window):.0f} µs\n"
+          f"  of which in the worker, 250 parsed by smtplib -> record handed over: {quantiles(worker)} µs,"
+          f" mean {statistics.fmean(worker):.0f} µs")
+
+if __name__ == "__main__":
+    main()
