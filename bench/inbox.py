@@ -700,7 +700,21 @@ def _receive(pipe, proc, timeout):
     return pipe.recv()
 
 
-def measure(url, users, sizes, workers, seed):
+def start_service(bench, workers, app_dir=None):
+    """The real gunicorn with rate limits on (production's default); `app_dir`: serve the code of
+    another checkout (e.g. `git archive` of an older commit) for a before/after comparison."""
+    if app_dir is None:
+        return bench.start_ours(workers=workers, worker_connections=1000, RATE_LIMITS_ENABLED="true")
+    from devtools.services import free_port
+    port = free_port()
+    env = dict(bench.ours_env(workers, 1000), PORT=str(port), RATE_LIMITS_ENABLED="true")
+    server = streams.WebServer("ours", [sys.executable, "-m", "gunicorn", "-c", streams.GUNICORN_CONF, "wsgi:app"],
+                               env, bench.workdir, port, workers, cwd=app_dir)
+    bench.callback(server.stop)
+    return server
+
+
+def measure(url, users, sizes, workers, seed, app_dir=None):
     """One run: a fresh gunicorn with `workers` web workers, the schedule, the figures."""
     import multiprocessing
     warmup = int(sizes.warmup * sizes.rate)
@@ -708,7 +722,7 @@ def measure(url, users, sizes, workers, seed):
     with streams.Bench(f"inbox-{workers}") as bench:
         bench.start_redis()
         bench.db = types.SimpleNamespace(url=url)
-        server = bench.start_ours(workers=workers, worker_connections=1000, RATE_LIMITS_ENABLED="true")
+        server = start_service(bench, workers, app_dir)
         log(f"{workers} web worker(s) (pids {server.worker_pids()}): {len(requests) - warmup} requests at "
             f"{sizes.rate:g}/s after {warmup} warm-up ones")
         ctx = multiprocessing.get_context("spawn")
@@ -760,7 +774,7 @@ def measure(url, users, sizes, workers, seed):
     return out
 
 
-def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True):
+def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None):
     """Everything: the cached database, its description, the plans, one run per worker count."""
     server = Server(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     try:
@@ -770,7 +784,7 @@ def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True):
     report = {"sizes": sizes.__dict__, "meta": meta, "database": describe(url), "machine": streams.machine()}
     report["plans"] = plans(url) if explain else []
     users = load_users(url)
-    report["runs"] = [measure(url, users, sizes, count, seed=count) for count in workers]
+    report["runs"] = [measure(url, users, sizes, count, seed=count, app_dir=app_dir) for count in workers]
     return report
 
 
@@ -852,6 +866,7 @@ def main():
     parser.add_argument("--no-explain", action="store_true")
     parser.add_argument("--explain-only", action="store_true", help="build or reuse, print the plans, no run")
     parser.add_argument("--json", help="also write the whole report as JSON here")
+    parser.add_argument("--app-dir", help="serve the code of this directory (another checkout) instead")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # unwind: stop the servers
     streams.raise_nofile()
@@ -867,7 +882,7 @@ def main():
         server.close()
         return
     workers = () if args.explain_only else tuple(int(w) for w in args.workers.split(",") if w.strip())
-    report = benchmark(sizes, workers, rebuild=args.rebuild, explain=not args.no_explain)
+    report = benchmark(sizes, workers, rebuild=args.rebuild, explain=not args.no_explain, app_dir=args.app_dir)
     print(render(report))
     if args.json:
         with open(args.json, "w") as out:

@@ -31,15 +31,16 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     page reads on every request.
     """
     where, params = _scope(user_id, customer_id, customers, status)
-    with cursor(conn) as cur:
+    with conn.cursor() as cur:   # plain rows made dicts here: half the cost of RealDictCursor's
         cur.execute(f"SELECT n.* FROM (SELECT seq FROM notifications WHERE {where}"
                     "                  ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s) page"
                     f" CROSS JOIN LATERAL (SELECT {COLUMNS} FROM notifications WHERE seq = page.seq) n"
                     " ORDER BY page.seq DESC", dict(params, limit=limit, offset=offset))
-        items = cur.fetchall()
+        names = [column.name for column in cur.description]
+        items = [dict(zip(names, row)) for row in cur.fetchall()]
         cur.execute(_counts(where, status), params)
-        counts = cur.fetchone()
-    return items, counts["total"], counts["unread"]
+        total, unread = cur.fetchone()
+    return items, total, unread
 
 
 def _counts(where, status):
