@@ -485,7 +485,8 @@ def plan_problems(plan):
 
 def plans(url, heavy_offset=1000):
     """EXPLAIN of every statement GET /v1/notifications runs, for the heaviest and a median user,
-    for each use in the benchmark's mix (and the `customers` claim)."""
+    for each use in the benchmark's mix (and the `customers` claim); and of the stream's starting
+    cursor for a user with no notification, which reads the same table by user."""
     from app.notifications import repository
     conn = connect(url)
     conn.autocommit = False
@@ -513,6 +514,14 @@ def plans(url, heavy_offset=1000):
                             "sql": statement["sql"], "plan": statement["plan"],
                             "problems": plan_problems(statement["plan"]),
                             "ms": _execution_ms(statement["plan"])})
+    # not this endpoint's, but the same table by user: where a stream without a cursor starts
+    from app.streams import replay
+    recorder = _Explaining(conn)
+    replay.latest_seq(recorder, uuid.uuid4())
+    conn.rollback()
+    out += [{"user": "new", "notifications": 0, "use": "stream opened without a cursor (replay.latest_seq)",
+             "statement": 1, "sql": p["sql"], "plan": p["plan"], "problems": plan_problems(p["plan"]),
+             "ms": _execution_ms(p["plan"])} for p in recorder.plans]
     conn.close()
     return out
 
@@ -681,6 +690,29 @@ def _blocks(conn):
         return cur.fetchone()
 
 
+def _machine_ticks():
+    """/proc/stat's first line: CPU ticks of the whole machine by kind (user, system, iowait, ...)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return dict(zip(names, values))
+
+
+def _machine_share(before, after):
+    """Of the machine's CPU time during the run: busy (anyone's), waiting for I/O, stolen."""
+    delta = {k: after[k] - before[k] for k in before}
+    total = sum(delta.values()) or 1
+    busy = total - delta["idle"] - delta["iowait"]
+    return {"busy": busy / total, "iowait": delta["iowait"] / total, "steal": delta["steal"] / total}
+
+
+def _backend_writes(conn):
+    """Dirty buffers PostgreSQL backends (anyone's) had to write themselves to find a free one."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT buffers_backend FROM pg_stat_bgwriter")
+        return cur.fetchone()[0]
+
+
 def _summary(latencies):
     if not latencies:
         return {"count": 0}
@@ -739,12 +771,13 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
         if message[0] != "measure":
             raise RuntimeError(f"load process: {message}")
         web0, pg0, blocks0 = server.workers_cpu(), _backend_cpu(observer), _blocks(observer)
+        ticks0, writes0 = _machine_ticks(), _backend_writes(observer)
         message = _receive(pipe, proc, sizes.seconds + 60)
         if message[0] != "done":
             raise RuntimeError(f"load process: {message[1]}")
-        web1, pg1 = server.workers_cpu(), _backend_cpu(observer)
+        web1, pg1, ticks1 = server.workers_cpu(), _backend_cpu(observer), _machine_ticks()
         time.sleep(1.2)              # backends publish their block counters at most once a second
-        blocks1 = _blocks(observer)
+        blocks1, writes1 = _blocks(observer), _backend_writes(observer)
         load1 = os.getloadavg()[0]
         result = message[1]
     measured = requests[warmup:]
@@ -767,7 +800,8 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
         "blocks_read_per_request": reads / count,
         "by_kind": {MIX[k][0]: _summary([lat for lat, _, kind, _ in done if kind == k]) for k in range(len(MIX))},
         "by_size": {CLASSES[c][1]: _summary([lat for lat, _, _, cls in done if cls == c]) for c in range(len(CLASSES))},
-        "loadavg": [load0, load1],
+        "loadavg": [load0, load1], "machine": _machine_share(ticks0, ticks1),
+        "backend_buffer_writes": writes1 - writes0,
         "max_ms_per_second": [round(max(lat for lat, *_ in done[i:i + int(sizes.rate)]) * 1000, 1)
                               for i in range(0, count, int(sizes.rate))],
     })
@@ -848,7 +882,9 @@ def render(report):
         sizes_ = [f"{k} {ms(v.get('p99_ms'))} ms (n={v['count']})" for k, v in r["by_size"].items()]
         lines.append(f"- {r['workers']} worker(s): {'; '.join(parts)}. p99 by the user's stored notifications: "
                      f"{'; '.join(sizes_)}. {r['late_sends']} sends > 5 ms late, {r['connections_opened']} "
-                     f"connections, {r['reconnects']} reconnects, statuses {r['statuses']}"
+                     f"connections, {r['reconnects']} reconnects, statuses {r['statuses']}; the machine's CPU "
+                     f"{pct(r['machine']['busy'])} busy (everyone), {pct(r['machine']['iowait'])} I/O wait, "
+                     f"{r['backend_buffer_writes']:,} dirty buffers written by PostgreSQL backends (server-wide)"
                      + (f", errors {r['error_kinds']}" if r["error_kinds"] else "") + ".")
     return "\n".join(lines)
 

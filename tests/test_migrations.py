@@ -181,6 +181,5 @@ def test_covering_index_migration_replaces_an_invalid_leftover(fresh_db, tmp_pat
     assert migrate(fresh_db, echo=lambda *_: None)[0] == "0009_inbox_covering_index"
     assert query(fresh_db, valid) == [(True,)]
     definition = query(fresh_db, "SELECT indexdef FROM pg_indexes WHERE indexname = 'notifications_inbox_covering'")
-    assert definition[0][0].endswith("(user_id, seq DESC) INCLUDE (customer_id, read_at)"
-                                     " WHERE ((deleted_at IS NULL) AND in_app)")
+    assert definition[0][0].endswith("(user_id, seq DESC) INCLUDE (customer_id, read_at, deleted_at, in_app)")
     assert query(fresh_db, "SELECT to_regclass('notifications_inbox')") == [(None,)]

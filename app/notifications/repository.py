@@ -23,12 +23,11 @@ def _scope(user_id, customer_id, customers, status):
 def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all", limit=50, offset=0):
     """One page of the inbox, newest first, with the filter's total and unread counts.
 
-    Both statements read indexes only (docs/inbox.md, "The inbox at 10 M rows"): the page picks
-    its `seq` values from an index of the user's inbox (`notifications_inbox_covering`, or the
-    unread / per-customer one), skipping `offset` entries there, and only then fetches the page's
-    rows; each count is one index-only scan. Counting `read_at` over the table instead visits
-    every row of the inbox, which for a user with thousands of notifications is thousands of
-    page reads on every request.
+    The page's `seq` values come from an index alone (notifications_inbox_covering, or the unread
+    or per-customer one), the `offset` entries skipped there, and only the page's own rows are
+    read from the table; the counts are index-only scans (`_counts`). Reading the table instead
+    costs a page read per notification in the inbox, thousands per request for a heavy user
+    (docs/inbox.md, "The inbox at 10 M rows").
     """
     where, params = _scope(user_id, customer_id, customers, status)
     with conn.cursor() as cur:   # plain rows made dicts here: half the cost of RealDictCursor's
