@@ -3,6 +3,7 @@ and the write path (bench/write_path.py).
 
     python bench/run.py            # full sizes, ~15 minutes on 2 cores
     python bench/run.py --quick    # smaller sizes, ~2-3 minutes: checks that everything runs
+    python bench/run.py --only inbox   # GET /v1/notifications on 10 M notifications (bench/inbox.py)
 
 Prints the table (and writes it to bench/results.md). Each scenario starts its own servers and
 stops them at the end, also on Ctrl-C or an error; a scenario that fails becomes an error row
@@ -24,9 +25,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+import inbox  # noqa: E402  (bench/inbox.py)
 import streams  # noqa: E402  (bench/streams.py)
 
-SCENARIOS = ("held", "latency", "full-path", "saturation", "write-path")
+SCENARIOS = ("held", "latency", "full-path", "saturation", "write-path", "inbox")
 
 
 def ensure_peer_installed():
@@ -264,6 +266,35 @@ def rows_write_path(table, quick):
         table.note(f"write path: `{command}` (bench/write_path.py; its own section in bench/README.md).")
 
 
+def rows_inbox(table, quick):
+    sizes = inbox.QUICK if quick else inbox.FULL
+    report = attempt(table, "inbox", inbox.benchmark, sizes)
+    scale = f"{sizes.notifications / 1e6:g} M notifications / {sizes.users:,} users"
+    if report is None:
+        table.add(f"GET /v1/notifications, {scale}, {sizes.rate:g} requests/s ↓", "error", "p99 ≤ 20 ms")
+        return
+    bad = [f"{p['user']} user, {p['use']}, statement {p['statement']}: {', '.join(p['problems'])}"
+           for p in report["plans"] if p["problems"]]
+    for r in report["runs"]:
+        table.add(f"GET /v1/notifications, {scale}, {sizes.rate:g} requests/s, {r['workers']} web worker(s) ↓",
+                  f"p50 {ms(r['p50_ms'])} / p99 {ms(r['p99_ms'])} ms, {r['errors']} errors",
+                  "p99 ≤ 20 ms; index scans",
+                  met(r["p99_ms"] <= inbox.TARGET_P99_MS and not r["errors"] and not bad,
+                      f"n/a: --quick has {sizes.notifications / 1e6:g} M rows" if quick else None),
+                  "—", "—", cpu(r["client_cpu_s"], None))
+        table.note(f"inbox, {r['workers']} web worker(s): {r['requests']:,} requests at {r['achieved_rate']:.1f}/s "
+                   f"(open loop), p95 {ms(r['p95_ms'])} / max {ms(r['max_ms'])} ms; per request: web {r['web_cpu_ms_per_request']:.2f} ms "
+                   f"CPU, PostgreSQL {r['pg_cpu_ms_per_request']:.2f} ms CPU, {r['blocks_read_per_request']:.1f} blocks read "
+                   f"outside shared_buffers; machine {r['machine']['busy'] * 100:.0f} % busy during the run.")
+    db = report["database"]
+    cached = [rel["cached"] for rel in db["relations"]]
+    table.note(f"inbox: database {db['database_bytes'] / 2 ** 30:.1f} GB (cached as bench_inbox_*; shared_buffers "
+               f"{db['shared_buffers']}, page cache held "
+               f"{'?' if None in cached else f'{sum(cached) / 2 ** 30:.1f} GB'}); EXPLAIN of "
+               f"{len(report['plans'])} statements: " + ("; ".join(bad) if bad else "index scans only, no sort") +
+               " (python bench/inbox.py prints them).")
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -300,6 +331,8 @@ def main():
         rows_saturation(table, sizes, peer)
     if "write-path" in only:
         rows_write_path(table, args.quick)
+    if "inbox" in only:
+        rows_inbox(table, args.quick)
     after = streams.machine()
     minutes = (time.monotonic() - started) / 60
 

@@ -203,6 +203,47 @@ def test_soft_deleted_and_other_users_never_listed(client, db, user):
     assert r.get_json()["items"] == [] and r.get_json()["total"] == 0
 
 
+def test_every_filter_pages_and_counts_exactly_what_is_stored(client, db):
+    """Each combination of token claim, customer filter, status and page gives the rows, the
+    total and the unread a reader of the table would compute: pages picked from the indexes,
+    counts from subqueries, must agree with that at every offset."""
+    user_id = uuid.uuid4()
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    stored = []
+    for i in range(60):
+        row = insert_notification(
+            db, user_id, customer_id=(a, a, b, None, c)[i % 5],
+            read_at="2024-01-16T00:00:00Z" if i % 3 == 0 else None,
+            deleted_at="2024-01-16T00:00:00Z" if i % 7 == 0 else None, in_app=i % 11 != 0)
+        stored.append(row)
+    for customer in (a, None):  # another user's rows of the same customers never count
+        insert_notification(db, uuid.uuid4(), customer_id=customer)
+    newest_first = [r for r in reversed(stored) if r["deleted_at"] is None and r["in_app"]]
+
+    for claim in (None, [a, b], []):
+        headers = auth(user_id, customers=claim)
+        for customer in (None, a, c):
+            if claim is not None and customer is not None and customer not in claim:
+                r = client.get(f"/v1/notifications?customer_id={customer}", headers=headers)
+                assert_envelope(r, 403, "invalid_customer_id")
+                continue
+            for status in ("all", "read", "unread"):
+                matching = [r for r in newest_first
+                            if (r["customer_id"] == customer if customer is not None
+                                else claim is None or r["customer_id"] is None or r["customer_id"] in claim)
+                            and (status == "all" or (r["read_at"] is None) == (status == "unread"))]
+                for limit, offset in ((50, 0), (7, 0), (7, 14), (200, 0), (5, 1000)):
+                    query = f"?status={status}&limit={limit}&offset={offset}"
+                    if customer is not None:
+                        query += f"&customer_id={customer}"
+                    r = client.get("/v1/notifications" + query, headers=headers)
+                    assert r.status_code == 200, (claim, query)
+                    body = r.get_json()
+                    assert ids(r) == [str(row["id"]) for row in matching[offset:offset + limit]], (claim, query)
+                    assert body["total"] == len(matching), (claim, query)
+                    assert body["unread"] == sum(row["read_at"] is None for row in matching), (claim, query)
+
+
 # ---------------------------------------------------------------- get one
 
 

@@ -155,3 +155,31 @@ def test_release_command(fresh_db, redis_proc):
     assert second.returncode == 0, second.stderr
     assert "database is up to date" in second.stdout
     assert len(recorded(fresh_db)) == count
+
+
+def test_covering_index_migration_replaces_an_invalid_leftover(fresh_db, tmp_path):
+    """0009's index may be built by hand with CREATE INDEX CONCURRENTLY before the release; a build
+    that failed leaves an INVALID index of that name, which the migration must rebuild, not keep."""
+    files = migration_files()
+    index = [v for v, _ in files].index("0009_inbox_covering_index")
+    for version, path in files[:index]:
+        (tmp_path / f"{version}.sql").write_text(open(path).read())
+    migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None)
+    conn = psycopg2.connect(fresh_db)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        user = "123e4567-e89b-12d3-a456-426614174000"
+        cur.execute("INSERT INTO notifications (id, user_id, type, event, title) VALUES"
+                    " (gen_random_uuid(), %s, 'chat', 'e', 't'), (gen_random_uuid(), %s, 'chat', 'e', 't')",
+                    (user, user))
+        with pytest.raises(psycopg2.errors.UniqueViolation):   # an interrupted manual build, as it leaves it
+            cur.execute("CREATE UNIQUE INDEX CONCURRENTLY notifications_inbox_covering ON notifications (user_id)")
+    conn.close()
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('notifications_inbox_covering')"
+    assert query(fresh_db, valid) == [(False,)]
+
+    assert migrate(fresh_db, echo=lambda *_: None)[0] == "0009_inbox_covering_index"
+    assert query(fresh_db, valid) == [(True,)]
+    definition = query(fresh_db, "SELECT indexdef FROM pg_indexes WHERE indexname = 'notifications_inbox_covering'")
+    assert definition[0][0].endswith("(user_id, seq DESC) INCLUDE (customer_id, read_at, deleted_at, in_app)")
+    assert query(fresh_db, "SELECT to_regclass('notifications_inbox')") == [(None,)]

@@ -1,0 +1,389 @@
+"""The database behind bench/inbox.py: 10 M notifications loaded with set-based SQL, cached.
+
+Built on the PostgreSQL server of DATABASE_URL with the repository's migrations, loaded week by
+week in time order (INSERT ... SELECT ... generate_series), its indexes rebuilt after the load,
+VACUUM ANALYZE; kept under a name holding the size and a hash of migrations_sql/ and reused by
+the next run, or migrated forward when only new migrations came since (bench/README.md).
+"""
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import time
+import uuid
+
+import streams  # bench/streams.py: the admin DSN and the log line
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLASSES = ((0, "< 100"), (100, "100-999"), (1000, ">= 1,000"))   # users by stored notifications
+EVENT_WEIGHTS = {"message_received": 30, "mention": 8, "task_assigned": 10, "task_due": 8,
+                 "task_completed": 8, "payment_received": 15, "payment_failed": 3,
+                 "login_alert": 12, "password_changed": 2}   # an event not listed: 5
+log = streams.log
+
+
+def _short(number):
+    for unit, size in (("m", 1_000_000), ("k", 1_000)):
+        if number >= size and number % size == 0:
+            return f"{number // size}{unit}"
+    return str(number)
+
+
+def migration_files():
+    """[(version, sha256 of the file)] in order: what a cached database was built with."""
+    from app.migrate import migration_files as files
+    out = []
+    for version, path in files():
+        with open(path, "rb") as handle:
+            out.append((version, hashlib.sha256(handle.read()).hexdigest()))
+    return out
+
+
+def cache_name(sizes, migrations):
+    digest = hashlib.sha256(json.dumps(migrations).encode()).hexdigest()[:8]
+    return f"{cache_prefix(sizes)}{digest}"
+
+
+def cache_prefix(sizes):
+    return f"bench_inbox_{_short(sizes.notifications)}_{_short(sizes.users)}_"
+
+
+class Server:
+    """The PostgreSQL server of DATABASE_URL, through its `postgres` database (autocommit)."""
+
+    def __init__(self, url):
+        import psycopg2
+        self.url = url
+        self.admin = psycopg2.connect(streams._admin_dsn(url, "postgres"))
+        self.admin.autocommit = True
+
+    def url_of(self, name):
+        return streams._admin_dsn(self.url, name)
+
+    def run(self, sql, params=None):
+        with self.admin.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+
+    def databases(self, prefix):
+        return [r[0] for r in self.run("SELECT datname FROM pg_database WHERE starts_with(datname, %s)"
+                                       " ORDER BY datname", (prefix,))]
+
+    def drop(self, name):
+        self.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        self.run(f'DROP DATABASE IF EXISTS "{name}"')
+
+    def rename(self, old, new):
+        self.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (old,))
+        self.run(f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+
+    def close(self):
+        self.admin.close()
+
+
+def connect(url):
+    import psycopg2
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    return conn
+
+
+def read_meta(url):
+    """The build record of a cached database, or None when it is incomplete or not ours."""
+    import psycopg2
+    try:
+        conn = connect(url)
+    except psycopg2.Error:
+        return None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('bench_inbox_meta') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute("SELECT key, value FROM bench_inbox_meta")
+            meta = dict(cur.fetchall())
+        return meta if meta.get("complete") else None
+    finally:
+        conn.close()
+
+
+def cached_database(server, sizes, rebuild=False):
+    """The URL of a loaded database of this size and migrations, building or migrating it when needed."""
+    migrations = migration_files()
+    name = cache_name(sizes, migrations)
+    existing = server.databases(cache_prefix(sizes))
+    if rebuild:
+        for other in existing:
+            server.drop(other)
+        existing = []
+    meta = read_meta(server.url_of(name)) if name in existing else None
+    if meta is None:
+        meta = _migrate_forward(server, existing, name, migrations)
+    if meta is None:
+        meta = build(server, sizes, name, migrations)
+    for other in server.databases(cache_prefix(sizes)):   # one cached copy per size
+        if other != name:
+            log(f"dropping the stale cached database {other}")
+            server.drop(other)
+    return server.url_of(name), meta
+
+
+def _migrate_forward(server, existing, name, migrations):
+    """Reuse a cached database built with an earlier prefix of the migrations: apply the rest."""
+    from app.migrate import migrate
+    for other in existing:
+        if other.endswith("_wip"):
+            continue
+        meta = read_meta(server.url_of(other))
+        done = [tuple(m) for m in (meta or {}).get("migrations", [])]
+        if not meta or len(done) >= len(migrations) or migrations[:len(done)] != done:
+            continue
+        wip = f"{name}_wip"
+        server.drop(wip)
+        server.rename(other, wip)
+        url = server.url_of(wip)
+        log(f"migrating the cached database {other} forward: {', '.join(v for v, _ in migrations[len(done):])}")
+        timings = {}
+        started = time.monotonic()
+        for version in migrate(url, echo=lambda *_: None):
+            timings[version] = round(time.monotonic() - started, 1)
+            started = time.monotonic()
+        conn = connect(url)
+        with conn.cursor() as cur:
+            cur.execute("ANALYZE notifications")
+            meta = dict(meta, migrations=migrations, migrated_forward=dict(meta.get("migrated_forward", {}), **timings))
+            _write_meta(cur, meta)
+        conn.close()
+        server.rename(wip, name)
+        log(f"migrated forward in {sum(timings.values()):.0f} s: {timings}")
+        return meta
+    return None
+
+
+def _write_meta(cur, meta):
+    from psycopg2.extras import Json
+    cur.execute("CREATE TABLE IF NOT EXISTS bench_inbox_meta (key text PRIMARY KEY, value jsonb NOT NULL)")
+    for key, value in meta.items():
+        cur.execute("INSERT INTO bench_inbox_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (key, Json(value)))
+
+
+def user_counts(notifications, users, sigma=1.55):
+    """Notifications per user: log-normal (median ~30 at 100 on average, a few users with
+    thousands), from evenly spaced quantiles so the shape does not depend on luck; sums exactly."""
+    normal = statistics.NormalDist()
+    raw = [math.exp(sigma * normal.inv_cdf((i + 0.5) / users)) for i in range(users)]
+    scale = notifications / sum(raw)
+    counts = [max(1, int(r * scale)) for r in raw]
+    short = notifications - sum(counts)     # < users: flooring loses less than one per user
+    if short >= 0:
+        by_fraction = sorted(range(users), key=lambda i: raw[i] * scale - int(raw[i] * scale), reverse=True)
+        for i in by_fraction[:short]:
+            counts[i] += 1
+    else:
+        counts[-1] += short                 # the heaviest gives back what the minimum of one added
+    return counts
+
+
+def _users_copy(sizes, seed=9):
+    """COPY text of bench_inbox_users: id, notifications, customers, share of them left unread."""
+    rng = random.Random(seed)
+    counts = user_counts(sizes.notifications, sizes.users)
+    rng.shuffle(counts)
+    out = io.StringIO()
+    for number, n in enumerate(counts):
+        user_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        k = rng.randint(3, 6) if n >= 1000 else rng.randint(1, 4)
+        customers = ",".join(str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(k))
+        unread = rng.choices((0.02, 0.10, 0.60), weights=(55, 30, 15))[0]   # diligent / usual / never reads
+        out.write(f"{number}\t{user_id}\t{n}\t{{{customers}}}\t{unread}\n")
+    out.seek(0)
+    return out
+
+
+def _events():
+    """(groups[], events[]) with each event repeated by its weight: every event of notifications.yaml."""
+    from app.domain import load_domain
+    domain = load_domain(os.path.join(ROOT, "notifications.yaml"), os.path.join(ROOT, "queue.yaml"))
+    groups, events = [], []
+    for group in domain.groups.values():
+        for event in group.events:
+            weight = EVENT_WEIGHTS.get(event, 5)
+            groups += [group.name] * weight
+            events += [event] * weight
+    return groups, events
+
+
+WEEKS = 52
+
+
+# One week of every user's notifications, in time order (so `seq` follows `created_at` and a
+# user's rows lie scattered over the table as a year of real inserts leaves them). User u's
+# i-th of n notifications falls at i/n of the year; a week takes the i of its slice.
+LOAD_WEEK = """
+INSERT INTO notifications (id, user_id, customer_id, type, event, title, content, link_url, link_text,
+                           rec_type, rec_id, read_at, created_at, deleted_at, in_app, trigger_id)
+SELECT gen_random_uuid(), user_id,
+       CASE WHEN r_customer < 0.2 THEN NULL
+            ELSE customers[1 + floor(power(random(), 2) * cardinality(customers))::int] END,
+       (%(groups)s::text[])[k], (%(events)s::text[])[k],
+       initcap(replace((%(events)s::text[])[k], '_', ' ')),
+       'Update ' || i || ' on your ' || (%(groups)s::text[])[k] || ': ' || repeat('more details ', 1 + i %% 9),
+       '/' || (%(groups)s::text[])[k] || '/' || i, 'View', (%(groups)s::text[])[k], gen_random_uuid()::text,
+       CASE WHEN random() >= CASE WHEN ts > %(end)s::timestamptz - interval '7 days'
+                                  THEN least(0.9, unread * 4) ELSE unread END
+            THEN least(ts + random() * interval '2 days', %(end)s::timestamptz) END,
+       ts,
+       CASE WHEN random() < 0.02 THEN least(ts + interval '3 days', %(end)s::timestamptz) END,
+       random() >= 0.03,
+       gen_random_uuid()
+FROM (SELECT u.user_id, u.customers, u.unread, i, random() AS r_customer,
+             1 + floor(random() * %(nevents)s)::int AS k,
+             %(end)s::timestamptz - interval '365 days' + (i - random()) / u.n * interval '365 days' AS ts
+      FROM bench_inbox_users u,
+           generate_series(u.n * %(week)s / %(weeks)s + 1, u.n * (%(week)s + 1) / %(weeks)s) i
+      OFFSET 0) s
+ORDER BY ts
+"""
+
+
+def _detach_indexes(cur, table):
+    """Drop the table's indexes, constraints and the foreign keys that point at it; return the
+    statements that put them back. Building an index once after the load is many times
+    cheaper than keeping eight of them up to date row by row."""
+    from psycopg2 import sql
+    ident = sql.Identifier(table)
+    cur.execute("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE confrelid = %s::regclass", (table,))
+    foreign = cur.fetchall()
+    cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = %s::regclass AND contype IN ('p', 'u') ORDER BY contype, conname", (table,))
+    constraints = cur.fetchall()
+    cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = %s"
+                " AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass)"
+                " ORDER BY indexname", (table, table))
+    indexes = cur.fetchall()
+    for rel, name, _ in foreign:
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(rel), sql.Identifier(name)))
+    for name, _ in constraints:
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(ident, sql.Identifier(name)))
+    for name, _ in indexes:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+    restore = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(ident, sql.Identifier(name)) + sql.SQL(definition)
+               for name, definition in constraints]
+    restore += [sql.SQL(definition) for _, definition in indexes]
+    restore += [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(sql.Identifier(rel), sql.Identifier(name))
+                + sql.SQL(definition) for rel, name, definition in foreign]
+    return restore
+
+
+def _index_definitions(cur):
+    cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'notifications' ORDER BY 1")
+    return cur.fetchall()
+
+
+def build(server, sizes, name, migrations):
+    """Create, migrate and load the database; it gets its final name only when complete."""
+    from app.migrate import migrate
+    wip = f"{name}_wip"
+    server.drop(wip)
+    log(f"building {name}: {sizes.notifications:,} notifications for {sizes.users:,} users (takes minutes)")
+    started = time.monotonic()
+    server.run(f'CREATE DATABASE "{wip}"')
+    url = server.url_of(wip)
+    migrate(url, echo=lambda *_: None)
+    conn = connect(url)
+    groups, events = _events()
+    end = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime())
+    with conn.cursor() as cur:
+        cur.execute("SET synchronous_commit = off; SET maintenance_work_mem = '1GB'; SET work_mem = '512MB'")
+        cur.execute("CREATE TABLE bench_inbox_users (user_no integer PRIMARY KEY, user_id uuid NOT NULL UNIQUE,"
+                    " n integer NOT NULL, customers uuid[] NOT NULL, unread real NOT NULL)")
+        cur.copy_expert("COPY bench_inbox_users FROM STDIN", _users_copy(sizes))
+        before = _index_definitions(cur)
+        restore = _detach_indexes(cur, "notifications")
+        for week in range(WEEKS):
+            cur.execute(LOAD_WEEK, {"groups": groups, "events": events, "nevents": len(events), "end": end,
+                                    "week": week, "weeks": WEEKS})
+            if week % 4 == 3:
+                log(f"  week {week + 1}/{WEEKS} loaded, {time.monotonic() - started:.0f} s")
+        load_seconds = time.monotonic() - started
+        for statement in restore:
+            cur.execute(statement)
+        if _index_definitions(cur) != before:
+            raise RuntimeError("the rebuilt indexes differ from the migrated schema")
+        log(f"  indexes rebuilt, {time.monotonic() - started:.0f} s; VACUUM ANALYZE")
+        cur.execute("VACUUM ANALYZE")
+        cur.execute("SELECT count(*) FROM notifications")
+        if cur.fetchone()[0] != sizes.notifications:
+            raise RuntimeError("the load did not store the expected number of notifications")
+        _contents(cur)
+        meta = {"notifications": sizes.notifications, "users": sizes.users, "migrations": migrations,
+                "built_at": time.strftime("%Y-%m-%d %H:%M"), "insert_seconds": round(load_seconds),
+                "build_seconds": round(time.monotonic() - started), "complete": True}
+        _write_meta(cur, meta)
+    conn.close()
+    server.rename(wip, name)
+    log(f"built {name} in {meta['build_seconds']} s")
+    return meta
+
+
+def describe(url):
+    """Sizes of the database, the table and its indexes, and how much of them the page cache holds."""
+    conn = connect(url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_database_size(current_database()), current_setting('shared_buffers'),"
+                    " current_setting('data_directory')")
+        db_bytes, shared_buffers, data_dir = cur.fetchone()
+        cur.execute("SELECT c.relname, pg_relation_size(c.oid), pg_relation_filepath(c.oid) FROM pg_class c"
+                    " WHERE c.oid = 'notifications'::regclass OR c.oid IN"
+                    " (SELECT indexrelid FROM pg_index WHERE indrelid = 'notifications'::regclass) ORDER BY 2 DESC")
+        relations = cur.fetchall()
+        cur.execute("SELECT value FROM bench_inbox_meta WHERE key = 'contents'")
+        found = cur.fetchone()
+        contents = found[0] if found else _contents(cur)
+    conn.close()
+    rels = []
+    for relname, size, path in relations:
+        rels.append({"name": relname, "bytes": size, "cached": _page_cache_bytes(os.path.join(data_dir, path))})
+    return dict(contents, database_bytes=db_bytes, shared_buffers=shared_buffers, relations=rels,
+                ram_bytes=_ram_bytes())
+
+
+def _contents(cur):
+    """What the load stored (one pass over the table: kept in bench_inbox_meta, not redone per run)."""
+    cur.execute("SELECT n, count(*) FROM (SELECT CASE WHEN n >= 1000 THEN 1000 WHEN n >= 100 THEN 100 ELSE 0 END n"
+                " FROM bench_inbox_users) s GROUP BY 1 ORDER BY 1")
+    classes = dict(cur.fetchall())
+    cur.execute("SELECT max(n), percentile_disc(0.5) WITHIN GROUP (ORDER BY n) FROM bench_inbox_users")
+    heaviest, median = cur.fetchone()
+    cur.execute("SELECT count(*) FILTER (WHERE read_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL),"
+                " count(*) FILTER (WHERE NOT in_app), count(*) FILTER (WHERE customer_id IS NULL),"
+                " count(DISTINCT type || '.' || event) FROM notifications")
+    unread, deleted, hidden, no_customer, events = cur.fetchone()
+    contents = {"users_by_size": {label: classes.get(low, 0) for low, label in CLASSES},
+                "heaviest_user": heaviest, "median_user": median, "unread": unread, "deleted": deleted,
+                "hidden": hidden, "no_customer": no_customer, "events": events}
+    _write_meta(cur, {"contents": contents})
+    return contents
+
+
+def _page_cache_bytes(path):
+    """Bytes of a relation (all its 1 GB segments) in the OS page cache (util-linux fincore), or None."""
+    segments = [path] + [f"{path}.{i}" for i in range(1, 1000) if os.path.exists(f"{path}.{i}")]
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *segments],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    values = [int(v) for v in out.stdout.split() if v.isdigit()]
+    return sum(values) if out.returncode == 0 and values else None
+
+
+def _ram_bytes():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
