@@ -1,12 +1,17 @@
 """Putting work on the RQ queues: names, job ids and retry policy in one place.
 
-Job ids are derived from what the job works on (`dispatch-<trigger>`,
-`deliver-<delivery>`), so the relay can ask RQ whether a job is still alive
-before enqueuing it again.
+Delivery job ids are derived from what the job works on (`deliver-<delivery>`),
+so the relay can ask RQ whether a job is still alive before enqueuing it
+again. Dispatch has no job per trigger: `wake_dispatcher` makes sure one drain
+job (app/dispatch/drain.py) runs after the caller's commit, with one Redis
+round trip when a drain is already on its way.
 """
+import uuid
+
 from flask import current_app
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
 ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
@@ -18,18 +23,43 @@ def queue(purpose, app=None):
     return Queue(name, connection=app.extensions["redis"])
 
 
-def dispatch_job_id(trigger_id):
-    return f"dispatch-{trigger_id}"
-
-
 def deliver_job_id(delivery_id):
     return f"deliver-{delivery_id}"
 
 
-def enqueue_dispatch(trigger_id, app=None):
-    return queue("dispatch", app).enqueue("workers.jobs.dispatch_trigger", str(trigger_id),
-                                          job_id=dispatch_job_id(trigger_id), job_timeout=600,
-                                          result_ttl=60, failure_ttl=7 * 86400)
+def _wake_key(app):
+    return app.config["REDIS_PREFIX"] + "dispatch:wake"
+
+
+def wake_dispatcher(app=None, force=False):
+    """Make sure a drain job starts after this moment; returns the id of the job enqueued, if one was.
+
+    The flag `<prefix>dispatch:wake` holds the id of a drain job that has not started yet; while it
+    is there, nothing more is needed (that job clears it before it looks for triggers). It expires
+    after `relay.stale_after_seconds`, in case its job was lost; `force` (the relay) replaces it."""
+    app = app or current_app
+    job_id = f"drain-{uuid.uuid4().hex}"
+    ttl = int(app.config["DOMAIN"].relay_stale_after * 1000)
+    if not app.extensions["redis"].set(_wake_key(app), job_id, nx=not force, px=ttl):
+        return None
+    queue("dispatch", app).enqueue("workers.jobs.drain_triggers", job_id=job_id, job_timeout=600,
+                                   result_ttl=60, failure_ttl=7 * 86400)
+    return job_id
+
+
+def clear_wake(app):
+    """The drain job's first step: from now on a new trigger wakes a new job."""
+    try:
+        app.extensions["redis"].delete(_wake_key(app))
+    except Exception:  # Redis down: the flag expires, and the relay wakes a drain meanwhile
+        pass
+
+
+def dispatch_in_hand(app):
+    """True when a dispatch job is queued, or running on a live worker: due triggers will be taken."""
+    q = queue("dispatch", app)
+    candidates = q.get_job_ids(0, 9) + StartedJobRegistry(queue=q).get_job_ids()
+    return any(job_is_alive(job_id, app) for job_id in candidates)
 
 
 def enqueue_deliveries(delivery_ids, app=None):

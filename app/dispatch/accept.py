@@ -1,10 +1,12 @@
-"""Accepting a trigger: idempotency, the durable outbox row, then the enqueue.
+"""Accepting a trigger: idempotency, the durable outbox row, then waking the dispatcher.
 
 The 202 is sent only after the trigger row has committed in PostgreSQL, so an
-accepted trigger survives anything that happens next: if the enqueue to Redis
-fails, or the worker dies, the relay finds the row still `pending` and
-enqueues it again. If PostgreSQL cannot take the row, the caller gets a 503
-and knows nothing was accepted.
+accepted trigger survives anything that happens next: the row is the outbox,
+and a drain job (app/dispatch/drain.py) takes every pending row. Waking it is
+one Redis round trip (`wake_dispatcher`); if Redis is down, or the worker
+dies, the relay finds the row still `pending` and wakes a drain itself. If
+PostgreSQL cannot take the row, the caller gets a 503 and knows nothing was
+accepted.
 """
 import hashlib
 import json
@@ -16,7 +18,7 @@ from flask import current_app, g
 
 from .. import audit, db
 from ..errors import IdempotencyConflict
-from ..jobs_queue import enqueue_dispatch
+from ..jobs_queue import wake_dispatcher
 from . import repository
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def _jsonable(body):
 
 
 def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
-    """Store the trigger durably and enqueue it; return (response, first_time)."""
+    """Store the trigger durably and wake the dispatcher; return (response, first_time)."""
     domain = current_app.config["DOMAIN"]
     ttl = domain.idempotency_ttl_seconds
     digest = body_hash(raw_body)
@@ -63,9 +65,9 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
         previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
         return _replay(previous, digest), False
     try:
-        enqueue_dispatch(trigger_id)
-    except Exception as exc:  # Redis down: the relay will enqueue it
-        log.warning("trigger %s accepted but not enqueued (%s); the relay will retry", trigger_id,
+        wake_dispatcher()
+    except Exception as exc:  # Redis down: the relay will wake a drain
+        log.warning("trigger %s accepted but the dispatcher not woken (%s); the relay will", trigger_id,
                     type(exc).__name__)
     return response, True
 
