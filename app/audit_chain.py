@@ -2,9 +2,10 @@
 
 Rows are appended unchained (app/audit.py explains why and what the
 trade-off is); `seal` links them. Only rows whose transaction id is below the
-xmin of the sealer's snapshot are taken: every transaction still running, or
-not yet begun, has an id at or above that xmin, so no row can commit later
-with a place before a sealed one. Each pass appends the rows it takes in
+oldest transaction of this database still in progress at the sealer's
+snapshot (`_HORIZON`; its xmax when none is) are taken: every transaction
+still running, or not yet begun, has an id at or above it, so no row can
+commit later with a place before a sealed one. Each pass appends the rows it takes in
 (xid, id) order after the current head, one sealer at a time (an advisory
 transaction lock), and `UNIQUE (chain)` / `UNIQUE (prev_hash)` refuse a fork
 should two ever race. Sealing is the one UPDATE the table's trigger allows
@@ -21,6 +22,17 @@ from .audit import COLUMNS, GENESIS, check_row, row_hash
 
 SEAL_LOCK = 7_245_003      # one sealer at a time, across every process
 SEAL_BATCH = 5000
+# The oldest transaction that was in progress when this statement's snapshot was taken (so its rows
+# are not visible to it yet), or the snapshot's xmax when there was none. The server's xmin would do,
+# but transaction ids are shared by every database of the server, so a long transaction in another
+# database would hold our sealing back: in-progress ids that pg_stat_activity shows running in
+# another database are left out. Anything not known to be another database's counts, which can only
+# make the horizon earlier, never later (an id pg_stat_activity does not show to this role, a
+# prepared transaction).
+_HORIZON = ("SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))"
+            " FROM pg_snapshot_xip(pg_current_snapshot()) AS x WHERE xid(x) NOT IN"
+            " (SELECT backend_xid FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+            " AND datname IS DISTINCT FROM current_database())")
 
 
 def seal(conn, limit=SEAL_BATCH, wait=False):
@@ -36,8 +48,8 @@ def seal(conn, limit=SEAL_BATCH, wait=False):
         last = cur.fetchone()
     position, prev = last if last else (0, GENESIS)
     with db.cursor(conn) as cur:
-        cur.execute(f"SELECT {COLUMNS} FROM audit_log WHERE hash IS NULL"
-                    " AND xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY xid, id LIMIT %s", (limit,))
+        cur.execute(f"SELECT {COLUMNS} FROM audit_log WHERE hash IS NULL AND xid < ({_HORIZON})"
+                    " ORDER BY xid, id LIMIT %s", (limit,))
         rows = cur.fetchall()
     if not rows:
         return 0

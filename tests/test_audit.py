@@ -328,6 +328,20 @@ def test_an_open_transaction_holds_back_the_rows_after_it_and_chain_order_is_com
     assert result.output.startswith("audit log intact: 2 rows;") and "not sealed" not in result.output
 
 
+def test_a_transaction_in_another_database_does_not_hold_sealing_back(app, clean, client, db):
+    """Transaction ids are shared by every database of a server: a long transaction elsewhere (another
+    service, a migration) must not stall this log, as the server-wide xmin would."""
+    from conftest import _admin_url
+    elsewhere = psycopg2.connect(_admin_url(clean["DATABASE_URL"], "postgres"))
+    try:
+        with elsewhere.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()")     # an xid, held open
+        make_history(client, db, 2)
+        assert seal(app) == 2
+    finally:
+        elsewhere.close()
+
+
 def test_concurrent_writers_and_sealers_keep_one_verifiable_chain(app, db):
     from app import db as app_db
     start = threading.Barrier(10)
