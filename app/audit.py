@@ -131,18 +131,25 @@ def record(conn, action, target, change, actor=None):
     target: (type, id or None), e.g. ("notification", <uuid>); change: JSON-able dict
     of what was done. The actor defaults to the request's authenticated caller.
     """
+    sql, params = append_statement(action, target, change, actor)
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
+
+
+def append_statement(action, target, change, actor=None):
+    """`record`'s INSERT as (sql, params), for a caller that sends it with other statements in one
+    round trip (the trigger's accept path)."""
     actor = actor or request_actor()
     if actor is None or actor[0] not in ACTOR_TYPES:
         raise RuntimeError(f"audit: no valid actor for {action}")
     # outside a request (CLI, jobs) there is none: a job's context may still hold an earlier job's id
     request_id, client_ip = (g.get("request_id"), request.remote_addr) if has_request_context() else (None, None)
     target_type, target_id = target
-    row = {"actor_type": actor[0], "actor_id": str(actor[1]), "request_id": request_id, "client_ip": client_ip,
-           "action": action, "target_type": target_type,
-           "target_id": None if target_id is None else str(target_id), "change": json.dumps(change, default=_plain)}
-    with conn.cursor() as cur:
-        cur.execute(_APPEND, row)
-        return cur.fetchone()[0]
+    return _APPEND, {"actor_type": actor[0], "actor_id": str(actor[1]), "request_id": request_id,
+                     "client_ip": client_ip, "action": action, "target_type": target_type,
+                     "target_id": None if target_id is None else str(target_id),
+                     "change": json.dumps(change, default=_plain)}
 
 
 # ------------------------------------------------------------------------------ reading

@@ -60,7 +60,7 @@ def store_batch(app, conn, only=None):
                 if not claimed:
                     return 0
                 plans = _plan(app, conn, claimed)
-                hidden = [(t["id"], uid) for t in claimed for uid in plans[t["id"]].hidden_users()]
+                hidden = _hidden(claimed, plans)
                 held.enter_context(repository.sequence_lock(conn))
                 rows = repository.store_triggers(conn, claimed, hidden)
                 deliveries = [d for r in rows for d in plans[r["trigger_id"]].delivery_rows([r])]
@@ -109,6 +109,12 @@ def _plan(app, conn, triggers):
                              uuid.UUID(customer) if customer else None, needs)
         plans.update((t["id"], plan) for t in members)
     return plans
+
+
+def _hidden(triggers, plans):
+    """(trigger id, user id) of every notification whose in-app channel is off."""
+    off = {key: set(plan.hidden_users()) for key, plan in {id(p): p for p in plans.values()}.items()}
+    return [(t["id"], uid) for t in triggers for uid in t["body"]["user_ids"] if uid in off[id(plans[t["id"]])]]
 
 
 def publish_stored(app, rows):

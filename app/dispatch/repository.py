@@ -53,20 +53,19 @@ def find_by_idempotency_key(conn, api_key_id, key, ttl_seconds):
         return cur.fetchone()
 
 
-def release_expired_key(conn, api_key_id, key, ttl_seconds):
-    """Forget a key older than its time to live, so it may be used afresh."""
-    with conn.cursor() as cur:
-        cur.execute("UPDATE triggers SET idempotency_key = NULL WHERE api_key_id = %s"
-                    " AND idempotency_key = %s AND created_at <= now() - make_interval(secs => %s)",
-                    (api_key_id, key, ttl_seconds))
+def release_expired_key(api_key_id, key, ttl_seconds):
+    """(sql, params): forget a key older than its time to live, so it may be used afresh."""
+    return ("UPDATE triggers SET idempotency_key = NULL WHERE api_key_id = %s"
+            " AND idempotency_key = %s AND created_at <= now() - make_interval(secs => %s)",
+            (api_key_id, key, ttl_seconds))
 
 
-def insert_trigger(conn, trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id):
-    with conn.cursor() as cur:
-        cur.execute("INSERT INTO triggers (id, api_key_id, idempotency_key, body_hash, body, response,"
-                    " users_total, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (trigger_id, api_key_id, idempotency_key, body_hash, json.dumps(body),
-                     json.dumps(response), len(body["user_ids"]), request_id))
+def insert_trigger(trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id):
+    """(sql, params): the outbox row (accept.py sends it with its audit row in one round trip)."""
+    return ("INSERT INTO triggers (id, api_key_id, idempotency_key, body_hash, body, response,"
+            " users_total, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (trigger_id, api_key_id, idempotency_key, body_hash, json.dumps(body), json.dumps(response),
+             len(body["user_ids"]), request_id))
 
 
 def get_trigger(conn, trigger_id, api_key_id=None):
