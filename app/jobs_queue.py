@@ -57,9 +57,12 @@ def clear_wake(app):
 
 def dispatch_in_hand(app):
     """True when a dispatch job is queued, or running on a live worker: due triggers will be taken."""
-    q = queue("dispatch", app)
-    candidates = q.get_job_ids(0, 9) + StartedJobRegistry(queue=q).get_job_ids()
-    return any(job_is_alive(job_id, app) for job_id in candidates)
+    q, connection = queue("dispatch", app), app.extensions["redis"]
+    woken = connection.get(_wake_key(app))
+    candidates = (q.get_job_ids(0, 9) + StartedJobRegistry(queue=q).get_job_ids()
+                  + [j.decode() for j in connection.lrange(q.intermediate_queue_key, 0, 9)]   # see _stranded
+                  + ([woken.decode()] if woken else []))
+    return any([job_is_alive(job_id, app) for job_id in candidates])   # each one looked at: drops stranded ones
 
 
 def enqueue_deliveries(delivery_ids, app=None):

@@ -27,6 +27,7 @@ import psycopg2
 
 from .. import db, events
 from ..jobs_queue import enqueue_deliveries
+from ..logs import request_id_var
 from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json
 from ..pubsub import notification_message, publisher
@@ -75,6 +76,7 @@ def store_batch(app, conn, only=None):
             raise
         raise BatchFailed([t["id"] for t in claimed], exc) from exc
     after_publish(app, conn, rows, online, deliveries, pending)
+    request_id_var.set(None)   # many requests' triggers: the line has no one request id
     log.info("dispatched %d trigger(s), %d notifications, in one batch", len(claimed), len(rows))
     return len(claimed)
 
