@@ -4,7 +4,6 @@ once, whatever runs at the same time, fails or dies midway.
 Real PostgreSQL, Redis and RQ; the kill test runs `python -m workers` and SIGKILLs it.
 """
 import os
-import signal
 import threading
 import time
 import uuid
@@ -14,7 +13,7 @@ import pytest
 
 from conftest import SERVICE
 from tests.test_dispatch import run_jobs, write_queue_yaml
-from tests.test_relay import _start_worker, _stop, body_for, queued, scalar
+from tests.test_relay import _start_worker, _stop, body_for, kill_once_storing, queued, scalar
 
 TRIGGER = "/v1/notifications/trigger"
 
@@ -156,17 +155,7 @@ def test_worker_sigkilled_mid_batch_stores_every_trigger_once(make_app, clean, t
     log_path = tmp_path / "worker.log"
     try:
         with open(log_path, "ab") as log:
-            first = _start_worker(env, log)
-            try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and scalar(watch, "SELECT count(*) FROM notifications") == 0:
-                    time.sleep(0.002)
-                os.killpg(first.pid, signal.SIGKILL)
-                first.wait(10)
-            finally:
-                if first.poll() is None:
-                    first.kill()
-                    first.wait()
+            kill_once_storing(env, log, lambda: scalar(watch, "SELECT count(*) FROM notifications"))
             killed_at = scalar(watch, "SELECT count(*) FROM notifications")
             assert 0 < killed_at < total, (killed_at, log_path.read_text()[-3000:])
             assert killed_at % chunk == 0                # whole batches only
