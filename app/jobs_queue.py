@@ -6,6 +6,7 @@ again. Dispatch has no job per trigger: `wake_dispatcher` makes sure one drain
 job (app/dispatch/drain.py) runs after the caller's commit, with one Redis
 round trip when a drain is already on its way.
 """
+import logging
 import uuid
 
 from flask import current_app
@@ -14,6 +15,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
+log = logging.getLogger(__name__)
 ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
@@ -45,6 +47,51 @@ def wake_dispatcher(app=None, force=False):
     queue("dispatch", app).enqueue("workers.jobs.drain_triggers", job_id=job_id, job_timeout=600,
                                    result_ttl=60, failure_ttl=7 * 86400)
     return job_id
+
+
+class Waker:
+    """One process's wake-ups, coalesced (under gevent; elsewhere `wake` is `wake_dispatcher`).
+
+    A request that committed a trigger only flags that a wake is due; one greenlet sends it, once
+    for all the requests that flagged in the meantime: at a thousand triggers a second most of them
+    find the greenlet busy and cost nothing. Every flag set after a commit is followed by a wake
+    sent after it (the flag is cleared before each send, so one raised during a send causes
+    another), which is all a drain needs. The 202 may go out before the wake does: the wake was
+    never part of the guarantee (the relay stands in for a lost one)."""
+
+    def __init__(self, app):
+        import gevent.monkey
+        self.app, self.due, self.busy = app, False, False
+        self.cooperative = gevent.monkey.is_module_patched("socket")
+
+    def wake(self):
+        if not self.cooperative:
+            return wake_dispatcher(self.app)
+        self.due = True
+        if not self.busy:          # no preemption between this test and the spawn: greenlets
+            self.busy = True
+            import gevent
+            gevent.spawn(self._send)
+        return None
+
+    def _send(self):
+        try:
+            while self.due:
+                self.due = False
+                try:
+                    wake_dispatcher(self.app)
+                except Exception as exc:  # Redis down: the relay will wake a drain
+                    log.warning("dispatcher not woken (%s); the relay will", type(exc).__name__)
+        finally:
+            self.busy = False
+
+
+def waker(app=None):
+    """The process's Waker, made on first use."""
+    app = app or current_app._get_current_object()
+    if "dispatch_waker" not in app.extensions:
+        app.extensions["dispatch_waker"] = Waker(app)
+    return app.extensions["dispatch_waker"]
 
 
 def clear_wake(app):

@@ -3,7 +3,8 @@
 The 202 is sent only after the trigger row has committed in PostgreSQL, so an
 accepted trigger survives anything that happens next: the row is the outbox,
 and a drain job (app/dispatch/drain.py) takes every pending row. Waking it is
-one Redis round trip (`wake_dispatcher`); if Redis is down, or the worker
+at most one Redis round trip (`wake_dispatcher`, coalesced across the requests
+of a gevent worker by `jobs_queue.Waker`); if Redis is down, or the worker
 dies, the relay finds the row still `pending` and wakes a drain itself. If
 PostgreSQL cannot take the row, the caller gets a 503 and knows nothing was
 accepted.
@@ -19,7 +20,7 @@ from flask import current_app, g
 
 from .. import audit, db
 from ..errors import IdempotencyConflict
-from ..jobs_queue import wake_dispatcher
+from ..jobs_queue import waker
 from . import repository
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
             return _replay(previous, digest), False
     try:
-        wake_dispatcher()
+        waker().wake()
     except Exception as exc:  # Redis down: the relay will wake a drain
         log.warning("trigger %s accepted but the dispatcher not woken (%s); the relay will", trigger_id,
                     type(exc).__name__)
