@@ -221,6 +221,20 @@ def test_rows_are_appended_unchained_then_sealed_into_one_chain(app, client, db)
     assert chain(db)[-1]["prev_hash"] == found[-1]["hash"]
 
 
+def test_a_row_inserted_already_chained_is_sealed_like_the_others(app, client, db):
+    """A web process of the previous release, still running during a deploy, hashes at insert time
+    (after the newest row, which may be unsealed): the table keeps chaining to the sealer."""
+    make_history(client, db, 1)
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO audit_log (at, actor_type, actor_id, action, target_type, change, prev_hash, hash,"
+                    " chain) VALUES (now(), 'system', 'old-release', 'test.write', 'thread', '{}', repeat('0', 64),"
+                    " repeat('b', 64), 1)")
+    assert [(r["chain"], r["hash"]) for r in rows(db)] == [(None, None)] * 2
+    assert seal(app) == 2
+    result = verify(app)
+    assert result.exit_code == 0 and "intact: 2 rows" in result.output, result.output
+
+
 def test_verify_passes_on_an_intact_log(app, client, db):
     assert verify(app).exit_code == 0
     assert "0 rows" in verify(app).output

@@ -180,7 +180,7 @@ def big_candidates(conn, min_users, limit=20):
         return [row[0] for row in cur.fetchall()]
 
 
-TRIGGER_LOCK = 7_245_004   # with hashtext(trigger id): one session lock per big trigger being dispatched
+TRIGGER_LOCK = 7_245_005   # with hashtext(trigger id): one session lock per big trigger being dispatched
 
 
 def try_lock(conn, trigger_id):
