@@ -15,33 +15,36 @@ each other. An append is one plain INSERT, with the writing transaction's id
 (`xid`) and no hash: nothing is locked, so a thousand triggers a second
 commit side by side. (Chaining at append time needed a lock held from the
 append until the commit, which serialised every audited commit of the
-service: about 320 a second with 16 writers.) The **sealer** (`seal`, run by
-every worker every `relay.interval_seconds`, and by `flask audit verify`)
-then links rows into the chain, one sealer at a time (an advisory lock). It
-takes only rows whose transaction id is below the xmin of its snapshot:
-every transaction that could still commit a row is at or above that xmin, so
-no row can become visible later with a place before a sealed one, and each
-pass appends the finished rows in (xid, id) order after the current head.
-Rows of transactions that rolled back never become visible and are never
-sealed.
+service: about 320 a second with 16 writers.) The **sealer**
+(app/audit_chain.py: run by every worker every `relay.interval_seconds`, and
+by `flask audit verify`) then links rows into the chain, one sealer at a
+time. It takes only rows whose transaction id is below the oldest
+transaction of this database still in progress: every transaction that could
+still commit a row is at or above it, so no row can become visible later
+with a place before a sealed one, and each pass appends the finished rows in
+(xid, id) order after the current head. Rows of transactions that rolled
+back never become visible and are never sealed.
 
 The trade-off: a row is tamper-evident only once sealed, normally within a
 couple of seconds. Until then someone with the table owner's rights could
-change or delete it unseen; a transaction left open holds back the sealing
-of every row that committed after it began (the sealer waits, it never
-skips). `flask audit verify` seals what it can, then reports the rows still
-unsealed.
+change or delete it unseen; and a write transaction left open in this
+database holds back the sealing of every row that committed after it began
+(the sealer waits, it never skips). `flask audit verify` seals what it can,
+then reports the rows still unsealed; `GET /audit` shows them with
+`sealed: false`.
 
-`verify` walks the chain and names the first row whose content no longer
-matches its hash (edited) or whose prev_hash is not the previous row's hash
-(a row before it deleted, or edited with its hash recomputed). Deleting the
-newest rows cannot be seen from the chain alone: the command prints the head
-hash for the operator to keep elsewhere, and `--head` checks that a hash
-noted earlier is still in the chain.
+The chain is checked by `audit_chain.verify`, row by row with `check_row`:
+the first row whose content no longer matches its hash (edited) or whose
+prev_hash is not the previous row's hash (a row before it deleted, or edited
+with its hash recomputed) is named. Deleting the newest rows cannot be seen
+from the chain alone: the command prints the head hash for the operator to
+keep elsewhere, and `--head` checks that a hash noted earlier is still in the
+chain.
 
 The log never holds secrets (API keys appear as their key id) nor personal
 data that might have to be erased later (contact changes name the fields,
-not the addresses): its rows can never be changed.
+not the addresses): its rows can never be changed (sealing, which fills in
+a row's place and hashes once, is the one UPDATE the table allows).
 """
 import datetime
 import getpass
