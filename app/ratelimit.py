@@ -1,4 +1,4 @@
-"""Rate limits (flask-limiter), applied centrally to every endpoint, counted in Redis.
+"""Rate limits, applied centrally to every endpoint, counted in Redis.
 
 Four budgets, set in `queue.yaml` under `rate_limits:` (app/domain.py checks them;
 a bad one stops start-up naming `rate_limits.<name>`):
@@ -22,19 +22,19 @@ it counts the request against its one budget, keyed by the caller. We chose this
 over per-view decorators because one blueprint mixes budgets (`dispatch` holds the
 trigger and the trigger status; the GET and POST of `/sse` live in two blueprints).
 
-Counting: the `limits` library (the engine under Flask-Limiter), fixed window: one
-Lua INCR-and-expire round trip to Redis per limited request, nothing else on the
-request's path (Flask-Limiter's own per-request machinery, which evaluated every
-application limit on every request, cost as much as the round trip). Keys live under
-`<REDIS_PREFIX>ratelimit:`, so every gunicorn worker and every server shares the
-counts; the window starts at the first hit.
+Counting (app/ratelimit_windows.py): fixed windows in Redis under
+`<REDIS_PREFIX>ratelimit:`, so every gunicorn worker and every server shares the counts;
+the window starts at the first hit. One Lua round trip takes a slice of a budget at a time
+(1/100 of it, one request for budgets under 100 per window), so a busy caller costs a
+round trip per slice, not per request; a caller is never let past its budget, and may be
+refused up to 1/100 of it early per process that had an unused slice when the window ended.
+(Flask-Limiter, used before, spent as much CPU evaluating every application limit on every
+request as on its round trip.)
 
 Redis down: the limits fail open. On a storage error this process counts the same
 limits in memory: requests are served, limited per process only, without a Redis
 round trip each; Redis is tried again after 1 s, then 2, 4, … 32 s, and used as soon
-as it answers. The limiter's Redis connections have short timeouts so a hung Redis
-costs one request ~0.5 s, not seconds. Anything else the counting raises is logged
-and the request proceeds.
+as it answers. Anything else the counting raises is logged and the request proceeds.
 
 Over a limit: 429 `notifications_m.rate_limited` in the usual envelope, with `Retry-After`
 (seconds until the window resets). Every limited operation documents that 429 in the
@@ -44,18 +44,13 @@ OpenAPI document.
 """
 import json
 import logging
-import math
 import re
-import threading
-import time
 
 from flask import current_app, g, request
-from limits import parse
-from limits.storage import MemoryStorage, RedisStorage
-from limits.strategies import FixedWindowRateLimiter
 
 from . import auth
 from .errors import RateLimited
+from .ratelimit_windows import Counter
 from .redis_client import key as redis_key, redis
 
 log = logging.getLogger(__name__)
@@ -66,7 +61,6 @@ SPECIAL = {
     "dispatch.DirectPush": "trigger",
     "streams.StreamView": "stream_connect",
 }
-STORAGE_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "health_check_interval": 30}
 
 
 def classify(app, endpoint):
@@ -140,56 +134,6 @@ KEY_FUNCTIONS = {"trigger": _service_key, "service": _service_key, "user": _user
                  "stream_connect": _stream_key}
 
 
-class Counter:
-    """The budgets' counts: in Redis, or in this process's memory while Redis fails."""
-
-    def __init__(self, url, prefix, budgets):
-        self.limits = {name: parse(text) for name, text in budgets.items()}
-        self.redis = FixedWindowRateLimiter(RedisStorage(url, key_prefix=prefix, **STORAGE_OPTIONS))
-        self.memory = None   # made on the first Redis failure (its storage starts a timer thread)
-        self._retry_at, self._backoff = 0.0, 1.0
-        self._lock = threading.Lock()
-
-    def _strategy(self):
-        return self.memory if time.monotonic() < self._retry_at else self.redis
-
-    def hit(self, name, key):
-        """Count one request; (allowed, the strategy that counted it)."""
-        limit, strategy = self.limits[name], self._strategy()
-        try:
-            allowed = strategy.hit(limit, name, key)
-        except Exception as exc:  # Redis down or unreachable: fail open, per process, for a while
-            if strategy is not self.redis:
-                raise
-            self._fall_back(exc)
-            strategy = self.memory
-            allowed = strategy.hit(limit, name, key)
-        else:
-            if strategy is self.redis and self._backoff > 1:
-                with self._lock:
-                    self._backoff = 1.0
-                log.info("rate limits counted in Redis again")
-        return allowed, strategy
-
-    def _fall_back(self, exc):
-        with self._lock:
-            if self.memory is None:
-                self.memory = FixedWindowRateLimiter(MemoryStorage())
-            self._retry_at = time.monotonic() + self._backoff
-            log.warning("rate limits counted in memory for %.0f s: Redis failed (%s)", self._backoff,
-                        type(exc).__name__)
-            self._backoff = min(32.0, self._backoff * 2)
-
-    def retry_after(self, name, key, strategy):
-        """Whole seconds until the breached window resets (at least 1)."""
-        limit = self.limits[name]
-        try:
-            reset = strategy.get_window_stats(limit, name, key).reset_time
-            return max(1, math.ceil(reset - time.time()))
-        except Exception:  # storage gone between the hit and now: the window's length is an upper bound
-            return max(1, int(limit.get_expiry()))
-
-
 def _check():
     """before_request: count the request against its budget; 429 once over it."""
     name = _current_class()
@@ -197,14 +141,12 @@ def _check():
         return None
     counter = current_app.extensions["ratelimit"]["counter"]
     try:
-        key = KEY_FUNCTIONS[name]()
-        allowed, strategy = counter.hit(name, key)
+        allowed, retry = counter.hit(name, KEY_FUNCTIONS[name]())
     except Exception:  # never let counting break a request
         log.exception("rate limit not checked")
         return None
     if allowed:
         return None
-    retry = counter.retry_after(name, key, strategy)
     raise RateLimited(f"Rate limit exceeded: {counter.limits[name]} ({name}); retry in {retry} s",
                       headers={"Retry-After": str(retry)})
 
