@@ -76,8 +76,12 @@ def store_batch(app, conn, only=None):
             raise
         raise BatchFailed([t["id"] for t in claimed], exc) from exc
     after_publish(app, conn, rows, online, deliveries, pending)
-    request_id_var.set(None)   # many requests' triggers: the line has no one request id
-    log.info("dispatched %d trigger(s), %d notifications, in one batch", len(claimed), len(rows))
+    if log.isEnabledFor(logging.INFO):   # a line per trigger, under the id of the request that accepted it
+        for trigger in claimed:
+            request_id_var.set(trigger["request_id"])
+            log.info("trigger %s dispatched to %d users (batch of %d)", trigger["id"], trigger["users_total"],
+                     len(claimed))
+        request_id_var.set(None)
     return len(claimed)
 
 
