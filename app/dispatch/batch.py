@@ -24,6 +24,7 @@ import logging
 import uuid
 
 import psycopg2
+import redis
 
 from .. import db, events
 from ..jobs_queue import enqueue_deliveries
@@ -36,7 +37,8 @@ from .plan import plan_channels
 from .schemas import resolve_event
 
 log = logging.getLogger(__name__)
-CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)   # the database, not the batch
+# The database or Redis failing, not the triggers: the job fails and the relay wakes a drain later.
+INFRASTRUCTURE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, redis.RedisError)
 
 
 class BatchFailed(Exception):
@@ -53,7 +55,7 @@ def store_batch(app, conn, only=None):
     Raises BatchFailed for anything but a lost connection, which is raised as it is."""
     domain = app.config["DOMAIN"]
     size = domain.users_per_chunk
-    claimed = []
+    claimed, committed = [], False
     try:
         with contextlib.ExitStack() as held:
             with db.transaction(conn):
@@ -68,11 +70,12 @@ def store_batch(app, conn, only=None):
                 repository.insert_deliveries(conn, deliveries)
                 repository.mark_dispatched(conn, [t["id"] for t in claimed])
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
+            committed = True
             online = publish_stored(app, rows)
-    except CONNECTION_ERRORS:
+    except INFRASTRUCTURE_ERRORS:
         raise
     except Exception as exc:
-        if not claimed:
+        if not claimed or committed:
             raise
         raise BatchFailed([t["id"] for t in claimed], exc) from exc
     after_publish(app, conn, rows, online, deliveries, pending)
@@ -125,10 +128,18 @@ def _hidden(triggers, plans):
 
 def publish_stored(app, rows):
     """Publish the stored rows that belong in inboxes (call under the sequence lock); returns the
-    user ids that have a stream open somewhere (only they can hear new counts)."""
+    user ids that have a stream open somewhere (only they can hear new counts).
+
+    Best effort: the rows have committed. With Redis down the streams' hubs have lost Redis too,
+    and every stream catches up from PostgreSQL when its hub reconnects."""
     online = []
-    publisher(app).publish([(r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
-                            for r in rows if r["deleted_at"] is None and r["in_app"]], heard=online)
+    messages = [(r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
+                for r in rows if r["deleted_at"] is None and r["in_app"]]
+    try:
+        publisher(app).publish(messages, heard=online)
+    except redis.RedisError as exc:
+        log.warning("%d stored notification(s) not published (%s); streams catch up from PostgreSQL",
+                    len(messages), type(exc).__name__)
     return online
 
 

@@ -12,7 +12,7 @@ enqueues the next job. Under a steady stream of triggers, one job runs for
 Each round stores one batch of small triggers (app/dispatch/batch.py) and at
 most one big trigger (app/dispatch/fanout.py), so neither kind starves the
 other; several workers drain side by side, their claims never overlap. A
-batch that fails for a reason other than a lost database connection is
+batch that fails for a reason other than PostgreSQL or Redis failing is
 retried one trigger at a time, and a trigger that fails on its own is
 deferred with back-off (`repository.defer`): still pending, never in the
 way of the others. The relay (workers/relay.py) wakes a drain when a due
@@ -25,7 +25,7 @@ import time
 from .. import db
 from ..jobs_queue import clear_wake, wake_dispatcher
 from . import repository
-from .batch import CONNECTION_ERRORS, BatchFailed, store_batch
+from .batch import INFRASTRUCTURE_ERRORS, BatchFailed, store_batch
 from .fanout import dispatch_big
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _big(app, conn, should_stop):
         try:
             if dispatch_big(app, conn, trigger_id, should_stop) is not None:
                 return 1
-        except CONNECTION_ERRORS:
+        except INFRASTRUCTURE_ERRORS:
             raise
         except Exception as exc:
             _defer(conn, trigger_id, exc)
