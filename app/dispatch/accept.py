@@ -37,10 +37,13 @@ def _jsonable(body):
 
 
 def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
-    """Store the trigger durably and wake the dispatcher; return (response, first_time)."""
+    """Store the trigger durably and wake the dispatcher; return (response, first_time).
+
+    raw_body: a callable returning the request's JSON as sent, called only with an idempotency key:
+    only then can the body's hash ever be compared (a trigger without a key stores "")."""
     domain = current_app.config["DOMAIN"]
     ttl = domain.idempotency_ttl_seconds
-    digest = body_hash(raw_body)
+    digest = body_hash(raw_body()) if idempotency_key else ""
     conn = db.get_conn()
     with _autocommit(conn):
         if idempotency_key:

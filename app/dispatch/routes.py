@@ -48,7 +48,7 @@ class Trigger(MethodView):
             raise InvalidRequest(errors={"Idempotency-Key": ["At most 200 characters."]})
         if key is not None and "\x00" in key:
             raise InvalidRequest(errors={"Idempotency-Key": ["Must not contain NUL characters."]})
-        response, _ = accept_trigger(body, request.get_json(), current_service(), key, event.group)
+        response, _ = accept_trigger(body, request.get_json, current_service(), key, event.group)
         return response
 
 
