@@ -52,7 +52,8 @@ class BatchFailed(Exception):
 def store_batch(app, conn, only=None):
     """Claim and store one batch of small triggers (`only`: just these ids); returns how many.
 
-    Raises BatchFailed for anything but a lost connection, which is raised as it is."""
+    Raises BatchFailed when the batch could not be stored for a reason of its own (nothing of it
+    committed); PostgreSQL or Redis failing, and anything after the commit, are raised as they are."""
     domain = app.config["DOMAIN"]
     size = domain.users_per_chunk
     claimed, committed = [], False
