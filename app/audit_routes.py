@@ -43,9 +43,11 @@ class AuditEntrySchema(ma.Schema):
     target_type = fields.String()
     target_id = fields.String(allow_none=True)
     change = fields.Dict()
-    prev_hash = fields.String()
-    hash = fields.String()
-    verified = fields.Boolean(metadata={"description": "the row matches its hash and follows the row before it"})
+    prev_hash = fields.String(allow_none=True)
+    hash = fields.String(allow_none=True)
+    sealed = fields.Boolean(metadata={"description": "linked into the hash chain yet (rows are sealed by the"
+                                                    " workers within seconds of their commit)"})
+    verified = fields.Boolean(metadata={"description": "sealed, matches its hash and follows the row before it"})
 
 
 class AuditPageSchema(ma.Schema):
@@ -67,7 +69,10 @@ class AuditLog(MethodView):
         """Who changed what, when, from where; each row checked against the hash chain
 
         `verified` is false for a row that was edited, or whose predecessor was
-        deleted or edited; `flask audit verify` checks the whole chain.
+        deleted or edited, and for a row not sealed into the chain yet
+        (`sealed` false: its transaction committed moments ago, or an older one
+        is still open); `flask audit verify` seals what it can and checks the
+        whole chain.
         """
         if since is not None and until is not None and until <= since:
             raise InvalidRequest(errors={"to": ["Must be after `from`."]})

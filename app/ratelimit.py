@@ -1,4 +1,4 @@
-"""Rate limits (flask-limiter), applied centrally to every endpoint, counted in Redis.
+"""Rate limits, applied centrally to every endpoint, counted in Redis.
 
 Four budgets, set in `queue.yaml` under `rate_limits:` (app/domain.py checks them;
 a bad one stops start-up naming `rate_limits.<name>`):
@@ -13,28 +13,28 @@ A caller without valid credentials is counted per remote address in the budget o
 endpoint it called (it gets its 401 until it is over the limit, then 429). Health probes,
 metrics, the OpenAPI document and its pages, and CORS preflights (OPTIONS) are not limited.
 
-How it is applied: nothing is decorated view by view. Each budget is one flask-limiter
-*application limit* (checked in `before_request` for every request) with a fixed shared
-scope (its name), its own key function and an `exempt_when` that keeps it to the
-endpoints it classifies. An endpoint is classified once, from the endpoint name for the
-three special ones (`SPECIAL`), else from the view's auth decorator (`service_required`
-or `user_required` in its `MethodView.decorators`), else — for anything else under `/v1/`
-— as `user`. So a new endpoint is limited without anyone remembering to. We chose this
-over `limiter.limit(...)(blueprint)` because one blueprint mixes budgets (`dispatch` holds
-the trigger and the trigger status; the GET and POST of `/sse` live in two blueprints),
-and over default limits because a view decorator would silently override those.
+How it is applied: nothing is decorated view by view. One `before_request` hook
+classifies the endpoint, once per endpoint: from the endpoint name for the three
+special ones (`SPECIAL`), else from the view's auth decorator (`service_required`
+or `user_required` in its `MethodView.decorators`), else — for anything else under
+`/v1/` — as `user`; so a new endpoint is limited without anyone remembering to. Then
+it counts the request against its one budget, keyed by the caller. We chose this
+over per-view decorators because one blueprint mixes budgets (`dispatch` holds the
+trigger and the trigger status; the GET and POST of `/sse` live in two blueprints).
 
-Storage: the app's `REDIS_URL`, keys under `<REDIS_PREFIX>ratelimit:`, so every gunicorn
-worker and every server shares the counts. Strategy: fixed window (one INCR per budget
-and request; the window starts at the first hit).
+Counting (app/ratelimit_windows.py): fixed windows in Redis under
+`<REDIS_PREFIX>ratelimit:`, so every gunicorn worker and every server shares the counts;
+the window starts at the first hit. One Lua round trip takes a slice of a budget at a time
+(1/100 of it, one request for budgets under 100 per window), so a busy caller costs a
+round trip per slice, not per request; a caller is never let past its budget, and may be
+refused up to 1/100 of it early per process that had an unused slice when the window ended.
+(Flask-Limiter, used before, spent as much CPU evaluating every application limit on every
+request as on its round trip.)
 
-Redis down: the limits fail open. On the first storage error flask-limiter switches this
-process to in-memory counting of the same limits (`in_memory_fallback_enabled`): requests
-are served, limited per process only, without a Redis round trip each; it probes Redis
-again with back-off (1, 2, 4, … 32 s) and goes back to it. `swallow_errors` covers
-anything else the limiter could raise: the request proceeds and the error is logged. The
-limiter's Redis connections have short timeouts so a hung Redis costs one request ~0.5 s,
-not seconds.
+Redis down: the limits fail open. On a storage error this process counts the same
+limits in memory: requests are served, limited per process only, without a Redis
+round trip each; Redis is tried again after 1 s, then 2, 4, … 32 s, and used as soon
+as it answers. Anything else the counting raises is logged and the request proceeds.
 
 Over a limit: 429 `notifications_m.rate_limited` in the usual envelope, with `Retry-After`
 (seconds until the window resets). Every limited operation documents that 429 in the
@@ -43,17 +43,17 @@ OpenAPI document.
 `RATE_LIMITS_ENABLED=false` (environment or the app's config) turns all of it off.
 """
 import json
-import math
+import logging
 import re
-import time
 
 from flask import current_app, g, request
-from flask_limiter import ApplicationLimit, Limiter
-from flask_limiter.errors import RateLimitExceeded
 
 from . import auth
-from .errors import RateLimited, handle_api_error
+from .errors import RateLimited
+from .ratelimit_windows import Counter
 from .redis_client import key as redis_key, redis
+
+log = logging.getLogger(__name__)
 
 # Endpoints with a budget of their own; the rest are classified by their auth decorator.
 SPECIAL = {
@@ -61,7 +61,6 @@ SPECIAL = {
     "dispatch.DirectPush": "trigger",
     "streams.StreamView": "stream_connect",
 }
-STORAGE_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "health_check_interval": 30}
 
 
 def classify(app, endpoint):
@@ -135,29 +134,21 @@ KEY_FUNCTIONS = {"trigger": _service_key, "service": _service_key, "user": _user
                  "stream_connect": _stream_key}
 
 
-def _budget(name, limit):
-    return ApplicationLimit(limit_provider=limit, key_function=KEY_FUNCTIONS[name], scope=name,
-                            exempt_when=lambda: _current_class() != name)
-
-
-def _retry_after(limiter, error):
-    """Whole seconds until the breached window resets (at least 1)."""
+def _check():
+    """before_request: count the request against its budget; 429 once over it."""
+    name = _current_class()
+    if name is None:
+        return None
+    counter = current_app.extensions["ratelimit"]["counter"]
     try:
-        current = limiter.current_limit
-        if current is not None:
-            return max(1, math.ceil(current.window[0] - time.time()))
-    except Exception:  # storage gone between the hit and now: the window's length is an upper bound
-        pass
-    return max(1, int(error.limit.limit.get_expiry()))
-
-
-def _handler(limiter):
-    def too_many(error):
-        retry = _retry_after(limiter, error)
-        name = _current_class() or "request"
-        return handle_api_error(RateLimited(f"Rate limit exceeded: {error.limit.limit} ({name}); "
-                                            f"retry in {retry} s", headers={"Retry-After": str(retry)}))
-    return too_many
+        allowed, retry = counter.hit(name, KEY_FUNCTIONS[name]())
+    except Exception:  # never let counting break a request
+        log.exception("rate limit not checked")
+        return None
+    if allowed:
+        return None
+    raise RateLimited(f"Rate limit exceeded: {counter.limits[name]} ({name}); retry in {retry} s",
+                      headers={"Retry-After": str(retry)})
 
 
 def _document(app):
@@ -183,23 +174,13 @@ def _document(app):
 
 
 def init_app(app):
-    """Set up the limiter; call after the blueprints are registered (it documents them)."""
-    app.extensions["ratelimit"] = {"classes": {}, "limiter": None}
+    """Set up the limits; call after the blueprints are registered (it documents them)."""
+    app.extensions["ratelimit"] = {"classes": {}, "counter": None}
     if not app.config.get("RATE_LIMITS_ENABLED", True):
         return None
-    budgets = app.config["DOMAIN"].rate_limits
-    limiter = Limiter(
-        key_func=_address,
-        application_limits=[_budget(name, limit) for name, limit in budgets.items()],
-        storage_uri=app.config["REDIS_URL"],
-        storage_options=dict(STORAGE_OPTIONS, key_prefix=f"{app.config['REDIS_PREFIX']}ratelimit"),
-        strategy="fixed-window",
-        headers_enabled=False,
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-    )
-    limiter.init_app(app)
-    app.extensions["ratelimit"]["limiter"] = limiter
-    app.register_error_handler(RateLimitExceeded, _handler(limiter))
+    counter = Counter(app.config["REDIS_URL"], f"{app.config['REDIS_PREFIX']}ratelimit",
+                      app.config["DOMAIN"].rate_limits)
+    app.extensions["ratelimit"]["counter"] = counter
+    app.before_request(_check)
     _document(app)
-    return limiter
+    return counter

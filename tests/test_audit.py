@@ -191,37 +191,83 @@ def make_history(client, db, count=5):
     return user_id, headers, ids
 
 
-def test_rows_are_chained(client, db):
+def seal(app):
+    """What every worker does every relay interval (workers/relay.py)."""
+    from workers.relay import seal_audit
+    return seal_audit(app)
+
+
+def chain(db):
+    """The sealed rows in chain order."""
+    with db.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("SELECT * FROM audit_log WHERE chain IS NOT NULL ORDER BY chain")
+        return [dict(r) for r in cur.fetchall()]
+
+
+def test_rows_are_appended_unchained_then_sealed_into_one_chain(app, client, db):
     make_history(client, db, 4)
-    found = rows(db)
+    assert [(r["chain"], r["prev_hash"], r["hash"]) for r in rows(db)] == [(None, None, None)] * 4
+    assert seal(app) == 4
+    found = chain(db)
+    assert [r["id"] for r in found] == [r["id"] for r in rows(db)]     # one writer: commit order is id order
+    assert [r["chain"] for r in found] == [1, 2, 3, 4]
     assert found[0]["prev_hash"] == "0" * 64
     for before, after in zip(found, found[1:]):
         assert after["prev_hash"] == before["hash"]
     assert len({r["hash"] for r in found}) == 4
+    assert seal(app) == 0
+    make_history(client, db, 1)
+    assert seal(app) == 1
+    assert chain(db)[-1]["prev_hash"] == found[-1]["hash"]
+
+
+def test_a_row_inserted_already_chained_is_sealed_like_the_others(app, client, db):
+    """A web process of the previous release, still running during a deploy, hashes at insert time
+    (after the newest row, which may be unsealed): the table keeps chaining to the sealer."""
+    make_history(client, db, 1)
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO audit_log (at, actor_type, actor_id, action, target_type, change, prev_hash, hash,"
+                    " chain) VALUES (now(), 'system', 'old-release', 'test.write', 'thread', '{}', repeat('0', 64),"
+                    " repeat('b', 64), 1)")
+    assert [(r["chain"], r["hash"]) for r in rows(db)] == [(None, None)] * 2
+    assert seal(app) == 2
+    result = verify(app)
+    assert result.exit_code == 0 and "intact: 2 rows" in result.output, result.output
 
 
 def test_verify_passes_on_an_intact_log(app, client, db):
     assert verify(app).exit_code == 0
     assert "0 rows" in verify(app).output
     make_history(client, db, 5)
-    result = verify(app)
+    result = verify(app)                                   # it seals first
     assert result.exit_code == 0, result.output
-    head = rows(db)[-1]
-    assert f"intact: 5 rows; head row {head['id']} hash {head['hash']}" in result.output
+    head = chain(db)[-1]
+    assert result.output.strip() == f"audit log intact: 5 rows; head row {head['id']} hash {head['hash']}"
 
 
-def test_the_service_cannot_update_or_delete_rows(client, db):
-    make_history(client, db, 1)
-    with pytest.raises(psycopg2.Error, match="append-only"):
+def test_the_service_cannot_update_or_delete_rows(app, client, db):
+    make_history(client, db, 2)
+    first = rows(db)[0]
+    with pytest.raises(psycopg2.Error, match="append-only"):    # not even a row still unsealed
         with db.cursor() as cur:
-            cur.execute("UPDATE audit_log SET actor_id = 'someone-else'")
-    with pytest.raises(psycopg2.Error, match="append-only"):
+            cur.execute("UPDATE audit_log SET actor_id = 'someone-else' WHERE id = %s", (first["id"],))
+    with pytest.raises(psycopg2.Error, match="append-only"):    # sealing may not change the content
         with db.cursor() as cur:
-            cur.execute("DELETE FROM audit_log")
+            cur.execute("UPDATE audit_log SET chain = 1, prev_hash = repeat('0', 64), hash = repeat('a', 64),"
+                        " actor_id = 'mallory' WHERE id = %s", (first["id"],))
+    seal(app)
+    with pytest.raises(psycopg2.Error, match="append-only"):    # nor be done twice
+        with db.cursor() as cur:
+            cur.execute("UPDATE audit_log SET hash = repeat('a', 64) WHERE id = %s", (first["id"],))
+    for sql in ("UPDATE audit_log SET actor_id = 'someone-else'", "DELETE FROM audit_log"):
+        with pytest.raises(psycopg2.Error, match="append-only"):
+            with db.cursor() as cur:
+                cur.execute(sql)
 
 
 def test_verify_names_an_edited_row(app, client, db):
     make_history(client, db, 5)
+    seal(app)
     third = rows(db)[2]
     tamper(db, "UPDATE audit_log SET change = '{\"read\": false}' WHERE id = %s", (third["id"],))
     result = verify(app)
@@ -231,6 +277,7 @@ def test_verify_names_an_edited_row(app, client, db):
 
 def test_verify_names_the_row_after_a_deleted_one(app, client, db):
     make_history(client, db, 5)
+    seal(app)
     found = rows(db)
     tamper(db, "DELETE FROM audit_log WHERE id = %s", (found[2]["id"],))
     result = verify(app)
@@ -241,6 +288,7 @@ def test_verify_names_the_row_after_a_deleted_one(app, client, db):
 
 def test_verify_sees_an_edit_whose_hash_was_recomputed(app, client, db):
     make_history(client, db, 4)
+    seal(app)
     found = rows(db)
     tamper(db, "UPDATE audit_log SET actor_id = 'mallory', hash = repeat('a', 64) WHERE id = %s", (found[1]["id"],))
     result = verify(app)
@@ -250,6 +298,7 @@ def test_verify_sees_an_edit_whose_hash_was_recomputed(app, client, db):
 
 def test_verify_head_sees_rows_removed_from_the_end(app, client, db):
     make_history(client, db, 3)
+    seal(app)
     head = rows(db)[-1]
     assert verify(app, "--head", head["hash"]).exit_code == 0
     tamper(db, "DELETE FROM audit_log WHERE id = %s", (head["id"],))
@@ -259,32 +308,101 @@ def test_verify_head_sees_rows_removed_from_the_end(app, client, db):
     assert f"hash {head['hash']} is no longer in the chain" in result.output
 
 
-def test_concurrent_writers_do_not_fork_the_chain(app, db):
+def _record(conn, n):
     from app import audit
+    return audit.record(conn, "test.write", ("thread", n), {"n": n}, actor=("system", "test"))
+
+
+def test_an_open_transaction_holds_back_the_rows_after_it_and_chain_order_is_commit_safe(app, clean, db):
+    """T1 takes its transaction id first, T2 commits a row, T1 appends later and commits last: the
+    sealer must not seal T2's row while T1 could still commit one before it, and then chains T1's
+    row first (its transaction is older) although its id is higher."""
+    t1, t2 = psycopg2.connect(clean["DATABASE_URL"]), psycopg2.connect(clean["DATABASE_URL"])
+    try:
+        with t1.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()")     # T1 begins writing
+        row_b = _record(t2, 2)
+        t2.commit()
+        assert seal(app) == 0                               # T1 is open: B has to wait
+        result = verify(app)
+        assert result.exit_code == 0, result.output
+        assert "intact: 0 rows; 1 newer rows not sealed yet" in result.output
+        row_a = _record(t1, 1)
+        rolled_back = _record(t2, 3)
+        t2.rollback()                                       # never visible, never sealed
+        t1.commit()
+    finally:
+        t1.close()
+        t2.close()
+    assert row_a > row_b > 0 and rolled_back > row_a
+    assert seal(app) == 2
+    assert [r["id"] for r in chain(db)] == [row_a, row_b]
+    result = verify(app)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("audit log intact: 2 rows;") and "not sealed" not in result.output
+
+
+def test_a_transaction_in_another_database_does_not_hold_sealing_back(app, clean, client, db):
+    """Transaction ids are shared by every database of a server: a long transaction elsewhere (another
+    service, a migration) must not stall this log, as the server-wide xmin would."""
+    from conftest import _admin_url
+    elsewhere = psycopg2.connect(_admin_url(clean["DATABASE_URL"], "postgres"))
+    try:
+        with elsewhere.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()")     # an xid, held open
+        make_history(client, db, 2)
+        assert seal(app) == 2
+    finally:
+        elsewhere.close()
+
+
+def test_concurrent_writers_and_sealers_keep_one_verifiable_chain(app, db):
     from app import db as app_db
-    start = threading.Barrier(8)
-    failures = []
+    start = threading.Barrier(10)
+    failures, writing = [], threading.Event()
 
     def writer(n):
         try:
             with app.app_context(), app_db.connection() as conn:
                 start.wait()
-                for i in range(10):
+                for i in range(25):
                     with app_db.transaction(conn):
-                        audit.record(conn, "test.write", ("thread", n), {"i": i}, actor=("system", f"t{n}"))
+                        _record(conn, n * 100 + i)
         except Exception as exc:  # reported below
             failures.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
-    for thread in threads:
+    def sealer():
+        try:
+            start.wait()
+            while not writing.is_set():
+                seal(app)
+        except Exception as exc:
+            failures.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    sealers = [threading.Thread(target=sealer) for _ in range(2)]
+    for thread in writers + sealers:
         thread.start()
-    for thread in threads:
+    for thread in writers:
+        thread.join(60)
+    writing.set()
+    for thread in sealers:
         thread.join(60)
     assert failures == []
-    assert len(rows(db)) == 80
+    seal(app)
+    assert len(rows(db)) == 200 and len(chain(db)) == 200
+    assert [r["chain"] for r in chain(db)] == list(range(1, 201))
     result = verify(app)
     assert result.exit_code == 0, result.output
-    assert "intact: 80 rows" in result.output
+    assert "intact: 200 rows" in result.output
+
+
+def test_the_worker_seals_within_seconds(clean, client, db, tmp_path):
+    from processes import ProcessGroup, queue_config, wait_until
+    make_history(client, db, 3)
+    with ProcessGroup(str(tmp_path)) as group:
+        group.start_worker(dict(clean, QUEUE_CONFIG=queue_config(tmp_path)))
+        wait_until(lambda: len(chain(db)) == 3, timeout=20, message="the worker's sealer")
 
 
 # ------------------------------------------------------------------------------------ GET /audit
@@ -295,16 +413,20 @@ def audit_page(client, **query):
     return r.get_json()
 
 
-def test_endpoint_lists_newest_first_and_verifies_each_row(client, db):
+def test_endpoint_lists_newest_first_and_verifies_each_row(app, client, db):
     user_id, _, ids = make_history(client, db, 3)
+    before = audit_page(client)
+    assert before["verified"] is False
+    assert [(i["sealed"], i["verified"], i["hash"]) for i in before["items"]] == [(False, False, None)] * 3
+    seal(app)
     body = audit_page(client)
     assert body["verified"] is True and body["has_more"] is False
     assert [item["target_id"] for item in body["items"]] == [str(i) for i in reversed(ids)]
     item = body["items"][0]
     assert set(item) == {"id", "at", "actor_type", "actor_id", "request_id", "client_ip", "action", "target_type",
-                         "target_id", "change", "prev_hash", "hash", "verified"}
+                         "target_id", "change", "prev_hash", "hash", "sealed", "verified"}
     assert (item["actor_type"], item["actor_id"], item["action"]) == ("user", str(user_id), "notification.read")
-    assert item["verified"] is True
+    assert item["sealed"] is True and item["verified"] is True
 
 
 def test_endpoint_filters(client, db):
@@ -336,8 +458,9 @@ def test_endpoint_pages(client, db):
     assert [i["id"] for i in last["items"]] == found[4:] and last["has_more"] is False
 
 
-def test_endpoint_marks_an_edited_row_and_the_row_after_a_deleted_one(client, db):
+def test_endpoint_marks_an_edited_row_and_the_row_after_a_deleted_one(app, client, db):
     make_history(client, db, 5)
+    seal(app)
     found = rows(db)
     tamper(db, "UPDATE audit_log SET actor_id = 'mallory' WHERE id = %s", (found[1]["id"],))
     tamper(db, "DELETE FROM audit_log WHERE id = %s", (found[3]["id"],))

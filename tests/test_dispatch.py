@@ -273,13 +273,15 @@ def test_oversized_idempotency_key_is_refused(client, db):
 # ---------------------------------------------------------------- a job that runs twice
 
 
-def test_dispatch_job_enqueued_twice_stores_once(app, client, db):
-    from app.jobs_queue import enqueue_dispatch
+def test_drain_job_enqueued_twice_stores_once(app, client, db):
+    from app.jobs_queue import wake_dispatcher
     users = [uuid.uuid4() for _ in range(5)]
-    trigger_id = trigger(client, body_for(users)).get_json()["trigger_id"]
+    trigger(client, body_for(users))
     with app.app_context():
-        enqueue_dispatch(trigger_id)
-        enqueue_dispatch(trigger_id)
+        assert wake_dispatcher() is None            # the accept already woke one: nothing more
+        wake_dispatcher(force=True)
+        wake_dispatcher(force=True)
+    assert rq.Queue(app.config["DOMAIN"].queues["dispatch"], connection=app.extensions["redis"]).count == 3
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM notifications") == 5
     assert scalar(db, "SELECT count(DISTINCT user_id) FROM notifications") == 5

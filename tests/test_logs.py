@@ -29,7 +29,8 @@ def test_request_id_is_returned_and_carried_into_the_job(app, client, user):
         run_worker(app)
     finally:
         logging.getLogger().removeHandler(capture)
-    dispatched = [line for line in capture.lines if line["logger"] == "app.dispatch.fanout"]
+    dispatched = [line for line in capture.lines if line["logger"].startswith("app.dispatch.")
+                  and "dispatched" in line["message"]]
     assert dispatched and dispatched[0]["request_id"] == "req-abc-123"
     assert all(SERVICE["X-API-Key"] not in json.dumps(line) for line in capture.lines)
 

@@ -128,6 +128,57 @@ def test_the_count_is_shared_between_two_app_instances(make_app, clean):
     assert limit_keys and all(k.startswith(clean["REDIS_PREFIX"] + "ratelimit:") for k in limit_keys)
 
 
+def test_a_large_budget_is_leased_in_slices_and_never_exceeded(make_app, clean):
+    """300/minute is taken 3 requests at a time (1/100 of it) by each process: one Redis round trip
+    per slice, nobody past the budget, at most a slice's remainder per process refused early."""
+    first, second = (make_app(service="300/minute").test_client() for _ in range(2))
+    path = f"/v1/notifications/users/{uuid.uuid4()}/contact"
+    client = redis_lib.Redis.from_url(clean["REDIS_URL"])
+    assert first.get(path, headers=SERVICE).status_code == 404
+    key, = client.keys(clean["REDIS_PREFIX"] + "ratelimit:*")
+    assert int(client.get(key)) == 3                         # a slice of 3 taken, 1 used
+    assert first.get(path, headers=SERVICE).status_code == 404
+    assert int(client.get(key)) == 3                         # served from the slice
+    admitted, refused = 2, {"first": False, "second": False}
+    while not all(refused.values()):
+        for name, app_client in (("first", first), ("second", second)):
+            if refused[name]:
+                continue
+            status = app_client.get(path, headers=SERVICE).status_code
+            if status == 429:
+                refused[name] = True
+            else:
+                assert status == 404
+                admitted += 1
+    assert 300 - 2 * 2 <= admitted <= 300
+    assert_rate_limited(first.get(path, headers=SERVICE))
+
+
+def test_concurrent_requests_of_one_caller_share_slices_without_losing_any(clean):
+    """Requests that find the slice used up wait for the one taking the next slice, rather than
+    each taking a slice of its own (which would spend the budget on slices nobody uses)."""
+    import threading
+    from app.ratelimit_windows import Counter
+    counter = Counter(clean["REDIS_URL"], clean["REDIS_PREFIX"] + "ratelimit", {"trigger": "1000/minute"})
+    admitted, start = [], threading.Barrier(8)
+
+    def caller():
+        start.wait()
+        mine = 0
+        while counter.hit("trigger", "key:one")[0]:
+            mine += 1
+        admitted.append(mine)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(admitted) == 1000                 # one process: every slice used, none past the budget
+    allowed, retry = counter.hit("trigger", "key:one")
+    assert allowed is False and 1 <= retry <= 60
+
+
 def test_two_gunicorn_gevent_workers_share_the_count(clean, tmp_path):
     """The deployment shape: gunicorn with two gevent workers; requests land on either one and
     the budget is still one budget."""
@@ -171,7 +222,7 @@ def test_back_on_redis_once_it_returns(make_app, redis_proc, clean):
         assert trigger(client).status_code == 202
     finally:
         redis_proc.start()
-    time.sleep(2.1)  # flask-limiter probes the storage again after 1, 2, 4 … s
+    time.sleep(2.1)  # Redis is tried again after 1, 2, 4 … s
     assert trigger(client).status_code == 202
     keys = redis_lib.Redis.from_url(clean["REDIS_URL"]).keys(clean["REDIS_PREFIX"] + "ratelimit:*")
     assert keys

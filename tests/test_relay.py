@@ -160,6 +160,27 @@ def _stop(proc):
             proc.wait()
 
 
+def kill_once_storing(env, log, stored):
+    """Start `python -m workers`, SIGKILL it as soon as `stored()` is above 0; returns what it saw."""
+    worker = _start_worker(env, log)
+    try:
+        deadline = time.monotonic() + 60
+        count = 0
+        while time.monotonic() < deadline and worker.poll() is None:
+            count = stored()
+            if count > 0:
+                break
+            time.sleep(0.002)
+        # the whole process group, as a crashed machine would: RQ's scheduler child dies with it
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    return count
+
+
 @pytest.mark.timeout(60)
 def test_worker_registration_is_on_a_short_lease(clean, tmp_path):
     """RQ would keep a worker's key for job timeout + 60 s after a crash; ours lives seconds."""
@@ -206,22 +227,7 @@ def test_worker_sigkilled_mid_dispatch_is_recovered_without_duplicates(make_app,
 
     log_path = tmp_path / "worker.log"
     with open(log_path, "ab") as log:
-        first = _start_worker(env, log)
-        try:
-            deadline = time.monotonic() + 60
-            count = 0
-            while time.monotonic() < deadline and first.poll() is None:
-                count = stored()
-                if count > 0:
-                    break
-                time.sleep(0.005)
-            # the whole process group, as a crashed machine would: RQ's scheduler child dies with it
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(10)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.wait()
+        count = kill_once_storing(env, log, stored)
         killed_at = stored()
         assert 0 < count <= killed_at < users_total, (count, killed_at, log_path.read_text()[-3000:])
         assert scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "pending"

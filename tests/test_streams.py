@@ -263,7 +263,12 @@ def test_publish_during_replay_is_neither_lost_nor_duplicated(web, streams, db):
     received = first.wait_events(1)
     first.close()
 
-    sender = threading.Thread(target=lambda: [trigger(web, [user_id], title=f"burst {n}") for n in range(burst)])
+    def send_burst():   # paced: the burst must span several reconnects, however fast the worker
+        for n in range(burst):   # stores it (a drain stores whatever is pending in one batch)
+            trigger(web, [user_id], title=f"burst {n}")
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=send_burst)
     sender.start()
     reconnects = 0
     try:

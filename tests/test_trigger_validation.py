@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import SERVICE, make_token
 from tests.factories import assert_envelope
@@ -201,3 +203,13 @@ def test_json_that_is_not_an_object_is_refused(client, nothing_accepted, raw):
     r = client.post(TRIGGER, data=raw, headers=dict(SERVICE, **{"Content-Type": "application/json"}))
     assert r.status_code in (400, 422), r.get_data(as_text=True)
     assert r.get_json()["code"] in ("notifications_m.invalid_request", "notifications_m.invalid_json")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+       | st.text(alphabet="<>&;#x3cab/\r\n\ufeff\x00 ", max_size=30))
+def test_the_markup_free_shortcut_cleans_exactly_as_plain_text(text):
+    """clean_text skips nh3 for text that cannot hold markup: it must never answer otherwise."""
+    from app.dispatch.schemas import clean_text
+    from app.sanitize import plain_text
+    assert clean_text(text) == plain_text(text)

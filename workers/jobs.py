@@ -2,12 +2,26 @@
 
 They run inside the worker's app context (workers/__main__.py).
 """
+import threading
+
+from flask import current_app
+
 from app.deliveries.deliver import deliver as _deliver
+from app.dispatch.drain import drain
 from app.dispatch.fanout import dispatch_trigger as _dispatch
+
+# Set when this worker was asked to stop (SIGTERM: RQ's warm shutdown): a drain hands over
+# between batches instead of running on (workers/relay.py LeasedWorker sets it).
+SHUTDOWN = threading.Event()
+
+
+def drain_triggers():
+    """Store, publish and enqueue deliveries for every pending trigger (app/dispatch/drain.py)."""
+    return drain(current_app._get_current_object(), should_stop=SHUTDOWN.is_set)
 
 
 def dispatch_trigger(trigger_id):
-    """Store, publish and enqueue deliveries for one accepted trigger."""
+    """One trigger: a job enqueued by a version that had a dispatch job per trigger."""
     return _dispatch(trigger_id)
 
 
@@ -19,6 +33,5 @@ def deliver(delivery_id):
 def purge_expired():
     """Delete notifications past their group's retention (app/retention.py); {group: deleted},
     or None when another worker is purging."""
-    from flask import current_app
     from app.retention import purge_exclusive
     return purge_exclusive(current_app._get_current_object())

@@ -1,12 +1,17 @@
-"""The relay: finds accepted work whose job was lost and enqueues it again.
+"""The relay: finds accepted work whose job was lost and enqueues it again; and the audit sealer.
 
-A 202 means the trigger row committed; its RQ job may still be lost (Redis
-was down at enqueue time, restarted without persistence, or the worker
-running it was killed). Every few seconds this thread looks for triggers
-still `pending` and deliveries still unfinished past `relay.stale_after`,
-asks RQ whether their job is alive, and enqueues the ones that are not. The
-jobs are idempotent, so a spurious re-enqueue costs a little work, never a
+A 202 means the trigger row committed; the drain job that should take it may
+still be lost (Redis was down when the trigger was accepted, restarted
+without persistence, or the worker running the drain was killed). Every few
+seconds this thread looks for a trigger still due past `relay.stale_after`
+and, when no dispatch job is queued or running on a live worker, wakes a
+drain (replacing the wake flag, which may name a dead job). It does the same
+for deliveries still unfinished past `relay.stale_after`, per delivery job.
+The jobs are idempotent, so a spurious one costs a little work, never a
 duplicate.
+
+The same thread seals the audit rows written since its last pass into the
+hash chain (app/audit_chain.py), one worker at a time.
 
 A job counts as alive while the RQ worker that started it is registered in
 Redis. RQ keeps a worker's key for the job's timeout plus a minute (11
@@ -21,39 +26,44 @@ import threading
 
 from rq import SimpleWorker
 
-from app import db, retention
+from app import audit_chain, db, retention
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
-from app.jobs_queue import (deliver_job_id, dispatch_job_id, enqueue_deliveries, enqueue_dispatch,
-                            job_is_alive)
+from app.jobs_queue import deliver_job_id, dispatch_in_hand, enqueue_deliveries, job_is_alive, wake_dispatcher
 
 log = logging.getLogger(__name__)
 
 
 def sweep(app):
-    """One pass; returns (triggers, deliveries) enqueued again."""
+    """One pass; returns (drains woken: 0 or 1, deliveries enqueued again)."""
     domain = app.config["DOMAIN"]
     with app.app_context(), db.connection() as conn:
-        lost_triggers = [t for t in triggers.stale_triggers(conn, domain.relay_stale_after)
-                         if not job_is_alive(dispatch_job_id(t), app)]
+        stale = triggers.stale_pending(conn, domain.relay_stale_after)
         lost_deliveries = [d for d in deliveries.stale(conn, domain.relay_stale_after)
                            if not job_is_alive(deliver_job_id(d), app)]
         conn.commit()
-        for trigger_id in lost_triggers:
-            enqueue_dispatch(trigger_id, app)
+        woken = 1 if stale and not dispatch_in_hand(app) and wake_dispatcher(app, force=True) else 0
         enqueue_deliveries(lost_deliveries, app)
-    if lost_triggers or lost_deliveries:
-        log.warning("relay re-enqueued %d trigger(s) and %d deliveries", len(lost_triggers), len(lost_deliveries))
-    return len(lost_triggers), len(lost_deliveries)
+    if woken or lost_deliveries:
+        log.warning("relay woke %d drain(s) for waiting triggers and re-enqueued %d deliveries", woken,
+                    len(lost_deliveries))
+    return woken, len(lost_deliveries)
+
+
+def seal_audit(app):
+    """Link the audit rows committed since the last pass into the chain; returns how many."""
+    with app.app_context(), db.connection() as conn:
+        return audit_chain.seal_all(conn)
 
 
 def _loop(app, stop):
     interval = app.config["DOMAIN"].relay_interval
     while not stop.wait(interval):
-        try:
-            sweep(app)
-        except Exception as exc:  # PostgreSQL or Redis down: try again next tick
-            log.warning("relay pass failed: %s: %s", type(exc).__name__, exc)
+        for step in (sweep, seal_audit):
+            try:
+                step(app)
+            except Exception as exc:  # PostgreSQL or Redis down: try again next tick
+                log.warning("relay %s failed: %s: %s", step.__name__, type(exc).__name__, exc)
 
 
 def worker_lease(app):
@@ -69,6 +79,12 @@ class LeasedWorker(SimpleWorker):
 
     def heartbeat(self, timeout=None, pipeline=None):
         return super().heartbeat(self.lease or timeout, pipeline=pipeline)
+
+    def request_stop(self, signum, frame):
+        """Warm shutdown: also tell a running drain to hand over at its next batch."""
+        from workers.jobs import SHUTDOWN
+        SHUTDOWN.set()
+        return super().request_stop(signum, frame)
 
 
 def _keep_registration_short(app, worker_key, stop):

@@ -1,81 +1,103 @@
-"""The dispatch job's work: store a trigger's notifications chunk by chunk and fan them out.
+"""A big trigger (more users than one chunk) stored chunk by chunk, and dispatching one trigger now.
 
 Per chunk of users (queue.yaml `batch.users_per_chunk`): one transaction
-stores the notifications (never twice: unique per trigger and user) and their
-delivery rows; after it commits, one script call publishes them to the users'
-stream channels and one pipeline enqueues the external deliveries. A run that
-was interrupted is simply run again: it redoes the last committed chunk (its
-publishes may not have gone out) and continues.
+stores the notifications (never twice: unique per trigger and user), their
+delivery rows and the trigger's progress; after it commits, one script call
+publishes them to the users' stream channels and one pipeline enqueues the
+external deliveries. The job holds a session-level advisory lock on the
+trigger (`repository.try_lock`) across its chunks, so two jobs never work on
+one trigger at once, and the lock dies with the connection of a killed
+worker. A run that was interrupted is simply run again: it redoes the last
+committed chunk (its publishes may not have gone out) and continues.
 """
-import datetime
+import contextlib
 import logging
 import uuid
 
+import psycopg2
 from flask import current_app
 
-from .. import db, events
-from ..jobs_queue import enqueue_deliveries
+from .. import db
 from ..logs import request_id_var
-from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
-from ..notifications.model import to_json
-from ..pubsub import notification_message, publisher
 from . import repository
+from .batch import after_publish, publish_stored, store_batch
 from .plan import plan_channels
 from .schemas import resolve_event
 
 log = logging.getLogger(__name__)
 
 
-def dispatch_trigger(trigger_id):
-    """Store and fan out one accepted trigger; returns the number of users done."""
-    app = current_app._get_current_object()
+def dispatch_big(app, conn, trigger_id, should_stop=lambda: False):
+    """Store one big trigger, or the rest of it; None when another job holds it, else the users done.
+
+    Stops between chunks when `should_stop()` says so (the worker is shutting down): the trigger
+    stays pending with its progress, for the next drain."""
+    locked = repository.try_lock(conn, trigger_id)
+    conn.commit()
+    if not locked:
+        return None
+    try:
+        return _chunks(app, conn, trigger_id, should_stop)
+    finally:
+        if not conn.closed:
+            try:
+                conn.rollback()
+                repository.unlock(conn, trigger_id)
+                conn.commit()
+            except psycopg2.Error:
+                conn.close()   # a session lock dies with its connection
+
+
+def _chunks(app, conn, trigger_id, should_stop):
     domain = app.config["DOMAIN"]
+    trigger = repository.get_trigger(conn, trigger_id)
+    conn.commit()
+    if trigger is None or trigger["status"] == "dispatched":
+        return 0
+    request_id_var.set(trigger["request_id"])   # log under the id of the request that accepted it
+    body = trigger["body"]
+    event, _ = resolve_event(domain, body)
+    customer_id = uuid.UUID(body["customer_id"]) if body.get("customer_id") else None
+    users = body["user_ids"]
+    needs = {name: channel.needs for name, channel in app.extensions["channels"].items()}
+    size = domain.users_per_chunk
+    start = max(0, (trigger["users_done"] // size - 1) * size)
+    done = start
+    for offset in range(start, len(users), size):
+        if offset > start and should_stop():
+            log.info("trigger %s: stopping after %d of %d users (shutdown)", trigger_id, done, len(users))
+            return done
+        chunk = users[offset:offset + size]
+        done = min(offset + size, len(users))
+        with contextlib.ExitStack() as held:
+            with db.transaction(conn):
+                plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id, needs)
+                held.enter_context(repository.sequence_lock(conn))
+                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
+                deliveries = plan.delivery_rows(rows)
+                repository.insert_deliveries(conn, deliveries)
+                repository.advance_trigger(conn, trigger_id, done, done == len(users))
+                pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
+            online = publish_stored(app, rows)
+        after_publish(app, conn, rows, online, deliveries, pending)
+    if not users:
+        with db.transaction(conn):
+            repository.advance_trigger(conn, trigger_id, 0, True)
+    log.info("trigger %s dispatched to %d users", trigger_id, len(users))
+    return len(users)
+
+
+def dispatch_trigger(trigger_id):
+    """Store one accepted trigger now, whatever its size; returns the users done (0: nothing to do).
+
+    For a dispatch job enqueued by an earlier version (one job per trigger) and for tests; the
+    drain (app/dispatch/drain.py) is what normally runs."""
+    app = current_app._get_current_object()
     with db.connection() as conn:
         trigger = repository.get_trigger(conn, trigger_id)
         conn.commit()
         if trigger is None or trigger["status"] == "dispatched":
             return 0
-        request_id_var.set(trigger["request_id"])   # log under the id of the request that accepted it
-        body = trigger["body"]
-        event, _ = resolve_event(domain, body)
-        customer_id = uuid.UUID(body["customer_id"]) if body.get("customer_id") else None
-        users = body["user_ids"]
-        needs = {name: channel.needs for name, channel in app.extensions["channels"].items()}
-        size = domain.users_per_chunk
-        start = max(0, (trigger["users_done"] // size - 1) * size)
-        for offset in range(start, len(users), size):
-            chunk = users[offset:offset + size]
-            done = min(offset + size, len(users))
-            with repository.sequence_lock(conn):
-                with db.transaction(conn):
-                    plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id, needs)
-                    rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
-                    repository.insert_deliveries(conn, plan.delivery_rows(rows))
-                    repository.advance_trigger(conn, trigger_id, done, done == len(users))
-                    pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
-                visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
-                online = []   # users with a stream open somewhere: only they can hear new counts
-                publisher(app).publish([(r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
-                                        for r in visible], heard=online)
-            if online:
-                with db.transaction(conn):  # their new `unread` counts: one query, one publish
-                    events.publish_counts(app, conn, online)
-            _count(rows, visible, plan)
-            enqueue_deliveries(pending, app)
-        if not users:
-            with db.transaction(conn):
-                repository.advance_trigger(conn, trigger_id, 0, True)
-        log.info("trigger %s dispatched to %d users", trigger_id, len(users))
-        return len(users)
-
-
-def _count(rows, visible, plan):
-    STORED.inc(len(rows))
-    PUBLISHED.inc(len(visible))
-    for decisions in plan.decisions.values():
-        for channel, status, _, tried in decisions:
-            if tried:   # decided here rather than by a job: counted as that job would have
-                DELIVERIES.labels(channel, status).inc()
-    if visible:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        FANOUT_LATENCY.observe((now - visible[-1]["created_at"]).total_seconds())
+        if trigger["users_total"] <= app.config["DOMAIN"].users_per_chunk:
+            return trigger["users_total"] if store_batch(app, conn, only=[trigger_id]) else 0
+        return dispatch_big(app, conn, trigger_id) or 0

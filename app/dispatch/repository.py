@@ -18,10 +18,10 @@ SEQ_LOCK = 7_245_002
 
 @contextlib.contextmanager
 def sequence_lock(conn):
-    """Session-level: it outlives the chunk's commit and covers the publish after it."""
+    """Session-level: taken in the transaction that inserts (after its other work, to hold it
+    briefly), it outlives that commit and covers the publish after it."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(%s)", (SEQ_LOCK,))
-    conn.commit()
     try:
         yield
     finally:
@@ -53,20 +53,19 @@ def find_by_idempotency_key(conn, api_key_id, key, ttl_seconds):
         return cur.fetchone()
 
 
-def release_expired_key(conn, api_key_id, key, ttl_seconds):
-    """Forget a key older than its time to live, so it may be used afresh."""
-    with conn.cursor() as cur:
-        cur.execute("UPDATE triggers SET idempotency_key = NULL WHERE api_key_id = %s"
-                    " AND idempotency_key = %s AND created_at <= now() - make_interval(secs => %s)",
-                    (api_key_id, key, ttl_seconds))
+def release_expired_key(api_key_id, key, ttl_seconds):
+    """(sql, params): forget a key older than its time to live, so it may be used afresh."""
+    return ("UPDATE triggers SET idempotency_key = NULL WHERE api_key_id = %s"
+            " AND idempotency_key = %s AND created_at <= now() - make_interval(secs => %s)",
+            (api_key_id, key, ttl_seconds))
 
 
-def insert_trigger(conn, trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id):
-    with conn.cursor() as cur:
-        cur.execute("INSERT INTO triggers (id, api_key_id, idempotency_key, body_hash, body, response,"
-                    " users_total, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (trigger_id, api_key_id, idempotency_key, body_hash, json.dumps(body),
-                     json.dumps(response), len(body["user_ids"]), request_id))
+def insert_trigger(trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id):
+    """(sql, params): the outbox row (accept.py sends it with its audit row in one round trip)."""
+    return ("INSERT INTO triggers (id, api_key_id, idempotency_key, body_hash, body, response,"
+            " users_total, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (trigger_id, api_key_id, idempotency_key, body_hash, json.dumps(body), json.dumps(response),
+             len(body["user_ids"]), request_id))
 
 
 def get_trigger(conn, trigger_id, api_key_id=None):
@@ -144,9 +143,99 @@ def advance_trigger(conn, trigger_id, users_done, finished):
                     (users_done, finished, finished, trigger_id))
 
 
-def stale_triggers(conn, older_than_seconds, limit=500):
+def stale_pending(conn, older_than_seconds):
+    """Whether a trigger due for dispatch has waited longer than it should have."""
     with conn.cursor() as cur:
-        cur.execute("SELECT id FROM triggers WHERE status = 'pending'"
-                    " AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s",
-                    (older_than_seconds, limit))
+        cur.execute("SELECT EXISTS (SELECT 1 FROM triggers WHERE status = 'pending'"
+                    " AND created_at < now() - make_interval(secs => %s)"
+                    " AND (dispatch_after IS NULL OR dispatch_after <= now()))", (older_than_seconds,))
+        return cur.fetchone()[0]
+
+
+# ------------------------------------------------------------------------------ claiming
+
+_DUE = "status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())"
+
+
+def claim_small(conn, max_users, limit, only=None):
+    """Lock the oldest due triggers of at most `max_users` users each, skipping any another job holds.
+
+    FOR UPDATE SKIP LOCKED: the locks last until the caller's transaction ends, or its connection
+    drops (a killed worker), so two jobs never store one trigger at once and nothing stays claimed
+    by a dead one. `only`: among these ids. Returns plain dicts, oldest first."""
+    among = "" if only is None else " AND id = ANY(%(only)s::uuid[])"
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id, body, users_total, request_id FROM triggers WHERE {_DUE}"
+                    f" AND users_total <= %(users)s{among} ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+                    {"users": max_users, "limit": limit, "only": None if only is None else uuid_array(only)})
+        names = [column.name for column in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def big_candidates(conn, min_users, limit=20):
+    """Ids of the oldest due triggers of more than `min_users` users (claimed one by one, by `try_lock`)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM triggers WHERE {_DUE} AND users_total > %s ORDER BY created_at LIMIT %s",
+                    (min_users, limit))
         return [row[0] for row in cur.fetchall()]
+
+
+TRIGGER_LOCK = 7_245_005   # with hashtext(trigger id): one session lock per big trigger being dispatched
+
+
+def try_lock(conn, trigger_id):
+    """Session-level: held across the trigger's chunk transactions, gone with the connection."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s::text))", (TRIGGER_LOCK, str(trigger_id)))
+        return cur.fetchone()[0]
+
+
+def unlock(conn, trigger_id):
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s::text))", (TRIGGER_LOCK, str(trigger_id)))
+
+
+def store_triggers(conn, triggers, hidden):
+    """Insert one notification per user of every trigger (none twice), straight from the trigger rows.
+
+    The bodies are read by PostgreSQL where they lie: nothing per row crosses the wire but the
+    stored rows coming back. hidden: (trigger id, user id) pairs whose in-app channel is off. Rows
+    an earlier run already stored come back too (read again), so their publishes are made up for.
+    """
+    ids = uuid_array(t["id"] for t in triggers)
+    hidden_triggers, hidden_users = (zip(*hidden) if hidden else ((), ()))
+    returned = f"{COLUMNS}, deleted_at, in_app, trigger_id"
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
+            " link_url, link_text, rec_type, rec_id, in_app)"
+            " SELECT gen_random_uuid(), t.id, u.user_id::uuid, (t.body->>'customer_id')::uuid, t.body->>'type',"
+            " t.body->>'event', t.body->>'title', coalesce(t.body->>'content', ''), t.body->>'link_url',"
+            " t.body->>'link_text', t.body->>'rec_type', t.body->>'rec_id',"
+            " (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[]))"
+            " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers t ON t.id = b.id"
+            " CROSS JOIN LATERAL jsonb_array_elements_text(t.body->'user_ids') WITH ORDINALITY AS u(user_id, k)"
+            f" ORDER BY b.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",
+            {"ids": ids, "ht": uuid_array(hidden_triggers), "hu": uuid_array(hidden_users)})
+        names = [column.name for column in cur.description]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        if len(rows) < sum(t["users_total"] for t in triggers):
+            cur.execute(f"SELECT {returned} FROM notifications WHERE trigger_id = ANY(%s::uuid[])", (ids,))
+            rows = [dict(zip(names, row)) for row in cur.fetchall()]
+    rows.sort(key=lambda r: r["seq"])
+    return rows
+
+
+def mark_dispatched(conn, trigger_ids):
+    with conn.cursor() as cur:
+        cur.execute("UPDATE triggers SET status = 'dispatched', users_done = users_total, dispatched_at = now()"
+                    " WHERE id = ANY(%s::uuid[])", (uuid_array(trigger_ids),))
+
+
+def defer(conn, trigger_id, error, max_delay=300):
+    """A trigger that failed on its own waits (1, 2, 4 … up to `max_delay` s) before its next try:
+    still pending, so never lost, and never in the way of the triggers behind it."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE triggers SET dispatch_attempts = dispatch_attempts + 1, last_error = %s,"
+                    " dispatch_after = now() + make_interval(secs => least(%s, power(2, dispatch_attempts)))"
+                    " WHERE id = %s", (error[:1000], max_delay, trigger_id))

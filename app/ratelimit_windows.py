@@ -1,0 +1,158 @@
+"""Counting requests against the rate-limit budgets: fixed windows in Redis, leased in slices.
+
+A budget of N per window (queue.yaml `rate_limits:`, parsed by the `limits`
+library) is counted in one Redis key per (budget, caller) and window, shared
+by every process and server; the window starts at the first hit. A process
+does not spend a round trip on every request of a busy caller: it takes a
+slice of `N // LEASE_PARTS` requests at once (one Lua call: INCRBY, start the
+window if new, PTTL) and serves them from memory until they are used or the
+window ends; one request takes the next slice while the others of that caller
+wait for it, and once the window is spent its refusals are answered from
+memory too. A budget whose slice would be a single request (under
+2 × LEASE_PARTS per window: the user and stream budgets, the default 100/s of
+a service) is counted exactly, one round trip per request. What slicing
+costs: never a request beyond the budget, but a caller may be refused up to
+1/LEASE_PARTS of it early per process whose slice was left unused when the
+window ended. What it buys: a service sending a thousand triggers a second
+to one web worker (given a budget of, say, 5,000/second) costs one round trip
+per 50 requests instead of one each.
+
+Redis down: the same windows are counted in this process's memory (limited
+per process only), and Redis is tried again after 1 s, then 2, 4, … 32 s.
+"""
+import logging
+import math
+import threading
+import time
+
+import redis as redis_lib
+from limits import parse
+
+log = logging.getLogger(__name__)
+LEASE_PARTS = 100
+STORAGE_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "health_check_interval": 30}
+# KEYS[1] the window's key; ARGV: requests taken, window length (ms). Returns {count after, ms left}.
+_TAKE = """
+local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  left = tonumber(ARGV[2])
+end
+return {count, left}
+"""
+
+
+class RedisWindows:
+    """Windows in Redis (keys `<prefix>:<budget>:<caller>:<limit>`), short timeouts: a hung Redis
+    costs one request ~0.5 s, not seconds."""
+
+    def __init__(self, url, prefix):
+        self.prefix = prefix
+        self._take = redis_lib.Redis.from_url(url, **STORAGE_OPTIONS).register_script(_TAKE)
+
+    def take(self, key, amount, window_ms):
+        """Add `amount` to the window's count; (count after, seconds until the window ends)."""
+        count, left = self._take(keys=[f"{self.prefix}:{key}"], args=[amount, window_ms])
+        return int(count), int(left) / 1000
+
+
+class MemoryWindows:
+    """The same windows in this process's memory, while Redis fails."""
+
+    def __init__(self):
+        self._windows = {}   # key -> [count, ends at (monotonic)]
+
+    def take(self, key, amount, window_ms):
+        now = time.monotonic()
+        window = self._windows.get(key)
+        if window is None or window[1] <= now:
+            if len(self._windows) > 10_000:
+                self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
+            window = self._windows[key] = [0, now + window_ms / 1000]
+        window[0] += amount
+        return window[0], window[1] - now
+
+
+class _Slice:
+    """A process's share of one caller's window: requests left, when it ends, a refill in flight."""
+
+    __slots__ = ("left", "ends", "refill", "full")
+
+    def __init__(self):
+        self.left, self.ends, self.refill, self.full = 0, 0.0, threading.Event(), False
+
+
+class Counter:
+    """The budgets' counts; `hit` says whether one more request of a caller fits."""
+
+    def __init__(self, url, prefix, budgets):
+        self.limits = {name: parse(text) for name, text in budgets.items()}
+        self.redis, self.memory = RedisWindows(url, prefix), MemoryWindows()
+        self._slices = {}    # (budget, caller) -> _Slice, for budgets leased more than one at a time
+        self._retry_at, self._backoff = 0.0, 1.0
+        self._lock = threading.Lock()
+
+    def hit(self, name, key):
+        """(True, None) when the request fits, else (False, whole seconds until its window ends)."""
+        limit = self.limits[name]
+        size = limit.amount // LEASE_PARTS
+        if size <= 1:   # counted exactly, one round trip per request
+            count, left = self._take(f"{name}:{key}:{limit}", 1, int(limit.get_expiry() * 1000))
+            return (True, None) if count <= limit.amount else (False, max(1, math.ceil(left)))
+        while True:   # each turn consumes, refuses, takes the next slice, or waits for the one taking it
+            now = time.monotonic()
+            with self._lock:
+                share = self._slices.get((name, key))
+                if share is not None and share.ends > now:
+                    if share.left > 0:
+                        share.left -= 1
+                        return True, None
+                    if share.full:     # the window is spent for everyone until it ends
+                        return False, max(1, math.ceil(share.ends - now))
+                if share is not None and not share.refill.is_set():
+                    waiting = share.refill       # another request is taking the next slice
+                else:
+                    waiting, share = None, _Slice()
+                    self._prune(now)
+                    self._slices[(name, key)] = share
+            if waiting is None:
+                return self._lease(share, name, key, limit, size)
+            waiting.wait(1.0)
+
+    def _lease(self, share, name, key, limit, size):
+        """Take the next slice for `share` (one round trip); the requests waiting for it go on."""
+        try:
+            count, left = self._take(f"{name}:{key}:{limit}", size, int(limit.get_expiry() * 1000))
+            granted = min(size, limit.amount - (count - size))
+            with self._lock:
+                share.ends = time.monotonic() + left
+                share.left, share.full = max(0, granted - 1), granted <= 0
+            return (True, None) if granted > 0 else (False, max(1, math.ceil(left)))
+        finally:
+            share.refill.set()
+
+    def _prune(self, now):
+        if len(self._slices) > 10_000:
+            self._slices = {k: v for k, v in self._slices.items() if v.ends > now or not v.refill.is_set()}
+
+    def _take(self, key, amount, window_ms):
+        if time.monotonic() < self._retry_at:
+            return self.memory.take(key, amount, window_ms)
+        try:
+            taken = self.redis.take(key, amount, window_ms)
+        except redis_lib.RedisError as exc:  # fail open: count in memory for a while
+            self._fall_back(exc)
+            return self.memory.take(key, amount, window_ms)
+        if self._backoff > 1:
+            with self._lock:
+                self._backoff = 1.0
+            log.info("rate limits counted in Redis again")
+        return taken
+
+    def _fall_back(self, exc):
+        with self._lock:
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("rate limits counted in memory for %.0f s: Redis failed (%s)", self._backoff,
+                        type(exc).__name__)
+            self._backoff = min(32.0, self._backoff * 2)
