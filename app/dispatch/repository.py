@@ -206,16 +206,22 @@ def store_triggers(conn, triggers, hidden):
     hidden_triggers, hidden_users = (zip(*hidden) if hidden else ((), ()))
     returned = f"{COLUMNS}, deleted_at, in_app, trigger_id"
     with conn.cursor() as cur:
+        # A body with many users is TOASTed: each `body->>` would detoast all of it again, per
+        # row (33 of 47 ms for 1,000 users). MATERIALIZED reads every body's fields once.
         cur.execute(
-            "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
+            "WITH t AS MATERIALIZED (SELECT b.n, tr.id, (tr.body->>'customer_id')::uuid AS customer_id,"
+            " tr.body->>'type' AS type, tr.body->>'event' AS event, tr.body->>'title' AS title,"
+            " coalesce(tr.body->>'content', '') AS content, tr.body->>'link_url' AS link_url,"
+            " tr.body->>'link_text' AS link_text, tr.body->>'rec_type' AS rec_type, tr.body->>'rec_id' AS rec_id,"
+            " tr.body->'user_ids' AS user_ids"
+            " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers tr ON tr.id = b.id)"
+            " INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
             " link_url, link_text, rec_type, rec_id, in_app)"
-            " SELECT gen_random_uuid(), t.id, u.user_id::uuid, (t.body->>'customer_id')::uuid, t.body->>'type',"
-            " t.body->>'event', t.body->>'title', coalesce(t.body->>'content', ''), t.body->>'link_url',"
-            " t.body->>'link_text', t.body->>'rec_type', t.body->>'rec_id',"
+            " SELECT gen_random_uuid(), t.id, u.user_id::uuid, t.customer_id, t.type, t.event, t.title, t.content,"
+            " t.link_url, t.link_text, t.rec_type, t.rec_id,"
             " (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[]))"
-            " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers t ON t.id = b.id"
-            " CROSS JOIN LATERAL jsonb_array_elements_text(t.body->'user_ids') WITH ORDINALITY AS u(user_id, k)"
-            f" ORDER BY b.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",
+            " FROM t CROSS JOIN LATERAL jsonb_array_elements_text(t.user_ids) WITH ORDINALITY AS u(user_id, k)"
+            f" ORDER BY t.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",
             {"ids": ids, "ht": uuid_array(hidden_triggers), "hu": uuid_array(hidden_users)})
         names = [column.name for column in cur.description]
         rows = [dict(zip(names, row)) for row in cur.fetchall()]
