@@ -11,7 +11,7 @@ parsing JSON and frames each event once for all its streams:
     d||<customer_id or empty>|<notification JSON>          direct push (no cursor)
     e|<event name>||<JSON>                                 named state event (unread counts, read sync)
 """
-import json
+import orjson
 
 # One round trip publishes a whole batch, inside Redis; the answer is each channel's subscriber count.
 _PUBLISH_MANY = """
@@ -37,7 +37,7 @@ def direct_message(customer_id, public_json):
 
 
 def event_message(name, payload):
-    return f"e|{name}||{json.dumps(payload, separators=(',', ':'))}"
+    return f"e|{name}||{orjson.dumps(payload).decode()}"
 
 
 def parse(message):

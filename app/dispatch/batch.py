@@ -30,7 +30,7 @@ from .. import db, events
 from ..jobs_queue import enqueue_deliveries
 from ..logs import request_id_var
 from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
-from ..notifications.model import to_json
+from ..notifications.model import to_json_many
 from ..pubsub import notification_message, publisher
 from . import repository
 from .plan import plan_channels
@@ -134,8 +134,9 @@ def publish_stored(app, rows):
     Best effort: the rows have committed. With Redis down the streams' hubs have lost Redis too,
     and every stream catches up from PostgreSQL when its hub reconnects."""
     online = []
-    messages = [(r["user_id"], notification_message(r["seq"], r["customer_id"], to_json(r)))
-                for r in rows if r["deleted_at"] is None and r["in_app"]]
+    visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
+    messages = [(r["user_id"], notification_message(r["seq"], r["customer_id"], encoded))
+                for r, encoded in zip(visible, to_json_many(visible))]
     try:
         publisher(app).publish(messages, heard=online)
     except redis.RedisError as exc:

@@ -2,7 +2,7 @@
 import json
 
 from ..db import cursor
-from ..notifications.model import COLUMNS, to_json
+from ..notifications.model import COLUMNS, to_json_many
 from . import frames
 
 
@@ -35,6 +35,5 @@ def missed(conn, user_id, customers, after, cap):
         newest = latest_seq(conn, user_id)
         body = json.dumps({"reason": "too_many_missed", "limit": cap, "cursor": newest})
         return [frames.named("reset", body, seq=newest)], newest
-    out = [frames.notification(r["seq"], to_json(r))
-           for r in rows]
+    out = [frames.notification(r["seq"], encoded) for r, encoded in zip(rows, to_json_many(rows))]
     return out, (rows[-1]["seq"] if rows else after)
