@@ -13,6 +13,7 @@ import rq
 import yaml
 
 from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
+from tests import fake_providers
 from tests.factories import assert_envelope
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -285,9 +286,10 @@ def test_drain_job_enqueued_twice_stores_once(app, client, db):
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM notifications") == 5
     assert scalar(db, "SELECT count(DISTINCT user_id) FROM notifications") == 5
-    # message_received goes out on system and email: one delivery row per notification and channel
-    assert scalar(db, "SELECT count(*) FROM deliveries") == 10
-    assert scalar(db, "SELECT count(DISTINCT (notification_id, channel)) FROM deliveries") == 10
+    # message_received goes out on system and email: one email row per notification (the in-app
+    # delivery is the stored notification itself, app/deliveries/in_app.py)
+    assert scalar(db, "SELECT count(*) FROM deliveries") == 5
+    assert scalar(db, "SELECT count(DISTINCT (notification_id, channel)) FROM deliveries WHERE channel = 'email'") == 5
 
 
 def test_dispatch_function_called_twice_even_from_scratch_stores_once(app, client, db):
@@ -305,11 +307,13 @@ def test_dispatch_function_called_twice_even_from_scratch_stores_once(app, clien
     stored = rows(db, "SELECT id, user_id FROM notifications")
     assert len(stored) == 7 and {r["user_id"] for r in stored} == set(users)
     deliveries = rows(db, "SELECT notification_id, channel, status FROM deliveries")
-    # payment_failed: system, email, sms
-    assert len(deliveries) == 21
-    assert len({(d["notification_id"], d["channel"]) for d in deliveries}) == 21
-    assert {d["channel"] for d in deliveries} == {"system", "email", "sms"}
-    assert {d["status"] for d in deliveries if d["channel"] == "system"} == {"sent"}
+    # payment_failed: system, email, sms; the in-app one is the notification itself
+    assert len(deliveries) == 14
+    assert len({(d["notification_id"], d["channel"]) for d in deliveries}) == 14
+    assert {d["channel"] for d in deliveries} == {"email", "sms"}
+    user = {"Authorization": f"Bearer {make_token(users[0])}"}
+    seen = fake_providers.deliveries(client, user)
+    assert set(seen) == {"system", "email", "sms"} and seen["system"]["status"] == "sent"
     assert scalar(db, "SELECT status FROM triggers") == "dispatched"
 
 
@@ -318,8 +322,10 @@ def test_explicit_channels_limit_the_delivery_rows(app, client, db):
     r = trigger(client, body_for(users, type="payment", event="payment_failed", channels=["system", "sms"]))
     assert r.status_code == 202
     run_jobs(app)
-    assert sorted(r["channel"] for r in rows(db, "SELECT channel FROM deliveries")) == ["sms", "sms", "system",
-                                                                                         "system"]
+    assert sorted(r["channel"] for r in rows(db, "SELECT channel FROM deliveries")) == ["sms", "sms"]
+    for user in users:   # email left out; the in-app delivery shows as the user reads it
+        assert set(fake_providers.deliveries(client, {"Authorization": f"Bearer {make_token(user)}"})) == {"system",
+                                                                                                          "sms"}
 
 
 def test_external_deliveries_run_and_are_recorded(app, client, db):
@@ -351,7 +357,7 @@ def test_large_fanout_is_chunked_and_complete(make_app, db, tmp_path):
     status = client.get(f"/v1/notifications/triggers/{trigger_id}", headers=SERVICE).get_json()
     assert status["status"] == "dispatched"
     assert status["users_total"] == 1000 and status["users_done"] == 1000
-    assert scalar(db, "SELECT count(*) FROM deliveries") == 2000
+    assert scalar(db, "SELECT count(*) FROM deliveries WHERE channel = 'email'") == 1000   # in-app: the rows
 
 
 def test_repeated_user_ids_are_stored_once(app, client, db):

@@ -46,8 +46,7 @@ def seeded(db):
     made["before"] = insert_notification(db, user, customer_id=A, created_at=START - datetime.timedelta(seconds=1),
                                          read_at=START + datetime.timedelta(seconds=9))
     made["at_end"] = insert_notification(db, user, customer_id=A, created_at=END, read_at=END)
-    for name in ("n1", "n2", "n3", "n4", "n5"):
-        delivery(db, made[name], "system", "sent", after=0)
+    # the in-app deliveries are the in_app notifications themselves (app/deliveries/in_app.py)
     delivery(db, made["n1"], "email", "sent", after=10)
     delivery(db, made["n2"], "email", "sent", after=20)
     delivery(db, made["n3"], "email", "failed")
@@ -85,6 +84,15 @@ def test_whole_window(client, seeded):
             "sms": {"p50": 200.0, "p95": 290.0, "p99": 298.0},     # of 100, 200, 300
         },
     }
+
+
+def test_in_app_deliveries_are_the_notifications_in_the_inbox(client, seeded, db):
+    """The in-app channel is `sent` for every notification kept in the inbox (deleted ones too: they
+    were delivered); one hidden because the user switched the channel off is `skipped`, not sent."""
+    hidden = insert_notification(db, uuid.uuid4(), customer_id=A, created_at=at(6), in_app=False)
+    delivery(db, hidden, "system", "skipped")
+    assert stats(client)["deliveries"]["system"] == {"sent": 5, "failed": 0, "skipped": 1, "pending": 0}
+    assert stats(client)["created"] == 6
 
 
 def test_group_filter_takes_aliases(client, seeded):

@@ -1,6 +1,7 @@
 """SQL of delivery state. A delivery is claimed (leased) before it is sent, so two
 jobs for the same delivery never send it twice at the same time."""
 from ..db import cursor
+from . import in_app
 from ..notifications.model import COLUMNS
 
 N_COLUMNS = ", ".join(f"n.{c.strip()}" for c in COLUMNS.split(","))
@@ -46,9 +47,10 @@ def for_notification(conn, user_id, notification_id, customers=None):
     from ..notifications.repository import visible
     extra, args = visible(customers)
     with cursor(conn) as cur:
-        cur.execute("SELECT 1 FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app"
-                    + extra, (notification_id, user_id, *args))
-        if cur.fetchone() is None:
+        cur.execute("SELECT created_at FROM notifications WHERE id = %s AND user_id = %s AND deleted_at IS NULL"
+                    " AND in_app" + extra, (notification_id, user_id, *args))
+        found = cur.fetchone()
+        if found is None:
             return None
         cur.execute("SELECT id, channel, status, reason, attempts, last_error, provider_message_id, created_at,"
                     " updated_at, sent_at FROM deliveries WHERE notification_id = %s ORDER BY channel",
@@ -60,7 +62,9 @@ def for_notification(conn, user_id, notification_id, customers=None):
         attempts = cur.fetchall()
     for delivery in deliveries:
         delivery["history"] = [a for a in attempts if a["delivery_id"] == delivery["id"]]
-    return deliveries
+    if not any(d["channel"] == in_app.CHANNEL for d in deliveries):   # (0012 removed the old rows)
+        deliveries.append(in_app.delivered(found["created_at"]))
+    return sorted(deliveries, key=lambda d: d["channel"])
 
 
 def failed(conn, channel=None, limit=None):

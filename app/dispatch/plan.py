@@ -1,8 +1,11 @@
 """Which channels each user's notification goes out on, decided per chunk from preferences.
 
-The in-app channel (`system`) is delivered by storing and publishing, so its
-delivery row is `sent` at once; when a user switched it off the notification
-is stored for history but kept out of the inbox and stream. Every other
+The in-app channel (`system`) is delivered by storing and publishing: its
+delivery is `sent` exactly when the notification is `in_app`, so the
+notification row itself records it (no delivery row: it was a quarter of the
+fan-out's time; readers derive it, app/deliveries/in_app.py). When a user
+switched it off the notification is stored for history but kept out of the
+inbox and stream, and a `skipped` row says why. Every other
 enabled channel gets a `pending` row and a job; a default channel switched
 off gets a `skipped` row saying why. A channel that needs an address the
 user does not have (no email, no phone) is `skipped` here, with its one
@@ -28,8 +31,10 @@ class Plan:
                 if not any(c == IN_APP and status == "sent" for c, status, _, _ in decisions)]
 
     def delivery_rows(self, rows):
+        """Rows for `deliveries`: every decision but the in-app `sent` one, which `in_app` records."""
         return [(row["id"], row["user_id"], *decision)
-                for row in rows for decision in self.decisions[str(row["user_id"])]]
+                for row in rows for decision in self.decisions[str(row["user_id"])]
+                if decision[0] != IN_APP or decision[1] != "sent"]
 
 
 def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=None):

@@ -4,7 +4,8 @@
     read, read_rate             of those, how many were read in the app (read / created; 0 when none)
     median_seconds_to_read      median of read_at - created_at over the read ones (null when none)
     deliveries                  per channel: deliveries of those notifications by state
-                                (`pending` counts pending, sending and held ones)
+                                (`pending` counts pending, sending and held ones; the in-app
+                                channel's `sent` ones are the notifications that are in_app)
     delivery_latency_seconds    per channel: p50/p95/p99 of sent_at - created_at over the sent ones
 
 Percentiles are PostgreSQL's percentile_cont (interpolated). The window is
@@ -20,6 +21,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
 from .. import db
+from ..deliveries import in_app
 from ..auth import SERVICE_SECURITY, service_required
 from ..errors import ApiError, InvalidEvent, InvalidGroup
 from .schemas import StrictSchema, UtcDateTime
@@ -119,8 +121,10 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
                     " count(*) FILTER (WHERE d.status = 'skipped'),"
                     " count(*) FILTER (WHERE d.status IN ('pending', 'sending')),"
                     " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
-                    " (ORDER BY extract(epoch FROM d.sent_at - n.created_at)::float8) FILTER (WHERE d.status = 'sent')"
+                    " (ORDER BY extract(epoch FROM d.sent_at - d.created_at)::float8) FILTER (WHERE d.status = 'sent')"
+                    " FROM (SELECT d.channel, d.status, d.sent_at, n.created_at"
                     f" FROM notifications n JOIN deliveries d ON d.notification_id = n.id WHERE {window}"
+                    f" UNION ALL {in_app.SENT_ROWS.format(window=window)}) d"
                     " GROUP BY d.channel ORDER BY d.channel", params)
         per_channel = cur.fetchall()
     deliveries = {channel: dict.fromkeys(STATES, 0) for channel in domain.channels}
