@@ -1,4 +1,6 @@
 """The trigger body (shared by the queued trigger and the direct push)."""
+import re
+
 import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
@@ -24,6 +26,34 @@ def clean_text(value):
 LIMITS = {"title": 200, "content": 5000, "link_url": 2048, "link_text": 100, "rec_type": 64, "rec_id": 128}
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+class UUIDList(fields.List):
+    """User ids as canonical UUID strings. The usual spelling is checked with one regular
+    expression instead of a field call and a UUID object per item (a third of the cost of a
+    1,000-user trigger); anything else goes through marshmallow's UUID field, errors included."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fields.UUID(), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not ma.utils.is_collection(value):
+            raise self.make_error("invalid")
+        out, errors = [], {}
+        for index, item in enumerate(value):
+            if isinstance(item, str) and _CANONICAL_UUID.match(item):
+                out.append(item)
+                continue
+            try:
+                out.append(str(self.inner.deserialize(item, **kwargs)))
+            except ma.ValidationError as error:
+                errors[index] = error.messages
+        if errors:
+            raise ma.ValidationError(errors, valid_data=out)
+        return out
+
+
 def _text(name, required=False):
     return fields.String(required=required, allow_none=not required,
                          validate=validate.Length(min=1 if required else 0, max=LIMITS[name]))
@@ -36,7 +66,7 @@ class TriggerSchema(StrictSchema):
     title = _text("title", required=True)
     content = fields.String(load_default="", validate=validate.Length(max=LIMITS["content"]))
     customer_id = fields.UUID(load_default=None, allow_none=True)
-    user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1))
+    user_ids = UUIDList(required=True, validate=validate.Length(min=1))
     link_url = _text("link_url")
     link_text = _text("link_text")
     rec_type = _text("rec_type")
