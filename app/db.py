@@ -108,6 +108,25 @@ def transaction(conn):
         raise
 
 
+@contextlib.contextmanager
+def autocommit(conn):
+    """Every statement its own transaction, with no BEGIN or COMMIT round trips."""
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
+
+
+def one_transaction(conn, statements):
+    """Send (sql, params) statements as one query string on an autocommit connection: PostgreSQL
+    runs a multi-statement query as one implicit transaction, all or nothing, committed when the
+    call returns. One round trip, where BEGIN, each statement and COMMIT would each be one."""
+    with conn.cursor() as cur:
+        cur.execute(b"; ".join(cur.mogrify(sql, params) for sql, params in statements))
+
+
 def cursor(conn):
     return conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
 

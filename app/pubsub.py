@@ -21,6 +21,13 @@ for i = 1, #KEYS do
 end
 return heard
 """
+# One message to many channels (a direct push): the message crosses to Redis once, not per user.
+_PUBLISH_SAME = """
+for i = 1, #KEYS do
+  redis.call('PUBLISH', KEYS[i], ARGV[1])
+end
+return #KEYS
+"""
 BATCH = 1000
 
 
@@ -52,6 +59,7 @@ class Publisher:
     def __init__(self, client, prefix):
         self.client, self.prefix = client, prefix
         self._script = client.register_script(_PUBLISH_MANY)
+        self._same = client.register_script(_PUBLISH_SAME)
 
     def publish(self, pairs, heard=None):
         """pairs: iterable of (user_id, message); returns how many were sent. A `heard` list
@@ -64,6 +72,14 @@ class Publisher:
             if heard is not None:
                 heard.extend(uid for (uid, _), count in zip(chunk, counts) if count)
         return len(pairs)
+
+
+    def publish_same(self, user_ids, message):
+        """The same message to every user's channel; returns how many channels."""
+        user_ids = list(user_ids)
+        for start in range(0, len(user_ids), BATCH):
+            self._same(keys=[user_channel(self.prefix, uid) for uid in user_ids[start:start + BATCH]], args=[message])
+        return len(user_ids)
 
 
 def publisher(app):

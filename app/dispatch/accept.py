@@ -9,7 +9,6 @@ dies, the relay finds the row still `pending` and wakes a drain itself. If
 PostgreSQL cannot take the row, the caller gets a 503 and knows nothing was
 accepted.
 """
-import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +44,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
     ttl = domain.idempotency_ttl_seconds
     digest = body_hash(raw_body()) if idempotency_key else ""
     conn = db.get_conn()
-    with _autocommit(conn):
+    with db.autocommit(conn):
         if idempotency_key:
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
             if previous is not None:
@@ -64,7 +63,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
             {"type": canonical_type, "event": body["event"], "customer_id": body.get("customer_id"),
              "users": users, "idempotency_key": idempotency_key}, actor=("service", api_key_id)))
         try:
-            _one_transaction(conn, statements)
+            db.one_transaction(conn, statements)
         except psycopg2.errors.UniqueViolation:
             # Two requests with one key raced; the other one won and is the answer.
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
@@ -75,25 +74,6 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
         log.warning("trigger %s accepted but the dispatcher not woken (%s); the relay will", trigger_id,
                     type(exc).__name__)
     return response, True
-
-
-@contextlib.contextmanager
-def _autocommit(conn):
-    """Every statement its own transaction, with no BEGIN or COMMIT round trips."""
-    conn.autocommit = True
-    try:
-        yield conn
-    finally:
-        if not conn.closed:
-            conn.autocommit = False
-
-
-def _one_transaction(conn, statements):
-    """Send the statements as one query string: PostgreSQL runs a multi-statement query as one
-    implicit transaction, all or nothing, committed when the call returns. One round trip, where
-    BEGIN, each statement and COMMIT would each be one (half the CPU of accepting a trigger)."""
-    with conn.cursor() as cur:
-        cur.execute(b"; ".join(cur.mogrify(sql, params) for sql, params in statements))
 
 
 def _replay(previous, digest):

@@ -1,6 +1,6 @@
 """Service endpoints: the queued trigger, the direct push, following a trigger."""
 import datetime
-import json
+import orjson
 import uuid
 
 from flask import current_app, request
@@ -85,11 +85,11 @@ class DirectPush(MethodView):
                   "link_url": body.get("link_url"), "link_text": body.get("link_text"),
                   "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
                   "read": False, "read_at": None, "created_at": now}
-        encoded = json.dumps(public, separators=(",", ":"), ensure_ascii=False)
+        encoded = orjson.dumps(public).decode()
         conn = db.get_conn()
-        with db.transaction(conn):  # audited before it goes out: no push is ever unrecorded
-            audit.record(conn, "notification.push", ("push", public["id"]),
-                         {"type": event.group, "event": event.name, "customer_id": customer,
-                          "user_ids": [str(uid) for uid in body["user_ids"]]})
-        sent = publisher(current_app).publish((uid, direct_message(customer, encoded)) for uid in body["user_ids"])
+        with db.autocommit(conn):  # audited before it goes out: no push is ever unrecorded (one round trip)
+            db.one_transaction(conn, [audit.append_statement(
+                "notification.push", ("push", public["id"]),
+                {"type": event.group, "event": event.name, "customer_id": customer, "user_ids": body["user_ids"]})])
+        sent = publisher(current_app).publish_same(body["user_ids"], direct_message(customer, encoded))
         return {"message": "Notification sent to all connected users", "users": sent}
