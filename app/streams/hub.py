@@ -58,6 +58,7 @@ class Hub:
         self.unsubscribe_due = gevent.event.Event()
         self.connected = gevent.event.Event()
         self.reconnects = 0
+        self._last_message = self._last_item = None
 
     # -- streams --------------------------------------------------------
     def channel(self, user_id):
@@ -251,6 +252,24 @@ class Hub:
         group = self.streams.get(channel)
         if not group:
             return
+        if message == self._last_message:   # a direct push: the same bytes on every user's channel
+            item, unread = self._last_item
+        else:
+            item, unread = self._last_item = self._item(message)
+            self._last_message = message
+        if unread:
+            for stream in group:
+                if stream.offer(item if stream.customers is None else UNREAD_CHANGED):
+                    fed.append(stream)
+            return
+        for stream in group:
+            if (item[1] is None or stream.wants(item[1])) and stream.offer(item):
+                fed.append(stream)
+
+    @staticmethod
+    def _item(message):
+        """((seq or None, customer or None, frame), is it an `unread` event) of one published
+        message, framed once."""
         kind, first, rest = message.split(b"|", 2)
         customer, _, body = rest.partition(b"|")
         customer = customer.decode()
@@ -260,15 +279,8 @@ class Hub:
         elif kind == b"d":
             item = (None, customer, frames.direct(body))
         else:
-            item = (None, None, frames.named(first.decode(), body))
-            if first == b"unread":
-                for stream in group:
-                    if stream.offer(item if stream.customers is None else UNREAD_CHANGED):
-                        fed.append(stream)
-                return
-        for stream in group:
-            if (item[1] is None or stream.wants(item[1])) and stream.offer(item):
-                fed.append(stream)
+            return (None, None, frames.named(first.decode(), body)), first == b"unread"
+        return item, False
 
 
 def hub(app):

@@ -54,6 +54,13 @@ class Stream:
             else:
                 self.queue.extend(items)
             return
+        if len(items) == 1 and items[0].__class__ is tuple:   # the usual case, once per stream per burst
+            seq, _, frame = items[0]
+            if seq is None or seq > self.last:
+                if seq is not None:
+                    self.last = seq
+                self.sink.write(frame)
+            return
         self._write(items)
 
     # -- after the database ---------------------------------------------------------------------
