@@ -15,6 +15,7 @@ import datetime
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -101,16 +102,44 @@ def met(ok, quick_note=None):
 # ------------------------------------------------------------------ scenarios → rows
 
 
+REPEAT = 1                # --repeat: runs of each scenario; the table shows their medians
+HEADLINE = ("exactly_one", "rss_per_stream_kb", "p99_ms", "rate")   # listed per run in a note
+WORST = ("lost", "failed", "errors", "streams_cut", "late_pushes", "zero")   # the worst run, never a median
+
+
 def attempt(table, name, function, *args, **kwargs):
-    """Run one scenario; a failure becomes a note (and None), so the others still run."""
-    try:
-        return function(*args, **kwargs)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        streams.log(f"{name} failed: {exc}\n{traceback.format_exc()}")
-        table.note(f"**{name} failed**: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    """Run one scenario REPEAT times; a failed run becomes a note, so the others still run. Returns
+    the runs' median (the worst run for losses and errors), or None when every run failed."""
+    runs = []
+    for _ in range(REPEAT):
+        try:
+            runs.append(function(*args, **kwargs))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            streams.log(f"{name} failed: {exc}\n{traceback.format_exc()}")
+            table.note(f"**{name} failed**: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    if not runs:
         return None
+    if len(runs) > 1:
+        heads = [key for key in HEADLINE if key in runs[0]]
+        table.note(f"{name}: median of {len(runs)} runs; per run " + "; ".join(
+            f"{key} " + " / ".join(f"{r[key]:,.1f}" if isinstance(r[key], float) else f"{r[key]:,}" for r in runs)
+            for key in heads))
+    return combine(runs)
+
+
+def combine(values, key=""):
+    """The median of numbers (the maximum for counts of what went wrong), field by field."""
+    first = values[0]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numbers:
+        return max(values) if key in WORST else statistics.median(values)
+    if isinstance(first, dict) and all(isinstance(v, dict) and v.keys() == first.keys() for v in values):
+        return {k: combine([v[k] for v in values], k) for k in first}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [combine(list(column), key) for column in zip(*values)]
+    return first
 
 
 def rows_held(table, sizes, quick, peer):
@@ -241,26 +270,34 @@ def rows_saturation(table, sizes, peer):
 def rows_write_path(table, quick):
     args = ["--users", "2000", "--triggers", "300", "--warmup", "50", "--concurrency", "16"] if quick else []
     command = " ".join(["python bench/write_path.py", *args])
-    streams.log(f"write path: {command}")
-    try:
-        proc = subprocess.run([sys.executable, os.path.join(HERE, "write_path.py"), *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=1800)
-    except subprocess.TimeoutExpired:
-        table.add("write path (bench/write_path.py)", "timed out", "see bench/README.md")
-        return
+    figures = {}   # name -> [(measured, target, ok, detail) of each run]
+    proc = None
+    for _ in range(REPEAT):
+        streams.log(f"write path: {command}")
+        try:
+            proc = subprocess.run([sys.executable, os.path.join(HERE, "write_path.py"), *args], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=1800)
+        except subprocess.TimeoutExpired:
+            table.note(f"write path: `{command}` timed out")
+            continue
+        for line in proc.stdout.splitlines():
+            parts = [part.strip() for part in line.split(" | ")]
+            if len(parts) == 5 and re.match(r"^\([a-z]'?\)", parts[0]):
+                figures.setdefault(parts[0], []).append(parts[1:])
     found = 0
-    for line in proc.stdout.splitlines():
-        parts = [part.strip() for part in line.split(" | ")]
-        if len(parts) == 5 and re.match(r"^\([a-z]'?\)", parts[0]):
-            name, measured, target, ok, detail = parts
-            load = re.search(r"client CPU ([\d.]+) s", detail)
-            table.add(f"write path {name} ↑", f"{measured}/s", target.replace(">=", "≥"),
-                      "yes" if ok == "yes" else "NO", "—", "—", load.group(1) if load else "—")
-            table.note(f"write path {name.split(')')[0]}): {detail}")
-            found += 1
-    if proc.returncode != 0 or not found:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        table.add("write path (bench/write_path.py)", f"failed (exit {proc.returncode})", "see bench/README.md")
+    for name, runs in figures.items():
+        ordered = sorted(runs, key=lambda run: float(run[0]))
+        measured, target, ok, detail = ordered[(len(ordered) - 1) // 2]   # the median run
+        load = re.search(r"client CPU ([\d.]+) s", detail)
+        table.add(f"write path {name} ↑", f"{measured}/s", target.replace(">=", "≥"),
+                  "yes" if ok == "yes" else "NO", "—", "—", load.group(1) if load else "—")
+        table.note(f"write path {name.split(')')[0]}): {detail}"
+                   + (f" (median of {len(runs)} runs: {' / '.join(run[0] for run in runs)})" if len(runs) > 1 else ""))
+        found += 1
+    if not found:
+        tail = ((proc.stderr or proc.stdout).strip().splitlines()[-1:] if proc else []) or ["no output"]
+        table.add("write path (bench/write_path.py)", f"failed (exit {proc.returncode if proc else '—'})",
+                  "see bench/README.md")
         table.note(f"write path: `{command}` failed: {tail[0][:300]}")
     else:
         table.note(f"write path: `{command}` (bench/write_path.py; its own section in bench/README.md).")
@@ -306,7 +343,10 @@ def main():
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
     parser.add_argument("--rq-workers", type=int, default=1, help="`python -m workers` processes in the full path")
     parser.add_argument("--output", default=os.path.join(HERE, "results.md"), help="the markdown table")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each scenario; medians are shown")
     args = parser.parse_args()
+    global REPEAT
+    REPEAT = max(1, args.repeat)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SCENARIOS)
     if unknown:
@@ -339,7 +379,8 @@ def main():
     command = "python bench/run.py" + (" --quick" if args.quick else "") + \
         (f" --only {args.only}" if only != set(SCENARIOS) else "") + (" --no-peer" if args.no_peer else "") + \
         (f" --rq-workers {args.rq_workers}" if args.rq_workers != 1 else "") + \
-        (f" --clients {args.clients}" if args.clients != 2 else "")
+        (f" --clients {args.clients}" if args.clients != 2 else "") + \
+        (f" --repeat {REPEAT}" if REPEAT != 1 else "")
     header = [
         f"machine: {before['nproc']} cores ({before['cpu']}), Python {before['python']}, open files {before['nofile']}; "
         f"load average {before['loadavg'][0]:.1f} at start, {after['loadavg'][0]:.1f} at end",
