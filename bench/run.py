@@ -121,8 +121,8 @@ def attempt(table, name, function, *args, **kwargs):
             table.note(f"**{name} failed**: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     if not runs:
         return None
-    if len(runs) > 1:
-        heads = [key for key in HEADLINE if key in runs[0]]
+    heads = [key for key in HEADLINE if isinstance(runs[0], dict) and key in runs[0]]
+    if len(runs) > 1 and heads:
         table.note(f"{name}: median of {len(runs)} runs; per run " + "; ".join(
             f"{key} " + " / ".join(f"{r[key]:,.1f}" if isinstance(r[key], float) else f"{r[key]:,}" for r in runs)
             for key in heads))
@@ -310,6 +310,8 @@ def rows_inbox(table, quick):
     if report is None:
         table.add(f"GET /v1/notifications, {scale}, {sizes.rate:g} requests/s ↓", "error", "p99 ≤ 20 ms")
         return
+    if REPEAT > 1:
+        table.note(f"inbox: the figures are medians of {REPEAT} runs.")
     bad = [f"{p['user']} user, {p['use']}, statement {p['statement']}: {', '.join(p['problems'])}"
            for p in report["plans"] if p["problems"]]
     for r in report["runs"]:
