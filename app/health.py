@@ -1,5 +1,8 @@
 """Liveness, readiness and the OpenAPI page: what load balancers and people probe."""
-from flask import Blueprint, current_app, jsonify
+import gc
+
+import greenlet
+from flask import Blueprint, current_app, jsonify, request
 
 from . import db
 from .redis_client import redis
@@ -9,11 +12,14 @@ blp = Blueprint("health", __name__)
 
 @blp.get("/healthz")
 def healthz():
-    """The process answers; once it has served a stream, also how many are open in it."""
+    """The process answers; once it has served a stream, also how many are open in it. With
+    `?greenlets=1` also the greenlets alive in it (a scan of the heap: for leak checks, not probes)."""
     body = {"status": "ok"}
     hub = current_app.extensions.get("stream_hub")
     if hub is not None:
         body["streams"] = hub.count()
+    if request.args.get("greenlets") == "1":
+        body["greenlets"] = sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
     return jsonify(body)
 
 

@@ -818,7 +818,7 @@ def shutdown(rig, users=1500, streams=20):
 
 def soak(rig, minutes=30.0, streams=50, rate=10.0, sample_every=10.0, warmup_fraction=0.2):
     """Steady triggers while streams connect and disconnect: RSS of web and worker within ±5 % after
-    warm-up, no growth in open fds, Redis clients flat."""
+    warm-up, no growth in open fds, greenlets or Redis clients."""
     import random
 
     import redis as redis_lib
@@ -870,14 +870,15 @@ def soak(rig, minutes=30.0, streams=50, rate=10.0, sample_every=10.0, warmup_fra
                             worker_rss=sum(p.memory_info().rss for p in ps["worker"]),
                             web_fds=sum(p.num_fds() for p in ps["web"]),
                             worker_fds=sum(p.num_fds() for p in ps["worker"]),
-                            redis_clients=len(rds.client_list())))
+                            redis_clients=len(rds.client_list()),
+                            web_greenlets=web.get("/healthz?greenlets=1").json()["greenlets"]))
     stop.set()
     for t in threads:
         t.join(15)
     rds.close()
     after = [s for s in samples if s["t"] >= minutes * 60 * warmup_fraction] or samples
     figures = {"triggers": counts[202], "stream_sessions": counts["streams"], "samples": len(samples)}
-    for key in ("web_rss", "worker_rss", "web_fds", "worker_fds", "redis_clients"):
+    for key in ("web_rss", "worker_rss", "web_fds", "worker_fds", "redis_clients", "web_greenlets"):
         values = [s[key] for s in after]
         base = values[0]
         figures[key] = (base, min(values), max(values), values[-1])
@@ -894,7 +895,8 @@ def soak(rig, minutes=30.0, streams=50, rate=10.0, sample_every=10.0, warmup_fra
     res.line = (f"soak: {minutes:g} min, {counts[202]} triggers, {counts['streams']} stream sessions; RSS drift after "
                 f"warm-up web {figures['web_rss_drift_pct']} %, worker {figures['worker_rss_drift_pct']} %; fds web "
                 f"{figures['web_fds'][0]}->{figures['web_fds'][3]}, worker {figures['worker_fds'][0]}->"
-                f"{figures['worker_fds'][3]}; Redis clients {figures['redis_clients'][0]}->{figures['redis_clients'][3]}")
+                f"{figures['worker_fds'][3]}; Redis clients {figures['redis_clients'][0]}->{figures['redis_clients'][3]}; "
+                f"web greenlets {figures['web_greenlets'][0]}->{figures['web_greenlets'][3]} (max {figures['web_greenlets'][2]})")
     res.check(counts.get("ConnectionError", 0) == 0, f"errors: {dict(counts)}")
     return res
 

@@ -535,12 +535,14 @@ def test_a_hundred_clients_leave_nothing_behind(web, streams, rds, redis_proc):
     other_fds, _, to_redis = wait_until(lambda: (r := resources()) and r[1] == 0 and r, 10,
                                         message="no client connection left")
     memory = process.memory_info().rss
+    greenlets = web.get("/healthz?greenlets=1").json()["greenlets"]
     one_round()
     seen = []
     wait_until(lambda: seen.append(r := resources()) or (r[1] == 0 and r[0] <= other_fds + 2), 10,
                message=lambda: f"no client socket and about {other_fds} other descriptors (now: {seen[-1]})")
     print(f"100 clients: {other_fds} -> {seen[-1][0]} other fds; Redis connections {to_redis} -> {seen[-1][2]}")
     assert process.memory_info().rss < memory + 20 * 2**20
+    assert web.get("/healthz?greenlets=1").json()["greenlets"] <= greenlets   # a stream holds no greenlet
     # The process still serves streams afterwards.
     stream = streams(web, users[0])
     trigger(web, [users[0]], title="still works")
