@@ -7,6 +7,7 @@ job (app/dispatch/drain.py) runs after the caller's commit, with one Redis
 round trip when a drain is already on its way.
 """
 import logging
+import time
 import uuid
 
 from flask import current_app
@@ -147,17 +148,28 @@ def job_is_alive(job_id, app=None):
     return True
 
 
-def _stranded(job, connection):
+def _stranded(job, connection, settle=1.0):
     """A worker killed between taking the job off its queue (BLPOP, or LMOVE to RQ's intermediate
     list) and marking it started leaves it `queued` in no queue at all: nobody would ever run it.
     Such a job is dead (dropped from the intermediate list, so RQ does not fail the new copy
-    later) and the caller enqueues it again. A live worker passes through this state for
-    milliseconds, and the relay only asks about work older than `stale_after`; a rare double run
-    is harmless (the jobs are idempotent). (RQ's started registry is no help: it may still hold
-    an entry of an earlier, killed execution of the same job id.)"""
+    later) and the caller enqueues it again.
+
+    A live worker passes through the same state on every job, for milliseconds (longer when the
+    relay's own thread holds the GIL of that worker's process). Judged at a glance, a delivery
+    retried after a back-off as long as `relay.stale_after` was now and then caught there under
+    a backlog, and the copy started a second retry chain that spent the delivery's attempts
+    twice as fast (`bench/faults.py smtp --full`: 2 of 500 emails failed for good, their
+    back-off restarting from 1 s mid-outage). So the job must stay unstarted and off its queue for `settle` seconds to count
+    as stranded. (RQ's started registry is no help: it may still hold an entry of an earlier,
+    killed execution of the same job id.)"""
     queue_ = Queue(job.origin, connection=connection)
-    if connection.lpos(queue_.key, job.id) is not None:
-        return False
+    deadline = time.monotonic() + settle
+    while True:
+        if connection.lpos(queue_.key, job.id) is not None or job.get_status(refresh=True) != JobStatus.QUEUED:
+            return False
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     connection.lrem(queue_.intermediate_queue_key, 0, job.id)
     return True
 

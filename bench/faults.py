@@ -550,7 +550,14 @@ def smtp_outage(rig, n=40, outage=10.0):
     res.check(failed_attempts, "the outage caused no failed attempt (was SMTP really down?)")
     res.check(done and distinct_keys == n and distinct_ids == n, f"{distinct_ids} of {n} emails delivered")
     res.check(dup_id == 0 and dup_key == 0, f"{dup_id} duplicate emails")
-    res.check(status == {"sent": n}, f"deliveries not all sent: {status}")
+    if not res.check(status == {"sent": n}, f"deliveries not all sent: {status}"):
+        for delivery, attempts in rig.rows(
+                "SELECT d.id, array_agg(a.attempt || ' ' || a.outcome || ' +'"
+                " || round(extract(epoch FROM a.started_at - d.created_at)::numeric, 1) || 's '"
+                " || coalesce(a.error, '') ORDER BY a.id)"
+                " FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id"
+                " WHERE d.channel = 'email' AND d.status <> 'sent' GROUP BY d.id LIMIT 5"):
+            res.problems.append(f"delivery {delivery}: " + "; ".join(attempts))
     return res
 
 
