@@ -88,6 +88,22 @@ def wait_for(predicate, timeout, interval=0.2):
     return value, time.monotonic() - started
 
 
+def wait_while_progressing(predicate, progress, stall=30.0, interval=0.5):
+    """Poll until predicate() is truthy, for as long as progress() keeps changing (at most `stall`
+    seconds without a change): a large run is given the time its throughput needs, a stuck one
+    fails as fast as a small one. Returns (value, seconds waited)."""
+    started = last_change = time.monotonic()
+    seen = progress()
+    while True:
+        value = predicate()
+        if value or time.monotonic() - last_change > stall:
+            return value, time.monotonic() - started
+        time.sleep(interval)
+        now = progress()
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+
+
 # ------------------------------------------------------------------------------------ the rig
 
 
@@ -751,13 +767,16 @@ def shutdown(rig, users=1500, streams=20):
     rig.group.started.remove(worker)
     rig.kill(worker)
     rig.worker(env)
-    dispatched, _ = wait_for(lambda: rig.scalar("SELECT status FROM triggers WHERE id = %s", trigger_id) == "dispatched"
-                             and rig.scalar("SELECT count(*) FROM deliveries WHERE status IN ('pending','sending')")
-                             == 0, 60 + users / 50)
+    unfinished = "SELECT count(*) FROM deliveries WHERE status IN ('pending','sending')"
+    dispatched, _ = wait_while_progressing(
+        lambda: rig.scalar("SELECT status FROM triggers WHERE id = %s", trigger_id) == "dispatched"
+        and rig.scalar(unfinished) == 0,
+        lambda: (rig.scalar("SELECT count(*) FROM notifications"), rig.scalar(unfinished)), stall=60)
     time.sleep(1)
     stored = rig.scalar("SELECT count(*) FROM notifications")
     total, distinct_ids, dup_id, dup_key, ambiguous, distinct_keys = email_figures(rig.smtp)
-    res.check(dispatched and stored == users, f"worker SIGTERM: {stored} of {users} stored")
+    res.check(stored == users, f"worker SIGTERM: {stored} of {users} stored")
+    res.check(dispatched, f"worker SIGTERM: the trigger or {rig.scalar(unfinished)} deliveries never finished")
     res.check(distinct_keys == users and dup_id == 0 and dup_key == 0,
               f"worker SIGTERM: {distinct_keys} distinct emails, {dup_id} duplicates, want {users} and 0")
 
