@@ -3,8 +3,9 @@
 - `FakeSMTP`: an aiosmtpd SMTP server on a free port that keeps every message
   (`SMTPProcess`: the same in a process of its own, for load scenarios)
   (optionally STARTTLS or implicit TLS, optionally refusing recipients).
-  `on_data` and `on_quit` run just before it answers DATA (the acceptance)
-  and QUIT: a test looks at the database there, or kills the sender.
+  `on_rcpt`, `on_data` and `on_quit` run just before it answers RCPT, DATA
+  (the acceptance) and QUIT: a test looks at the database there, or kills the
+  sender.
 - `FakeTwilio`: a stdlib HTTP server speaking the shape of Twilio's Messages API
   (form fields, basic auth, 201 with a `sid`, Twilio's error JSON).
 - `FakeHTTP`: a stdlib HTTP server that records JSON posts (webhook, Apprise json://).
@@ -45,6 +46,8 @@ class _SMTPHandler:
         self.owner = owner
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.owner.on_rcpt is not None:
+            self.owner.on_rcpt()
         if self.owner.refuse_rcpt:
             return self.owner.refuse_rcpt
         envelope.rcpt_tos.append(address)
@@ -54,6 +57,8 @@ class _SMTPHandler:
         at = time.time()   # the whole message is here: from now on it counts as received
         if self.owner.on_data is not None:
             self.owner.on_data()
+        if self.owner.refuse_data:
+            return self.owner.refuse_data
         raw = (envelope.mail_from, list(envelope.rcpt_tos), envelope.content, session.ssl is not None, at)
         self.owner.messages.append(_received(*raw) if self.owner.parse else raw)
         return "250 Message accepted"
@@ -73,6 +78,8 @@ class FakeSMTP:
         self.tls_context, self.ssl_context = tls_context, ssl_context
         self.messages, self.quits, self.refuse_rcpt = [], 0, None
         self.on_data = self.on_quit = None     # callables run before answering DATA / QUIT
+        self.on_rcpt = None                    # ... and RCPT
+        self.refuse_data = None                # an answer to the whole message instead of 250
         self.controller = None
 
     def start(self):

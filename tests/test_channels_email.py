@@ -128,11 +128,11 @@ def test_sent_is_recorded_before_the_smtp_conversation_ends(build, smtp, recipie
     put_contact(client, user_id, email=address)
     trigger(client, [user_id])
     seen = {}
-    smtp.on_data = lambda: seen.setdefault("data", delivery_state(db))
+    smtp.on_rcpt = lambda: seen.setdefault("rcpt", delivery_state(db))
     smtp.on_quit = lambda: seen.setdefault("quit", delivery_state(db))
     work(app)
     message_id = smtp.messages[0]["message"]["Message-ID"]
-    assert seen["data"] == ("sending", None, None)        # not before the server took it
+    assert seen["rcpt"] == ("sending", None, None)        # not before the message is on its way
     assert seen["quit"] == ("sent", message_id, ["sent"])
     email_delivery = deliveries(client, headers)["email"]
     assert (email_delivery["status"], email_delivery["attempts"]) == ("sent", 1)
@@ -270,37 +270,48 @@ def test_smtp_timeout_is_applied_and_retried(build, recipient):
         silent.close()
 
 
-def test_recipient_refused_fails_at_once_with_the_servers_reason(build, smtp, recipient):
+def _refuse(smtp, stage, answer):
+    """Make the server answer RCPT (the recipient) or DATA (the whole message, after its final dot)."""
+    setattr(smtp, f"refuse_{stage}", answer)
+
+
+def _attempt_once(build, smtp, recipient, run):
     user_id, headers, address = recipient
-    smtp.refuse_rcpt = "550 5.1.1 mailbox unavailable"
     app = build(smtp.port)
     client = app.test_client()
     put_contact(client, user_id, email=address)
     trigger(client, [user_id])
-    drain(app)
-    delivery = deliveries(client, headers)["email"]
-    assert delivery["status"] == "failed"
-    assert delivery["attempts"] == 1
-    assert "550" in delivery["last_error"] and "mailbox unavailable" in delivery["last_error"]
+    run(app)
+    return app, lambda: deliveries(client, headers)["email"]
+
+
+@pytest.mark.parametrize("stage, answer", [("rcpt", "550 5.1.1 mailbox unavailable"),
+                                           ("data", "554 5.7.1 message content rejected")])
+def test_refusal_fails_at_once_with_the_servers_reason(build, smtp, recipient, stage, answer):
+    """After DATA the sent record has already left with the final dot (app/deliveries/receipt.py,
+    `Receipt.submit`): the refusal must take it back."""
+    _refuse(smtp, stage, answer)
+    _, delivery = _attempt_once(build, smtp, recipient, drain)
+    delivery = delivery()
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
+    assert answer[:3] in delivery["last_error"] and answer[10:] in delivery["last_error"]
     assert [a["outcome"] for a in delivery["history"]] == ["failed"]
+    assert delivery.get("sent_at") is None
     assert smtp.messages == []
 
 
-def test_recipient_deferred_is_retried(build, smtp, recipient):
-    user_id, headers, address = recipient
-    smtp.refuse_rcpt = "450 4.2.1 try again later"
-    app = build(smtp.port)
-    client = app.test_client()
-    put_contact(client, user_id, email=address)
-    trigger(client, [user_id])
-    work(app)
-    delivery = deliveries(client, headers)["email"]
-    assert delivery["status"] == "pending"
-    assert "450" in delivery["history"][0]["error"]
-    smtp.refuse_rcpt = None
+@pytest.mark.parametrize("stage, answer", [("rcpt", "450 4.2.1 try again later"),
+                                           ("data", "451 4.3.0 try again later")])
+def test_deferral_is_retried_and_sent_once(build, smtp, recipient, stage, answer):
+    _refuse(smtp, stage, answer)
+    app, delivery = _attempt_once(build, smtp, recipient, work)
+    assert delivery()["status"] == "pending"
+    assert [a["outcome"] for a in delivery()["history"]] == ["retry"]
+    assert answer[:3] in delivery()["history"][0]["error"]
+    _refuse(smtp, stage, None)
     drain(app)
-    delivery = deliveries(client, headers)["email"]
-    assert delivery["status"] == "sent" and delivery["attempts"] == 2
+    assert (delivery()["status"], delivery()["attempts"]) == ("sent", 2)
+    assert [a["outcome"] for a in delivery()["history"]] == ["retry", "sent"]
     assert len(smtp.messages) == 1
 
 

@@ -136,8 +136,9 @@ def _waiting_record(db):
 def test_worker_killed_with_its_record_in_flight_sends_nothing_twice(build, provider, processes, user, db,  # noqa: F811
                                                                      clean, kind):
     """The record is one statement that reaches PostgreSQL before the worker does anything else:
-    holding the delivery row locked while the provider accepts makes that statement wait inside
-    the server; the worker is killed then, and the statement still completes, whole."""
+    holding the delivery row locked while the provider accepts (email: from RCPT on, as the
+    record goes out right after the message, before the answer) makes that statement wait
+    inside the server; the worker is killed then, and the statement still completes, whole."""
     user_id, headers = user
     server, options, settings = provider(kind)
     channel = next(iter(options))
@@ -147,8 +148,8 @@ def test_worker_killed_with_its_record_in_flight_sends_nothing_twice(build, prov
         def hold_the_row():
             with lock.cursor() as cur:
                 cur.execute("SELECT 1 FROM deliveries WHERE channel = %s FOR UPDATE", (channel,))
-        if kind == "email":
-            server.on_data = hold_the_row
+        if kind == "email":   # the record leaves with the message's final dot, before the answer
+            server.on_rcpt = hold_the_row
         else:
             server.on_request = hold_the_row
         worker, client = start(app, env, processes, user_id, email="someone@example.org", phone=PHONE)

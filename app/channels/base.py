@@ -6,7 +6,10 @@ closes, logs or parses anything else: that call records the delivery as
 sent in one round trip (app/deliveries/receipt.py), so a worker killed
 afterwards does not send it again. A channel that does not call it is
 recorded when `send` returns, a wider window. Errors raised after the call
-do not make the delivery a retry.
+do not make the delivery a retry. A channel whose protocol has a point where
+the provider surely has the whole message before it answers (SMTP: the final
+dot sent) may call `outbound.accepted.submit(provider_id)` there instead; an
+error raised afterwards, before `accepted`, takes that record back.
 
 A channel returns the provider's message id, or raises
     DeliveryError

@@ -16,10 +16,11 @@ deliveries), but it passes no timeout to smtplib (a dead relay would hang the
 worker), uses an unverified TLS context for STARTTLS and SSL, leaks the socket
 when STARTTLS or login fails, and lets a failing QUIT after an accepted
 message raise (which would make us send it again). `SMTPConnection` below is
-flask-mail's Connection with those four things fixed, and a fifth: its
-`send` reports the acceptance (the 250 to DATA) the moment `sendmail`
-returns, before flask-mail's signal and before QUIT, so the delivery is
-recorded as sent while the SMTP conversation is still open.
+flask-mail's Connection with those four things fixed, and a fifth: the
+delivery is recorded as sent the moment DATA's final dot has left, before the
+server's answer is read (`_SubmitHook`; a refusal or no answer takes the
+record back), and `send` reports the acceptance (the 250) when `sendmail`
+returns, before flask-mail's signal and before QUIT.
 
 The Message-ID is derived from the delivery id, so every attempt of one
 delivery carries the same id (receiving systems can recognise a resend), and
@@ -40,6 +41,35 @@ from .email_render import render_email, unsubscribe_targets
 from .webhook import expand_env
 
 
+class _SubmitHook:
+    """Calls `self.submitted()` the moment DATA's final dot has been handed to the kernel, before
+    the server's answer is read (app/deliveries/receipt.py, `Receipt.submit`, says why)."""
+
+    submitted = None
+    _in_data = False
+
+    def data(self, msg):
+        self._in_data = True
+        try:
+            return super().data(msg)
+        finally:
+            self._in_data = False
+
+    def send(self, s):
+        super().send(s)
+        if self._in_data and self.submitted is not None and isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self._in_data = False   # smtplib's data() sends the whole message, dot included, at once
+            self.submitted()
+
+
+class _SMTP(_SubmitHook, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_SubmitHook, smtplib.SMTP_SSL):
+    pass
+
+
 class SMTPConnection(flask_mail.Connection):
     """flask-mail's connection with a timeout, verified TLS and a close that never masks a send."""
 
@@ -50,9 +80,9 @@ class SMTPConnection(flask_mail.Connection):
     def configure_host(self):
         mail = self.mail
         if mail.use_ssl:
-            host = smtplib.SMTP_SSL(mail.server, mail.port, timeout=self.timeout, context=self.tls_context)
+            host = _SMTP_SSL(mail.server, mail.port, timeout=self.timeout, context=self.tls_context)
         else:
-            host = smtplib.SMTP(mail.server, mail.port, timeout=self.timeout)
+            host = _SMTP(mail.server, mail.port, timeout=self.timeout)
         try:
             host.set_debuglevel(int(mail.debug))
             if mail.use_tls:
@@ -71,6 +101,9 @@ class SMTPConnection(flask_mail.Connection):
         if message.date is None:
             message.date = time.time()
         if self.host is not None:
+            submit = getattr(accepted, "submit", None)
+            if submit is not None:
+                self.host.submitted = lambda: submit(message.msgId)
             self.host.sendmail(sanitize_address(message.sender), list(sanitize_addresses(message.send_to)),
                                message.as_bytes(), message.mail_options, message.rcpt_options)
         accepted(message.msgId)

@@ -29,7 +29,7 @@ from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
 from ..jobs_queue import schedule_delivery
 from . import repository
-from .receipt import Receipt, record_late
+from .receipt import Receipt, record_late, unrecord
 
 log = logging.getLogger(__name__)
 LEASE_SECONDS = 120   # longer than any channel's send timeout; a crashed attempt is retaken after it
@@ -56,6 +56,8 @@ def deliver(delivery_id):
             status, kwargs, retry = _attempt(app, domain, claimed, accepted)
         if status != "sent":
             with db.transaction(conn):
+                if accepted.recorded:   # submitted, then refused or unanswered
+                    unrecord(conn, claimed)
                 if status == "held":
                     repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
                 else:

@@ -6,9 +6,9 @@ killed after the provider took a message and before the delivery row says
 window as narrow as it can be. Its statement is written out (mogrified)
 before the channel talks to the provider, with a hole for the provider's
 message id; the channel calls the receipt the moment the provider accepted
-(email: right after the 250 to DATA, before QUIT), and the receipt fills the
-hole and sends ONE statement on an autocommit connection: one round trip,
-one transaction. What is left between acceptance and record is reading the
+(email: the instant DATA's final dot is sent, before the 250 is read, see
+`Receipt.submit`), and the receipt fills the hole and sends ONE statement on
+an autocommit connection: one round trip, one transaction. What is left between acceptance and record is reading the
 provider's reply and handing a few hundred bytes to the kernel. PostgreSQL
 runs a query it has received even if the client dies right after sending it
 (unless `client_connection_check_interval` is set on the server), so a kill
@@ -85,8 +85,27 @@ class Receipt:
         """The provider accepted the message: record it now, before anything else happens."""
         if self.accepted:
             return
+        self.accepted = True
+        if not self.recorded:
+            self._record(provider_id)
+
+    def submit(self, provider_id=None):
+        """The whole message is on its way and the provider's answer not read yet: record it now.
+
+        For SMTP, called the instant DATA's final dot was handed to the kernel. Between the
+        server having the message and this record leaving the worker there is then no reply
+        to wait for and no wake-up, only the few microseconds of code between two system
+        calls, so a worker killed there (and its message sent again after the lease) becomes
+        rare. A worker killed after it and before a refusal leaves a delivery recorded as sent
+        that the server refused: the one case this trades for the duplicate. A live worker
+        that then reads a refusal, or no answer, undoes the record (`unrecord`) and the
+        attempt goes the usual way."""
+        if not self.recorded:
+            self._record(provider_id)
+
+    def _record(self, provider_id):
         provider_id = None if provider_id is None else str(provider_id)
-        self.accepted, self.provider_id = True, provider_id
+        self.provider_id = provider_id
         try:
             quoted = adapt(provider_id)
             if hasattr(quoted, "prepare"):
@@ -95,6 +114,19 @@ class Receipt:
             self.recorded = True
         except psycopg2.Error as exc:
             self.error = exc
+
+
+UNSENT_SQL = (
+    "WITH gone AS (DELETE FROM delivery_attempts WHERE delivery_id = %(id)s AND attempt = %(attempt)s"
+    " AND outcome = 'sent' RETURNING delivery_id)"
+    " UPDATE deliveries SET status = 'sending', sent_at = NULL WHERE id IN (SELECT delivery_id FROM gone)")
+
+
+def unrecord(conn, claimed):
+    """Take back a submitted record whose provider then refused or never answered (the caller
+    commits, with the attempt's real outcome in the same transaction)."""
+    with conn.cursor() as cur:
+        cur.execute(UNSENT_SQL, _params(claimed, None))
 
 
 def record_late(claimed, provider_id, patience=LATE_RECORD_SECONDS):
