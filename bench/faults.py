@@ -308,10 +308,12 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     res.check(distinct_ids == n and distinct_keys == n, f"{distinct_ids} distinct Message-IDs, {distinct_keys} distinct "
                                                         f"recipient+subject, want {n}")
     res.check(ambiguous == 0, f"{ambiguous} Message-IDs shared by different messages")
-    # The design's one window (SIGKILL after the SMTP server accepted, before the row says sent) may
-    # resend; such a copy carries the same Message-ID. Anything else is a duplicate we cannot explain.
+    # The design's one window (SIGKILL between the final dot leaving and the record leaving, a few
+    # µs of code) may still resend; such a copy carries the same Message-ID, which tells it apart
+    # from a duplicate we cannot explain. Either is a failure of the guarantee: counted, and red.
     res.check(dup_key == dup_id, f"{dup_key} duplicates by recipient+subject but {dup_id} by Message-ID")
-    res.check(dup_id <= kills, f"{dup_id} duplicate emails from {kills} kills")
+    res.check(dup_id == 0, f"{dup_id} duplicate emails in {kills} kills (first copy vs nearest kill, ms: "
+                           f"{kill_offsets})")
     for w in pool:
         res.check(w.alive, f"a worker died by itself:\n{w.output()[-2000:]}")
     return res
