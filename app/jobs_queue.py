@@ -159,8 +159,8 @@ def _stranded(job, connection, settle=1.0):
     retried after a back-off as long as `relay.stale_after` was now and then caught there under
     a backlog, and the copy started a second retry chain that spent the delivery's attempts
     twice as fast (`bench/faults.py smtp --full`: 2 of 500 emails failed for good, their
-    back-off restarting from 1 s mid-outage). So the job must stay unstarted and off its queue for `settle` seconds to count
-    as stranded. (RQ's started registry is no help: it may still hold an entry of an earlier,
+    back-off restarting from 1 s mid-outage). So the job must stay unstarted and off its queue
+    for `settle` seconds to count as stranded. (RQ's started registry is no help: it may still hold an entry of an earlier,
     killed execution of the same job id.)"""
     queue_ = Queue(job.origin, connection=connection)
     deadline = time.monotonic() + settle

@@ -296,7 +296,7 @@ def test_refusal_fails_at_once_with_the_servers_reason(build, smtp, recipient, s
     assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
     assert answer[:3] in delivery["last_error"] and answer[10:] in delivery["last_error"]
     assert [a["outcome"] for a in delivery["history"]] == ["failed"]
-    assert delivery.get("sent_at") is None
+    assert delivery.get("sent_at") is None and delivery["provider_message_id"] is None
     assert smtp.messages == []
 
 

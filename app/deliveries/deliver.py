@@ -56,7 +56,7 @@ def deliver(delivery_id):
             status, kwargs, retry = _attempt(app, domain, claimed, accepted)
         if status != "sent":
             with db.transaction(conn):
-                if accepted.recorded:   # submitted, then refused or unanswered
+                if accepted.submitted:   # then refused or unanswered
                     unrecord(conn, claimed)
                 if status == "held":
                     repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])

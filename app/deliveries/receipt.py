@@ -5,11 +5,13 @@ killed after the provider took a message and before the delivery row says
 `sent` sends it again once the claim lease runs out. The receipt makes that
 window as narrow as it can be. Its statement is written out (mogrified)
 before the channel talks to the provider, with a hole for the provider's
-message id; the channel calls the receipt the moment the provider accepted
-(email: the instant DATA's final dot is sent, before the 250 is read, see
-`Receipt.submit`), and the receipt fills the hole and sends ONE statement on
-an autocommit connection: one round trip, one transaction. What is left between acceptance and record is reading the
-provider's reply and handing a few hundred bytes to the kernel. PostgreSQL
+message id; the channel calls the receipt the moment the provider surely has
+the message (email: the instant DATA's final dot is sent, before the answer
+is read, see `Receipt.submit`; an API: its 2xx read), and the receipt fills
+the hole and sends ONE statement on an autocommit connection: one round
+trip, one transaction. What is left between the provider having the message
+and the record is a few microseconds of code (an API: reading its reply) and
+handing a few hundred bytes to the kernel. PostgreSQL
 runs a query it has received even if the client dies right after sending it
 (unless `client_connection_check_interval` is set on the server), so a kill
 after that point no longer causes a resend.
@@ -62,7 +64,7 @@ class Receipt:
 
     def __init__(self, conn, claimed):
         self.conn, self.claimed = conn, claimed
-        self.accepted = self.recorded = False
+        self.accepted = self.recorded = self.submitted = False
         self.provider_id = self.error = None
         hole = secrets.token_hex(16)
         with conn.cursor() as cur:
@@ -83,11 +85,9 @@ class Receipt:
 
     def __call__(self, provider_id=None):
         """The provider accepted the message: record it now, before anything else happens."""
-        if self.accepted:
-            return
-        self.accepted = True
-        if not self.recorded:
-            self._record(provider_id)
+        if not self.accepted:
+            self.accepted = True
+            self.submit(provider_id)
 
     def submit(self, provider_id=None):
         """The whole message is on its way and the provider's answer not read yet: record it now.
@@ -100,6 +100,7 @@ class Receipt:
         that the server refused: the one case this trades for the duplicate. A live worker
         that then reads a refusal, or no answer, undoes the record (`unrecord`) and the
         attempt goes the usual way."""
+        self.submitted = True
         if not self.recorded:
             self._record(provider_id)
 
@@ -119,12 +120,14 @@ class Receipt:
 UNSENT_SQL = (
     "WITH gone AS (DELETE FROM delivery_attempts WHERE delivery_id = %(id)s AND attempt = %(attempt)s"
     " AND outcome = 'sent' RETURNING delivery_id)"
-    " UPDATE deliveries SET status = 'sending', sent_at = NULL WHERE id IN (SELECT delivery_id FROM gone)")
+    " UPDATE deliveries SET sent_at = NULL, provider_message_id = NULL WHERE id IN (SELECT delivery_id FROM gone)")
 
 
 def unrecord(conn, claimed):
     """Take back a submitted record whose provider then refused or never answered (the caller
-    commits, with the attempt's real outcome in the same transaction)."""
+    commits, with the attempt's real outcome in the same transaction). A no-op when the record
+    never reached PostgreSQL; run whenever one was submitted, since a record whose connection
+    broke on the way may have committed all the same."""
     with conn.cursor() as cur:
         cur.execute(UNSENT_SQL, _params(claimed, None))
 
