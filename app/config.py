@@ -44,13 +44,20 @@ DEFAULTS = {
     "PUBLIC_URL": "http://localhost:8000",
     "RATE_LIMITS_ENABLED": "true",
     "INBOX_PAGE_ENABLED": "false",
+    # Development mode: `./dev up` and the test suite set it; a deploy never does. Outside it, start-up
+    # refuses development secrets (docs/security.md).
+    "DEVELOPMENT": "false",
+    # The service's own secret for keyed hashes and signatures (app/keyed.py); required outside development.
+    "SECRET_KEY": "",
 }
+
+DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
         "SSE_MAX_STREAMS_PER_WORKER")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
-BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED")
+BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")
 
 
@@ -95,6 +102,7 @@ def load_settings(overrides=None, environ=None):
             settings[name] = _convert(name, environ.get(name, default))
     settings.update(overrides)
     _check_auth(settings)
+    _check_secret_key(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
     return settings
 
@@ -121,3 +129,12 @@ def _check_auth(settings):
     for alg in settings["JWT_ALGORITHMS"]:
         if alg not in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256"):
             raise ConfigError("environment", "JWT_ALGORITHMS", f"unsupported algorithm {alg!r}")
+
+
+def _check_secret_key(settings):
+    """SECRET_KEY signs tickets and keys the hashes of key ids and addresses: a deploy must set its own."""
+    if not settings["SECRET_KEY"]:
+        if not settings["DEVELOPMENT"]:
+            raise ConfigError("environment", "SECRET_KEY", "is required outside development (32+ random bytes, "
+                              "e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        settings["SECRET_KEY"] = DEV_SECRET_KEY

@@ -955,7 +955,7 @@ def _standalone_env():
     migrate(url, echo=lambda *_: None)
     redis = redis_server()
     env = {"DATABASE_URL": url, "REDIS_URL": redis.url, "REDIS_PREFIX": "notif:", "JWT_SECRET": JWT_SECRET,
-           "API_KEYS": f"{API_KEY},{OTHER_API_KEY}", "RATE_LIMITS_ENABLED": "false"}
+           "API_KEYS": f"{API_KEY},{OTHER_API_KEY}", "RATE_LIMITS_ENABLED": "false", "DEVELOPMENT": "true"}
 
     def cleanup():
         redis.stop()

@@ -572,7 +572,7 @@ class Bench(contextlib.ExitStack):
         metrics = os.path.join(self.workdir, "metrics")
         os.makedirs(metrics, exist_ok=True)
         env.update(DATABASE_URL=self.db.url, REDIS_URL=self.redis_server.url, REDIS_PREFIX=PREFIX,
-                   JWT_SECRET=JWT_SECRET, API_KEYS=API_KEY, RATE_LIMITS_ENABLED="false",
+                   JWT_SECRET=JWT_SECRET, API_KEYS=API_KEY, RATE_LIMITS_ENABLED="false", DEVELOPMENT="true",
                    SSE_MAX_STREAMS_PER_USER="10", SSE_KEEPALIVE_SECONDS="15", ACCESS_LOG="",
                    GRACEFUL_TIMEOUT="2", PROMETHEUS_MULTIPROC_DIR=metrics, HOST="127.0.0.1",
                    WEB_CONCURRENCY=str(workers), WORKER_CONNECTIONS=str(worker_connections),

@@ -316,7 +316,7 @@ def main():
     redis = redis_server()
     database = Database(server_url, keep=args.keep)
     env = dict(os.environ, DATABASE_URL=database.url, REDIS_URL=redis.url, REDIS_PREFIX="bench:",
-               JWT_SECRET="bench-secret-that-is-long-enough-for-hs256", API_KEYS=API_KEY,
+               JWT_SECRET="bench-secret-that-is-long-enough-for-hs256", API_KEYS=API_KEY, DEVELOPMENT="true",
                QUEUE_CONFIG=bench_queue_config(workdir),
                # a trigger to 10,000 users is ~390 KB of JSON: above the default 256 KiB body limit
                MAX_CONTENT_LENGTH=str(2 * 1024 * 1024))
@@ -324,7 +324,7 @@ def main():
     logging.basicConfig(level=logging.INFO, filename=os.path.join(workdir, "worker.log"), force=True)
     from app import create_app
     app = create_app({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "REDIS_PREFIX", "JWT_SECRET", "API_KEYS",
-                                          "QUEUE_CONFIG", "MAX_CONTENT_LENGTH")})
+                                          "QUEUE_CONFIG", "MAX_CONTENT_LENGTH", "DEVELOPMENT")})
     for handler in logging.getLogger().handlers:       # the app may add a stderr handler of its own
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setStream(open(os.path.join(workdir, "worker.log"), "a"))

@@ -17,7 +17,8 @@ import time
 
 from devtools.services import REPO_ROOT, postgres_url, redis_url, spawn
 
-DEFAULTS = {"JWT_SECRET": "dev-secret-change-me-before-production", "API_KEYS": "dev-key", "PORT": "8000"}
+DEFAULTS = {"JWT_SECRET": "dev-secret-change-me-before-production", "API_KEYS": "dev-key", "PORT": "8000",
+            "DEVELOPMENT": "true"}
 _print_lock = threading.Lock()
 
 

@@ -72,6 +72,7 @@ def base_env(database_url, redis_proc):
         "JWT_SECRET": JWT_SECRET,
         "API_KEYS": f"{API_KEY},{OTHER_API_KEY}",
         "RATE_LIMITS_ENABLED": "false",  # load tests exceed them; tests/test_ratelimit.py turns them on
+        "DEVELOPMENT": "true",           # the test keys and secrets are short development values
     }
 
 

@@ -14,7 +14,7 @@ from devtools.services import free_port
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_NOTIFICATIONS = os.path.join(REPO, "notifications.yaml")
 DEFAULT_QUEUE = os.path.join(REPO, "queue.yaml")
-AUTH = {"JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY}
+AUTH = {"JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY, "DEVELOPMENT": "true"}
 
 GOOD_NOTIFICATIONS = """\
 channels:
