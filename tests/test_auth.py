@@ -202,7 +202,7 @@ def test_rs256_signed_by_another_key_is_refused(make_app, rsa_keys):
 def test_rs256_expired_and_no_exp_are_refused(make_app, rsa_keys):
     private, public_pem = rsa_keys
     client = make_app(JWT_SECRET="", JWT_PUBLIC_KEY=public_pem).test_client()
-    expired = rs256(private, uuid.uuid4(), exp=int(time.time()) - 10)
+    expired = rs256(private, uuid.uuid4(), exp=int(time.time()) - 60)   # past the 30 s leeway
     no_exp = jwt.encode({"sub": str(uuid.uuid4())}, private, algorithm="RS256")
     for token in (expired, no_exp):
         assert client.get("/v1/notifications", headers=bearer(token)).get_json() == INVALID_USER
@@ -247,7 +247,7 @@ def service_client(make_app):
     application = make_app()
 
     @application.get("/_test/service")
-    @service_required
+    @service_required("trigger")
     def whoami():
         return {"service": current_service()}
 
