@@ -50,6 +50,12 @@ def digest(secret):
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def plain_name(secret, secret_key):
+    """A plain key's name: a keyed hash under SECRET_KEY, so a copy of the audit log cannot be
+    searched offline for the key (an unsalted sha256(key)[:12] could be, for a short key)."""
+    return PLAIN_PREFIX + keyed_hash("api-key", secret, 12, secret=secret_key)
+
+
 def new_key():
     """A fresh key: 32 random bytes, URL-safe (43 characters)."""
     return secrets.token_urlsafe(32)
@@ -88,7 +94,7 @@ def build_table(entries, secret_key, source="API_KEYS"):
             key = ApiKey(name, parse_scopes(scopes, source), plain=False)
         else:
             hexdigest = digest(entry)
-            key = ApiKey(PLAIN_PREFIX + keyed_hash("api-key", entry, 12, secret=secret_key), ALL_SCOPES, plain=True)
+            key = ApiKey(plain_name(entry, secret_key), ALL_SCOPES, plain=True)
             plain.append(entry)
         if hexdigest in table and table[hexdigest] != key:
             raise ConfigError("environment", source, f"one key is configured twice, as {table[hexdigest].name!r} "
