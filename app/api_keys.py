@@ -34,7 +34,7 @@ SCOPES = {
 ALL_SCOPES = frozenset(SCOPES)
 MIN_PLAIN_LENGTH = 32
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_HASHED = re.compile(r"^([^:\s]+):([0-9a-fA-F]{64}):([^:\s]+)$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 PLAIN_PREFIX = "key-"
 
 
@@ -88,10 +88,13 @@ def build_table(entries, secret_key, source="API_KEYS"):
     Returns the table and the plain entries (for the start-up checks and warning)."""
     table, plain = {}, []
     for entry in entries:
-        match = _HASHED.match(entry)
-        if match:
-            name, hexdigest, scopes = check_name(match.group(1), source), match.group(2).lower(), match.group(3)
-            key = ApiKey(name, parse_scopes(scopes, source), plain=False)
+        if entry.count(":") == 2:   # name:sha256hex:scopes (a plain key has no such shape)
+            name, hexdigest, scopes = entry.split(":")
+            if not _HEX64.match(hexdigest):
+                raise ConfigError("environment", source, f"key {name!r}: the middle part must be the key's "
+                                  "SHA-256 in hex (64 characters); `flask keys new` prints the line")
+            hexdigest = hexdigest.lower()
+            key = ApiKey(check_name(name, source), parse_scopes(scopes, source), plain=False)
         else:
             hexdigest = digest(entry)
             key = ApiKey(plain_name(entry, secret_key), ALL_SCOPES, plain=True)
