@@ -363,6 +363,41 @@ def test_read_all_with_a_limited_token_leaves_other_customers_unread(client, db)
     assert fetch_row(db, hidden["id"])["read_at"] is None
 
 
+def _chat_in_app(client, user_id, customer_id):
+    """Whether chat.message_received reaches the in-app channel for that customer (full token)."""
+    body = client.get(f"/v1/notifications/preferences?customer_id={customer_id}",
+                      headers=bearer(make_token(user_id))).get_json()
+    group = next(g for g in body["groups"] if g["group"] == "chat")
+    return next(e for e in group["events"] if e["event"] == "message_received")["channels"]["system"]["enabled"]
+
+
+def test_a_limited_token_changes_preferences_of_its_customers_only(client, db):
+    """A change without `customer_id` ("all customers") from a token limited to customer A
+    applies to A (each listed customer), not to B, which the token cannot see."""
+    user_id, mine, theirs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    headers = bearer(make_token(user_id, customers=[mine]))
+    response = client.put("/v1/notifications/preferences", headers=headers,
+                          json={"changes": [{"group": "chat", "enabled": False}]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _chat_in_app(client, user_id, mine) is False
+    assert _chat_in_app(client, user_id, theirs) is True
+    with db.cursor() as cur:
+        cur.execute("SELECT customer_id FROM preferences WHERE user_id = %s", (user_id,))
+        assert [str(row[0]) for row in cur.fetchall()] == [str(mine)]
+
+
+def test_a_limited_token_cannot_set_quiet_hours_that_hold_every_customer(client, db):
+    user_id = uuid.uuid4()
+    quiet = {"quiet_hours": {"start": "22:00", "end": "07:00"}}
+    before = fingerprint(db)
+    response = client.put("/v1/notifications/preferences", json=quiet,
+                          headers=bearer(make_token(user_id, customers=[uuid.uuid4()])))
+    assert_error(response, "notifications_m.invalid_customer_id", 403)
+    assert fingerprint(db) == before
+    response = client.put("/v1/notifications/preferences", json=quiet, headers=bearer(make_token(user_id)))
+    assert response.status_code == 200 and response.get_json()["quiet_hours"]["start"] == "22:00"
+
+
 # ---------------------------------------------------------------- mass assignment (API3)
 
 
