@@ -1,7 +1,7 @@
 """The application factory."""
 from flask import Flask
 
-from . import api, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
+from . import api, auth, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
 from . import audit, retention
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
@@ -15,6 +15,7 @@ def create_app(config=None):
     app.config.update(load_settings(config))
     app.json.sort_keys = False
     logs.init_app(app)
+    auth.init_app(app)
     security.init_app(app)
     errors.init_app(app)
     db.init_app(app)

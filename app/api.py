@@ -4,7 +4,7 @@ from flask import request
 from flask_smorest import Api as SmorestApi
 
 from . import errors
-from .auth import SECURITY_SCHEMES
+from .auth import SECURITY_SCHEMES, ScopePlugin
 
 
 class ErrorSchema(ma.Schema):
@@ -64,7 +64,7 @@ def init_app(app, blueprints):
     app.config.setdefault("OPENAPI_REDOC_PATH", "/redoc")
     # without a script URL flask-smorest silently skips the /redoc page
     app.config.setdefault("OPENAPI_REDOC_URL", "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js")
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [ScopePlugin(app)]})
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
     for blp in blueprints:

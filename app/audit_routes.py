@@ -60,7 +60,7 @@ class AuditPageSchema(ma.Schema):
 
 @blp.route("/audit")
 class AuditLog(MethodView):
-    decorators = [service_required]
+    decorators = [service_required("audit")]
 
     @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(AuditQuerySchema, location="query", as_kwargs=True, unknown=RAISE)

@@ -1,19 +1,25 @@
-"""Who is calling: users by bearer JWT, services by API key.
+"""Who is calling: users by bearer JWT, services by API key with scopes.
 
 A user token is never accepted where a key is required, nor the reverse; every
 failure to identify a user is the same 401 `invalid_user_id`, so a client
-cannot probe which part of a token was wrong.
+cannot probe which part of a token was wrong. A known key without the scope an
+endpoint needs is 403 `insufficient_scope` (app/api_keys.py has the scopes).
 """
 import functools
-import hashlib
-import hmac
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 
 import jwt
+from apispec import BasePlugin
 from flask import current_app, g, request
 
-from .errors import InvalidApiKey, InvalidCustomerId, InvalidUserId
+from . import api_keys
+from .errors import InsufficientScope, InvalidApiKey, InvalidCustomerId, InvalidUserId
+
+log = logging.getLogger(__name__)
+LEEWAY_SECONDS = 30   # clock skew allowed on exp, iat and nbf (an identity provider a little ahead)
 
 USER_SECURITY = [{"bearerAuth": []}]
 SERVICE_SECURITY = [{"apiKeyAuth": []}]
@@ -44,8 +50,9 @@ def decode_token(token, config):
             raise InvalidUserId()
         key = config["JWT_SECRET"] if alg.startswith("HS") else config["JWT_PUBLIC_KEY"]
         options = {"require": ["exp", "sub"], "verify_aud": bool(config["JWT_AUDIENCE"])}
-        claims = jwt.decode(token, key, algorithms=[alg], options=options,
+        claims = jwt.decode(token, key, algorithms=[alg], options=options, leeway=LEEWAY_SECONDS,
                             audience=config["JWT_AUDIENCE"] or None, issuer=config["JWT_ISSUER"] or None)
+        _check_lifetime(claims, config["JWT_MAX_LIFETIME_SECONDS"])
         user_id = uuid.UUID(str(claims["sub"]))
         customers = claims.get("customers")
         if customers is not None:
@@ -55,6 +62,15 @@ def decode_token(token, config):
     except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
         raise InvalidUserId()
     return User(user_id, customers)
+
+
+def _check_lifetime(claims, max_seconds):
+    """Refuse a token that lives longer than the cap (from its `iat`, else from now):
+    a leaked long-lived token would otherwise open the inbox for ever."""
+    issued = claims.get("iat")
+    start = issued if isinstance(issued, (int, float)) and not isinstance(issued, bool) else time.time()
+    if claims["exp"] - start > max_seconds:
+        raise InvalidUserId()
 
 
 def bearer_token():
@@ -75,23 +91,22 @@ def current_user():
     return g.user
 
 
-def key_id(key):
-    """A stable, non-secret name for an API key, for audit and idempotency scoping."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+def current_key():
+    """The calling service's ApiKey (raises 401 for a missing or wrong key).
+
+    Looked up by the SHA-256 of what was sent: the configuration holds only hashes."""
+    if "api_key" not in g:
+        given = request.headers.get("X-API-Key", "")
+        key = current_app.config["API_KEY_TABLE"].get(api_keys.digest(given)) if given else None
+        if key is None:
+            raise InvalidApiKey()
+        g.api_key, g.service = key, key.name
+    return g.api_key
 
 
 def current_service():
-    """The calling service's key id (raises 401 for a missing or wrong key)."""
-    if "service" not in g:
-        given = request.headers.get("X-API-Key", "")
-        match = None
-        for key in current_app.config["API_KEYS"]:
-            if hmac.compare_digest(given.encode(), key.encode()):
-                match = key
-        if not given or match is None:
-            raise InvalidApiKey()
-        g.service = key_id(match)
-    return g.service
+    """The calling key's name: what audit rows, limits and idempotency scoping call it."""
+    return current_key().name
 
 
 def user_required(view):
@@ -103,16 +118,80 @@ def user_required(view):
     return wrapper
 
 
-def service_required(view):
-    """Run the view only for a request with a valid X-API-Key."""
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        current_service()
-        return view(*args, **kwargs)
-    return wrapper
+def service_required(scope):
+    """Run the view only for a valid X-API-Key that grants `scope` (401, else 403)."""
+    if scope not in api_keys.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            key = current_key()
+            if scope not in key.scopes:
+                log.warning("api key %s refused: it lacks the %s scope", key.name, scope)
+                raise InsufficientScope(f"This API key ({key.name}) lacks the `{scope}` scope")
+            return view(*args, **kwargs)
+        wrapper.api_key_scope = scope
+        return wrapper
+    decorator.api_key_scope = scope
+    return decorator
+
+
+def scope_of(view_class):
+    """The scope a MethodView's `service_required` demands, or None for a non-service view."""
+    for decorator in getattr(view_class, "decorators", None) or ():
+        if getattr(decorator, "api_key_scope", None):
+            return decorator.api_key_scope
+    return None
+
+
+def init_app(app):
+    """The start-up warnings and `flask keys`."""
+    from . import keys_cli
+    keys_cli.init_app(app)
+    warn_at_startup(app)
+
+
+def warn_at_startup(app):
+    """Log once per process what a reviewer would want to know about the configuration."""
+    config = app.config
+    plain = sorted(config["API_KEY_TABLE"][api_keys.digest(k)].name for k in config["PLAIN_API_KEYS"])
+    if plain:
+        log.warning("API keys %s are configured in clear (plain API_KEYS form, every scope); "
+                    "replace them with `flask keys new NAME --scopes ...` lines", ", ".join(plain))
+    if not config["DEVELOPMENT"] and not config["JWT_AUDIENCE"] and not config["JWT_ISSUER"]:
+        log.warning("neither JWT_AUDIENCE nor JWT_ISSUER is set: any token signed with the key is accepted, "
+                    "whatever service it was issued for")
+
+
+class ScopePlugin(BasePlugin):
+    """Documents each service operation's scope from its `service_required`, so the OpenAPI
+    document cannot disagree with what is enforced: `x-scopes`, a line of the description
+    and the 403 `insufficient_scope` answer."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        rule = kwargs.get("rule")
+        view = self.app.view_functions.get(rule.endpoint) if rule is not None else None
+        scope = scope_of(getattr(view, "view_class", None))
+        if scope is None:
+            return
+        for operation in operations.values():
+            operation["security"] = SERVICE_SECURITY
+            operation["x-scopes"] = [scope]
+            operation["description"] = (operation.get("description", "") +
+                                        f"\n\nAPI key scope: `{scope}`.").lstrip()
+            operation.setdefault("responses", {})["403"] = {
+                "description": f"`notifications_m.insufficient_scope`: the key lacks the `{scope}` scope",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                   "description": "A key has a name and scopes; each service operation names the scope it "
+                                  "needs in `x-scopes` (403 `notifications_m.insufficient_scope` without it). "
+                                  "Scopes: " + "; ".join(f"`{k}`: {v}" for k, v in api_keys.SCOPES.items())},
 }

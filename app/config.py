@@ -6,6 +6,7 @@ entry points turn into one line on stderr and a non-zero exit.
 """
 import os
 
+from . import api_keys
 from .domain import load_domain
 from .errors import ConfigError
 
@@ -19,6 +20,8 @@ DEFAULTS = {
     "JWT_AUDIENCE": "",
     "JWT_ISSUER": "",
     "API_KEYS": "",
+    "API_KEYS_FILE": "",                   # more API_KEYS entries, one a line (app/api_keys.py)
+    "JWT_MAX_LIFETIME_SECONDS": "86400",   # a token whose exp - (iat or now) is longer is refused
     "NOTIFICATIONS_CONFIG": "notifications.yaml",
     "QUEUE_CONFIG": "queue.yaml",
     "DB_POOL_SIZE": "20",
@@ -55,7 +58,7 @@ DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
-        "SSE_MAX_STREAMS_PER_WORKER")
+        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")
@@ -101,8 +104,10 @@ def load_settings(overrides=None, environ=None):
         else:
             settings[name] = _convert(name, environ.get(name, default))
     settings.update(overrides)
-    _check_auth(settings)
     _check_secret_key(settings)
+    _check_auth(settings)
+    if not settings["DEVELOPMENT"]:
+        _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
     return settings
 
@@ -111,8 +116,12 @@ def _check_auth(settings):
     """Refuse to start with no way to verify a token or a key."""
     if not settings["JWT_SECRET"] and not settings["JWT_PUBLIC_KEY"]:
         raise ConfigError("environment", "JWT_SECRET", "is required (or JWT_PUBLIC_KEY for RS256)")
-    if not settings["API_KEYS"]:
-        raise ConfigError("environment", "API_KEYS", "needs at least one key")
+    entries = list(settings["API_KEYS"])
+    if settings["API_KEYS_FILE"]:
+        entries += api_keys.read_file(settings["API_KEYS_FILE"])
+    settings["API_KEY_TABLE"], settings["PLAIN_API_KEYS"] = api_keys.build_table(entries, settings["SECRET_KEY"])
+    if settings["JWT_MAX_LIFETIME_SECONDS"] < 1:
+        raise ConfigError("environment", "JWT_MAX_LIFETIME_SECONDS", "must be at least 1")
     key = settings["JWT_PUBLIC_KEY"]
     if key and not key.lstrip().startswith("-----BEGIN"):
         if not os.path.isfile(key):
@@ -138,3 +147,34 @@ def _check_secret_key(settings):
             raise ConfigError("environment", "SECRET_KEY", "is required outside development (32+ random bytes, "
                               "e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')")
         settings["SECRET_KEY"] = DEV_SECRET_KEY
+
+
+# Published or test values: never a deploy's (docs/security-auth.md).
+DEVELOPMENT_VALUES = frozenset({
+    "dev-secret-change-me-before-production", "dev-key", DEV_SECRET_KEY,
+    "test-secret-that-is-long-enough-for-hs256", "test-api-key", "second-service-key",
+    "bench-secret-that-is-long-enough-for-hs256",
+})
+MIN_SECRET_BYTES = 32
+
+
+def _refuse_development_secrets(settings):
+    """Outside development a known development value or a short secret stops start-up."""
+    hmac_jwt = settings["JWT_SECRET"] and any(alg.startswith("HS") for alg in settings["JWT_ALGORITHMS"])
+    for name in ("SECRET_KEY", "JWT_SECRET"):
+        value = settings[name]
+        if value in DEVELOPMENT_VALUES:
+            raise ConfigError("environment", name, "is a published development value; set a secret of your own "
+                              "(or DEVELOPMENT=true on a developer machine)")
+        if (name == "SECRET_KEY" or hmac_jwt) and len(value.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError("environment", name, f"is {len(value.encode())} bytes; use at least "
+                              f"{MIN_SECRET_BYTES} random bytes outside development")
+    dev_digests = {api_keys.digest(value): value for value in DEVELOPMENT_VALUES}
+    for entry in settings["PLAIN_API_KEYS"]:
+        if entry in DEVELOPMENT_VALUES or len(entry) < api_keys.MIN_PLAIN_LENGTH:
+            raise ConfigError("environment", "API_KEYS", f"a plain key of {len(entry)} characters or a "
+                              f"development value; use `flask keys new NAME --scopes ...` (or "
+                              f"{api_keys.MIN_PLAIN_LENGTH}+ random characters) outside development")
+    for hexdigest, key in settings["API_KEY_TABLE"].items():
+        if hexdigest in dev_digests:
+            raise ConfigError("environment", "API_KEYS", f"key {key.name!r} is the hash of a development value")

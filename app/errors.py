@@ -5,6 +5,7 @@
     ├── InvalidUserId            401  bad, missing or expired bearer token
     ├── InvalidApiKey            401  missing or wrong X-API-Key
     ├── InvalidCustomerId        403  customer outside the token's `customers`
+    ├── InsufficientScope        403  a known API key without the endpoint's scope
     ├── InvalidId                400  a path id that is not a UUID
     ├── NotFound                 404  missing, or another user's
     ├── InvalidGroup / InvalidEvent / InvalidChannel   400
@@ -55,6 +56,8 @@ def _error(name, status, code, doc):
 InvalidUserId = _error("InvalidUserId", 401, "invalid_user_id", "Invalid or missing authenticated user ID")
 InvalidApiKey = _error("InvalidApiKey", 401, "invalid_api_key", "Invalid or missing API key")
 InvalidCustomerId = _error("InvalidCustomerId", 403, "invalid_customer_id", "Customer is not linked to this user")
+InsufficientScope = _error("InsufficientScope", 403, "insufficient_scope",
+                           "This API key lacks the scope this endpoint requires")
 InvalidId = _error("InvalidId", 400, "invalid_id", "Invalid notification ID")
 NotFound = _error("NotFound", 404, "not_found", "Notification not found")
 InvalidGroup = _error("InvalidGroup", 400, "invalid_group", "Invalid notification group")

@@ -76,7 +76,7 @@ def _classify(app, endpoint):
         return SPECIAL[endpoint]
     view = app.view_functions.get(endpoint)
     decorators = getattr(getattr(view, "view_class", None), "decorators", None) or ()
-    if auth.service_required in decorators:
+    if auth.scope_of(getattr(view, "view_class", None)):
         return "service"
     if auth.user_required in decorators:
         return "user"

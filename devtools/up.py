@@ -17,8 +17,11 @@ import time
 
 from devtools.services import REPO_ROOT, postgres_url, redis_url, spawn
 
+# HOST: the development secrets are published, so whoever reaches the server can mint tokens;
+# it listens on loopback unless HOST says otherwise (gunicorn.conf.py's own default, for a deploy,
+# is every interface).
 DEFAULTS = {"JWT_SECRET": "dev-secret-change-me-before-production", "API_KEYS": "dev-key", "PORT": "8000",
-            "DEVELOPMENT": "true"}
+            "HOST": "127.0.0.1", "DEVELOPMENT": "true"}
 _print_lock = threading.Lock()
 
 
@@ -102,7 +105,7 @@ def main() -> int:
             "worker": _start("worker", [sys.executable, "-m", "workers"], env),
         }
         children.extend(procs.values())
-        say(f"serving on http://127.0.0.1:{env['PORT']}  (Ctrl-C to stop)")
+        say(f"serving on http://{env['HOST']}:{env['PORT']}  (Ctrl-C to stop)")
         while True:
             for name, (proc, _) in procs.items():
                 if proc.poll() is not None:

@@ -1,10 +1,24 @@
-"""Who may call what: every endpoint of the app's url_map against every kind of bad credential,
+"""Who may call what: every endpoint of the app's url_map against every kind of wrong identity,
 then object-level authorisation (OWASP API1) and customer scoping.
 
-`ACCESS` classifies every (method, rule). The first test walks `app.url_map` and fails when an
-endpoint is missing from the table (or the table names one that is gone): a new endpoint cannot
-ship unclassified. Path parameters must be named in `PATH_OBJECTS` for the same reason: each
-kind of object in a path gets its own "someone else's object" test below.
+`ACCESS` classifies every (method, rule), and `SCOPE` names the API-key scope of every service
+endpoint. The first tests walk `app.url_map` and fail when an endpoint is missing from either
+table (or a table names one that is gone, or a scope that is not the one enforced): a new
+endpoint cannot ship unclassified. Path parameters must be named in `PATH_OBJECTS` for the same
+reason: each kind of object in a path gets its own "someone else's object" test below.
+
+The wrong identities and where each is refused (docs/security-auth.md has the same table):
+
+    no credential, garbage, basic auth     every non-open endpoint      test_bad_credentials_...
+    expired token, token of another key    every user and stream one    test_bad_credentials_...
+    a key where a token is needed (and
+      the reverse)                         every non-open endpoint      test_bad_credentials_...
+    a key without the scope                every service endpoint       test_bad_credentials_... (403)
+    a reused stream ticket                 every stream endpoint        test_bad_credentials_...
+    another user                           every <notification_id> one  test_another_users_notification_...
+                                           every <trigger_id> one       test_another_keys_trigger_...
+    another customer                       every customer_id query/body test_customer_outside_the_token_...
+                                           every <notification_id> one  test_a_notification_of_a_customer_...
 """
 import re
 import uuid
@@ -12,6 +26,8 @@ import uuid
 import psycopg2.extras
 import pytest
 
+from app.api_keys import SCOPES, config_line
+from app.auth import scope_of
 from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
 from factories import fetch_row, insert_notification
 
@@ -46,6 +62,18 @@ ACCESS = {
     ("GET", "/v1/notifications/audit"): SERVICE_ONLY,
 }
 
+# The API-key scope of every service endpoint (app/api_keys.py SCOPES; enforced by service_required).
+SCOPE = {
+    ("POST", "/v1/notifications/trigger"): "trigger",
+    ("GET", "/v1/notifications/triggers/<trigger_id>"): "trigger",
+    ("POST", "/v1/notifications/sse"): "push",
+    ("GET", "/v1/notifications/users/<user_id>/contact"): "contacts",
+    ("PUT", "/v1/notifications/users/<user_id>/contact"): "contacts",
+    ("DELETE", "/v1/notifications/users/<user_id>/contact"): "contacts",
+    ("GET", "/v1/notifications/stats"): "stats",
+    ("GET", "/v1/notifications/audit"): "audit",
+}
+
 # What each path parameter names, and so which "another caller's object" test covers it.
 PATH_OBJECTS = {
     "notification_id": "a user's notification: another user's answers exactly as a missing one",
@@ -56,6 +84,19 @@ PATH_OBJECTS = {
 
 INVALID_USER = ("notifications_m.invalid_user_id", 401)
 INVALID_KEY = ("notifications_m.invalid_api_key", 401)
+INSUFFICIENT_SCOPE = ("notifications_m.insufficient_scope", 403)
+INVALID_TICKET = ("notifications_m.invalid_ticket", 401)
+
+
+def scoped_key(scopes):
+    """A configured key granting exactly `scopes` (its secret is derived from them)."""
+    return "scoped-" + "-".join(sorted(scopes)) + "-" + "x" * 32
+
+
+# for each scope: a key with every other scope, and a key with that scope only
+SCOPED_KEYS = [frozenset(SCOPES) - {scope} for scope in SCOPES] + [frozenset({scope}) for scope in SCOPES]
+MATRIX_KEYS = ",".join([API_KEY, OTHER_API_KEY] + [config_line("k" + str(i), scoped_key(scopes), scopes)
+                                                    for i, scopes in enumerate(SCOPED_KEYS)])
 
 
 def bearer(token):
@@ -133,6 +174,16 @@ def test_every_endpoint_is_classified(app):
     assert not gone, f"these are in ACCESS but the app no longer serves them: {gone}"
 
 
+def test_every_service_endpoint_has_its_scope(app):
+    """SCOPE has a row for every service endpoint, and it is the scope the view enforces."""
+    service = {k for k, v in ACCESS.items() if v == SERVICE_ONLY}
+    assert set(SCOPE) == service, f"give these a row in SCOPE: {sorted(service - set(SCOPE))}"
+    for rule in app.url_map.iter_rules():
+        view_class = getattr(app.view_functions[rule.endpoint], "view_class", None)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert scope_of(view_class) == SCOPE.get((method, rule.rule)), (method, rule.rule)
+
+
 def test_every_path_parameter_is_classified(app):
     names = {name for rule in app.url_map.iter_rules() for name in rule.arguments}
     assert names <= set(PATH_OBJECTS), f"name the object of {sorted(names - set(PATH_OBJECTS))} in PATH_OBJECTS"
@@ -154,21 +205,54 @@ def test_openapi_documents_the_same_security(app, client):
 # ---------------------------------------------------------------- bad credentials, every endpoint
 
 
+def used_ticket(client):
+    """A stream ticket that was already redeemed once (refused for its customer after the
+    redemption, so no stream stays open)."""
+    headers = bearer(make_token(uuid.uuid4(), customers=[uuid.uuid4()]))
+    ticket = client.post("/v1/notifications/sse/ticket", headers=headers).get_json()["ticket"]
+    first = client.get(f"/v1/notifications/sse?ticket={ticket}&customer_id={uuid.uuid4()}")
+    assert first.status_code == 403, first.get_data(as_text=True)
+    return ticket
+
+
+def wrong_identities(client, kind, method, rule):
+    """(name, headers, query, expected refusal) of every wrong identity for this endpoint."""
+    for credential, expected in sorted(EXPECTED[kind].items()):
+        yield credential, CREDENTIALS[credential](), "", expected
+    if kind == SERVICE_ONLY:
+        scope = SCOPE[(method, rule)]
+        yield ("API key without the scope", {"X-API-Key": scoped_key(frozenset(SCOPES) - {scope})}, "",
+               INSUFFICIENT_SCOPE)
+    if kind == STREAM:
+        yield "reused stream ticket", {}, f"?ticket={used_ticket(client)}", INVALID_TICKET
+
+
+@pytest.fixture
+def matrix_client(make_app):
+    """The app with a key for every scope but one, and one for each scope alone, besides the plain keys."""
+    return make_app(API_KEYS=MATRIX_KEYS).test_client()
+
+
 @pytest.mark.parametrize("method,rule", sorted(k for k, v in ACCESS.items() if v != OPEN))
-def test_bad_credentials_are_refused_and_change_nothing(client, db, method, rule):
-    """Each bad credential of CREDENTIALS, one request each; all mismatches reported at once."""
+def test_bad_credentials_are_refused_and_change_nothing(matrix_client, db, method, rule):
+    """Each wrong identity, one request each; all mismatches reported at once. Then a key with
+    only the endpoint's scope gets past authentication (SCOPE's row is enough)."""
+    client, kind = matrix_client, ACCESS[(method, rule)]
     victim = insert_notification(db, uuid.uuid4())
     path = concrete(rule, notification_id=victim["id"])
     before = fingerprint(db)
     wrong = []
-    for credential, expected in sorted(EXPECTED[ACCESS[(method, rule)]].items()):
-        response = call(client, method, path, CREDENTIALS[credential]())
+    for credential, headers, query, expected in wrong_identities(client, kind, method, rule):
+        response = call(client, method, path + query, headers)
         body = response.get_json(silent=True) or {}
         got = (body.get("code"), response.status_code)
         if got != expected or body.get("status") != expected[1] or not body.get("message"):
             wrong.append(f"{credential}: expected {expected}, got {got} {response.get_data(as_text=True)[:200]}")
     assert not wrong, "\n".join(wrong)
     assert fingerprint(db) == before
+    if kind == SERVICE_ONLY:
+        response = call(client, method, path, {"X-API-Key": scoped_key(frozenset({SCOPE[(method, rule)]}))})
+        assert response.status_code not in (401, 403), response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("method,rule", sorted(k for k, v in ACCESS.items() if v == OPEN))
@@ -361,6 +445,41 @@ def test_read_all_with_a_limited_token_leaves_other_customers_unread(client, db)
     assert client.post("/v1/notifications/read-all", json={}, headers=headers).get_json()["updated"] == 1
     assert fetch_row(db, seen["id"])["read_at"] is not None
     assert fetch_row(db, hidden["id"])["read_at"] is None
+
+
+def _chat_in_app(client, user_id, customer_id):
+    """Whether chat.message_received reaches the in-app channel for that customer (full token)."""
+    body = client.get(f"/v1/notifications/preferences?customer_id={customer_id}",
+                      headers=bearer(make_token(user_id))).get_json()
+    group = next(g for g in body["groups"] if g["group"] == "chat")
+    return next(e for e in group["events"] if e["event"] == "message_received")["channels"]["system"]["enabled"]
+
+
+def test_a_limited_token_changes_preferences_of_its_customers_only(client, db):
+    """A change without `customer_id` ("all customers") from a token limited to customer A
+    applies to A (each listed customer), not to B, which the token cannot see."""
+    user_id, mine, theirs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    headers = bearer(make_token(user_id, customers=[mine]))
+    response = client.put("/v1/notifications/preferences", headers=headers,
+                          json={"changes": [{"group": "chat", "enabled": False}]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _chat_in_app(client, user_id, mine) is False
+    assert _chat_in_app(client, user_id, theirs) is True
+    with db.cursor() as cur:
+        cur.execute("SELECT customer_id FROM preferences WHERE user_id = %s", (user_id,))
+        assert [str(row[0]) for row in cur.fetchall()] == [str(mine)]
+
+
+def test_a_limited_token_cannot_set_quiet_hours_that_hold_every_customer(client, db):
+    user_id = uuid.uuid4()
+    quiet = {"quiet_hours": {"start": "22:00", "end": "07:00"}}
+    before = fingerprint(db)
+    response = client.put("/v1/notifications/preferences", json=quiet,
+                          headers=bearer(make_token(user_id, customers=[uuid.uuid4()])))
+    assert_error(response, "notifications_m.invalid_customer_id", 403)
+    assert fingerprint(db) == before
+    response = client.put("/v1/notifications/preferences", json=quiet, headers=bearer(make_token(user_id)))
+    assert response.status_code == 200 and response.get_json()["quiet_hours"]["start"] == "22:00"
 
 
 # ---------------------------------------------------------------- mass assignment (API3)

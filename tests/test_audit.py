@@ -9,12 +9,13 @@ import uuid
 import psycopg2.extras
 import pytest
 
-from app.auth import key_id
+from app.api_keys import plain_name
+from app.config import DEV_SECRET_KEY
 from tests.conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
 from tests.factories import insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
-SERVICE_ID = key_id(API_KEY)
+SERVICE_ID = plain_name(API_KEY, DEV_SECRET_KEY)
 
 
 def rows(db):
@@ -71,7 +72,7 @@ def test_the_api_key_itself_is_never_recorded(client, db):
                         json={"type": "task", "event": "task_due", "title": "Due", "user_ids": [str(uuid.uuid4())]})
         assert r.status_code == 202
     found = rows(db)
-    assert [r["actor_id"] for r in found] == [key_id(API_KEY), key_id(OTHER_API_KEY)]
+    assert [r["actor_id"] for r in found] == [plain_name(k, DEV_SECRET_KEY) for k in (API_KEY, OTHER_API_KEY)]
     text = json.dumps(found, default=str)
     assert API_KEY not in text and OTHER_API_KEY not in text
 

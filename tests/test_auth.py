@@ -202,7 +202,7 @@ def test_rs256_signed_by_another_key_is_refused(make_app, rsa_keys):
 def test_rs256_expired_and_no_exp_are_refused(make_app, rsa_keys):
     private, public_pem = rsa_keys
     client = make_app(JWT_SECRET="", JWT_PUBLIC_KEY=public_pem).test_client()
-    expired = rs256(private, uuid.uuid4(), exp=int(time.time()) - 10)
+    expired = rs256(private, uuid.uuid4(), exp=int(time.time()) - 60)   # past the 30 s leeway
     no_exp = jwt.encode({"sub": str(uuid.uuid4())}, private, algorithm="RS256")
     for token in (expired, no_exp):
         assert client.get("/v1/notifications", headers=bearer(token)).get_json() == INVALID_USER
@@ -247,7 +247,7 @@ def service_client(make_app):
     application = make_app()
 
     @application.get("/_test/service")
-    @service_required
+    @service_required("trigger")
     def whoami():
         return {"service": current_service()}
 
@@ -281,3 +281,41 @@ def test_each_configured_key_is_accepted_with_its_own_id(service_client):
     assert API_KEY not in first_id and OTHER_API_KEY not in second_id
     # stable across requests
     assert service_client.get("/_test/service", headers=SERVICE).get_json()["service"] == first_id
+
+
+# ---------------------------------------------------------------- clock leeway and lifetime (Issue 16 point 8)
+
+
+@pytest.mark.parametrize("claims", [
+    {"iat": lambda now: now + 20},                          # the identity provider's clock 20 s ahead
+    {"nbf": lambda now: now + 20},
+    {"exp": lambda now: now - 20},                          # expired 20 s ago: within the leeway
+], ids=["iat-ahead", "nbf-ahead", "just-expired"])
+def test_clock_skew_within_30_seconds_is_accepted(client, claims):
+    now = int(time.time())
+    token = make_token(uuid.uuid4(), **{k: f(now) for k, f in claims.items()})
+    r = client.get("/v1/notifications", headers=bearer(token))
+    assert r.status_code == 200, r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("claims", [
+    {"nbf": lambda now: now + 60},
+    {"exp": lambda now: now - 60},
+    {"exp": lambda now: 2 ** 62},                           # lives for ever
+    {"exp": lambda now: now + 86400 + 120},                 # a day and two minutes from now, no iat
+    {"iat": lambda now: now - 3600, "exp": lambda now: now + 86400},   # 25 hours from its iat
+], ids=["nbf-beyond-leeway", "expired-beyond-leeway", "exp-2^62", "lifetime-from-now", "lifetime-from-iat"])
+def test_tokens_beyond_the_leeway_or_the_lifetime_cap_are_401(client, claims):
+    now = int(time.time())
+    token = make_token(uuid.uuid4(), **{k: f(now) for k, f in claims.items()})
+    r = client.get("/v1/notifications", headers=bearer(token))
+    assert r.status_code == 401 and r.get_json() == INVALID_USER
+
+
+def test_lifetime_cap_is_configurable(make_app):
+    client = make_app(JWT_MAX_LIFETIME_SECONDS="600").test_client()
+    now = int(time.time())
+    assert client.get("/v1/notifications", headers=bearer(make_token(uuid.uuid4(), iat=now, exp=now + 600))
+                      ).status_code == 200
+    assert client.get("/v1/notifications", headers=bearer(make_token(uuid.uuid4(), iat=now, exp=now + 601))
+                      ).get_json() == INVALID_USER

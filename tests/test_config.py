@@ -236,3 +236,99 @@ def test_gunicorn_refuses_to_start_on_bad_config(base_env, tmp_path):
     assert [line for line in result.stderr.splitlines() if str(bad) in line] == [
         f"config error: {bad}: channels.system: is missing (the in-app channel is required)"]
     assert "Booting worker" not in result.stderr
+
+
+# ---------------------------------------------------------------- development secrets (Issue 16 point 5)
+
+STRONG_SECRET = "s" * 48
+STRONG_KEY = "k" * 43
+PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "JWT_SECRET": STRONG_SECRET,
+              "API_KEYS": STRONG_KEY}
+
+
+def run_flask(env, *args):
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_production_secrets_start(base_env):
+    result = run_import(start_env(base_env, **PRODUCTION))
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"JWT_SECRET": "dev-secret-change-me-before-production"}, "JWT_SECRET"),
+    ({"JWT_SECRET": JWT_SECRET}, "JWT_SECRET"),
+    ({"JWT_SECRET": "x" * 31}, "JWT_SECRET"),
+    ({"API_KEYS": "dev-key"}, "API_KEYS"),
+    ({"API_KEYS": f"{STRONG_KEY},{API_KEY}"}, "API_KEYS"),
+    ({"API_KEYS": "k" * 31}, "API_KEYS"),
+    ({"API_KEYS": "ci:" + __import__("hashlib").sha256(b"dev-key").hexdigest() + ":trigger"}, "API_KEYS"),
+    ({"SECRET_KEY": "x" * 31}, "SECRET_KEY"),
+    ({"SECRET_KEY": "dev-only-secret-key-never-use-in-production-0123456789"}, "SECRET_KEY"),
+    ({"SECRET_KEY": ""}, "SECRET_KEY"),
+], ids=["dev-jwt", "test-jwt", "short-jwt", "dev-key", "test-key", "short-key", "hashed-dev-key", "short-secret",
+        "dev-secret-key", "no-secret-key"])
+def test_development_secrets_are_refused_outside_development(base_env, bad, key):
+    """`flask --app wsgi` (the release step) and a plain import: one line naming the variable, exit 2."""
+    env = start_env(base_env, **dict(PRODUCTION, **bad))
+    for result in (run_import(env), run_flask(env, "routes")):
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert_one_clean_line(result.stderr, "environment", key)
+    # never the value itself
+    assert all(value not in result.stderr for value in bad.values() if value)
+
+
+def test_gunicorn_refuses_development_secrets(base_env):
+    env = start_env(base_env, **dict(PRODUCTION, JWT_SECRET="dev-secret-change-me-before-production"),
+                    PORT=str(free_port()), HOST="127.0.0.1", WEB_CONCURRENCY="1")
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    result = subprocess.run([gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if "JWT_SECRET" in line] == [
+        "config error: environment: JWT_SECRET: is a published development value; set a secret of your own "
+        "(or DEVELOPMENT=true on a developer machine)"]
+    assert "Booting worker" not in result.stderr
+
+
+def test_development_allows_the_development_values(base_env):
+    env = start_env(base_env, DEVELOPMENT="true", JWT_SECRET="dev-secret-change-me-before-production",
+                    API_KEYS="dev-key", SECRET_KEY="")
+    result = run_import(env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_rs256_only_needs_no_long_hmac_secret():
+    """The 32-byte rule is for HS256 secrets: a deploy on RS256 alone sets no JWT_SECRET."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    settings = load_settings(environ=dict(PRODUCTION, JWT_SECRET="", JWT_PUBLIC_KEY=pem,
+                                          NOTIFICATIONS_CONFIG=DEFAULT_NOTIFICATIONS, QUEUE_CONFIG=DEFAULT_QUEUE))
+    assert settings["JWT_ALGORITHMS"] == ["RS256"]
+
+
+@pytest.mark.parametrize("env", [{"API_KEYS": "billing:" + "0" * 64 + ":trigger+everything"},
+                                 {"API_KEYS": "Billing Dept:" + "0" * 64 + ":trigger"},
+                                 {"API_KEYS": "key-x:" + "0" * 64 + ":trigger"},
+                                 {"API_KEYS": f"a:{'0' * 64}:trigger,b:{'0' * 64}:push"},
+                                 {"API_KEYS": "", "API_KEYS_FILE": "/no/such/keys"},
+                                 {"JWT_MAX_LIFETIME_SECONDS": "0"}])
+def test_bad_key_settings_name_the_variable(env):
+    environ = dict(AUTH, NOTIFICATIONS_CONFIG=DEFAULT_NOTIFICATIONS, QUEUE_CONFIG=DEFAULT_QUEUE, **env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    assert caught.value.key in env
+
+
+def test_start_up_warns_without_audience_or_issuer_outside_development(base_env):
+    """aud/iss stay optional (the SPEC's tokens carry neither), but a deploy is told."""
+    warned = run_import(start_env(base_env, **PRODUCTION))
+    assert warned.returncode == 0 and "neither JWT_AUDIENCE nor JWT_ISSUER is set" in warned.stderr
+    quiet = run_import(start_env(base_env, **PRODUCTION, JWT_ISSUER="https://idp.example"))
+    assert quiet.returncode == 0 and "JWT_AUDIENCE" not in quiet.stderr
+    development = run_import(start_env(base_env))
+    assert development.returncode == 0 and "JWT_AUDIENCE" not in development.stderr

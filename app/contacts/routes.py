@@ -40,7 +40,7 @@ def _public(row):
 
 @blp.route("/<user_id>/contact")
 class Contact(MethodView):
-    decorators = [service_required]
+    decorators = [service_required("contacts")]
 
     @blp.doc(security=SERVICE_SECURITY)
     @blp.response(200, ContactOutSchema)

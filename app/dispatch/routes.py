@@ -30,7 +30,7 @@ IDEMPOTENCY_DOC = {"parameters": [{"in": "header", "name": "Idempotency-Key", "r
 
 @blp.route("/trigger")
 class Trigger(MethodView):
-    decorators = [service_required]
+    decorators = [service_required("trigger")]
 
     @blp.doc(security=SERVICE_SECURITY, **IDEMPOTENCY_DOC)
     @blp.arguments(TRIGGER_SCHEMA)
@@ -54,7 +54,7 @@ class Trigger(MethodView):
 
 @blp.route("/triggers/<trigger_id>")
 class TriggerStatus(MethodView):
-    decorators = [service_required]
+    decorators = [service_required("trigger")]
 
     @blp.doc(security=SERVICE_SECURITY)
     @blp.response(200, TriggerStatusSchema)
@@ -70,7 +70,7 @@ class TriggerStatus(MethodView):
 
 @blp.route("/sse")
 class DirectPush(MethodView):
-    decorators = [service_required]
+    decorators = [service_required("push")]
 
     @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(TRIGGER_SCHEMA)

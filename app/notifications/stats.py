@@ -140,7 +140,7 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
 
 @blp.route("/stats")
 class Stats(MethodView):
-    decorators = [service_required]
+    decorators = [service_required("stats")]
 
     @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(StatsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)

@@ -7,7 +7,7 @@ from marshmallow import RAISE
 from .. import audit, db
 from ..auth import USER_SECURITY, current_user, user_required
 from ..errors import (EventLocked, FailedToFetchPreferences, FailedToUpdatePreferences, InvalidChannel,
-                      InvalidEvent, InvalidGroup)
+                      InvalidCustomerId, InvalidEvent, InvalidGroup)
 from . import repository
 from .rules import resolve
 from .schemas import PreferencesQuerySchema, PreferencesSchema, PreferencesUpdateSchema
@@ -84,6 +84,28 @@ def validate_changes(domain, user, changes):
     return changes
 
 
+def within_token(user, changes, body):
+    """A token limited by `customers` changes only those customers' preferences.
+
+    A change without `customer_id` ("for all customers") applies to each listed
+    customer, as read-all does; quiet hours belong to the user across every
+    customer, so such a token may not set them (403). Without the claim,
+    nothing changes here."""
+    if user.customers is None:
+        return changes
+    if "quiet_hours" in body:
+        raise InvalidCustomerId("Quiet hours apply to every customer; this token is limited to some customers")
+    if not user.customers and any(c["customer_id"] is None for c in changes):
+        raise InvalidCustomerId("This token is linked to no customer; name a customer_id in each change")
+    scoped = []
+    for change in changes:
+        if change["customer_id"] is None:
+            scoped += [dict(change, customer_id=customer) for customer in user.customers]
+        else:
+            scoped.append(change)
+    return scoped
+
+
 @blp.route("/preferences")
 class Preferences(MethodView):
     decorators = [user_required]
@@ -109,12 +131,15 @@ class Preferences(MethodView):
 
         Each change names a `group` and optionally an `event`, a `channel` and a
         `customer_id` (omitted: for all customers), with `enabled`. Locked events
-        cannot be switched off (400 `notifications_m.event_locked`).
+        cannot be switched off (400 `notifications_m.event_locked`). With a token
+        limited by `customers`, "all customers" means each listed customer, and
+        `quiet_hours` (which hold for every customer) are 403
+        `notifications_m.invalid_customer_id`.
         """
         user = current_user()
         user.check_customer(customer_id)
         domain = current_app.config["DOMAIN"]
-        changes = validate_changes(domain, user, body["changes"])
+        changes = within_token(user, validate_changes(domain, user, body["changes"]), body)
         quiet = validate_quiet_hours(domain, body.get("quiet_hours"))
         conn = db.get_conn()
         with db.failing_as(FailedToUpdatePreferences), db.transaction(conn):
