@@ -142,7 +142,7 @@ def test_failing_migration_is_rolled_back_and_releases_the_lock(fresh_db, tmp_pa
 def test_release_command(fresh_db, redis_proc):
     """The Procfile's `release: flask --app wsgi migrate`, twice."""
     env = dict(os.environ, DATABASE_URL=fresh_db, REDIS_URL=redis_proc.url, JWT_SECRET=JWT_SECRET,
-               API_KEYS=API_KEY)
+               API_KEYS=API_KEY, DEVELOPMENT="true")   # the test's secrets are development values
     env.pop("NOTIFICATIONS_CONFIG", None)
     env.pop("QUEUE_CONFIG", None)
     command = [sys.executable, "-m", "flask", "--app", "wsgi", "migrate"]
