@@ -350,3 +350,59 @@ def test_in_development_redoc_is_pinned_and_checked_by_the_browser(client):
         assert re.search(r"@\d+\.\d+\.\d+/", src), src                  # an exact version
         assert re.search(r'integrity="sha384-[A-Za-z0-9+/]{64}"', tag), tag
         assert 'crossorigin="anonymous"' in tag
+
+
+# ------------------------------------------------------------------------------------ direct push
+
+
+def push_to(web, user_ids, event="mention", group="chat", customer_id=None, title=None):
+    body = {"type": group, "event": event, "title": title or event, "user_ids": [str(u) for u in user_ids]}
+    if customer_id is not None:
+        body["customer_id"] = str(customer_id)
+    response = web.post("/v1/notifications/sse", headers=SERVICE, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_direct_push_skips_users_who_turned_its_event_off_and_counts_the_streams(processes, clean):
+    web = processes.start_web(clean)
+    alice, bob, ours, theirs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    off = requests.put(web.url + "/v1/notifications/preferences", headers=bearer(alice), timeout=10, json={
+        "changes": [{"group": "chat", "event": "mention", "channel": "system", "enabled": False}]})
+    assert off.status_code == 200, off.text
+    alices = web.stream(headers=bearer(alice))
+    bobs = web.stream(headers=bearer(bob))
+    bobs_for_ours = web.stream(headers=bearer(bob, customers=[ours]))   # hears `ours` and customer-less only
+    try:
+        assert alices.ok and bobs.ok and bobs_for_ours.ok
+        answer = push_to(web, [alice, bob], customer_id=theirs, title="mention for theirs")
+        assert answer["users"] == 1 and answer["skipped_by_preference"] == 1
+        assert answer["delivered_streams"] == 1, answer
+        assert [e.json()["title"] for e in bobs.wait_events(1)] == ["mention for theirs"]
+        # A locked event reaches Alice all the same: the first message her stream gets is that one,
+        # so the mention, published before it on the same channel, never came. Bob's customer-scoped
+        # stream likewise got nothing before it.
+        answer = push_to(web, [alice, bob], group="security", event="login_alert", title="locked")
+        assert answer["users"] == 2 and answer["skipped_by_preference"] == 0
+        assert answer["delivered_streams"] == 3, answer
+        assert [e.json()["title"] for e in alices.wait_events(1)] == ["locked"]
+        assert [e.json()["title"] for e in bobs_for_ours.wait_events(1)] == ["locked"]
+        assert [e.json()["title"] for e in bobs.wait_events(2)] == ["mention for theirs", "locked"]
+        # nobody listening, nobody skipped: the push still answers 200
+        answer = push_to(web, [uuid.uuid4()])
+        assert (answer["users"], answer["skipped_by_preference"], answer["delivered_streams"]) == (1, 0, 0)
+        answer = push_to(web, [alice])
+        assert (answer["users"], answer["skipped_by_preference"], answer["delivered_streams"]) == (0, 1, 0)
+        assert answer["message"]
+    finally:
+        for stream in (alices, bobs, bobs_for_ours):
+            stream.close()
+
+
+def test_the_push_answer_is_documented(client):
+    spec = client.get("/openapi.json").get_json()
+    schema = spec["paths"]["/v1/notifications/sse"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    name = schema["$ref"].rsplit("/", 1)[-1]
+    properties = spec["components"]["schemas"][name]["properties"]
+    for field in ("users", "skipped_by_preference", "delivered_streams"):
+        assert properties[field]["type"] == "integer" and properties[field]["description"], field
