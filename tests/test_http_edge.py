@@ -10,6 +10,7 @@
 Where the behaviour depends on the server (the gevent worker's stack, gunicorn's REMOTE_ADDR, the
 metrics files of several processes, live streams) the test runs against a real gunicorn.
 """
+import os
 import re
 import uuid
 
@@ -350,6 +351,41 @@ def test_in_development_redoc_is_pinned_and_checked_by_the_browser(client):
         assert re.search(r"@\d+\.\d+\.\d+/", src), src                  # an exact version
         assert re.search(r'integrity="sha384-[A-Za-z0-9+/]{64}"', tag), tag
         assert 'crossorigin="anonymous"' in tag
+
+
+def test_the_docs_page_renders_in_a_browser_under_its_policy_from_this_origin_only(processes, clean, tmp_path):
+    """Production settings, a real gunicorn, Debian's headless Chromium: Swagger UI draws the API
+    from the files served here, the browser reports no policy violation, and every resource the
+    page loaded came from the service itself."""
+    if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver (CI installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    web = processes.start_web(dict(clean, **PRODUCTION))
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(web.url + "/docs")
+        title = wait_until(lambda: driver.execute_script(
+            "var t = document.querySelector('.swagger-ui .info .title'); return t && t.textContent"), 20,
+            message="Swagger UI to draw the document's title")
+        assert "Notifications" in title
+        operations = driver.execute_script("return document.querySelectorAll('.opblock').length")
+        assert operations >= 10, operations
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(url.startswith(web.url + "/") for url in loaded), loaded
+        problems = [entry["message"] for entry in driver.get_log("browser")   # but the browser's own favicon probe
+                    if ("Content Security Policy" in entry["message"] or entry["level"] == "SEVERE")
+                    and "/favicon.ico " not in entry["message"]]
+        assert not problems, problems
+    finally:
+        driver.quit()
 
 
 # ------------------------------------------------------------------------------------ direct push
