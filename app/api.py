@@ -48,11 +48,11 @@ def require_json_body():
 
 
 def nested_too_deep(data, limit):
-    """Whether a JSON document nests deeper than `limit`. Counting brackets settles almost every
-    body at C speed (a 10,000-user trigger has two); only a body with more brackets than `limit`
-    is parsed here, and a parse that overflows the stack is too deep by definition. Text that is
-    not JSON is left to the parser that answers it."""
-    if data.count(b"[") + data.count(b"{") <= limit:
+    """Whether a JSON document nests deeper than `limit`. Looking for more than `limit` brackets
+    settles almost every body at memchr speed (a 10,000-user trigger has two); only a body with
+    more is parsed here, and a parse that overflows the stack is too deep by definition. Text that
+    is not JSON is left to the parser that answers it."""
+    if not _more_brackets_than(data, limit):
         return False
     try:
         value = json.loads(data)
@@ -61,6 +61,19 @@ def nested_too_deep(data, limit):
     except ValueError:
         return False
     return _depth_exceeds(value, limit)
+
+
+def _more_brackets_than(data, limit):
+    """`find` (memchr) stops after limit + 1 hits; `count` would walk the body byte by byte."""
+    seen = 0
+    for opener in (b"[", b"{"):
+        at = data.find(opener)
+        while at != -1:
+            seen += 1
+            if seen > limit:
+                return True
+            at = data.find(opener, at + 1)
+    return False
 
 
 def _depth_exceeds(value, limit):
