@@ -90,6 +90,6 @@ class DirectPush(MethodView):
         with db.autocommit(conn):  # audited before it goes out: no push is ever unrecorded (one round trip)
             db.one_transaction(conn, [audit.append_statement(
                 "notification.push", ("push", public["id"]),
-                {"type": event.group, "event": event.name, "customer_id": customer, "user_ids": body["user_ids"]})])
+                audit.push_change(event.group, event.name, customer, body["user_ids"]))])
         sent = publisher(current_app).publish_same(body["user_ids"], direct_message(customer, encoded))
         return {"message": "Notification sent to all connected users", "users": sent}
