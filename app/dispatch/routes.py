@@ -13,6 +13,7 @@ from ..errors import InvalidRequest, NotFound
 from ..notifications.model import rfc3339
 from ..notifications.routes import parse_id
 from ..pubsub import direct_message, publisher
+from ..ratelimit import charge_recipients
 from . import repository
 from .accept import accept_trigger
 from .schemas import AcceptedSchema, PushedSchema, TriggerSchema, TriggerStatusSchema, resolve_event
@@ -78,6 +79,7 @@ class DirectPush(MethodView):
     def post(self, body):
         """Push straight to the streams open now (not stored, not replayed, no `id:` line)"""
         event, _ = resolve_event(current_app.config["DOMAIN"], body)
+        charge_recipients(current_service(), len(body["user_ids"]))
         now = rfc3339(datetime.datetime.now(datetime.timezone.utc))
         customer = str(body["customer_id"]) if body.get("customer_id") else None
         public = {"id": str(uuid.uuid4()), "customer_id": customer, "type": event.group, "event": event.name,
