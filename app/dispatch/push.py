@@ -44,7 +44,7 @@ def push(app, body, event):
         wanted, skipped = audience(conn, event, body["user_ids"], body.get("customer_id"))
         db.one_transaction(conn, [audit.append_statement(
             "notification.push", ("push", public["id"]),
-            {"type": event.group, "event": event.name, "customer_id": customer, "user_ids": body["user_ids"]})])
+            audit.push_change(event.group, event.name, customer, body["user_ids"]))])
     streams = 0
     if wanted:
         publisher(app).publish_same(wanted, direct_message(customer, orjson.dumps(public).decode()))

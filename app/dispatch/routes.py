@@ -8,6 +8,7 @@ from ..auth import SERVICE_SECURITY, current_service, service_required
 from ..errors import InvalidRequest, NotFound
 from ..notifications.model import rfc3339
 from ..notifications.routes import parse_id
+from ..ratelimit import charge_recipients
 from . import repository
 from .accept import accept_trigger
 from .push import push
@@ -79,4 +80,5 @@ class DirectPush(MethodView):
         counts the open streams that took it, `skipped_by_preference` the users left out.
         """
         event, _ = resolve_event(current_app.config["DOMAIN"], body)
+        charge_recipients(current_service(), len(body["user_ids"]))
         return push(current_app, body, event)
