@@ -58,6 +58,10 @@ def strip_format(value):
     return _format_chars().sub("", value)
 
 
+def has_format_chars(value):
+    return _format_chars().search(value) is not None
+
+
 def _one_pass(value):
     value = strip_format(value)
     return html.unescape(nh3.clean(value, tags=set(), clean_content_tags=_DROP_WITH_CONTENT))
@@ -79,7 +83,7 @@ def clean_text(value):
     """plain_text, without the parse for text it cannot change (most notifications, ~20 µs a field).
 
     tests/test_trigger_validation.py checks the equivalence on generated text."""
-    if _MARKUP_HINTS.search(value) or _format_chars().search(value):
+    if _MARKUP_HINTS.search(value) or has_format_chars(value):
         return plain_text(value)
     return value
 
@@ -120,7 +124,7 @@ def safe_link(value):
     """A relative path or an https URL; anything else (javascript:, data:, //host, /\\host) is refused."""
     if value is None:
         return True
-    if _NOT_IN_LINKS.search(value) or _format_chars().search(value):
+    if _NOT_IN_LINKS.search(value) or has_format_chars(value):
         return False
     as_browsers_read = value.replace("\\", "/")
     parts = urlsplit(as_browsers_read)

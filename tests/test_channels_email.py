@@ -195,6 +195,35 @@ def test_subject_cannot_inject_headers(build, smtp, recipient):
     assert message["Subject"] == "Hi: Hello Bcc: victim@example.org body"
 
 
+# Python's email generator breaks a header line at each of these; a quoted local part lets them in.
+SMUGGLING = ['"a\x0bReply-To: x@evil.example"@example.com', '"a\x0cBcc: x@evil.example"@example.com',
+             '"a\x1cBcc: x@evil.example"@example.com', '"a\x1dBcc: x@evil.example"@example.com',
+             '"a\x1eBcc: x@evil.example"@example.com', '"a\x85Bcc: x@evil.example"@example.com',
+             '"a\u2028Bcc: x@evil.example"@example.com', '"a\r\nBcc: x@evil.example"@example.com',
+             '"quoted but clean"@example.com']
+
+
+@pytest.mark.parametrize("address", SMUGGLING)
+def test_a_stored_address_that_could_smuggle_headers_fails_and_sends_nothing(build, smtp, user, db, address):
+    """An address the contact API refuses today, stored before (written here straight into
+    PostgreSQL): the delivery fails at once, with a reason that does not repeat the address, and
+    no connection reaches the SMTP server."""
+    user_id, headers = user
+    app = build(smtp.port)
+    client = app.test_client()
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (str(user_id), address))
+    trigger(client, [user_id])
+    work(app)
+    delivery = deliveries(client, headers)["email"]
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
+    assert delivery["last_error"].startswith("message refused before sending: the To address "), delivery
+    assert "evil" not in delivery["last_error"] and "example.com" not in delivery["last_error"]
+    assert [a["outcome"] for a in delivery["history"]] == ["failed"]
+    assert smtp.messages == [] and smtp.quits == 0
+    assert scheduled(app) == {}
+
+
 def test_locked_event_has_no_unsubscribe_header(build, smtp, recipient):
     user_id, _, address = recipient
     app = build(smtp.port)
@@ -398,6 +427,13 @@ def test_tls_and_ssl_together_stop_start_up(build, smtp):
     with pytest.raises(ConfigError) as caught:
         build(smtp.port, MAIL_USE_TLS="true", MAIL_USE_SSL="true")
     assert "MAIL_USE_SSL" in str(caught.value)
+
+
+def test_a_sender_that_breaks_a_header_line_stops_start_up(build, smtp):
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        build(smtp.port, MAIL_DEFAULT_SENDER="Bank\x0bBcc: x@evil.example <notify@bank.example>")
+    assert "MAIL_DEFAULT_SENDER" in str(caught.value) and "U+000B" in str(caught.value)
 
 
 def _now():
