@@ -173,3 +173,44 @@ def test_links_browsers_read_as_another_host_are_refused(web, link):
                         json=body(uuid.uuid4(), title="Hi", link_url=link))
     assert response.status_code == 422, response.text
     assert list(response.json()["errors"]) == ["link_url"]
+
+
+# ---------------------------------------------------------------- contacts: no header smuggling
+
+
+def contact_url(user_id):
+    return f"/v1/notifications/users/{user_id}/contact"
+
+
+@pytest.mark.parametrize("email", [
+    '"a\x0bReply-To: x@evil.example"@example.com', '"a\x0cBcc: x@evil.example"@example.com',
+    '"a\x1cBcc: x@evil.example"@example.com', '"a\x1dBcc: x@evil.example"@example.com',
+    '"a\x1eBcc: x@evil.example"@example.com', '"a\x85b"@example.com', '"a\u2028b"@example.com',
+    '"quoted"@example.com', '"a b"@example.com', "jane@example.com\x0b", "\x0cjane@example.com",
+    "jane@example.com\n", "jane@example.com\t", "ja\u202ene@example.com",
+])
+def test_a_contact_email_that_could_smuggle_headers_is_refused(client, db, email):
+    user_id = uuid.uuid4()
+    response = client.put(contact_url(user_id), headers=SERVICE, json={"email": email})
+    assert response.status_code == 422, response.get_json()
+    answer = response.get_json()
+    assert answer["code"] == "notifications_m.invalid_request" and answer["status"] == 422
+    assert list(answer["errors"]) == ["email"]
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM contacts")
+        assert cur.fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("phone", ["+14155550100\x0b", "+14155550100\n", "+1415555\x1c0100", "\x0c+14155550100",
+                                   "+14155550100\u200b"])
+def test_a_phone_with_a_control_character_is_refused(client, phone):
+    response = client.put(contact_url(uuid.uuid4()), headers=SERVICE, json={"phone": phone})
+    assert response.status_code == 422, response.get_json()
+    assert list(response.get_json()["errors"]) == ["phone"]
+
+
+def test_ordinary_addresses_are_still_accepted(client):
+    for email in ["jane.doe+alerts@example.com", " Jane@Example.COM ", "o'brien@example.ie", "x?y=z@example.com"]:
+        response = client.put(contact_url(uuid.uuid4()), headers=SERVICE, json={"email": email, "phone": "+4420"
+                                                                                 "79460000"})
+        assert response.status_code == 200, (email, response.get_json())
