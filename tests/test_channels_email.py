@@ -195,6 +195,37 @@ def test_subject_cannot_inject_headers(build, smtp, recipient):
     assert message["Subject"] == "Hi: Hello Bcc: victim@example.org body"
 
 
+def test_a_row_stored_before_todays_cleaning_is_cleaned_when_rendered(build, recipient, db):
+    """A notification stored by the old code (5 decoding passes, no format-character rule) can
+    hold a live tag and a bidi override: written here straight into PostgreSQL between two
+    attempts, it leaves neither in the subject, the text or the HTML of the email."""
+    user_id, headers, address = recipient
+    server = FakeSMTP()                    # nothing listens yet: the first attempt is a retry
+    app = build(server.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id], title="Hello", content="World", link_url="/x", link_text="Open")
+    try:
+        work(app)
+        assert deliveries(client, headers)["email"]["status"] == "pending"
+        with db.cursor() as cur:
+            cur.execute("UPDATE notifications SET title = %s, content = %s, link_text = %s WHERE user_id = %s",
+                        ("<script>alert(1)</script>Pay \u202eevil\u202c now", "&lt;img src=x onerror=alert(1)&gt;Due",
+                         "Op\u200ben<b>!</b>", str(user_id)))
+        server.start()
+        fast_forward(app)
+        work(app)
+        message = server.messages[0]["message"]
+        text, html_part = parts(message)
+        assert message["Subject"] == "Pay evil now"
+        assert "Pay evil now" in text and "Due" in text and "Open!: " in text
+        for part in (message["Subject"], text, html_part):
+            assert "alert" not in part and "\u202e" not in part and "\u200b" not in part
+        assert "<script" not in html_part and "<img" not in html_part and "<b>" not in html_part
+    finally:
+        server.stop()
+
+
 # Python's email generator breaks a header line at each of these; a quoted local part lets them in.
 SMUGGLING = ['"a\x0bReply-To: x@evil.example"@example.com', '"a\x0cBcc: x@evil.example"@example.com',
              '"a\x1cBcc: x@evil.example"@example.com', '"a\x1dBcc: x@evil.example"@example.com',
