@@ -9,12 +9,12 @@ Encoded markup ("&amp;lt;script&amp;gt;") unescapes into markup, so cleaning
 repeats until the text no longer changes: the result is a fixed point, which
 no further decoding can turn into a tag. A text that is still changing after
 `MAX_PASSES` rounds is refused (`UnsettledText`), never passed on half-decoded:
-each round undoes at least two levels of encoding, so only text built to nest
+each round undoes two levels of encoding, so only text built to nest
 entities dozens deep gets there, and the bound caps the work one field costs.
 
 Unicode format characters (category Cf: bidi overrides, zero-width spaces and
 joiners, the BOM, tag characters) are removed in the same rounds, so one hidden
-inside a tag name ("<scr\u200bipt>") cannot keep it from being recognised.
+inside a tag name ("<scr\\u200bipt>") cannot keep it from being recognised.
 Control characters are not removed but refused (`control_problem`): a caller
 that sends one has a bug worth hearing about, and silently editing a bank's
 message is worse than a 422 (docs/security-content.md).
@@ -70,7 +70,9 @@ def has_format_chars(value):
 
 
 def _one_pass(value):
-    value = strip_format(value)
+    """Two levels of encoding undone: the first unescape, then nh3's parse (its serialised output
+    re-escapes what the parse decoded, which the last unescape takes back)."""
+    value = html.unescape(strip_format(value))
     return html.unescape(nh3.clean(value, tags=set(), clean_content_tags=_DROP_WITH_CONTENT))
 
 

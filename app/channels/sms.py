@@ -48,8 +48,8 @@ class TwilioChannel(Channel):
             raise RetryableError(f"channel {self.name!r} is not configured: account_sid, auth_token and "
                                  "from (or messaging_service_sid) are required")
         base = self._option("base_url", "https://api.twilio.com").rstrip("/")
-        body = fit(render(outbound.template.get("sms", "{title}: {content}"), outbound.notification),
-                   self.app.config["SMS_MAX_SEGMENTS"])
+        text = render(outbound.template.get("sms", "{title}: {content}"), outbound.notification)
+        body = fit(text.replace("\t", " "), self.app.config["SMS_MAX_SEGMENTS"])   # a tab is not GSM-7
         form = {"To": outbound.contact["phone"], "Body": body}
         if service:
             form["MessagingServiceSid"] = service
