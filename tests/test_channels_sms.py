@@ -164,6 +164,11 @@ def test_format_characters_never_reach_the_sms(build, twilio, user):
     assert twilio.requests[0].form["Body"] == "Pay evil now: zerowidth"
 
 
+def test_a_tab_becomes_a_space_so_the_body_stays_gsm7(build, twilio, user):
+    body = long_sms(build, twilio, user[0], "Amount\t100.00\n" + "x" * 400)
+    assert body.startswith("Long: Amount 100.00\nxxx") and body.endswith("...") and septets(body) == 306
+
+
 def test_a_500_then_success_ends_sent_with_two_attempts(build, twilio, user):
     user_id, headers = user
     twilio.fail(500, FakeTwilio.error(20500, "Internal Server Error", 500))
