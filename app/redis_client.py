@@ -18,9 +18,11 @@ import redis as redis_lib
 from flask import current_app
 
 # pool -> (connections, seconds to wait for a free one, socket timeout). Commands: publish, tickets,
-# stream slots, idempotency, RQ. Rate limits (app/ratelimit_windows.py): short timeouts, as the limiter
-# falls back to counting in memory when Redis is slow or its pool is busy.
-POOLS = {"commands": (8, 5.0, 10.0), "ratelimit": (3, 0.5, 0.5)}
+# stream slots, idempotency, RQ. Rate limits (app/ratelimit_windows.py): a short socket timeout (a hung
+# Redis costs a request 0.5 s, then the limiter counts in memory); the wait for a free connection is
+# longer, as under a burst a gevent worker's greenlets hold a connection for as long as the CPU is
+# busy elsewhere: with 0.5 s, 1,000 streams opened at once made the limiter fail open 166 times.
+POOLS = {"commands": (8, 5.0, 10.0), "ratelimit": (3, 2.0, 0.5)}
 HUB_CONNECTIONS = 1
 MAX_CONNECTIONS = sum(size for size, _, _ in POOLS.values()) + HUB_CONNECTIONS   # per process: 12
 

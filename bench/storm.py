@@ -211,10 +211,12 @@ def run(streams, client_count, workers, how, keep):
                                 "twice in the run, under its budget of 10 a minute (rate limits on)"}
 
         log(f"opening {streams} streams at once ({client_count} client processes, {workers} web workers)")
+        cpu = server.workers_cpu()
         seconds, rounds = open_all(clients, requests, retry_s, limit_s=600)
         wait_subscribed(bench, streams)
         status = clients.status()
-        result["open"] = {"seconds": round(seconds, 1), "refusals": refused(status), "retry_rounds": rounds,
+        result["open"] = {"seconds": round(seconds, 1), "web_cpu_s": round(server.workers_cpu() - cpu, 1),
+                          "refusals": refused(status), "retry_rounds": rounds,
                           "statuses": status["statuses"], "connect_errors": status["connect_errors"],
                           "redis_per_worker_kernel": kernel_counts(server, redis_port)}
         log(f"open: {result['open']}")
@@ -231,7 +233,7 @@ def run(streams, client_count, workers, how, keep):
         wait_subscribed(bench, streams)
         status = clients.status()
         result["restart_back"] = {"old_workers": old, "new_workers": new, "workers_replaced_s": round(replaced, 1),
-                                  "all_back_s": round(seconds, 1), "refusals": refused(status) - refused_before,
+                                  "all_back_s": round(seconds, 1), "new_workers_cpu_s": round(server.workers_cpu(), 1), "refusals": refused(status) - refused_before,
                                   "reconnect_rounds": rounds, "statuses": status["statuses"],
                                   "connect_errors": status["connect_errors"],
                                   "redis_per_worker_kernel": kernel_counts(server, redis_port)}
