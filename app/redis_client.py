@@ -19,10 +19,11 @@ from flask import current_app
 
 # pool -> (connections, seconds to wait for a free one, socket timeout). Commands: publish, tickets,
 # stream slots, idempotency, RQ. Rate limits (app/ratelimit_windows.py): a short socket timeout (a hung
-# Redis costs a request 0.5 s, then the limiter counts in memory); the wait for a free connection is
-# longer, as under a burst a gevent worker's greenlets hold a connection for as long as the CPU is
-# busy elsewhere: with 0.5 s, 1,000 streams opened at once made the limiter fail open 166 times.
-POOLS = {"commands": (8, 5.0, 10.0), "ratelimit": (3, 2.0, 0.5)}
+# Redis costs a call 0.5 s, then the limiter counts in memory); the wait for a free connection is as
+# long as the other pool's, as under a burst a gevent worker's greenlets hold a connection for as
+# long as the CPU is busy elsewhere: with 0.5 s, 1,000 streams opened at once made the limiter fall
+# back to memory 166 times, with 2 s 10,000 streams reconnecting after SIGKILL 28 times, with 5 s 0.
+POOLS = {"commands": (8, 5.0, 10.0), "ratelimit": (3, 5.0, 0.5)}
 HUB_CONNECTIONS = 1
 MAX_CONNECTIONS = sum(size for size, _, _ in POOLS.values()) + HUB_CONNECTIONS   # per process: 12
 
