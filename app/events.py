@@ -1,17 +1,28 @@
 """Inbox state shared live by every device of a user: unread counts and read/delete sync.
 
 After a change commits, the changed user's streams get named SSE events
-(`e|<name>||<JSON>` on their channel, see app/pubsub.py):
+(published on their channel, app/pubsub_codec.py):
 
     unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n}}
     read      {"ids": [...], "read": true|false}
-              read-all: {"all": true, "read": true, "customer_id": ..., "group": ..., "before": ...}
+              read-all: {"all": true, "read": true, "customer_id": ..., "group": ..., "before": ...,
+                         "ids": [...]}
     deleted   {"ids": [...]}
 
+A stream hears only about notifications it could list: `read` and `deleted`
+are published with the customer of their ids (a read-all once per customer it
+touched, in chunks of READ_ALL_CHUNK ids), and the hub gives each to the
+streams that may see that customer; a stream limited to customer A never
+learns the ids (or the existence) of customer B's notifications. A read-all
+event keeps the request's filter (`customer_id`, `group`, `before`) and lists
+in `ids` what it changed among what that event's streams may see.
+
 `unread` is what `GET /v1/notifications/unread-count` answers without a
-customer filter: every unread in-app notification of the user. `by_group`
-lists every configured group (0 when none is unread); `by_customer` only the
-customers with unread notifications ("none": those of no customer).
+customer filter: every unread in-app notification of the user; a
+customer-scoped stream re-counts within its scope instead (app/streams).
+`by_group` lists every configured group (0 when none is unread);
+`by_customer` only the customers with unread notifications ("none": those of
+no customer).
 
 Counts are read from `notification_unread_counts` (migrations_sql/0011),
 which PostgreSQL keeps exact in the same transaction as every insert, update
@@ -29,8 +40,10 @@ import uuid
 
 from .dispatch.repository import uuid_array
 from .pubsub import event_message, publisher
+from .pubsub_codec import EVERYONE
 
 log = logging.getLogger(__name__)
+READ_ALL_CHUNK = 500     # ids per read-all event: ~20 KB, well under the hub's message cap
 
 # Ids come back as text: the fan-out reads thousands of rows, and parsing each into uuid.UUID
 # (psycopg2's uuid adapter) would cost more than the query.
@@ -95,9 +108,27 @@ def unread_json(conn, user_id, domain, scope=None):
     return json.dumps(counts, separators=(",", ":"))
 
 
+def about(name, customer_id, payload):
+    """A `read` or `deleted` event about notifications of one customer (None: of no customer)."""
+    return name, str(customer_id) if customer_id else None, payload
+
+
+def read_all(changed, customer_id, group, before):
+    """The events of a read-all that changed `changed` ((id, customer id) pairs): per customer,
+    in chunks, each listing only that customer's ids."""
+    by_customer = {}
+    for notification_id, customer in changed:
+        by_customer.setdefault(str(customer) if customer else None, []).append(str(notification_id))
+    base = {"all": True, "read": True, "customer_id": str(customer_id) if customer_id else None,
+            "group": group, "before": before}
+    return [("read", customer, dict(base, ids=ids[start:start + READ_ALL_CHUNK]))
+            for customer, ids in by_customer.items() for start in range(0, len(ids), READ_ALL_CHUNK)]
+
+
 def publish(app, events):
-    """events: (user_id, name, payload) triples, sent in one batch; never raises."""
-    pairs = [(user_id, event_message(name, payload)) for user_id, name, payload in events]
+    """events: (user_id, name, audience, payload), sent in one batch; never raises. `audience`:
+    EVERYONE (`unread`) or the customer (None: none) the event's ids belong to."""
+    pairs = [(user_id, event_message(name, payload, audience)) for user_id, name, audience, payload in events]
     if not pairs:
         return 0
     try:
@@ -108,14 +139,15 @@ def publish(app, events):
 
 
 def after_change(app, conn, user_id, *events):
-    """Publish `events` ((name, payload) pairs) and then the user's fresh `unread` counts.
+    """Publish `events` ((name, customer, payload), from `about` or `read_all`) and then the
+    user's fresh `unread` counts.
 
     Call after the transaction committed, on the same connection: the counts
     include the change.
     """
-    messages = [(user_id, name, payload) for name, payload in events]
+    messages = [(user_id, name, customer, payload) for name, customer, payload in events]
     try:
-        messages.append((user_id, "unread", unread_counts(conn, user_id, app.config["DOMAIN"])))
+        messages.append((user_id, "unread", EVERYONE, unread_counts(conn, user_id, app.config["DOMAIN"])))
     except Exception as exc:  # the change committed; a count we cannot read now is sent with the next one
         log.warning("unread counts not computed (%s)", type(exc).__name__)
     return publish(app, messages)
@@ -124,4 +156,4 @@ def after_change(app, conn, user_id, *events):
 def publish_counts(app, conn, user_ids):
     """The fan-out's `unread` for a chunk's users: one count query, one publish."""
     counts = unread_counts_many(conn, user_ids, app.config["DOMAIN"])
-    return publish(app, ((uid, "unread", payload) for uid, payload in counts.items()))
+    return publish(app, ((uid, "unread", EVERYONE, payload) for uid, payload in counts.items()))

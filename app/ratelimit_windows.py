@@ -33,9 +33,10 @@ import time
 import redis as redis_lib
 from limits import parse
 
+from .redis_client import make_client
+
 log = logging.getLogger(__name__)
 LEASE_PARTS = 100
-STORAGE_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "health_check_interval": 30}
 # KEYS[1] the window's key; ARGV: requests taken, window length (ms). Returns {count after, ms left}.
 _TAKE = """
 local count = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -49,12 +50,13 @@ return {count, left}
 
 
 class RedisWindows:
-    """Windows in Redis (keys `<prefix>:<budget>:<caller>:<limit>`), short timeouts: a hung Redis
-    costs one request ~0.5 s, not seconds."""
+    """Windows in Redis (keys `<prefix>:<budget>:<caller>:<limit>`), on the process's small
+    rate-limit pool with short timeouts (app/redis_client.py): a hung Redis or a burst that
+    keeps every connection busy costs one request ~0.5 s, then counts in memory."""
 
     def __init__(self, url, prefix):
         self.prefix = prefix
-        self._take = redis_lib.Redis.from_url(url, **STORAGE_OPTIONS).register_script(_TAKE)
+        self._take = make_client(url, "ratelimit").register_script(_TAKE)
 
     def take(self, key, amount, window_ms):
         """Add `amount` to the window's count; (count after, seconds until the window ends)."""

@@ -653,9 +653,10 @@ class Target:
 
     def message(self, payload_json):
         """What a publisher puts on a user's channel, in each server's own format."""
-        if self.kind == "ours":
-            from app.pubsub import direct_message
-            return direct_message(CUSTOMER, payload_json)
+        if self.kind == "ours":   # sealed as the service seals it (development SECRET_KEY: DEVELOPMENT=true)
+            from app.config import DEV_SECRET_KEY
+            from app.pubsub_codec import direct_message, message_key, seal
+            return seal(message_key(DEV_SECRET_KEY), "*", direct_message(CUSTOMER, payload_json))
         return json.dumps({"data": json.loads(payload_json)}, separators=(",", ":"))
 
 

@@ -12,6 +12,7 @@ import psycopg2.extras
 import rq
 import yaml
 
+from app.pubsub_codec import decode, message_key
 from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
 from tests import fake_providers
 from tests.factories import assert_envelope
@@ -158,9 +159,9 @@ def test_stored_notification_is_published_to_the_users_stream_channel(app, clien
     finally:
         pubsub.close()
     assert message is not None, "nothing published to the user's channel"
-    kind, seq, customer, payload = message["data"].decode().split("|", 3)
-    assert kind == "n" and int(seq) > 0 and customer == ""
-    assert json.loads(payload)["title"] == "New Message"
+    published = decode(message_key(app.config["SECRET_KEY"]), message["channel"], message["data"])
+    assert published.kind == "n" and published.seq > 0 and published.customer == ""
+    assert json.loads(published.body)["title"] == "New Message"
 
 
 def test_trigger_status_pending_then_dispatched(app, client):
@@ -390,9 +391,9 @@ def test_direct_push_answers_200_and_stores_nothing(app, client, db):
     finally:
         pubsub.close()
     assert message is not None
-    kind, cursor, _, payload = message["data"].decode().split("|", 3)
-    assert kind == "d" and cursor == ""                  # no cursor: not replayed
-    assert json.loads(payload)["type"] == "chat"
+    published = decode(message_key(app.config["SECRET_KEY"]), message["channel"], message["data"])
+    assert published.kind == "d" and published.seq is None          # no cursor: not replayed
+    assert json.loads(published.body)["type"] == "chat"
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM notifications") == 0
     assert scalar(db, "SELECT count(*) FROM triggers") == 0

@@ -13,12 +13,15 @@ import pytest
 import redis as redis_lib
 import requests
 
+from app.config import DEV_SECRET_KEY
+from app.pubsub_codec import decode, message_key
 from tests.conftest import SERVICE, make_token
 from tests.factories import insert_notification
 from tests.processes import processes, queue_config  # noqa: F401  (processes: a fixture)
 from tests.test_preferences import run_worker
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
+KEY = message_key(DEV_SECRET_KEY)   # the tests run with DEVELOPMENT=true and no SECRET_KEY
 GROUPS = {"chat": 0, "task": 0, "payment": 0, "security": 0}
 
 
@@ -44,8 +47,8 @@ class Channel:
                 return out
             if message["type"] != "message":
                 continue
-            kind, first, _, body = message["data"].decode().split("|", 3)
-            out.append((kind, first, json.loads(body)))
+            published = decode(KEY, message["channel"], message["data"])
+            out.append((published.kind, published.name or published.seq, json.loads(published.body)))
 
     def close(self):
         self.pubsub.close()
@@ -107,7 +110,7 @@ def test_delete_publishes_deleted_then_unread(client, user, db, channel):
 
 def test_read_all_publishes_all_then_unread(client, user, db, channel):
     user_id, headers = user
-    insert_notification(db, user_id, customer_id=CUSTOMER)
+    chat = insert_notification(db, user_id, customer_id=CUSTOMER)
     insert_notification(db, user_id, customer_id=CUSTOMER, type="task", event="task_due")
     insert_notification(db, user_id)
     ch = channel(user_id)
@@ -115,7 +118,8 @@ def test_read_all_publishes_all_then_unread(client, user, db, channel):
                     json={"customer_id": str(CUSTOMER), "group": "chats"})
     assert r.get_json() == {"updated": 1}
     assert named(ch.messages()) == [
-        ("read", {"all": True, "read": True, "customer_id": str(CUSTOMER), "group": "chat", "before": None}),
+        ("read", {"all": True, "read": True, "customer_id": str(CUSTOMER), "group": "chat", "before": None,
+                  "ids": [str(chat["id"])]}),
         ("unread", {"unread": 2, "by_customer": {str(CUSTOMER): 1, "none": 1},
                     "by_group": dict(GROUPS, chat=1, task=1)}),
     ]
@@ -264,7 +268,8 @@ def test_second_device_sees_read_and_counts_live(services, clean, db):
         assert r.json() == {"updated": 1}
         events = every(laptop, 7)
         assert (events[5].event, events[5].json()) == (
-            "read", {"all": True, "read": True, "customer_id": None, "group": None, "before": None})
+            "read", {"all": True, "read": True, "customer_id": None, "group": None, "before": None,
+                     "ids": [new_id]})
         assert (events[6].event, events[6].json()) == ("unread", {"unread": 0, "by_customer": {},
                                                                   "by_group": GROUPS})
         # a delete on one device removes it on the other

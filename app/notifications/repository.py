@@ -84,18 +84,19 @@ def set_read(conn, user_id, notification_id, read, customers=None):
 
 
 def soft_delete(conn, user_id, notification_id, customers=None):
-    """Hide it from inbox and stream; the row stays for audit. True when it existed."""
+    """Hide it from inbox and stream; the row stays for audit. (customer_id,) when it existed
+    (its event goes only to the streams that may see that customer), else None."""
     extra, args = visible(customers)
     with conn.cursor() as cur:
         cur.execute("UPDATE notifications SET deleted_at = now()"
-                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app" + extra,
-                    (notification_id, user_id, *args))
-        return cur.rowcount == 1
+                    " WHERE id = %s AND user_id = %s AND deleted_at IS NULL AND in_app" + extra
+                    + " RETURNING customer_id", (notification_id, user_id, *args))
+        return cur.fetchone()
 
 
 def mark_all_read(conn, user_id, *, customer_id=None, customers=None, group=None, before=None):
     """Mark every unread notification in scope read (`before`: created at or before that
-    time, to the millisecond shown in `created_at`); how many changed."""
+    time, to the millisecond shown in `created_at`); the (id, customer_id) of each it changed."""
     where, params = _scope(user_id, customer_id, customers, "unread")
     if group is not None:
         where += " AND type = %(group)s"
@@ -104,5 +105,5 @@ def mark_all_read(conn, user_id, *, customer_id=None, customers=None, group=None
         where += " AND created_at < date_trunc('milliseconds', %(before)s::timestamptz) + interval '1 millisecond'"
         params["before"] = before
     with conn.cursor() as cur:
-        cur.execute(f"UPDATE notifications SET read_at = now() WHERE {where}", params)
-        return cur.rowcount
+        cur.execute(f"UPDATE notifications SET read_at = now() WHERE {where} RETURNING id, customer_id", params)
+        return cur.fetchall()

@@ -69,10 +69,11 @@ class NotificationById(MethodView):
         user, nid = current_user(), parse_id(notification_id)
         conn = db.get_conn()
         with db.failing_as(FailedToDelete), db.transaction(conn):
-            if not repository.soft_delete(conn, user.id, nid, user.visible_customers()):
+            deleted = repository.soft_delete(conn, user.id, nid, user.visible_customers())
+            if deleted is None:
                 raise NotFound()
             audit.record(conn, "notification.delete", ("notification", nid), {"deleted": True})
-        events.after_change(current_app, conn, user.id, ("deleted", {"ids": [str(nid)]}))
+        events.after_change(current_app, conn, user.id, events.about("deleted", deleted[0], {"ids": [str(nid)]}))
         return None
 
 
@@ -94,7 +95,8 @@ class NotificationRead(MethodView):
                 raise NotFound()
             audit.record(conn, "notification.read" if read else "notification.unread", ("notification", nid),
                          {"read": read})
-        events.after_change(current_app, conn, user.id, ("read", {"ids": [str(nid)], "read": read}))
+        events.after_change(current_app, conn, user.id,
+                            events.about("read", row["customer_id"], {"ids": [str(nid)], "read": read}))
         return to_public(row)
 
 
@@ -108,7 +110,8 @@ class ReadAll(MethodView):
     def post(self, body):
         """Mark every unread notification read, optionally for one customer, group, or up to a time
 
-        Every device of the user receives `read` (`{"all": true, ...}`) and `unread` events.
+        Every device of the user receives `read` (`{"all": true, ..., "ids": [...]}`, listing only
+        what that stream may see) and `unread` events.
         """
         user = current_user()
         customer_id, before = body.get("customer_id"), body.get("before")
@@ -121,16 +124,15 @@ class ReadAll(MethodView):
             group = found.name
         conn = db.get_conn()
         with db.failing_as(FailedToMarkAsRead), db.transaction(conn):
-            updated = repository.mark_all_read(conn, user.id, customer_id=customer_id,
+            changed = repository.mark_all_read(conn, user.id, customer_id=customer_id,
                                                customers=user.visible_customers(), group=group, before=before)
             audit.record(conn, "notification.read_all", ("user", user.id),
                          {"read": True, "customer_id": customer_id, "group": group, "before": before,
-                          "updated": updated})
-        if updated:
-            events.after_change(current_app, conn, user.id, ("read", {
-                "all": True, "read": True, "customer_id": str(customer_id) if customer_id else None,
-                "group": group, "before": rfc3339(before)}))
-        return {"updated": updated}
+                          "updated": len(changed)})
+        if changed:
+            events.after_change(current_app, conn, user.id,
+                                *events.read_all(changed, customer_id, group, rfc3339(before)))
+        return {"updated": len(changed)}
 
 
 @blp.route("/unread-count")

@@ -13,11 +13,19 @@ counted per channel, because a channel unsubscribed and subscribed again has
 two SUBSCRIBE replies in flight and only the newest one counts.
 
 When the connection drops the hub reconnects with back-off, subscribes again
-and tells every stream to catch up from PostgreSQL, so nothing published
-while it was away is lost to a client.
+and, once Redis confirmed every subscription, tells every stream to catch up
+from PostgreSQL, so nothing published while it was away is lost to a client.
+
+Whoever can write to Redis can publish on these channels, so the hub frames
+only what app/pubsub_codec.py accepts (sealed by the service, of a known kind
+and event name, an integer cursor, one line of JSON) and drops and counts the
+rest. Anything else going wrong in the hub (a reply it cannot read, a bug)
+ends that connection like a lost one: the socket is closed, the hub
+reconnects and every stream catches up, so no stream is left without events.
 """
 import logging
 import socket
+import time
 from urllib.parse import unquote, urlsplit
 
 import gevent
@@ -26,12 +34,18 @@ import gevent.lock
 import hiredis
 from gevent.socket import wait_read
 
+from .. import pubsub_codec as codec
+from ..metrics import HUB_DROPPED, HUB_RESTARTS
+from ..redis_client import client_name
 from . import frames
 from .stream import RESYNC, UNREAD_CHANGED
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_BATCH = 500     # channels per SUBSCRIBE/UNSUBSCRIBE command
 FLUSH_AFTER = 20_000      # messages read before the streams are flushed even if Redis has more
+HEALTHY_SESSION = 10.0    # seconds a connection must last for the next reconnect to come at once
+MAX_DELAY = 5.0           # longest pause between two connection attempts
+DROP_LOG_EVERY = 60.0     # seconds between two log lines about dropped messages
 
 
 def _command(*parts):
@@ -43,12 +57,12 @@ def _command(*parts):
 
 
 class Hub:
-    def __init__(self, redis_url, prefix):
+    def __init__(self, redis_url, prefix, key):
         url = urlsplit(redis_url)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 6379
         self.password = unquote(url.password) if url.password else None
         self.username = unquote(url.username) if url.username else None
-        self.prefix = prefix
+        self.prefix, self.key = prefix, key
         self.streams = {}          # channel -> set of Stream
         self.acks = {}             # channel -> [SUBSCRIBE replies still due, Event set when none is]
         self.leaving = set()       # channels whose last stream left: UNSUBSCRIBE them
@@ -58,7 +72,9 @@ class Hub:
         self.unsubscribe_due = gevent.event.Event()
         self.connected = gevent.event.Event()
         self.reconnects = 0
+        self.resync_due = False    # streams hold RESYNC until every channel is subscribed again
         self._last_message = self._last_item = None
+        self._dropped, self._dropped_logged_at = 0, 0.0
 
     # -- streams --------------------------------------------------------
     def channel(self, user_id):
@@ -142,7 +158,9 @@ class Hub:
                 try:
                     for start in range(0, len(channels), SUBSCRIBE_BATCH):
                         sock.sendall(_command("UNSUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
-                except OSError:
+                except Exception as exc:  # the reader reconnects, and subscribes only what is open
+                    if not isinstance(exc, OSError):
+                        log.exception("hub: UNSUBSCRIBE failed")
                     self._hang_up(sock)
 
     def _drop(self, sock):
@@ -155,54 +173,90 @@ class Hub:
             pass
 
     def _connect(self):
+        """A socket to Redis, authenticated and named after this process (CLIENT LIST shows whose)."""
         sock = socket.create_connection((self.host, self.port), timeout=5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.settimeout(None)
-        if self.password:
-            auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-            sock.sendall(_command(*auth))
-            reply = sock.recv(1024)
-            if not reply.startswith(b"+OK"):
-                raise ConnectionError("Redis refused AUTH")
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            commands = [("CLIENT", "SETNAME", client_name("hub"))]
+            if self.password:
+                auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                commands.insert(0, auth)
+            sock.sendall(b"".join(_command(*c) for c in commands))
+            reader = hiredis.Reader()
+            for _ in commands:
+                reply = reader.gets()
+                while reply is False:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise ConnectionResetError("Redis closed the connection")
+                    reader.feed(data)
+                    reply = reader.gets()
+                if isinstance(reply, Exception):
+                    raise ConnectionError(f"Redis refused the hub's set-up: {reply}")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def _run(self):
+        """Connect, subscribe, read; after whatever ended the connection, close it and start over."""
         delay = 0.1
         while True:
+            sock, started = None, time.monotonic()
             try:
                 sock = self._connect()
-            except OSError as exc:
-                log.warning("hub: cannot reach Redis (%s); retrying in %.1fs", exc, delay)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            with self.write_lock:
-                self.sock = sock
-                channels = list(self.streams)
-                for channel in channels:   # replies due on the old connection will never come
-                    entry = self.acks.get(channel)
-                    if entry is not None:
-                        entry[0] = 0
-                    self._expect_ack(channel)
-                self.leaving.clear()
-                for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                    sock.sendall(_command("SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
-            if self.reconnects:
-                self._resync_all()
-            self.reconnects += 1
-            self.connected.set()
-            try:
+                self._subscribe_all(sock)
                 self._read(sock)
             except OSError as exc:
-                log.warning("hub: Redis connection lost (%s)", exc)
-            self._drop(sock)
+                if sock is None:
+                    log.warning("hub: cannot reach Redis (%s); retrying in %.1fs", exc, delay)
+                else:
+                    log.warning("hub: Redis connection lost (%s)", exc)
+                    HUB_RESTARTS.labels("connection").inc()
+            except Exception:  # a reply it cannot read, or a bug: never leave the streams without a hub
+                log.exception("hub: unexpected error; reconnecting, every stream catches up from PostgreSQL")
+                HUB_RESTARTS.labels("error").inc()
+            if sock is not None:
+                self._drop(sock)
+            if time.monotonic() - started >= HEALTHY_SESSION:
+                delay = 0.1
+            gevent.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+
+    def _subscribe_all(self, sock):
+        with self.write_lock:
+            self.sock = sock
+            channels = list(self.streams)
+            for channel in channels:   # replies due on the old connection will never come
+                entry = self.acks.get(channel)
+                if entry is not None:
+                    entry[0] = 0
+                self._expect_ack(channel)
+            self.leaving.clear()
+            for start in range(0, len(channels), SUBSCRIBE_BATCH):
+                sock.sendall(_command("SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
+        if self.reconnects:
+            self._resync_all()
+        self.reconnects += 1
+        self.connected.set()
 
     def _resync_all(self):
-        fed = [stream for stream in self.all_streams() if stream.offer(RESYNC)]
-        for stream in fed:
-            stream.flush()
+        """Every stream catches up from PostgreSQL, queued behind RESYNC now (so what arrives
+        live waits behind it) but started only once Redis confirmed every subscription: a
+        notification published before that is then in the database read."""
+        for stream in self.all_streams():
+            if stream.batch is None or not any(item is RESYNC for item in stream.batch):
+                stream.offer(RESYNC)
+        self.resync_due = True
+        self._resync_if_subscribed()
+
+    def _resync_if_subscribed(self):
+        if self.resync_due and not self.acks:
+            self.resync_due = False
+            for stream in self.all_streams():
+                stream.flush()
 
     def _read(self, sock):
         """Read until Redis has nothing more for now, then flush: under load one write carries
@@ -236,27 +290,37 @@ class Hub:
                 reply = reader.gets()
 
     def _handle(self, reply, fed):
+        if not isinstance(reply, list) or len(reply) != 3:   # an error reply, or not pub/sub at all
+            self._drop_message("reply")
+            return
         kind = reply[0]
         if kind == b"message":
-            self._deliver(reply[1].decode(), reply[2], fed)
+            self._deliver(reply[1], reply[2], fed)
         elif kind == b"subscribe":
-            channel = reply[1].decode()
-            entry = self.acks.get(channel)
+            entry = self.acks.get(reply[1].decode())
             if entry is not None:
                 entry[0] -= 1
                 if entry[0] <= 0:
-                    del self.acks[channel]
+                    del self.acks[reply[1].decode()]
                     entry[1].set()
+            self._resync_if_subscribed()
+        elif kind != b"unsubscribe":
+            self._drop_message("reply")
 
     def _deliver(self, channel, message, fed):
-        group = self.streams.get(channel)
+        group = self.streams.get(channel.decode())
         if not group:
             return
         if message == self._last_message:   # a direct push: the same bytes on every user's channel
             item, unread = self._last_item
         else:
-            item, unread = self._last_item = self._item(message)
-            self._last_message = message
+            try:
+                kind, item, unread = self._item(channel, message)
+            except codec.Dropped as exc:
+                self._drop_message(exc.reason)
+                return
+            if kind == "d":   # sealed for every channel: checked once, framed once
+                self._last_message, self._last_item = message, (item, unread)
         if unread:
             for stream in group:
                 if stream.offer(item if stream.customers is None else UNREAD_CHANGED):
@@ -266,26 +330,31 @@ class Hub:
             if (item[1] is None or stream.wants(item[1])) and stream.offer(item):
                 fed.append(stream)
 
-    @staticmethod
-    def _item(message):
-        """((seq or None, customer or None, frame), is it an `unread` event) of one published
-        message, framed once."""
-        kind, first, rest = message.split(b"|", 2)
-        customer, _, body = rest.partition(b"|")
-        customer = customer.decode()
-        if kind == b"n":
-            seq = int(first)
-            item = (seq, customer, frames.notification(seq, body))
-        elif kind == b"d":
-            item = (None, customer, frames.direct(body))
-        else:
-            return (None, None, frames.named(first.decode(), body)), first == b"unread"
-        return item, False
+    def _item(self, channel, raw):
+        """(kind, (seq or None, customer or None for every stream, frame), is it `unread`) of one
+        published message, checked and framed once; raises codec.Dropped."""
+        message = codec.decode(self.key, channel, raw)
+        if message.kind == "n":
+            return "n", (message.seq, message.customer, frames.notification(message.seq, message.body)), False
+        if message.kind == "d":
+            return "d", (None, message.customer, frames.direct(message.body)), False
+        return "e", (None, message.customer, frames.named(message.name, message.body)), message.name == "unread"
+
+    def _drop_message(self, reason):
+        """Count it; say so in the log at most once a minute (never what it held)."""
+        HUB_DROPPED.labels(reason).inc()
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= DROP_LOG_EVERY:
+            log.warning("hub: dropped %d channel message(s) that the service did not send or cannot frame"
+                        " (latest: %s); see notif_hub_dropped_messages_total", self._dropped, reason)
+            self._dropped, self._dropped_logged_at = 0, now
 
 
 def hub(app):
     """The process's hub, created on first use (after gunicorn forked the worker)."""
     instance = app.extensions.get("stream_hub")
     if instance is None:
-        instance = app.extensions["stream_hub"] = Hub(app.config["REDIS_URL"], app.config["REDIS_PREFIX"])
+        instance = app.extensions["stream_hub"] = Hub(app.config["REDIS_URL"], app.config["REDIS_PREFIX"],
+                                                      codec.message_key(app.config["SECRET_KEY"]))
     return instance
