@@ -248,7 +248,7 @@ def test_a_stored_address_that_could_smuggle_headers_fails_and_sends_nothing(bui
     work(app)
     delivery = deliveries(client, headers)["email"]
     assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
-    assert delivery["last_error"].startswith("message refused before sending: the To address "), delivery
+    assert delivery["last_error"].startswith("invalid_recipient: message refused before sending: the To address "), delivery
     assert "evil" not in delivery["last_error"] and "example.com" not in delivery["last_error"]
     assert [a["outcome"] for a in delivery["history"]] == ["failed"]
     assert smtp.messages == [] and smtp.quits == 0

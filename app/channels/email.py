@@ -217,12 +217,13 @@ def refuse_bad_headers(message):
         for address in addresses:
             problem = email_problem(address[1] if isinstance(address, tuple) else address)
             if problem:
-                raise PermanentError(f"message refused before sending: the {name} address {problem}")
+                raise PermanentError(f"message refused before sending: the {name} address {problem}",
+                                     "invalid_recipient")
     for name, value in _header_values(message):
         found = CONTROLS.search(value or "")
         if found:
             raise PermanentError(f"message refused before sending: the {name} header contains a control "
-                                 f"character or line break (U+{ord(found.group()):04X})")
+                                 f"character or line break (U+{ord(found.group()):04X})", "invalid_message")
 
 
 def _text(value):
