@@ -42,12 +42,9 @@ def write_queue_yaml(tmp_path, **sections):
 
 def run_jobs(app):
     """Run every queued dispatch and delivery job in this process until the queues are empty."""
-    domain = app.config["DOMAIN"]
+    from workers.trust import make_worker
     with app.app_context():
-        redis = app.extensions["redis"]
-        queues = [rq.Queue(name, connection=redis) for name in (domain.queues["dispatch"],
-                                                                 domain.queues["deliveries"])]
-        rq.SimpleWorker(queues, connection=redis).work(burst=True)
+        make_worker(app).work(burst=True)
 
 
 def trigger(client, body, headers=None, **kwargs):
