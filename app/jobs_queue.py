@@ -26,10 +26,16 @@ SERIALIZER = JSONSerializer      # pickle would run code from whoever can write 
 PURPOSES = ("dispatch", "deliveries")
 
 
+def queue_name(purpose, app=None):
+    """The deployment's RQ queue for `purpose`: queue.yaml's name under REDIS_PREFIX, so that two
+    deployments on one Redis never take each other's jobs (app/deployment.py)."""
+    app = app or current_app
+    return app.config["REDIS_PREFIX"] + app.config["DOMAIN"].queues[purpose]
+
+
 def queue(purpose, app=None, job_class=None):
     app = app or current_app
-    name = app.config["DOMAIN"].queues[purpose]
-    return Queue(name, connection=app.extensions["redis"], serializer=SERIALIZER,
+    return Queue(queue_name(purpose, app), connection=app.extensions["redis"], serializer=SERIALIZER,
                  **({"job_class": job_class} if job_class else {}))
 
 

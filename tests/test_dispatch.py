@@ -9,7 +9,6 @@ import time
 import uuid
 
 import psycopg2.extras
-import rq
 import yaml
 
 from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
@@ -272,14 +271,14 @@ def test_oversized_idempotency_key_is_refused(client, db):
 
 
 def test_drain_job_enqueued_twice_stores_once(app, client, db):
-    from app.jobs_queue import wake_dispatcher
+    from app.jobs_queue import queue, wake_dispatcher
     users = [uuid.uuid4() for _ in range(5)]
     trigger(client, body_for(users))
     with app.app_context():
         assert wake_dispatcher() is None            # the accept already woke one: nothing more
         wake_dispatcher(force=True)
         wake_dispatcher(force=True)
-    assert rq.Queue(app.config["DOMAIN"].queues["dispatch"], connection=app.extensions["redis"]).count == 3
+    assert queue("dispatch", app).count == 3
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM notifications") == 5
     assert scalar(db, "SELECT count(DISTINCT user_id) FROM notifications") == 5

@@ -100,3 +100,84 @@ def test_an_altered_job_of_ours_is_refused(app):
     redis.hdel(real.key, "failure_callback_name")
     assert refusal(TrustedJob.fetch(real.id, connection=redis, serializer=JSONSerializer)) == \
         "its arguments do not fit the function"
+
+
+# ------------------------------------------------------------------ two deployments, one Redis
+
+
+@pytest.fixture
+def other_database(pg_server):
+    """A second deployment's database on the same PostgreSQL server, migrated; dropped afterwards."""
+    import secrets
+    import psycopg2
+    from app.migrate import migrate
+    from conftest import _admin_url
+    name = f"notif_test_other_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = psycopg2.connect(_admin_url(pg_server, "postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = _admin_url(pg_server, name)
+    migrate(url, echo=lambda *_: None)
+    yield url
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.close()
+
+
+def bearer(user_id):
+    from conftest import make_token
+    return {"Authorization": f"Bearer {make_token(user_id)}"}
+
+
+def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean, other_database):
+    from app import create_app
+    from app.deployment import derive_prefix
+    mine, other = derive_prefix(clean["DATABASE_URL"]), derive_prefix(other_database)
+    assert mine != other and mine.startswith("notif:") and mine.endswith(":")
+    assert derive_prefix(clean["DATABASE_URL"]) == mine                 # stable: web, worker, release agree
+    derived = create_app({k: v for k, v in clean.items() if k != "REDIS_PREFIX"})
+    assert derived.config["REDIS_PREFIX"] == mine
+    from app.jobs_queue import queue_name
+    assert queue_name("dispatch", derived) == mine + derived.config["DOMAIN"].queues["dispatch"]
+    assert create_app(dict(clean, REDIS_PREFIX="acme:")).config["REDIS_PREFIX"] == "acme:"
+
+
+def test_two_deployments_on_one_redis_never_hear_or_take_each_others_work(clean, other_database, processes):
+    """Deployment A on Redis db 0, B on db 7 of the same server, neither configures REDIS_PREFIX."""
+    from app.deployment import derive_prefix
+    base = {k: v for k, v in clean.items() if k != "REDIS_PREFIX"}
+    redis_url = clean["REDIS_URL"].rsplit("/", 1)[0]
+    env_a = dict(base, REDIS_URL=f"{redis_url}/0")
+    env_b = dict(base, REDIS_URL=f"{redis_url}/7", DATABASE_URL=other_database)
+    web_a, web_b = processes.start_web(env_a), processes.start_web(env_b)
+    processes.start_worker(env_b)                                        # A has no worker yet
+    redis_a = redis_lib.Redis.from_url(env_a["REDIS_URL"])
+    dispatch_a = f"rq:queue:{derive_prefix(clean['DATABASE_URL'])}notifications-dispatch"
+
+    user = uuid.uuid4()                                                  # the same user id on both
+    stream_a, stream_b = web_a.stream(headers=bearer(user)), web_b.stream(headers=bearer(user))
+    try:
+        assert stream_a.ok and stream_b.ok
+        body = {"type": "tasks", "event": "task_due", "user_ids": [str(user)]}
+        assert web_a.post("/v1/notifications/trigger", headers=SERVICE, json=dict(body, title="from A")).ok
+        wait_until(lambda: redis_a.llen(dispatch_a) == 1, 10, message="A's drain job in A's own queue")
+        assert web_b.post("/v1/notifications/trigger", headers=SERVICE, json=dict(body, title="from B")).ok
+        stream_b.wait_events(1)
+        # B's worker took B's job, enqueued after A's, and left A's where it was.
+        assert redis_a.llen(dispatch_a) == 1
+
+        processes.start_worker(env_a)
+        stream_a.wait_events(1)
+        assert web_a.post("/v1/notifications/sse", headers=SERVICE, json=dict(body, title="A push")).ok
+        stream_a.wait_events(2)
+        # A fence: B's own push, published after everything of A's; B's hub would have passed A's
+        # messages on before it.
+        assert web_b.post("/v1/notifications/sse", headers=SERVICE, json=dict(body, title="B push")).ok
+        stream_b.wait_events(2)
+        assert [e.json()["title"] for e in stream_a.events] == ["from A", "A push"]
+        assert [e.json()["title"] for e in stream_b.events] == ["from B", "B push"]
+    finally:
+        stream_a.close()
+        stream_b.close()
