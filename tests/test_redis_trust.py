@@ -181,3 +181,102 @@ def test_two_deployments_on_one_redis_never_hear_or_take_each_others_work(clean,
     finally:
         stream_a.close()
         stream_b.close()
+
+
+# ------------------------------------------------------------------ the documented ACL user
+
+
+def acl_rule(prefix, password):
+    """docs/security-rq.md's ACL for a deployment whose REDIS_PREFIX is `prefix`."""
+    return (f"on >{password} resetkeys ~{prefix}* ~rq:* resetchannels &{prefix}* &rq:* "
+            "+@all -@admin -@dangerous +info +client|setname +client|getname").split()
+
+
+def test_web_and_worker_run_as_the_documented_acl_user_and_it_reaches_no_other_keys(clean, processes):
+    from devtools.services import redis_server
+    from app.deployment import derive_prefix
+    prefix, password = derive_prefix(clean["DATABASE_URL"]), uuid.uuid4().hex
+    server = redis_server()
+    try:
+        admin = redis_lib.Redis.from_url(server.url)
+        admin.acl_setuser("notifications", reset=True)
+        admin.execute_command("ACL", "SETUSER", "notifications", *acl_rule(prefix, password))
+        admin.execute_command("ACL", "SETUSER", "default", "off")          # no anonymous access left
+        url = f"redis://notifications:{password}@127.0.0.1:{server.port}/0"
+        env = dict({k: v for k, v in clean.items() if k != "REDIS_PREFIX"}, REDIS_URL=url)
+        web = processes.start_web(env)
+        processes.start_worker(env)
+        user = uuid.uuid4()
+        with web.stream(headers=bearer(user)) as stream:
+            assert stream.ok
+            assert web.post("/v1/notifications/trigger", headers=SERVICE, json={
+                "type": "tasks", "event": "task_due", "title": "via ACL", "user_ids": [str(user)]}).ok
+            (event,) = stream.wait_events(1, timeout=20)
+        assert event.json()["title"] == "via ACL"
+        confined = redis_lib.Redis.from_url(url)
+        with pytest.raises(redis_lib.exceptions.NoPermissionError):
+            confined.set("notif:another-deployment:x", "1")
+        with pytest.raises(redis_lib.exceptions.NoPermissionError):
+            confined.publish("notif:another-deployment:user:x", "1")
+        with pytest.raises(redis_lib.exceptions.AuthenticationError):
+            redis_lib.Redis.from_url(server.url).ping()
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------ TLS (rediss://)
+
+
+def tls_redis_server(directory):
+    """A redis-server speaking only TLS on a free port, with its own CA; None where none can."""
+    import shutil
+    import subprocess
+    from devtools.services import free_port, spawn
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("openssl") is None:
+        return None
+    cert, key = directory / "redis.pem", directory / "redis-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                    "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    proc = spawn([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+                  "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+                  "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        wait_until(lambda: _answers(url), 10, message="the TLS redis-server")
+    except AssertionError:
+        proc.kill()
+        return None          # a redis-server built without TLS
+    return proc, url
+
+
+def _answers(url):
+    try:
+        return redis_lib.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except (redis_lib.RedisError, OSError):
+        return False
+
+
+def test_worker_and_web_enqueue_over_tls(clean, make_app, processes, tmp_path, db):
+    """The command pool and RQ over rediss:// with a private CA. (The stream hub's own connection is
+    plain TCP: see docs/security-rq.md.)"""
+    started = tls_redis_server(tmp_path)
+    if started is None:
+        pytest.skip("no TLS-capable redis-server and openssl on this machine")
+    proc, url = started
+    try:
+        app = make_app(REDIS_URL=url)
+        processes.start_worker(dict(clean, REDIS_URL=url))
+        assert app.test_client().post("/v1/notifications/trigger", headers=SERVICE, json={
+            "type": "tasks", "event": "task_due", "title": "over TLS", "user_ids": [str(uuid.uuid4())]}
+        ).status_code == 202
+        wait_until(lambda: stored(db) == 1, 20, message="the trigger to be stored by the worker over TLS")
+        with pytest.raises(redis_lib.ConnectionError):     # nothing answers in clear on that port
+            redis_lib.Redis.from_url(url.replace("rediss://", "redis://").split("?")[0],
+                                     socket_connect_timeout=2, socket_timeout=2).ping()
+    finally:
+        proc.kill()
+        proc.wait()
