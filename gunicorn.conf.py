@@ -32,6 +32,9 @@ backlog = 4096
 timeout = 30
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
+# X-Forwarded-* is the app's decision alone (PROXY_HOPS, app/__init__.py); gunicorn's default trust
+# of loopback peers would let a local caller choose the request's scheme behind its back.
+forwarded_allow_ips = ""
 # The path without its query string: a stream ticket or token never lands in a log.
 accesslog = os.environ.get("ACCESS_LOG", "-") or None
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'

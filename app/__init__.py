@@ -1,5 +1,6 @@
 """The application factory."""
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, auth, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
 from . import audit, deployment, retention
@@ -32,7 +33,16 @@ def create_app(config=None):
     api.init_app(app, _blueprints())
     ratelimit.init_app(app)
     stream_handoff.init_app(app)
+    _trust_proxies(app, app.config["PROXY_HOPS"])
     return app
+
+
+def _trust_proxies(app, hops):
+    """Behind `hops` proxies the client is the address they forward (rate limits, audit, access
+    logs); with none, X-Forwarded-* is a client's claim and is ignored. Outermost, so every layer
+    below sees the same address."""
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
 
 def _blueprints():

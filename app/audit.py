@@ -8,7 +8,7 @@ the change does. Rows form one hash chain, in the order of `chain`:
 
 where `at` is `YYYY-MM-DDTHH:MM:SS.ffffffZ` and `body` the canonical JSON
 (sorted keys, no spaces, ASCII) of the other columns: actor, request id, client
-IP, action, target, change. The first row's prev_hash is 64 zeros.
+(its address as a keyed hash, `client_hash`), action, target, change. The first row's prev_hash is 64 zeros.
 
 Appending and sealing are two steps, so that audited writes never wait for
 each other. An append is one plain INSERT, with the writing transaction's id
@@ -43,8 +43,12 @@ chain.
 
 The log never holds secrets (API keys appear as their key id) nor personal
 data that might have to be erased later (contact changes name the fields,
-not the addresses): its rows can never be changed (sealing, which fills in
-a row's place and hashes once, is the one UPDATE the table allows).
+not the addresses; a direct push records how many users and a keyed hash of
+their ids, `push_change`; the client's address is a keyed hash, so requests
+from one address can still be grouped and an address an investigator names
+can be checked with `client_hash(address)`): its rows can never be changed
+(sealing, which fills in a row's place and hashes once, is the one UPDATE the
+table allows). Rows written before these hashes keep what they recorded.
 """
 import datetime
 import getpass
@@ -57,6 +61,7 @@ import orjson
 from flask import g, has_request_context, request
 
 from . import db
+from .keyed import keyed_hash
 
 GENESIS = "0" * 64
 ACTOR_TYPES = ("user", "service", "operator", "system")
@@ -70,7 +75,8 @@ _APPEND = (f"INSERT INTO audit_log (at, {', '.join(BODY)}) VALUES (clock_timesta
 
 # ------------------------------------------------------------------------------ content and hashing
 
-# orjson (a direct push's change holds every user id) with json.dumps's output: times through _plain
+# orjson (a large change, such as an operator retry's id list, is serialised fast) with json.dumps's output:
+# times through _plain
 _ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
@@ -131,6 +137,26 @@ def operator():
 SYSTEM_RETENTION = ("system", "retention")
 
 
+# ------------------------------------------------------------------------------ personal data kept out
+
+def client_hash(address):
+    """What a row records of the client's address: a keyed hash (the same address, the same value)."""
+    return keyed_hash("audit-client-ip", address) if address else None
+
+
+def user_ids_hash(user_ids):
+    """A keyed hash of a list of user ids, the same whatever their order or case: it shows which
+    list a push went to for whoever holds the list (and SECRET_KEY), and to nobody else."""
+    canonical = ",".join(sorted({str(u).lower() for u in user_ids}))
+    return keyed_hash("audit-user-ids", canonical, 64)
+
+
+def push_change(group, event, customer_id, user_ids):
+    """A direct push's `change`: what was pushed and to how many, not to whom."""
+    return {"type": group, "event": event, "customer_id": customer_id, "users": len(user_ids),
+            "user_ids_hash": user_ids_hash(user_ids)}
+
+
 # ------------------------------------------------------------------------------ writing
 
 def record(conn, action, target, change, actor=None):
@@ -152,7 +178,8 @@ def append_statement(action, target, change, actor=None):
     if actor is None or actor[0] not in ACTOR_TYPES:
         raise RuntimeError(f"audit: no valid actor for {action}")
     # outside a request (CLI, jobs) there is none: a job's context may still hold an earlier job's id
-    request_id, client_ip = (g.get("request_id"), request.remote_addr) if has_request_context() else (None, None)
+    request_id, client_ip = ((g.get("request_id"), client_hash(request.remote_addr)) if has_request_context()
+                             else (None, None))
     target_type, target_id = target
     return _APPEND, {"actor_type": actor[0], "actor_id": str(actor[1]), "request_id": request_id,
                      "client_ip": client_ip, "action": action, "target_type": target_type,

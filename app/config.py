@@ -56,13 +56,19 @@ DEFAULTS = {
     "DEVELOPMENT": "false",
     # The service's own secret for keyed hashes and signatures (app/keyed.py); required outside development.
     "SECRET_KEY": "",
+    # Bearer token of the operator's diagnostics: /metrics needs it once set; /healthz?greenlets=1
+    # (a scan of the heap) is served only with it (docs/security-http.md).
+    "METRICS_TOKEN": "",
+    # Proxies in front of the service whose X-Forwarded-For / -Proto are believed (0: none, the
+    # peer's address is the client's).
+    "PROXY_HOPS": "0",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
-        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "DB_STATEMENT_TIMEOUT_MS",
+        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "DB_STATEMENT_TIMEOUT_MS",
         "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
@@ -174,6 +180,10 @@ def _refuse_development_secrets(settings):
         if (name == "SECRET_KEY" or hmac_jwt) and len(value.encode()) < MIN_SECRET_BYTES:
             raise ConfigError("environment", name, f"is {len(value.encode())} bytes; use at least "
                               f"{MIN_SECRET_BYTES} random bytes outside development")
+    token = settings["METRICS_TOKEN"]
+    if token and (token in DEVELOPMENT_VALUES or len(token) < MIN_SECRET_BYTES):
+        raise ConfigError("environment", "METRICS_TOKEN", f"use at least {MIN_SECRET_BYTES} random characters "
+                          "outside development")
     dev_digests = {api_keys.digest(value): value for value in DEVELOPMENT_VALUES}
     for entry in settings["PLAIN_API_KEYS"]:
         if entry in DEVELOPMENT_VALUES or len(entry) < api_keys.MIN_PLAIN_LENGTH:

@@ -139,7 +139,7 @@ def _parse_notifications(path):
 
 # queue.yaml `rate_limits:` names and their defaults (app/ratelimit.py applies them).
 RATE_LIMITS = {"trigger": "100/second", "service": "100/second", "user": "50/second",
-               "stream_connect": "10/minute"}
+               "stream_connect": "10/minute", "recipients": "3000000/minute"}
 
 
 def _rate_limits(path, data):
@@ -160,6 +160,16 @@ def _rate_limits(path, data):
             raise ConfigError(path, where, f"must be a rate such as '100/second' or '10 per minute', got {value!r}")
         found[name] = value
     return found
+
+
+def _recipients_fit(path, limits, max_user_ids):
+    """A trigger of `batch.max_user_ids` users must fit the recipients budget, or it could never be accepted."""
+    from limits import parse
+    budget = parse(limits["recipients"]).amount
+    if budget < max_user_ids:
+        raise ConfigError(path, "rate_limits.recipients", f"allows {budget} recipients per window, fewer than "
+                          f"batch.max_user_ids ({max_user_ids}): the largest trigger could never be accepted")
+    return limits
 
 
 def _parse_queue(path):
@@ -183,7 +193,7 @@ def _parse_queue(path):
         idempotency_ttl_seconds=3600 * _positive(path, idem, "ttl_hours", "idempotency", 24),
         relay_interval=float(_positive(path, relay, "interval_seconds", "relay", 2)),
         relay_stale_after=float(_positive(path, relay, "stale_after_seconds", "relay", 30)),
-        rate_limits=_rate_limits(path, data),
+        rate_limits=_recipients_fit(path, _rate_limits(path, data), _positive(path, batch, "max_user_ids", "batch")),
     )
 
 

@@ -6,6 +6,9 @@
     ├── InvalidApiKey            401  missing or wrong X-API-Key
     ├── InvalidCustomerId        403  customer outside the token's `customers`
     ├── InsufficientScope        403  a known API key without the endpoint's scope
+    ├── InvalidMetricsToken      401  /metrics or the greenlet scan without the METRICS_TOKEN bearer
+    ├── MetricsTokenNotConfigured 403 the greenlet scan, with no METRICS_TOKEN configured
+    ├── InvalidJson              400  a body that is not JSON, or nests deeper than MAX_JSON_DEPTH
     ├── InvalidId                400  a path id that is not a UUID
     ├── NotFound                 404  missing, or another user's
     ├── InvalidGroup / InvalidEvent / InvalidChannel   400
@@ -59,6 +62,11 @@ InvalidApiKey = _error("InvalidApiKey", 401, "invalid_api_key", "Invalid or miss
 InvalidCustomerId = _error("InvalidCustomerId", 403, "invalid_customer_id", "Customer is not linked to this user")
 InsufficientScope = _error("InsufficientScope", 403, "insufficient_scope",
                            "This API key lacks the scope this endpoint requires")
+InvalidMetricsToken = _error("InvalidMetricsToken", 401, "invalid_metrics_token",
+                             "Missing or wrong metrics token (Authorization: Bearer <METRICS_TOKEN>)")
+MetricsTokenNotConfigured = _error("MetricsTokenNotConfigured", 403, "metrics_token_not_configured",
+                                   "This diagnostic is served only with METRICS_TOKEN configured")
+InvalidJson = _error("InvalidJson", 400, "invalid_json", "The request body is not valid JSON")
 InvalidId = _error("InvalidId", 400, "invalid_id", "Invalid notification ID")
 NotFound = _error("NotFound", 404, "not_found", "Notification not found")
 InvalidGroup = _error("InvalidGroup", 400, "invalid_group", "Invalid notification group")
@@ -142,7 +150,7 @@ def handle_http_exception(error):
         message = "The request failed validation: see errors"
     elif status == 400 and "messages" in data:
         # webargs answers a body that is not JSON with 400
-        code, message = "invalid_json", "The request body is not valid JSON"
+        code, message = InvalidJson.code, InvalidJson.__doc__
     elif data.get("message"):
         message = data["message"]
     headers = dict(data.get("headers") or {})

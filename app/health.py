@@ -5,6 +5,7 @@ import greenlet
 from flask import Blueprint, current_app, jsonify, request
 
 from . import db
+from .metrics import check_operator_token
 from .redis_client import redis
 
 blp = Blueprint("health", __name__)
@@ -13,12 +14,16 @@ blp = Blueprint("health", __name__)
 @blp.get("/healthz")
 def healthz():
     """The process answers; once it has served a stream, also how many are open in it. With
-    `?greenlets=1` also the greenlets alive in it (a scan of the heap: for leak checks, not probes)."""
+    `?greenlets=1` also the greenlets alive in it: a scan of the whole heap, for the operator's
+    leak checks, so only with the METRICS_TOKEN bearer (and never when none is configured)."""
+    scan = request.args.get("greenlets") == "1"
+    if scan:
+        check_operator_token(required=True)
     body = {"status": "ok"}
     hub = current_app.extensions.get("stream_hub")
     if hub is not None:
         body["streams"] = hub.count()
-    if request.args.get("greenlets") == "1":
+    if scan:
         body["greenlets"] = sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
     return jsonify(body)
 

@@ -1,9 +1,16 @@
 """Structured JSON logs with a request id that follows work from request to job.
 
-`X-Request-ID` is taken from the request when it is sane, else made, and
-returned on the response; it is stored with an accepted trigger so the jobs
-that trigger spawns log under the same id. Log lines carry ids and counts,
-never tokens, keys, tickets or message bodies.
+Every request gets an id of the service's own (`X-Request-ID` on the response,
+stored with an accepted trigger so the jobs it spawns log under it, and in
+audit rows). A client's `X-Request-ID` is never taken as ours: whoever sends
+it could collide with, or impersonate, another request's id in the audit log.
+It is kept beside ours as `client_request_id` in the request's log lines, cut
+to 64 characters of `A-Z a-z 0-9 . _ : -` so it can neither forge a log line
+nor carry a payload.
+
+Every line's message and exception text pass through `redact.redact` (email
+addresses, phone numbers, tokens, URL credentials and query strings out);
+code logs ids and counts, never notification text.
 """
 import contextvars
 import json
@@ -13,19 +20,26 @@ import uuid
 
 from flask import g, request
 
+from .redact import redact
+
 request_id_var = contextvars.ContextVar("request_id", default=None)
-_SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+client_request_id_var = contextvars.ContextVar("client_request_id", default=None)
+CLIENT_ID_LENGTH = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record):
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
+                 "logger": record.name, "message": redact(record.getMessage())}
         rid = request_id_var.get()
         if rid:
             entry["request_id"] = rid
+        client_rid = client_request_id_var.get()
+        if client_rid:
+            entry["client_request_id"] = client_rid
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -40,10 +54,18 @@ def configure():
     root.setLevel(logging.INFO)
 
 
+def client_request_id(given):
+    """The client's X-Request-ID as it may be logged: unsafe characters dropped, at most 64 kept;
+    None when nothing is left."""
+    cleaned = _UNSAFE.sub("", (given or "")[:4 * CLIENT_ID_LENGTH])[:CLIENT_ID_LENGTH]
+    return redact(cleaned) or None
+
+
 def _begin():
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if _SAFE.match(given) else uuid.uuid4().hex
+    g.request_id = uuid.uuid4().hex
+    g.client_request_id = client_request_id(request.headers.get("X-Request-ID"))
     request_id_var.set(g.request_id)
+    client_request_id_var.set(g.client_request_id)
 
 
 def _finish(response):
@@ -53,7 +75,14 @@ def _finish(response):
     return response
 
 
+def _forget(exc=None):
+    """Lines logged after the request (in this thread or greenlet) are not the request's."""
+    request_id_var.set(None)
+    client_request_id_var.set(None)
+
+
 def init_app(app):
     configure()
     app.before_request(_begin)
     app.after_request(_finish)
+    app.teardown_request(_forget)

@@ -4,11 +4,18 @@ With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets one when absent)
 each process writes its samples to files there and a scrape merges them;
 without it (tests, one-off CLI) the process's own registry is served.
 Queue depths are read from Redis at scrape time.
+
+With METRICS_TOKEN set, a scrape must send `Authorization: Bearer <METRICS_TOKEN>`
+(Prometheus: `authorization: {credentials: ...}`); without it /metrics is open, as the
+SPEC has it. The same token guards the heap scan of /healthz (app/health.py).
 """
+import hmac
 import os
 import time
 
 from flask import Blueprint, Response, current_app, g, request
+
+from .errors import InvalidMetricsToken, MetricsTokenNotConfigured
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess, REGISTRY)
 from prometheus_client.core import GaugeMetricFamily
@@ -48,9 +55,23 @@ class QueueCollector:
         yield failed
 
 
+def check_operator_token(required=False):
+    """Let the operator's bearer token through: 401 without it once METRICS_TOKEN is set; with
+    none set, open unless `required` (then 403: the diagnostic is off)."""
+    expected = current_app.config.get("METRICS_TOKEN") or ""
+    if not expected:
+        if required:
+            raise MetricsTokenNotConfigured()
+        return
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), expected.encode()):
+        raise InvalidMetricsToken(headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+
+
 @blp.get("/metrics")
 def metrics():
     """Prometheus text exposition."""
+    check_operator_token()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -8,6 +8,10 @@ a bad one stops start-up naming `rate_limits.<name>`):
     service         every other API-key endpoint (trigger status, contacts), per API key
     user            every bearer-token endpoint, per user (`sub` of a valid token)
     stream_connect  opening GET /v1/notifications/sse, per user (bearer token or ticket)
+    recipients      the users a trigger or a direct push reaches, per API key: a trigger to N
+                    users costs N (`charge_recipients`, called by the two views once the body is
+                    valid; an idempotent replay costs nothing). Requests are cheap to count, but
+                    100 requests a second of 10,000 users each is a million notifications a second.
 
 A caller without valid credentials is counted per remote address in the budget of the
 endpoint it called (it gets its 401 until it is over the limit, then 429). Health probes,
@@ -149,6 +153,22 @@ def _check():
         return None
     raise RateLimited(f"Rate limit exceeded: {counter.limits[name]} ({name}); retry in {retry} s",
                       headers={"Retry-After": str(retry)})
+
+
+def charge_recipients(api_key_id, count):
+    """Spend `count` of the key's recipients budget, or raise RateLimited (429, Retry-After) and
+    accept nothing. Counting failures let the request through, as every limit does."""
+    counter = current_app.extensions["ratelimit"]["counter"]
+    if counter is None:
+        return
+    try:
+        allowed, retry = counter.hit("recipients", f"key:{api_key_id}", count)
+    except Exception:  # never let counting break a request
+        log.exception("recipients budget not checked")
+        return
+    if not allowed:
+        raise RateLimited(f"Recipient budget exceeded: {counter.limits['recipients']} (recipients); "
+                          f"this request reaches {count}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
 
 def _document(app):

@@ -17,6 +17,11 @@ window ended. What it buys: a service sending a thousand triggers a second
 to one web worker (given a budget of, say, 5,000/second) costs one round trip
 per 50 requests instead of one each.
 
+A budget may count something other than requests: `hit(name, key, amount)`
+takes `amount` at once (the `recipients` budget: a trigger's users), all of it
+or none; a slice is then at least what the amount lacks, and what is left of a
+slice after a refusal serves the caller's smaller amounts.
+
 Redis down: the same windows are counted in this process's memory (limited
 per process only), and Redis is tried again after 1 s, then 2, 4, … 32 s.
 """
@@ -93,42 +98,57 @@ class Counter:
         self._retry_at, self._backoff = 0.0, 1.0
         self._lock = threading.Lock()
 
-    def hit(self, name, key):
-        """(True, None) when the request fits, else (False, whole seconds until its window ends)."""
+    def hit(self, name, key, amount=1):
+        """(True, None) when `amount` more (requests, or a trigger's recipients) fit in the caller's
+        window, else (False, whole seconds until it ends). All of `amount` fits or none of it counts."""
         limit = self.limits[name]
+        window_ms = int(limit.get_expiry() * 1000)
+        if amount > limit.amount:      # can never fit (app/domain.py keeps triggers under the budget)
+            return False, max(1, math.ceil(window_ms / 1000))
         size = limit.amount // LEASE_PARTS
         if size <= 1:   # counted exactly, one round trip per request
-            count, left = self._take(f"{name}:{key}:{limit}", 1, int(limit.get_expiry() * 1000))
-            return (True, None) if count <= limit.amount else (False, max(1, math.ceil(left)))
+            count, left = self._take(f"{name}:{key}:{limit}", amount, window_ms)
+            if count <= limit.amount:
+                return True, None
+            if amount > 1:   # given back, so a smaller amount may still fit (a single one never could)
+                self._take(f"{name}:{key}:{limit}", -amount, window_ms)
+            return False, max(1, math.ceil(left))
         while True:   # each turn consumes, refuses, takes the next slice, or waits for the one taking it
             now = time.monotonic()
             with self._lock:
                 share = self._slices.get((name, key))
-                if share is not None and share.ends > now:
-                    if share.left > 0:
-                        share.left -= 1
-                        return True, None
-                    if share.full:     # the window is spent for everyone until it ends
-                        return False, max(1, math.ceil(share.ends - now))
+                live = share is not None and share.ends > now
+                if live and share.left >= amount:
+                    share.left -= amount
+                    return True, None
+                if live and share.full:     # the window is spent for everyone until it ends
+                    return False, max(1, math.ceil(share.ends - now))
                 if share is not None and not share.refill.is_set():
                     waiting = share.refill       # another request is taking the next slice
                 else:
+                    carry = share.left if live else 0    # what is left of this window's slice
                     waiting, share = None, _Slice()
+                    share.left = carry
                     self._prune(now)
                     self._slices[(name, key)] = share
             if waiting is None:
-                return self._lease(share, name, key, limit, size)
+                return self._lease(share, name, key, limit, size, amount)
             waiting.wait(1.0)
 
-    def _lease(self, share, name, key, limit, size):
-        """Take the next slice for `share` (one round trip); the requests waiting for it go on."""
+    def _lease(self, share, name, key, limit, size, amount):
+        """Take the next slice for `share` (one round trip), at least what `amount` lacks; the
+        requests waiting for it go on."""
         try:
-            count, left = self._take(f"{name}:{key}:{limit}", size, int(limit.get_expiry() * 1000))
-            granted = min(size, limit.amount - (count - size))
+            carry = share.left
+            need = max(size, amount - carry)
+            count, left = self._take(f"{name}:{key}:{limit}", need, int(limit.get_expiry() * 1000))
+            granted = max(0, min(need, limit.amount - (count - need)))
             with self._lock:
                 share.ends = time.monotonic() + left
-                share.left, share.full = max(0, granted - 1), granted <= 0
-            return (True, None) if granted > 0 else (False, max(1, math.ceil(left)))
+                share.full = granted < need      # Redis has no more of this window for anyone
+                fits = carry + granted >= amount
+                share.left = carry + granted - (amount if fits else 0)
+            return (True, None) if fits else (False, max(1, math.ceil(left)))
         finally:
             share.refill.set()
 

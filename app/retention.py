@@ -25,6 +25,7 @@ import click
 from flask.cli import AppGroup
 
 from . import audit, db
+from .redact import summary
 
 log = logging.getLogger(__name__)
 BATCH = 5000
@@ -110,7 +111,7 @@ def _loop(app, stop):
         try:
             purge_exclusive(app)
         except Exception as exc:  # PostgreSQL down: next turn
-            log.warning("retention purge failed: %s: %s", type(exc).__name__, exc)
+            log.warning("retention purge failed: %s", summary(exc))
 
 
 def schedule(app, stop):

@@ -1,4 +1,6 @@
-"""Browser-facing protections: CORS for configured origins only, and security headers."""
+"""Browser-facing protections: CORS for configured origins only, security headers, and no caching
+of personal answers."""
+from flask import request
 from flask_cors import CORS
 
 HEADERS = {
@@ -9,9 +11,19 @@ HEADERS = {
 }
 
 
+# Every answer under /v1/ is about someone (an inbox, preferences, contacts, deliveries, audit
+# rows, stats): no browser, shared proxy or CDN may keep a copy. A view that sets its own
+# Cache-Control (the stream's `no-cache, no-transform`) keeps it.
+PERSONAL_PREFIX = "/v1/"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
 def _headers(response):
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.path.startswith(PERSONAL_PREFIX):
+        for name, value in NO_STORE.items():
+            response.headers.setdefault(name, value)
     return response
 
 

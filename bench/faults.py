@@ -48,6 +48,8 @@ from processes import ProcessGroup, ResumingStream, RQWorker, WebServer  # noqa:
 SERVICE = {"X-API-Key": API_KEY}
 TRIGGER = "/v1/notifications/trigger"
 SENDER = "notifications@example.com"
+METRICS_TOKEN = "metrics-token-of-the-fault-bench-0123456789"   # the soak's greenlet count needs it
+OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 SHORT = {"vanished": dict(), "crash": dict(n=300), "redis": dict(k=50, triggers=12), "postgres": dict(outage=5.0),
          "smtp": dict(n=40, outage=10.0), "slow": dict(pushes=1500), "shutdown": dict(users=600, streams=20)}
@@ -856,7 +858,7 @@ def soak(rig, minutes=30.0, streams=50, rate=10.0, sample_every=10.0, warmup_fra
     import redis as redis_lib
     res = Result("soak")
     env = rig.env()
-    web = rig.web(env, workers=1, keepalive=5)
+    web = rig.web(env, workers=1, keepalive=5, METRICS_TOKEN=METRICS_TOKEN)   # the greenlet count needs it
     worker = rig.worker(env)
     users = [uuid.uuid4() for _ in range(streams)]
     rds = redis_lib.Redis.from_url(env["REDIS_URL"])
@@ -903,7 +905,7 @@ def soak(rig, minutes=30.0, streams=50, rate=10.0, sample_every=10.0, warmup_fra
                             web_fds=sum(p.num_fds() for p in ps["web"]),
                             worker_fds=sum(p.num_fds() for p in ps["worker"]),
                             redis_clients=len(rds.client_list()),
-                            web_greenlets=web.get("/healthz?greenlets=1").json()["greenlets"]))
+                            web_greenlets=web.get("/healthz?greenlets=1", headers=OPERATOR).json()["greenlets"]))
     stop.set()
     for t in threads:
         t.join(15)

@@ -36,9 +36,9 @@ def ensure_peer_installed():
     try:
         import flask_sse  # noqa: F401
     except ImportError:
-        streams.log("flask-sse is not installed: pip install -r bench/requirements.txt")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(HERE, "requirements.txt")],
-                       check=True)
+        streams.log("flask-sse is not installed: pip install --require-hashes -r requirements-dev.txt")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--require-hashes", "-r",
+                        os.path.join(ROOT, "requirements-dev.txt")], check=True)
     import flask_sse
     if flask_sse.__version__ != "1.0.0":
         raise SystemExit(f"the peer must be Flask-SSE 1.0.0, found {flask_sse.__version__}")

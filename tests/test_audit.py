@@ -11,6 +11,7 @@ import pytest
 
 from app.api_keys import plain_name
 from app.config import DEV_SECRET_KEY
+from app.keyed import keyed_hash
 from tests.conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
 from tests.factories import insert_notification
 
@@ -44,7 +45,7 @@ def verify(app, *args):
 
 # ------------------------------------------------------------------------------------ one row per operation
 
-def test_trigger_is_recorded_with_the_service_and_request(client, db):
+def test_trigger_is_recorded_with_the_service_and_request(app, client, db):
     user_id = uuid.uuid4()
     r = client.post("/v1/notifications/trigger", headers=dict(SERVICE, **{"X-Request-ID": "req-trigger-1",
                                                                           "Idempotency-Key": "k1"}),
@@ -55,7 +56,9 @@ def test_trigger_is_recorded_with_the_service_and_request(client, db):
     assert (row["actor_type"], row["actor_id"]) == ("service", SERVICE_ID)
     assert (row["action"], row["target_type"], row["target_id"]) == ("notification.trigger", "trigger",
                                                                      r.get_json()["trigger_id"])
-    assert (row["request_id"], row["client_ip"]) == ("req-trigger-1", "127.0.0.1")
+    # the service's own request id; the client's address as a keyed hash (tests/test_pii.py has more)
+    assert row["request_id"] == r.headers["X-Request-ID"] != "req-trigger-1"
+    assert row["client_ip"] == keyed_hash("audit-client-ip", "127.0.0.1", secret=app.config["SECRET_KEY"])
     assert row["change"] == {"type": "chat", "event": "message_received", "customer_id": str(CUSTOMER), "users": 1,
                              "idempotency_key": "k1"}
     # the same request again (idempotent replay) changes nothing and records nothing
@@ -77,7 +80,7 @@ def test_the_api_key_itself_is_never_recorded(client, db):
     assert API_KEY not in text and OTHER_API_KEY not in text
 
 
-def test_direct_push_is_recorded(client, db):
+def test_direct_push_is_recorded(app, client, db):
     users = [str(uuid.uuid4()), str(uuid.uuid4())]
     r = client.post("/v1/notifications/sse", headers=SERVICE,
                     json={"type": "chats", "event": "mention", "title": "Hey", "user_ids": users})
@@ -85,7 +88,9 @@ def test_direct_push_is_recorded(client, db):
     row = only_row(db)
     assert (row["actor_type"], row["actor_id"], row["action"]) == ("service", SERVICE_ID, "notification.push")
     assert row["target_type"] == "push"
-    assert row["change"] == {"type": "chat", "event": "mention", "customer_id": None, "user_ids": users}
+    assert row["change"] == {"type": "chat", "event": "mention", "customer_id": None, "users": 2,
+                             "user_ids_hash": keyed_hash("audit-user-ids", ",".join(sorted(users)), 64,
+                                                         secret=app.config["SECRET_KEY"])}
 
 
 @pytest.mark.parametrize("body, action, read", [(None, "notification.read", True),

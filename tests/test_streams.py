@@ -28,6 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 
 REPLAY_LIMIT = 50
 MAX_STREAMS = 2
+METRICS_TOKEN = "metrics-token-of-the-stream-tests-0123456789"   # the greenlet count needs it
+OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 NOTIFICATION_KEYS = ["id", "customer_id", "type", "event", "title", "content", "link_url", "link_text",
                      "rec_type", "rec_id", "read", "read_at", "created_at"]
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -46,7 +48,7 @@ def shared(base_env, tmp_path_factory):
     with ProcessGroup(str(directory)) as group:
         worker = group.start_worker(base_env, queue_config=queue_config(directory))
         web = group.start_web(base_env, workers=1, keepalive=1, SSE_MAX_STREAMS_PER_USER=MAX_STREAMS,
-                              SSE_REPLAY_LIMIT=REPLAY_LIMIT)
+                              SSE_REPLAY_LIMIT=REPLAY_LIMIT, METRICS_TOKEN=METRICS_TOKEN)
         yield SimpleNamespace(web=web, worker=worker)
 
 
@@ -535,14 +537,14 @@ def test_a_hundred_clients_leave_nothing_behind(web, streams, rds, redis_proc):
     other_fds, _, to_redis = wait_until(lambda: (r := resources()) and r[1] == 0 and r, 10,
                                         message="no client connection left")
     memory = process.memory_info().rss
-    greenlets = web.get("/healthz?greenlets=1").json()["greenlets"]
+    greenlets = web.get("/healthz?greenlets=1", headers=OPERATOR).json()["greenlets"]
     one_round()
     seen = []
     wait_until(lambda: seen.append(r := resources()) or (r[1] == 0 and r[0] <= other_fds + 2), 10,
                message=lambda: f"no client socket and about {other_fds} other descriptors (now: {seen[-1]})")
     print(f"100 clients: {other_fds} -> {seen[-1][0]} other fds; Redis connections {to_redis} -> {seen[-1][2]}")
     assert process.memory_info().rss < memory + 20 * 2**20
-    assert web.get("/healthz?greenlets=1").json()["greenlets"] <= greenlets   # a stream holds no greenlet
+    assert web.get("/healthz?greenlets=1", headers=OPERATOR).json()["greenlets"] <= greenlets   # a stream holds no greenlet
     # The process still serves streams afterwards.
     stream = streams(web, users[0])
     trigger(web, [users[0]], title="still works")

@@ -30,6 +30,7 @@ from app import audit_chain, db, retention
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
 from app.jobs_queue import deliver_job_id, dispatch_in_hand, enqueue_deliveries, job_is_alive, wake_dispatcher
+from app.redact import redact, summary
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _loop(app, stop):
             try:
                 step(app)
             except Exception as exc:  # PostgreSQL or Redis down: try again next tick
-                log.warning("relay %s failed: %s: %s", step.__name__, type(exc).__name__, exc)
+                log.warning("relay %s failed: %s", step.__name__, summary(exc))
 
 
 def worker_lease(app):
@@ -79,6 +80,12 @@ class LeasedWorker(SimpleWorker):
 
     def heartbeat(self, timeout=None, pipeline=None):
         return super().heartbeat(self.lease or timeout, pipeline=pipeline)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string=""):
+        """RQ keeps a failed job's traceback for a week and shows it to whoever reads Redis: redacted
+        like a log line (app/redact.py)."""
+        return super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
+                                          exc_string=redact(exc_string))
 
     def request_stop(self, signum, frame):
         """Warm shutdown: also tell a running drain to hand over at its next batch."""

@@ -16,13 +16,46 @@ A channel returns the provider's message id, or raises
     ├── RetryableError   timeouts, connection errors, provider 5xx/429: try again later
     └── PermanentError   the provider refused (bad number, rejected address): never retry
 Anything else a channel raises is treated as retryable.
+
+What a failed attempt records (`describe`): a class, the provider's status
+code when there is one, and the error's text through `redact.redact`:
+
+    provider_timeout          no answer in time
+    connection_failed         no connection (refused, reset, name lookup, TLS)
+    provider_error <code>     the provider failed or asked us to come back (HTTP 5xx/408/425/429, SMTP 4xx)
+    provider_refused <code>   the provider refused the message for good (HTTP 4xx, SMTP 5xx)
+    invalid_recipient <code>  the address was refused for good (SMTP 5xx to RCPT)
+    recipient_deferred <code> the address was refused for now (SMTP 4xx to RCPT)
+    auth_failed <code>        our credentials were refused (SMTP 535, HTTP 401/403)
+    not_configured            the channel lacks a setting
+    invalid_message           refused before sending (a header with a line break)
+    unexpected_error          anything else a channel raised (its type is named)
+
+Users read it in GET /v1/notifications/{id}/deliveries and operators in
+`flask deliveries failed`; logs and RQ's failed-job text get the class only,
+so nothing a provider echoes (an address, a body) reaches them.
 """
+import smtplib
+import socket
+import ssl
 from dataclasses import dataclass
 from typing import Callable
+
+import requests
+
+from ..redact import redact
+
+ERROR_LENGTH = 500
 
 
 class DeliveryError(Exception):
     """The delivery did not happen."""
+
+    kind = "provider_error"     # the class when the channel names none and the cause tells nothing
+
+    def __init__(self, detail="", kind=None, code=None):
+        super().__init__(detail)
+        self.named, self.code = kind, code
 
 
 class RetryableError(DeliveryError):
@@ -31,6 +64,54 @@ class RetryableError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """The provider refused this message for good."""
+
+    kind = "provider_refused"
+
+
+def http_kind(status):
+    """The class of a provider's HTTP refusal or failure."""
+    if status in (401, 403):
+        return "auth_failed"
+    return "provider_error" if status in (408, 425, 429) or status >= 500 else "provider_refused"
+
+
+def _cause_kind(exc):
+    """A timeout or a failed connection anywhere in what was raised (a channel wraps the library's
+    exception, which stays its context)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (requests.Timeout, socket.timeout, TimeoutError)):
+            return "provider_timeout"
+        if isinstance(seen, (requests.ConnectionError, ConnectionError, smtplib.SMTPServerDisconnected,
+                             smtplib.SMTPConnectError, ssl.SSLError, socket.gaierror)):
+            return "connection_failed"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def classify(exc):
+    """(class, provider code or None) of what a send raised."""
+    if isinstance(exc, DeliveryError) and exc.named:
+        return exc.named, exc.code
+    cause = _cause_kind(exc)
+    if cause is not None:
+        return cause, None
+    if isinstance(exc, DeliveryError):
+        return exc.kind, exc.code
+    return "unexpected_error", None
+
+
+def label(exc):
+    """The class and code alone (`provider_error 503`): what logs and RQ record."""
+    kind, code = classify(exc)
+    return f"{kind} {code}" if code else kind
+
+
+def describe(exc):
+    """A failed attempt's `last_error`: its class, then its redacted detail."""
+    text = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+    detail = redact(" ".join(text.split()))
+    return f"{label(exc)}: {detail}"[:ERROR_LENGTH] if detail else label(exc)
 
 
 @dataclass(frozen=True)

@@ -163,21 +163,23 @@ class EmailChannel(Channel):
             with SMTPConnection(self.mail.state, self.timeout, self.tls_context) as connection:
                 connection.send(message, outbound.accepted)
         except BadHeaderError:
-            raise PermanentError("message refused before sending: a header contains a line break")
+            raise PermanentError("message refused before sending: a header contains a line break",
+                                 "invalid_message")
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             why = "; ".join(f"{code} {_text(msg)}" for code, msg in exc.recipients.values())
             if codes and all(500 <= code < 600 for code in codes):
-                raise PermanentError(f"recipient refused: {why}")
-            raise RetryableError(f"recipient deferred: {why}")
+                raise PermanentError(f"recipient refused: {why}", "invalid_recipient", codes[0])
+            raise RetryableError(f"recipient deferred: {why}", "recipient_deferred", min(codes, default=None))
         except smtplib.SMTPAuthenticationError as exc:
             # our credentials, not this message: worth retrying once an operator fixed them
-            raise RetryableError(f"SMTP authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}")
+            raise RetryableError(f"SMTP authentication failed: {exc.smtp_code} {_text(exc.smtp_error)}",
+                                 "auth_failed", exc.smtp_code)
         except smtplib.SMTPResponseException as exc:
             text = f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}"
             if 500 <= exc.smtp_code < 600:
-                raise PermanentError(f"message refused: {text}")
-            raise RetryableError(text)
+                raise PermanentError(f"message refused: {text}", "provider_refused", exc.smtp_code)
+            raise RetryableError(text, "provider_error", exc.smtp_code)
         except (smtplib.SMTPException, OSError) as exc:   # OSError: refused, reset, timeout, TLS
             raise RetryableError(f"{type(exc).__name__}: {exc}"[:500])
         return message.msgId

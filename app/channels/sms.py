@@ -48,7 +48,7 @@ class TwilioChannel(Channel):
         if not (sid and token and (sender or service)):
             # a configuration gap, not this message's fault: retried, so fixing the setting saves it
             raise RetryableError(f"channel {self.name!r} is not configured: account_sid, auth_token and "
-                                 "from (or messaging_service_sid) are required")
+                                 "from (or messaging_service_sid) are required", "not_configured")
         base = self._option("base_url", "https://api.twilio.com").rstrip("/")
         body = fit(render(outbound.template.get("sms", "{title}: {content}"), outbound.notification))
         form = {"To": outbound.contact["phone"], "Body": body}

@@ -17,7 +17,7 @@ import os
 
 import requests
 
-from .base import Channel, PermanentError, RetryableError
+from .base import Channel, PermanentError, RetryableError, http_kind
 from .templates import render
 
 
@@ -87,9 +87,11 @@ def check_response(response, id_field="id"):
     """Map a provider's HTTP answer to a message id or the right failure class."""
     status = response.status_code
     if status in (408, 425, 429) or status >= 500:
-        raise RetryableError(f"provider answered {status}: {provider_reason(response)}"[:1000])
+        raise RetryableError(f"provider answered {status}: {provider_reason(response)}"[:1000], http_kind(status),
+                             status)
     if status >= 300:
-        raise PermanentError(f"provider refused ({status}): {provider_reason(response)}"[:1000])
+        raise PermanentError(f"provider refused ({status}): {provider_reason(response)}"[:1000], http_kind(status),
+                             status)
     try:
         data = response.json()
     except ValueError:

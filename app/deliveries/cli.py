@@ -18,6 +18,7 @@ from flask.cli import AppGroup
 
 from .. import audit, db
 from ..jobs_queue import enqueue_deliveries
+from ..redact import redact
 from . import repository
 
 group = AppGroup("deliveries", help="Inspect and re-enqueue deliveries.")
@@ -34,7 +35,8 @@ def failed_command(channel):
                     (channel,) if channel else ())
         rows = cur.fetchall()
     for delivery_id, chan, attempts, error in rows:
-        click.echo(f"{delivery_id}\t{chan}\t{attempts}\t{(error or '')[:120]}")
+        # redacted again: rows written before last_error was redacted at the source hold raw provider text
+        click.echo(f"{delivery_id}\t{chan}\t{attempts}\t{(redact(error) or '')[:120]}")
     click.echo(f"{len(rows)} failed deliveries", err=True)
 
 

@@ -21,7 +21,7 @@ from flask import current_app
 from .. import db
 from ..channels import registry
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
-from ..channels.base import Outbound, PermanentError
+from ..channels.base import Outbound, PermanentError, describe, label
 from ..channels.templates import event_templates
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
@@ -72,7 +72,7 @@ def deliver(delivery_id):
         age = datetime.datetime.now(datetime.timezone.utc) - claimed["row"]["created_at"]
         DELIVERY_LATENCY.labels(claimed["channel"]).observe(age.total_seconds())
     if retry:
-        raise RetryLater(kwargs.get("error"))
+        raise RetryLater(kwargs["error"].partition(":")[0])   # the class only: RQ keeps this text a week
     return status
 
 
@@ -109,11 +109,15 @@ def _attempt(app, domain, claimed, accepted):
 
 
 def _failure(domain, claimed, exc):
-    """(status, finish kwargs, retry?) for a send that raised before the provider accepted."""
+    """(status, finish kwargs, retry?) for a send that raised before the provider accepted.
+
+    The user reads the class and the redacted detail (`describe`); logs and RQ, which keep text
+    for longer and show it to more people, get the class alone (`label`)."""
+    error = describe(exc)
     if isinstance(exc, PermanentError):
-        return "failed", {"error": str(exc)[:1000]}, False
-    error = f"{type(exc).__name__}: {exc}"[:1000]   # retryable by default: timeouts, 5xx, SDK bugs
+        return "failed", {"error": error}, False
+    # retryable by default: timeouts, 5xx, SDK bugs
     if claimed["tries"] >= domain.retry_attempts:
         return "failed", {"error": error, "reason": f"gave up after {claimed['tries']} attempts"}, False
-    log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], error)
+    log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], label(exc))
     return "pending", {"error": error, "outcome": "retry"}, True

@@ -20,6 +20,7 @@ from flask import current_app, g
 from .. import audit, db
 from ..errors import IdempotencyConflict
 from ..jobs_queue import waker
+from ..ratelimit import charge_recipients
 from . import repository
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
             if previous is not None:
                 return _replay(previous, digest), False
-        trigger_id = uuid.uuid4()
         users = len(body["user_ids"])
+        charge_recipients(api_key_id, users)   # after the replay check: a repeat costs nothing
+        trigger_id = uuid.uuid4()
         response = {"message": f"Notification accepted for delivery to {users} user(s)",
                     "trigger_id": str(trigger_id), "users": users,
                     "status_url": f"/v1/notifications/triggers/{trigger_id}"}

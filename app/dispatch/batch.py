@@ -32,6 +32,7 @@ from ..logs import request_id_var
 from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json_many
 from ..pubsub import notification_message, publisher
+from ..redact import summary
 from . import repository
 from .plan import plan_channels
 from .schemas import resolve_event
@@ -45,7 +46,7 @@ class BatchFailed(Exception):
     """A batch could not be stored; `trigger_ids` were in it (none of them was stored)."""
 
     def __init__(self, trigger_ids, cause):
-        super().__init__(f"{len(trigger_ids)} trigger(s): {type(cause).__name__}: {cause}")
+        super().__init__(f"{len(trigger_ids)} trigger(s): {summary(cause)}")
         self.trigger_ids, self.cause = trigger_ids, cause
 
 

@@ -24,6 +24,7 @@ import time
 
 from .. import db
 from ..jobs_queue import clear_wake, wake_dispatcher
+from ..redact import summary
 from . import repository
 from .batch import INFRASTRUCTURE_ERRORS, BatchFailed, store_batch
 from .fanout import dispatch_big
@@ -56,7 +57,7 @@ def _small(app, conn):
         return store_batch(app, conn)
     except BatchFailed as failed:
         log.warning("batch of %d trigger(s) failed (%s); storing them one by one", len(failed.trigger_ids),
-                    failed.cause)
+                    summary(failed.cause))
         trigger_ids = failed.trigger_ids
     done = 0
     for trigger_id in trigger_ids:
@@ -85,10 +86,13 @@ def _big(app, conn, should_stop):
 
 
 def _defer(conn, trigger_id, cause):
-    log.error("trigger %s could not be dispatched (%s: %s); it stays pending and is tried again later",
-              trigger_id, type(cause).__name__, cause)
+    """Log and record the failure as `redact.summary` has it: a database error's text quotes the
+    row's values (addresses, notification text), which neither a log nor `last_error` may hold."""
+    error = summary(cause)
+    log.error("trigger %s could not be dispatched (%s); it stays pending and is tried again later",
+              trigger_id, error)
     with db.transaction(conn):
-        repository.defer(conn, trigger_id, f"{type(cause).__name__}: {cause}")
+        repository.defer(conn, trigger_id, error)
 
 
 def _hand_over(app):

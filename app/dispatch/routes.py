@@ -1,20 +1,17 @@
 """Service endpoints: the queued trigger, the direct push, following a trigger."""
-import datetime
-import orjson
-import uuid
-
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from .. import audit, db
+from .. import db
 from ..auth import SERVICE_SECURITY, current_service, service_required
 from ..errors import InvalidRequest, NotFound
 from ..notifications.model import rfc3339
 from ..notifications.routes import parse_id
-from ..pubsub import direct_message, publisher
+from ..ratelimit import charge_recipients
 from . import repository
 from .accept import accept_trigger
+from .push import push
 from .schemas import AcceptedSchema, PushedSchema, TriggerSchema, TriggerStatusSchema, resolve_event
 
 blp = Blueprint("dispatch", __name__, url_prefix="/v1/notifications",
@@ -76,20 +73,12 @@ class DirectPush(MethodView):
     @blp.arguments(TRIGGER_SCHEMA)
     @blp.response(200, PushedSchema)
     def post(self, body):
-        """Push straight to the streams open now (not stored, not replayed, no `id:` line)"""
+        """Push straight to the streams open now (not stored, not replayed, no `id:` line)
+
+        Users whose in-app channel is off for the event (and customer) are skipped, as a
+        stored notification would be; a locked event reaches everyone. `delivered_streams`
+        counts the open streams that took it, `skipped_by_preference` the users left out.
+        """
         event, _ = resolve_event(current_app.config["DOMAIN"], body)
-        now = rfc3339(datetime.datetime.now(datetime.timezone.utc))
-        customer = str(body["customer_id"]) if body.get("customer_id") else None
-        public = {"id": str(uuid.uuid4()), "customer_id": customer, "type": event.group, "event": event.name,
-                  "title": body["title"], "content": body.get("content") or "",
-                  "link_url": body.get("link_url"), "link_text": body.get("link_text"),
-                  "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
-                  "read": False, "read_at": None, "created_at": now}
-        encoded = orjson.dumps(public).decode()
-        conn = db.get_conn()
-        with db.autocommit(conn):  # audited before it goes out: no push is ever unrecorded (one round trip)
-            db.one_transaction(conn, [audit.append_statement(
-                "notification.push", ("push", public["id"]),
-                {"type": event.group, "event": event.name, "customer_id": customer, "user_ids": body["user_ids"]})])
-        sent = publisher(current_app).publish_same(body["user_ids"], direct_message(customer, encoded))
-        return {"message": "Notification sent to all connected users", "users": sent}
+        charge_recipients(current_service(), len(body["user_ids"]))
+        return push(current_app, body, event)

@@ -135,7 +135,11 @@ class TriggerStatusSchema(ma.Schema):
 
 class PushedSchema(ma.Schema):
     message = fields.String()
-    users = fields.Integer()
+    users = fields.Integer(metadata={"description": "users it was pushed to (their in-app channel is on)"})
+    skipped_by_preference = fields.Integer(metadata={
+        "description": "users left out: their in-app channel is off for this event (never for a locked event)"})
+    delivered_streams = fields.Integer(metadata={
+        "description": "streams open at the push that took it (a stream limited to other customers does not)"})
 
 
 class DeliverySchema(ma.Schema):

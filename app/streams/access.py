@@ -55,9 +55,10 @@ class Slots:
     def _key(self, user_id):
         return f"{self.prefix}streams:{user_id}"
 
-    def acquire(self, user_id):
-        """Take a slot or raise 429; returns the slot id to release."""
-        slot = uuid.uuid4().hex
+    def acquire(self, user_id, customers=None):
+        """Take a slot or raise 429; returns the slot id to release. The id carries the stream's
+        customer scope (None: every customer), so `open_streams` can tell who would hear what."""
+        slot = uuid.uuid4().hex if customers is None else uuid.uuid4().hex + "|" + ",".join(sorted(customers))
         now = time.time()
         if not self.script(keys=[self._key(user_id)], args=[now, now + SLOT_TTL, self.limit, slot, SLOT_TTL]):
             raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
@@ -73,12 +74,30 @@ class Slots:
                     pipe.expire(self._key(user_id), SLOT_TTL)
                 pipe.execute()
 
+    def open_streams(self, user_ids, customer, batch=1000):
+        """How many open streams of these users accept a message of `customer` ('' for none), as a
+        stream's `wants` decides: one pipeline per batch of users."""
+        now, count = time.time(), 0
+        for start in range(0, len(user_ids), batch):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for user_id in user_ids[start:start + batch]:
+                    pipe.zrangebyscore(self._key(user_id), now, "+inf")
+                for members in pipe.execute():
+                    count += sum(1 for member in members if _admits(member, customer))
+        return count
+
     def release_many(self, pairs, batch=1000):
         for start in range(0, len(pairs), batch):
             with self.redis.pipeline(transaction=False) as pipe:
                 for user_id, slot in pairs[start:start + batch]:
                     pipe.zrem(self._key(user_id), slot)
                 pipe.execute()
+
+
+def _admits(member, customer):
+    member = member.decode() if isinstance(member, bytes) else member
+    _, scoped, scope = member.partition("|")
+    return not scoped or customer in scope.split(",")
 
 
 def slots(app):

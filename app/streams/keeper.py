@@ -71,7 +71,7 @@ class Keeper:
         """A registered, busy stream holding a slot (429 past the user's limit, 503 past the process's)."""
         if self.open_count >= self.max_streams:
             raise ServiceUnavailable("This server holds as many streams as it can; retry shortly")
-        slot = self.slots.acquire(user_id)
+        slot = self.slots.acquire(user_id, customers)
         stream = Stream(self, user_id, self.hub.channel(user_id), customers, slot, peer)
         self.open_count += 1
         OPEN_STREAMS.inc()

@@ -1,0 +1,53 @@
+"""The direct push (`POST /v1/notifications/sse`): to the streams open now, honouring preferences.
+
+A push is in-app only, so it goes to the users whose in-app channel (`system`) is on for its event
+and customer, decided by the same rules as a stored notification (app/preferences/rules.py: a
+locked event reaches everyone). The answer says how many users were skipped for their
+preferences and how many streams took it: the open streams of the others, counted in the
+per-user stream registry (app/streams/access.py) with each stream's customer scope, at the
+moment of the push.
+"""
+import datetime
+import uuid
+
+import orjson
+
+from .. import audit, db
+from ..notifications.model import rfc3339
+from ..preferences.repository import choices_for_users
+from ..preferences.rules import resolve
+from ..pubsub import direct_message, publisher
+from ..streams.access import slots
+from .plan import IN_APP
+
+
+def audience(conn, event, user_ids, customer_id):
+    """(users to push to, users whose in-app channel is off for this event and customer)."""
+    choices = {str(user): rows for user, rows in choices_for_users(conn, user_ids, event.group, customer_id).items()}
+    wanted, skipped = [], []
+    for user_id in user_ids:
+        enabled = resolve(event, IN_APP, choices.get(str(user_id), []), customer_id)[0]
+        (wanted if enabled else skipped).append(user_id)
+    return wanted, skipped
+
+
+def push(app, body, event):
+    """Audit, then publish to the users who want it; returns the answer's counts."""
+    customer = str(body["customer_id"]) if body.get("customer_id") else None
+    public = {"id": str(uuid.uuid4()), "customer_id": customer, "type": event.group, "event": event.name,
+              "title": body["title"], "content": body.get("content") or "",
+              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
+              "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
+              "read": False, "read_at": None, "created_at": rfc3339(datetime.datetime.now(datetime.timezone.utc))}
+    conn = db.get_conn()
+    with db.autocommit(conn):  # audited before it goes out: no push is ever unrecorded (one round trip)
+        wanted, skipped = audience(conn, event, body["user_ids"], body.get("customer_id"))
+        db.one_transaction(conn, [audit.append_statement(
+            "notification.push", ("push", public["id"]),
+            audit.push_change(event.group, event.name, customer, body["user_ids"]))])
+    streams = 0
+    if wanted:
+        publisher(app).publish_same(wanted, direct_message(customer, orjson.dumps(public).decode()))
+        streams = slots(app).open_streams(wanted, customer or "")
+    return {"message": f"Pushed to {streams} open stream(s) of {len(wanted)} user(s)",
+            "users": len(wanted), "skipped_by_preference": len(skipped), "delivered_streams": streams}
