@@ -49,6 +49,7 @@ DEFAULTS = {
     "MAIL_DEFAULT_SENDER": "notifications@localhost",
     "MAIL_TIMEOUT": "10",
     "PUBLIC_URL": "http://localhost:8000",
+    "SMS_MAX_SEGMENTS": "2",               # an SMS body is cut to this many segments (1..10; app/channels/sms.py)
     "RATE_LIMITS_ENABLED": "true",
     "INBOX_PAGE_ENABLED": "false",
     # Development mode: `./dev up` and the test suite set it; a deploy never does. Outside it, start-up
@@ -68,8 +69,8 @@ DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
-        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "DB_STATEMENT_TIMEOUT_MS",
-        "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE")
+        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS",
+        "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")
@@ -117,6 +118,8 @@ def load_settings(overrides=None, environ=None):
     settings.update(overrides)
     _check_secret_key(settings)
     _check_auth(settings)
+    if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
+        raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
     if not settings["DEVELOPMENT"]:
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])

@@ -115,6 +115,25 @@ def test_per_recipient_urls(build, endpoint, user):
     assert deliveries(client, headers)["ops"]["status"] == "sent"
 
 
+def test_a_recipient_cannot_add_apprise_options_or_leave_its_path_segment(build, endpoint, user):
+    """An email address may hold `?`, `+`, `=` and `/`: written raw into the URL, this one made
+    Apprise send an extra HTTP header (`?+X-Injected=...`) and cut the path. Encoded, the whole
+    address is one path segment the endpoint decodes back, and nothing else changes."""
+    from urllib.parse import unquote
+    user_id, headers = user
+    app = build({"urls": [json_url(endpoint, "/notify/{recipient}")], "needs": "email"})
+    client = app.test_client()
+    address = "x/y?+X-Injected=yes@example.com"
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id])
+    work(app)
+    (request,) = endpoint.requests
+    assert "X-Injected" not in request.headers
+    assert request.path.startswith("/notify/") and "?" not in request.path
+    assert unquote(request.path[len("/notify/"):]) == address
+    assert deliveries(client, headers)["ops"]["status"] == "sent"
+
+
 def test_per_recipient_channel_skips_users_without_the_address(build, endpoint, user):
     user_id, headers = user
     app = build({"urls": [json_url(endpoint, "/sms/{recipient}")], "needs": "phone"})

@@ -26,8 +26,9 @@ def build(clean, tmp_path):
     from app import create_app
     apps = []
 
-    def make(port, channels=None, events=None, attempts=3, backoff=(60, 600), **settings):
-        config = channel_config(tmp_path, channels or {"email": {"enabled": True}}, events, attempts, backoff)
+    def make(port, channels=None, events=None, attempts=3, backoff=(60, 600), templates=None, **settings):
+        config = channel_config(tmp_path, channels or {"email": {"enabled": True}}, events, attempts, backoff,
+                                templates)
         env = dict(clean, **config, PUBLIC_URL=PUBLIC_URL, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(port),
                    MAIL_DEFAULT_SENDER=SENDER, MAIL_TIMEOUT="5")
         env.update(settings)
@@ -180,16 +181,78 @@ def test_each_send_opens_and_closes_its_own_connection(build, smtp, db):
 
 
 def test_subject_cannot_inject_headers(build, smtp, recipient):
+    """A title is one line (a line break in it is refused at the trigger), but a template may put
+    the multi-line content in the subject: its line breaks become blanks."""
     user_id, _, address = recipient
-    app = build(smtp.port)
+    app = build(smtp.port, templates={"default": {"email_subject": "{title}: {content}"}})
     client = app.test_client()
     put_contact(client, user_id, email=address)
-    trigger(client, [user_id], title="Hello\r\nBcc: victim@example.org\r\n\r\nbody")
+    trigger(client, [user_id], title="Hi", content="Hello\r\nBcc: victim@example.org\r\n\r\nbody")
     work(app)
     message = smtp.messages[0]["message"]
     assert smtp.messages[0]["rcpt_tos"] == [address]
     assert message["Bcc"] is None
-    assert message["Subject"] == "Hello Bcc: victim@example.org body"
+    assert message["Subject"] == "Hi: Hello Bcc: victim@example.org body"
+
+
+def test_a_row_stored_before_todays_cleaning_is_cleaned_when_rendered(build, recipient, db):
+    """A notification stored by the old code (5 decoding passes, no format-character rule) can
+    hold a live tag and a bidi override: written here straight into PostgreSQL between two
+    attempts, it leaves neither in the subject, the text or the HTML of the email."""
+    user_id, headers, address = recipient
+    server = FakeSMTP()                    # nothing listens yet: the first attempt is a retry
+    app = build(server.port)
+    client = app.test_client()
+    put_contact(client, user_id, email=address)
+    trigger(client, [user_id], title="Hello", content="World", link_url="/x", link_text="Open")
+    try:
+        work(app)
+        assert deliveries(client, headers)["email"]["status"] == "pending"
+        with db.cursor() as cur:
+            cur.execute("UPDATE notifications SET title = %s, content = %s, link_text = %s WHERE user_id = %s",
+                        ("<script>alert(1)</script>Pay \u202eevil\u202c now", "&lt;img src=x onerror=alert(1)&gt;Due",
+                         "Op\u200ben<b>!</b>", str(user_id)))
+        server.start()
+        fast_forward(app)
+        work(app)
+        message = server.messages[0]["message"]
+        text, html_part = parts(message)
+        assert message["Subject"] == "Pay evil now"
+        assert "Pay evil now" in text and "Due" in text and "Open!: " in text
+        for part in (message["Subject"], text, html_part):
+            assert "alert" not in part and "\u202e" not in part and "\u200b" not in part
+        assert "<script" not in html_part and "<img" not in html_part and "<b>" not in html_part
+    finally:
+        server.stop()
+
+
+# Python's email generator breaks a header line at each of these; a quoted local part lets them in.
+SMUGGLING = ['"a\x0bReply-To: x@evil.example"@example.com', '"a\x0cBcc: x@evil.example"@example.com',
+             '"a\x1cBcc: x@evil.example"@example.com', '"a\x1dBcc: x@evil.example"@example.com',
+             '"a\x1eBcc: x@evil.example"@example.com', '"a\x85Bcc: x@evil.example"@example.com',
+             '"a\u2028Bcc: x@evil.example"@example.com', '"a\r\nBcc: x@evil.example"@example.com',
+             '"quoted but clean"@example.com']
+
+
+@pytest.mark.parametrize("address", SMUGGLING)
+def test_a_stored_address_that_could_smuggle_headers_fails_and_sends_nothing(build, smtp, user, db, address):
+    """An address the contact API refuses today, stored before (written here straight into
+    PostgreSQL): the delivery fails at once, with a reason that does not repeat the address, and
+    no connection reaches the SMTP server."""
+    user_id, headers = user
+    app = build(smtp.port)
+    client = app.test_client()
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (str(user_id), address))
+    trigger(client, [user_id])
+    work(app)
+    delivery = deliveries(client, headers)["email"]
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
+    assert delivery["last_error"].startswith("message refused before sending: the To address "), delivery
+    assert "evil" not in delivery["last_error"] and "example.com" not in delivery["last_error"]
+    assert [a["outcome"] for a in delivery["history"]] == ["failed"]
+    assert smtp.messages == [] and smtp.quits == 0
+    assert scheduled(app) == {}
 
 
 def test_locked_event_has_no_unsubscribe_header(build, smtp, recipient):
@@ -395,6 +458,13 @@ def test_tls_and_ssl_together_stop_start_up(build, smtp):
     with pytest.raises(ConfigError) as caught:
         build(smtp.port, MAIL_USE_TLS="true", MAIL_USE_SSL="true")
     assert "MAIL_USE_SSL" in str(caught.value)
+
+
+def test_a_sender_that_breaks_a_header_line_stops_start_up(build, smtp):
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        build(smtp.port, MAIL_DEFAULT_SENDER="Bank\x0bBcc: x@evil.example <notify@bank.example>")
+    assert "MAIL_DEFAULT_SENDER" in str(caught.value) and "U+000B" in str(caught.value)
 
 
 def _now():

@@ -286,12 +286,13 @@ def pushed_from(web, forwarded_for=None):
     headers = dict(SERVICE)
     if forwarded_for:
         headers["X-Forwarded-For"] = forwarded_for
-    user_id = str(uuid.uuid4())
+    customer_id = str(uuid.uuid4())   # names this push's audit row (which holds no user id)
     response = web.post("/v1/notifications/sse", headers=headers, json={
-        "type": "chat", "event": "mention", "title": "Hi", "user_ids": [user_id]})
+        "type": "chat", "event": "mention", "title": "Hi", "customer_id": customer_id,
+        "user_ids": [str(uuid.uuid4())]})
     assert response.status_code == 200, response.text
     rows = web.get("/v1/notifications/audit", headers=SERVICE, params={"action": "notification.push"}).json()
-    (row,) = [r for r in rows["items"] if r["change"]["user_ids"] == [user_id]]
+    (row,) = [r for r in rows["items"] if r["change"]["customer_id"] == customer_id]
     return row["client_ip"]
 
 

@@ -9,6 +9,10 @@ Options (notifications.yaml):
         needs: null          # or a contact field; then {recipient} may appear in the URLs
         timeout: 10          # seconds for the whole send
 
+A `{recipient}` is URL-encoded whole (`quote(..., safe="")`) before it is
+placed, wherever it stands in the URL: it can neither add a query option nor
+leave its path segment. Apprise decodes it again where it reads the value.
+
 Each URL (a `${NAME}` value is read from the environment, so tokens stay out
 of the file) is checked at start-up: one Apprise does not understand stops
 the service with one line naming the channel and the URL's position. The
@@ -19,6 +23,8 @@ Apprise answers only "sent" or "not sent" (it does not tell a refusal from
 an outage), so a failed send is retryable; the reason recorded is what
 Apprise logged about it.
 """
+from urllib.parse import quote
+
 import apprise
 from apprise.manager_plugins import NotificationManager
 
@@ -80,7 +86,9 @@ class AppriseChannel(Channel):
     def send(self, outbound):
         apobj = self.apobj
         if apobj is None:
-            values = {"recipient": self.address(outbound.contact) or "", "user_id": outbound.user_id}
+            # encoded whole: an address's "?", "/" or "+" would otherwise add Apprise options or path segments
+            values = {"recipient": quote(self.address(outbound.contact) or "", safe=""),
+                      "user_id": quote(outbound.user_id, safe="")}
             apobj = self._apprise([render(url, values) for url in self.urls])
         title, body = self._message(outbound)
         result = apobj.notify(body=body, title=title, body_format=apprise.NotifyFormat.TEXT,

@@ -22,6 +22,13 @@ server's answer is read (`_SubmitHook`; a refusal or no answer takes the
 record back), and `send` reports the acceptance (the 250) when `sendmail`
 returns, before flask-mail's signal and before QUIT.
 
+Before a connection is opened, every header value is checked again
+(`refuse_bad_headers`): an address stored before today's contact rules, or a
+template that puts a line break in a header, fails the delivery at once with
+the reason (never the address), and nothing reaches the relay. flask-mail's
+own check knows only CR and LF; Python's email generator also breaks lines at
+\x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029.
+
 The Message-ID is derived from the delivery id, so every attempt of one
 delivery carries the same id (receiving systems can recognise a resend), and
 it is what the delivery records as its provider message id.
@@ -35,7 +42,9 @@ import flask_mail
 from flask import current_app
 from flask_mail import BadHeaderError, Mail, Message, sanitize_address, sanitize_addresses
 
+from ..contacts.addresses import email_problem
 from ..errors import ConfigError
+from ..sanitize import CONTROLS
 from .base import Channel, PermanentError, RetryableError
 from .email_render import render_email, unsubscribe_targets
 from .webhook import expand_env
@@ -131,6 +140,9 @@ class EmailChannel(Channel):
         self.sender = expand_env(options.get("sender")) or app.config["MAIL_DEFAULT_SENDER"]
         if not parseaddr(self.sender)[1]:
             raise ConfigError("environment", "MAIL_DEFAULT_SENDER", f"is not an email address: {self.sender!r}")
+        if CONTROLS.search(self.sender):
+            raise ConfigError("environment", "MAIL_DEFAULT_SENDER", "contains a control character or line break "
+                              f"(U+{ord(CONTROLS.search(self.sender).group()):04X})")
         self.timeout = float(options.get("timeout") or app.config["MAIL_TIMEOUT"])
         ca_file = expand_env(options.get("ca_file")) or None
         try:
@@ -159,6 +171,7 @@ class EmailChannel(Channel):
 
     def send(self, outbound):
         message = self.build(outbound)
+        refuse_bad_headers(message)
         try:
             with SMTPConnection(self.mail.state, self.timeout, self.tls_context) as connection:
                 connection.send(message, outbound.accepted)
@@ -183,6 +196,33 @@ class EmailChannel(Channel):
         except (smtplib.SMTPException, OSError) as exc:   # OSError: refused, reset, timeout, TLS
             raise RetryableError(f"{type(exc).__name__}: {exc}"[:500])
         return message.msgId
+
+
+def _header_values(message):
+    """(header name, value) of every header the message will carry."""
+    yield "Subject", message.subject
+    yield "From", message.sender
+    yield "Message-ID", message.msgId
+    for name, addresses in (("To", message.recipients), ("Cc", message.cc), ("Bcc", message.bcc),
+                            ("Reply-To", [message.reply_to] if message.reply_to else [])):
+        for address in addresses:
+            yield name, " ".join(address) if isinstance(address, tuple) else address
+    yield from (message.extra_headers or {}).items()
+
+
+def refuse_bad_headers(message):
+    """A PermanentError (nothing sent) when an address could carry another header or a header
+    value could break its line; the reason names the header, never its value."""
+    for name, addresses in (("To", message.recipients), ("Cc", message.cc), ("Bcc", message.bcc)):
+        for address in addresses:
+            problem = email_problem(address[1] if isinstance(address, tuple) else address)
+            if problem:
+                raise PermanentError(f"message refused before sending: the {name} address {problem}")
+    for name, value in _header_values(message):
+        found = CONTROLS.search(value or "")
+        if found:
+            raise PermanentError(f"message refused before sending: the {name} header contains a control "
+                                 f"character or line break (U+{ord(found.group()):04X})")
 
 
 def _text(value):

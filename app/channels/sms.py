@@ -11,6 +11,11 @@ to), `timeout`. Values written as `${NAME}` are read from the environment
 so secrets stay out of the file; by default they come from
 TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM.
 
+The body is cut to `SMS_MAX_SEGMENTS` segments (default 2; app/channels/
+sms_segments.py counts GSM-7 and UCS-2 segments and picks an ellipsis that
+keeps a GSM-7 body GSM-7): a long notification costs at most that many
+messages, never Twilio's 1,600 characters (up to 24 UCS-2 segments).
+
 Twilio's answers map as every provider's: 429/5xx, timeouts and connection
 errors are retried; a 4xx is permanent, recorded with Twilio's own message
 and error code (e.g. 21211 "The 'To' number is not a valid phone number").
@@ -18,16 +23,9 @@ and error code (e.g. 21211 "The 'To' number is not a valid phone number").
 import requests
 
 from .base import Channel, RetryableError
+from .sms_segments import fit
 from .templates import render
 from .webhook import check_response, expand_env
-
-SMS_LIMIT = 1600   # Twilio's maximum body length, in characters
-
-
-def fit(text, limit=SMS_LIMIT):
-    """The body cut to the provider's limit, with an ellipsis when something was cut."""
-    text = text.strip()
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 class TwilioChannel(Channel):
@@ -50,7 +48,8 @@ class TwilioChannel(Channel):
             raise RetryableError(f"channel {self.name!r} is not configured: account_sid, auth_token and "
                                  "from (or messaging_service_sid) are required", "not_configured")
         base = self._option("base_url", "https://api.twilio.com").rstrip("/")
-        body = fit(render(outbound.template.get("sms", "{title}: {content}"), outbound.notification))
+        text = render(outbound.template.get("sms", "{title}: {content}"), outbound.notification)
+        body = fit(text.replace("\t", " "), self.app.config["SMS_MAX_SEGMENTS"])   # a tab is not GSM-7
         form = {"To": outbound.contact["phone"], "Body": body}
         if service:
             form["MessagingServiceSid"] = service

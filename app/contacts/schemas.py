@@ -1,6 +1,8 @@
 """The contact body: validated and normalised before it is stored.
 
-- `email`: an address (marshmallow's syntax check), at most 254 characters.
+- `email`: an address (marshmallow's syntax check), at most 254 characters, with
+  no control character, line break, blank or format character anywhere and no
+  quoted local part (app/contacts/addresses.py says why: header smuggling).
 - `phone`: E.164, `+` then up to 15 digits, no spaces (`+14155550100`).
 - `locale`: a BCP 47 language tag of the common shape `en`, `en-GB`,
   `zh-Hant-TW`, `es-419`; `en_gb` is accepted and stored as `en-GB`.
@@ -8,7 +10,8 @@
   matched case-insensitively and stored in its canonical spelling.
 
 Every field may be null or left out (PUT replaces the whole contact, so a
-field left out is cleared).
+field left out is cleared). Spaces around a value are dropped; any other
+character around it (a tab, a line break) is refused like one inside it.
 """
 import functools
 import re
@@ -18,9 +21,9 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from ..notifications.schemas import StrictSchema
+from .addresses import email_problem, phone_problem
 
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-LOCALE = re.compile(r"^(?P<lang>[a-z]{2,3})(?:[-_](?P<script>[a-z]{4}))?(?:[-_](?P<region>[a-z]{2}|\d{3}))?$",
+LOCALE = re.compile(r"^(?P<lang>[a-z]{2,3})(?:[-_](?P<script>[a-z]{4}))?(?:[-_](?P<region>[a-z]{2}|\d{3}))?\Z",
                     re.IGNORECASE)
 
 
@@ -58,14 +61,20 @@ class ContactSchema(StrictSchema):
 
     @ma.pre_load
     def _strip(self, data, **_):
-        """Surrounding blanks are a copy-paste accident, not part of the value."""
+        """Surrounding spaces are a copy-paste accident, not part of the value; other blanks are refused."""
         if isinstance(data, dict):
-            data = {k: v.strip() if isinstance(v, str) else v for k, v in data.items()}
+            data = {k: v.strip(" ") if isinstance(v, str) else v for k, v in data.items()}
         return data
+
+    @ma.validates("email")
+    def _email(self, value, **_):
+        problem = value is not None and email_problem(value)
+        if problem:
+            raise ma.ValidationError(f"Refused: the address {problem}.")
 
     @ma.validates("phone")
     def _phone(self, value, **_):
-        if value is not None and not E164.match(value):
+        if value is not None and phone_problem(value):
             raise ma.ValidationError("Must be an E.164 number: + then country code and number, "
                                      "digits only (e.g. +14155550100).")
 

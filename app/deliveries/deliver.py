@@ -22,7 +22,7 @@ from .. import db
 from ..channels import registry
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..channels.base import Outbound, PermanentError, describe, label
-from ..channels.templates import event_templates
+from ..channels.templates import event_templates, shown
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
@@ -95,7 +95,7 @@ def _attempt(app, domain, claimed, accepted):
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
     if not channel.address(contact):
         return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False
-    outbound = Outbound(str(claimed["id"]), to_public(row), str(row["user_id"]), contact,
+    outbound = Outbound(str(claimed["id"]), shown(to_public(row)), str(row["user_id"]), contact,
                         event_templates(domain, row["type"], row["event"]), accepted)
     try:
         provider_id = channel.send(outbound)

@@ -7,22 +7,9 @@ from marshmallow import fields, validate
 
 from ..errors import InvalidChannel, InvalidEvent, InvalidGroup
 from ..notifications.schemas import StrictSchema
-from ..sanitize import plain_text, safe_link
+from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
-# What plain_text can change: tags (need "<"), entities (need "&"), CR line ends (HTML parsing makes
-# them LF), NULs and a leading byte-order mark (dropped). Text with none of them comes out as it
-# went in, so it skips nh3: most notifications, ~20 µs a field (tests/test_trigger_validation.py
-# checks the equivalence on generated text).
-_MARKUP_HINTS = ("<", "&", "\r", "\x00")
-
-
-def clean_text(value):
-    """plain_text, without the parse for text it cannot change."""
-    if value.startswith("\ufeff") or any(hint in value for hint in _MARKUP_HINTS):
-        return plain_text(value)
-    return value
-
-
+TEXT_FIELDS = ("title", "content", "link_text", "rec_type", "rec_id")   # shown to clients: cleaned
 LIMITS = {"title": 200, "content": 5000, "link_url": 2048, "link_text": 100, "rec_type": 64, "rec_id": 128}
 
 
@@ -83,18 +70,44 @@ class TriggerSchema(StrictSchema):
     @ma.validates("link_url")
     def _link(self, value, **_):
         if not safe_link(value):
-            raise ma.ValidationError("Must be a relative path starting with / or an https URL.")
+            raise ma.ValidationError("Must be a relative path starting with / (not //, /\\ or with blanks or "
+                                     "control characters) or an https URL.")
 
     @ma.post_load
     def _clean(self, data, **_):
         """Strip markup from every text field and drop repeated user ids."""
-        for name in ("title", "content", "link_text", "rec_type", "rec_id"):
+        errors = {}
+        for name in TEXT_FIELDS:
             if data.get(name) is not None:
-                data[name] = clean_text(data[name])
+                try:
+                    data[name] = accept_text(data[name], multiline=name == "content")
+                except ma.ValidationError as error:
+                    errors[name] = error.messages
+        if errors:
+            raise ma.ValidationError(errors)
         if not data["title"].strip():
             raise ma.ValidationError({"title": ["Must contain text once markup is removed."]})
         data["user_ids"] = list(dict.fromkeys(data["user_ids"]))
         return data
+
+
+def accept_text(value, multiline=False):
+    """The text as it will be stored, or a ValidationError saying precisely why it cannot be.
+
+    Control characters are checked as sent and again once character references are decoded
+    (`&#7;` is a BEL too); only `content` is multi-line."""
+    problem = control_problem(value, multiline)
+    if problem is None:
+        try:
+            value = clean_text(value)
+        except UnsettledText as error:
+            raise ma.ValidationError(str(error))
+        problem = control_problem(value, multiline)
+        if problem is not None:
+            problem = problem.rstrip(".") + " once character references are decoded."
+    if problem is not None:
+        raise ma.ValidationError(problem)
+    return value
 
 
 def resolve_event(domain, body):
