@@ -3,7 +3,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, auth, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
-from . import audit, retention
+from . import audit, deployment, retention
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
 from .streams import handoff as stream_handoff
@@ -20,6 +20,7 @@ def create_app(config=None):
     security.init_app(app)
     errors.init_app(app)
     db.init_app(app)
+    deployment.init_app(app)
     redis_client.init_app(app)
     migrate.init_app(app)
     channels.init_app(app)

@@ -13,7 +13,7 @@ from .errors import ConfigError
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "REDIS_PREFIX": "notif:",
+    "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/deployment.py)
     "JWT_SECRET": "",
     "JWT_PUBLIC_KEY": "",
     "JWT_ALGORITHMS": "",
@@ -26,6 +26,10 @@ DEFAULTS = {
     "QUEUE_CONFIG": "queue.yaml",
     "DB_POOL_SIZE": "20",
     "DB_POOL_TIMEOUT": "5",
+    "DB_STATEMENT_TIMEOUT_MS": "15000",    # a statement running longer is cancelled: 503 query_timeout (0: none)
+    "DB_IDLE_TX_TIMEOUT_MS": "60000",      # a session idle inside a transaction longer is ended (0: none)
+    "RETRY_STALE_URGENT_SECONDS": "3600",  # `flask deliveries retry` skips urgent/locked alerts older (--force)
+    "RETRY_CONFIRM_ABOVE": "100",          # `flask deliveries retry` asks before re-enqueuing more (--yes)
     "MAX_CONTENT_LENGTH": str(1024 * 1024),   # a trigger to batch.max_user_ids (10,000) users is ~390 KB
     "CORS_ORIGINS": "",
     "SSE_KEEPALIVE_SECONDS": "15",
@@ -65,7 +69,8 @@ DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
-        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS")
+        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS",
+        "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")

@@ -4,19 +4,43 @@ The pool blocks (cooperatively, under gevent) when all connections are out,
 instead of failing like psycopg2's own pools; a connection that broke (server
 restart) is dropped rather than handed out again, so the service heals by
 itself when PostgreSQL comes back.
+
+Every pooled connection starts with a `statement_timeout` and an
+`idle_in_transaction_session_timeout` (DB_STATEMENT_TIMEOUT_MS,
+DB_IDLE_TX_TIMEOUT_MS): a query that runs away (stats over years, a huge
+OFFSET, a lock wait) is cancelled by the server and answered 503
+`query_timeout` instead of holding a pool slot without end. Operators' long
+commands opt out explicitly with `without_timeouts(conn)`.
 """
 import contextlib
 import logging
 import threading
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 from flask import current_app, g
 
-from .errors import ServiceUnavailable
+from .errors import QueryTimeout, ServiceUnavailable
 
 psycopg2.extras.register_uuid()
 log = logging.getLogger(__name__)
+
+
+def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):
+    """`dsn` whose sessions start with these limits (0: none), set as startup options, so no
+    round trip and no transaction can undo them; any `options` the dsn has are kept."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+    options = " ".join(filter(None, [parse_dsn(dsn).get("options", ""),
+                                     f"-c statement_timeout={int(statement_ms)}",
+                                     f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_ms)}"]))
+    return make_dsn(dsn, options=options)
+
+
+def broken_by(exc):
+    """A connection that raised this cannot be used again (a cancelled statement leaves it usable)."""
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) \
+        and not isinstance(exc, psycopg2.errors.QueryCanceled)
 
 
 class Pool:
@@ -73,8 +97,8 @@ class Pool:
         broken = False
         try:
             yield conn
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            broken = True
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            broken = broken_by(exc)
             raise
         finally:
             self.put(conn, broken)
@@ -127,6 +151,28 @@ def one_transaction(conn, statements):
         cur.execute(b"; ".join(cur.mogrify(sql, params) for sql, params in statements))
 
 
+@contextlib.contextmanager
+def without_timeouts(conn):
+    """Lift the pool's statement and idle-in-transaction limits for the block: the opt-out of the
+    operators' long commands (retention purge, audit verify). Call it on an idle connection (it
+    commits its SETs); at the end an unfinished transaction is rolled back, as the pool would,
+    and the limits come back, or the connection is closed so that the pool drops it."""
+    with conn.cursor() as cur:
+        cur.execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+    conn.commit()
+    try:
+        yield conn
+    finally:
+        if not conn.closed:
+            try:
+                conn.rollback()
+                with conn.cursor() as cur:
+                    cur.execute("RESET statement_timeout; RESET idle_in_transaction_session_timeout")
+                conn.commit()
+            except psycopg2.Error:
+                conn.close()
+
+
 def cursor(conn):
     return conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
 
@@ -134,7 +180,7 @@ def cursor(conn):
 def _teardown(exc):
     conn = g.pop("db_conn", None)
     if conn is not None:
-        broken = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        broken = broken_by(exc)
         if not broken and not conn.closed:
             try:
                 conn.rollback()
@@ -144,8 +190,9 @@ def _teardown(exc):
 
 
 def init_app(app):
-    app.extensions["db_pool"] = Pool(app.config["DATABASE_URL"], app.config["DB_POOL_SIZE"],
-                                     app.config["DB_POOL_TIMEOUT"])
+    dsn = with_timeouts(app.config["DATABASE_URL"], app.config["DB_STATEMENT_TIMEOUT_MS"],
+                        app.config["DB_IDLE_TX_TIMEOUT_MS"])
+    app.extensions["db_pool"] = Pool(dsn, app.config["DB_POOL_SIZE"], app.config["DB_POOL_TIMEOUT"])
     app.teardown_appcontext(_teardown)
 
 
@@ -154,10 +201,13 @@ def failing_as(api_error):
     """Report a database failure as the endpoint's own SPEC code.
 
     Connection-level failures (server down or restarting) stay as they are, so
-    the handler answers 503 and the client knows to retry.
+    the handler answers 503 and the client knows to retry; so does a statement
+    the server cancelled at `statement_timeout` (503 `query_timeout`).
     """
     try:
         yield
+    except psycopg2.errors.QueryCanceled:
+        raise QueryTimeout()
     except (psycopg2.OperationalError, psycopg2.InterfaceError):
         raise
     except psycopg2.Error:

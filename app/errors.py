@@ -18,6 +18,7 @@
     ├── RateLimited              429
     ├── InvalidTicket            401  stream ticket unknown, used or expired
     ├── ServiceUnavailable       503  a dependency is down; nothing was accepted
+    ├── QueryTimeout             503  the database cancelled a query at statement_timeout
     └── (500s named by the SPEC: FailedToMarkAsRead, FailedToDelete, …)
 
 Each class's docstring is its default message.
@@ -81,6 +82,8 @@ RateLimited = _error("RateLimited", 429, "rate_limited", "Too many requests")
 InvalidTicket = _error("InvalidTicket", 401, "invalid_ticket", "Stream ticket is unknown, used or expired")
 ServiceUnavailable = _error("ServiceUnavailable", 503, "service_unavailable",
                             "A dependency is unavailable; nothing was accepted, retry later")
+QueryTimeout = _error("QueryTimeout", 503, "query_timeout",
+                      "The query took too long and was stopped; narrow it or retry later")
 FailedToMarkAsRead = _error("FailedToMarkAsRead", 500, "failed_to_mark_as_read", "Failed to mark notification as read")
 FailedToDelete = _error("FailedToDelete", 500, "failed_to_delete", "Failed to delete notification")
 FailedToFetchNotifications = _error("FailedToFetchNotifications", 500, "failed_to_fetch_notifications",
@@ -161,7 +164,11 @@ def handle_unexpected(error):
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
     import psycopg2
+    import psycopg2.errors
     import redis
+    if isinstance(error, psycopg2.errors.QueryCanceled):   # statement_timeout (app/db.py)
+        log.warning("query cancelled at statement_timeout")
+        return handle_api_error(QueryTimeout())
     if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
                           redis.TimeoutError)):
         log.warning("dependency unavailable: %s", type(error).__name__)

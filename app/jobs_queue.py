@@ -5,6 +5,9 @@ so the relay can ask RQ whether a job is still alive before enqueuing it
 again. Dispatch has no job per trigger: `wake_dispatcher` makes sure one drain
 job (app/dispatch/drain.py) runs after the caller's commit, with one Redis
 round trip when a drain is already on its way.
+
+Every queue here speaks RQ's JSONSerializer: a job read back from Redis is data,
+never a pickle (workers/trust.py says what the worker then agrees to run).
 """
 import logging
 import time
@@ -14,16 +17,26 @@ from flask import current_app
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 log = logging.getLogger(__name__)
 ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+SERIALIZER = JSONSerializer      # pickle would run code from whoever can write to Redis
+PURPOSES = ("dispatch", "deliveries")
 
 
-def queue(purpose, app=None):
+def queue_name(purpose, app=None):
+    """The deployment's RQ queue for `purpose`: queue.yaml's name under REDIS_PREFIX, so that two
+    deployments on one Redis never take each other's jobs (app/deployment.py)."""
     app = app or current_app
-    name = app.config["DOMAIN"].queues[purpose]
-    return Queue(name, connection=app.extensions["redis"])
+    return app.config["REDIS_PREFIX"] + app.config["DOMAIN"].queues[purpose]
+
+
+def queue(purpose, app=None, job_class=None):
+    app = app or current_app
+    return Queue(queue_name(purpose, app), connection=app.extensions["redis"], serializer=SERIALIZER,
+                 **({"job_class": job_class} if job_class else {}))
 
 
 def deliver_job_id(delivery_id):
@@ -134,7 +147,7 @@ def job_is_alive(job_id, app=None):
     app = app or current_app
     connection = app.extensions["redis"]
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = Job.fetch(job_id, connection=connection, serializer=SERIALIZER)
     except Exception:
         return False
     status = job.get_status(refresh=False)
@@ -162,7 +175,7 @@ def _stranded(job, connection, settle=1.0):
     back-off restarting from 1 s mid-outage). So the job must stay unstarted and off its queue
     for `settle` seconds to count as stranded. (RQ's started registry is no help: it may still hold an entry of an earlier,
     killed execution of the same job id.)"""
-    queue_ = Queue(job.origin, connection=connection)
+    queue_ = Queue(job.origin, connection=connection, serializer=SERIALIZER)
     deadline = time.monotonic() + settle
     while True:
         if connection.lpos(queue_.key, job.id) is not None or job.get_status(refresh=True) != JobStatus.QUEUED:

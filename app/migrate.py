@@ -2,7 +2,11 @@
 
 Each file runs in its own transaction together with its row in
 `schema_migrations`; a session-level advisory lock makes concurrent releases
-wait for each other instead of racing, so re-running applies nothing.
+wait for each other instead of racing, so re-running applies nothing. A
+migration may rewrite a large table and a release may wait for another's lock:
+the runner opts out of the statement and idle-in-transaction timeouts that
+every pooled connection has (app/db.py), explicitly, in case the role or the
+DATABASE_URL sets them.
 """
 import os
 import re
@@ -32,6 +36,7 @@ def migrate(dsn, directory=MIGRATIONS_DIR, echo=print):
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
             cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
         conn.autocommit = False
         with conn.cursor() as cur:

@@ -84,8 +84,9 @@ def purge(conn, domain, *, actor=audit.SYSTEM_RETENTION, batch=BATCH, now=None, 
 
 
 def purge_exclusive(app, **options):
-    """`purge` unless another process is purging right now (then None)."""
-    with app.app_context(), db.connection() as conn:
+    """`purge` unless another process is purging right now (then None). A long pass by design:
+    free of the pool's statement timeout (app/db.py), each batch still its own short transaction."""
+    with app.app_context(), db.connection() as conn, db.without_timeouts(conn):
         with conn.cursor() as cur:  # a session-level lock: it outlives the commits of the batches
             cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,))
             got = cur.fetchone()[0]
@@ -138,7 +139,7 @@ def purge_command(dry_run, batch_size):
     if not policies(domain):
         click.echo("no group has retention_days: nothing to purge")
         return
-    with db.connection() as conn:
+    with db.connection() as conn, db.without_timeouts(conn):   # a count over years of rows
         expired = count_expired(conn, domain)
     if dry_run:
         for name, count in expired.items():

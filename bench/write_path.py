@@ -265,6 +265,8 @@ def run_dispatch_worker(app):
     (app/dispatch/drain.py): each stores every pending trigger, however many.
     """
     import rq
+    from app import jobs_queue
+    from workers.trust import make_worker
 
     class TimedWorker(rq.SimpleWorker):
         first = last = None
@@ -280,9 +282,8 @@ def run_dispatch_worker(app):
                 self.jobs += 1
 
     with app.app_context():
-        redis = app.extensions["redis"]
-        queue = rq.Queue(app.config["DOMAIN"].queues["dispatch"], connection=redis)
-        worker = TimedWorker([queue], connection=redis)
+        queue = jobs_queue.queue("dispatch", app)
+        worker = make_worker(app, ("dispatch",), worker_class=TimedWorker)
         worker.work(burst=True, logging_level="INFO")
         failed = rq.registry.FailedJobRegistry(queue=queue).count
     if failed:

@@ -32,7 +32,6 @@ from urllib.parse import parse_qs
 
 import yaml
 from aiosmtpd.controller import Controller
-from rq import Queue, SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
 from conftest import SERVICE
@@ -333,15 +332,15 @@ def channel_config(tmp_path, channels, events=None, attempts=3, backoff=(60, 600
 
 
 def _queues(app):
-    domain, connection = app.config["DOMAIN"], app.extensions["redis"]
-    return [Queue(domain.queues[p], connection=connection) for p in ("dispatch", "deliveries")]
+    from workers.trust import worker_queues
+    return worker_queues(app)
 
 
 def work(app):
     """Run every queued job now, in this process, then return (RQ's burst mode)."""
+    from workers.trust import make_worker
     with app.app_context():
-        SimpleWorker(_queues(app), connection=app.extensions["redis"]).work(
-            burst=True, with_scheduler=False, logging_level="WARNING")
+        make_worker(app).work(burst=True, with_scheduler=False, logging_level="WARNING")
 
 
 def scheduled(app):

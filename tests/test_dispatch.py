@@ -9,7 +9,6 @@ import time
 import uuid
 
 import psycopg2.extras
-import rq
 import yaml
 
 from app.pubsub_codec import decode, message_key
@@ -43,12 +42,9 @@ def write_queue_yaml(tmp_path, **sections):
 
 def run_jobs(app):
     """Run every queued dispatch and delivery job in this process until the queues are empty."""
-    domain = app.config["DOMAIN"]
+    from workers.trust import make_worker
     with app.app_context():
-        redis = app.extensions["redis"]
-        queues = [rq.Queue(name, connection=redis) for name in (domain.queues["dispatch"],
-                                                                 domain.queues["deliveries"])]
-        rq.SimpleWorker(queues, connection=redis).work(burst=True)
+        make_worker(app).work(burst=True)
 
 
 def trigger(client, body, headers=None, **kwargs):
@@ -276,14 +272,14 @@ def test_oversized_idempotency_key_is_refused(client, db):
 
 
 def test_drain_job_enqueued_twice_stores_once(app, client, db):
-    from app.jobs_queue import wake_dispatcher
+    from app.jobs_queue import queue, wake_dispatcher
     users = [uuid.uuid4() for _ in range(5)]
     trigger(client, body_for(users))
     with app.app_context():
         assert wake_dispatcher() is None            # the accept already woke one: nothing more
         wake_dispatcher(force=True)
         wake_dispatcher(force=True)
-    assert rq.Queue(app.config["DOMAIN"].queues["dispatch"], connection=app.extensions["redis"]).count == 3
+    assert queue("dispatch", app).count == 3
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM notifications") == 5
     assert scalar(db, "SELECT count(DISTINCT user_id) FROM notifications") == 5

@@ -3,7 +3,7 @@ import threading
 import uuid
 
 import pytest
-from rq import Queue, SimpleWorker
+from workers.trust import make_worker
 
 from tests.conftest import SERVICE, make_token
 
@@ -148,11 +148,8 @@ def test_concurrent_puts_both_apply(app, user):
 
 
 def run_worker(app):
-    domain = app.config["DOMAIN"]
     with app.app_context():
-        conn = app.extensions["redis"]
-        SimpleWorker([Queue(domain.queues[k], connection=conn) for k in ("dispatch", "deliveries")],
-                     connection=conn).work(burst=True)
+        make_worker(app).work(burst=True)
 
 
 def trigger(client, user_id, event="message_received"):
@@ -188,10 +185,8 @@ def test_preference_changed_after_trigger_applies_at_delivery(app, client, user,
     with db.cursor() as cur:
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, 'u@example.com')", (user_id,))
     trigger(client, user_id)
-    domain = app.config["DOMAIN"]
     with app.app_context():   # dispatch only: the email delivery job waits in its queue
-        conn = app.extensions["redis"]
-        SimpleWorker([Queue(domain.queues["dispatch"], connection=conn)], connection=conn).work(burst=True)
+        make_worker(app, ("dispatch",)).work(burst=True)
     assert ("email", "pending", None) in deliveries(db, user_id)
     put(client, headers, {"group": "chat", "event": "message_received", "channel": "email", "enabled": False})
     run_worker(app)

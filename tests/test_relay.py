@@ -13,7 +13,6 @@ import uuid
 
 import psycopg2
 import pytest
-import rq
 
 from conftest import SERVICE
 from tests.test_dispatch import run_jobs, write_queue_yaml
@@ -36,8 +35,8 @@ def scalar(db, sql, *args):
 
 
 def queued(app, purpose):
-    name = app.config["DOMAIN"].queues[purpose]
-    return rq.Queue(name, connection=app.extensions["redis"]).count
+    from app.jobs_queue import queue
+    return queue(purpose, app).count
 
 
 def age_triggers(db, seconds=120):
@@ -132,9 +131,8 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
     stranded and enqueued a copy, a second retry chain that spent the delivery's attempts twice
     as fast: 2 of 500 emails failed for good during a two-minute SMTP outage."""
     import threading
-    from rq import Queue
     from rq.job import Job, JobStatus
-    from app.jobs_queue import deliver_job_id
+    from app.jobs_queue import SERIALIZER, deliver_job_id, queue
     from workers.relay import sweep
     app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
     user = uuid.uuid4()
@@ -145,12 +143,12 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
         from app.dispatch.fanout import dispatch_trigger
         dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
     redis = app.extensions["redis"]
-    deliveries = Queue(app.config["DOMAIN"].queues["deliveries"], connection=redis)
+    deliveries = queue("deliveries", app)
     delivery = scalar(db, "SELECT id FROM deliveries WHERE channel = 'email'")
     with db.cursor() as cur:
         cur.execute("UPDATE deliveries SET updated_at = now() - interval '1 minute'")
     assert redis.lpop(deliveries.key).decode() == deliver_job_id(delivery)   # the worker's BLPOP
-    job = Job.fetch(deliver_job_id(delivery), connection=redis)
+    job = Job.fetch(deliver_job_id(delivery), connection=redis, serializer=SERIALIZER)
     starting = threading.Timer(0.3, job.set_status, (JobStatus.STARTED,))    # ...and, a moment later, its start
     starting.start()
     try:

@@ -1,7 +1,8 @@
 """`python -m workers`: an RQ worker for the dispatch and delivery queues.
 
 It runs jobs in-process (SimpleWorker: no fork per job; jobs are idempotent
-and time-bounded, so per-job process isolation buys nothing) inside one app
+and time-bounded, so per-job process isolation buys nothing), only this
+project's own job functions read as JSON (workers/trust.py), inside one app
 context, with RQ's scheduler for delayed retries and the relay that re-enqueues
 accepted work whose job was lost. A Redis outage does not end the process: RQ
 gives up when Redis disappears in the middle of a job, so the worker is started
@@ -13,7 +14,6 @@ import sys
 import time
 
 import redis
-from rq import Queue
 
 log = logging.getLogger("workers")
 
@@ -21,15 +21,13 @@ log = logging.getLogger("workers")
 def main():
     from app.startup import create_app_or_exit
     app = create_app_or_exit()
-    domain = app.config["DOMAIN"]
     with app.app_context():
         connection = app.extensions["redis"]
-        names = [domain.queues["dispatch"], domain.queues["deliveries"]]
-        queues = [Queue(name, connection=connection) for name in names]
         from workers.relay import LeasedWorker, start_relay, worker_lease
+        from workers.trust import make_worker
         # Built before anything uses the connection: RQ raises the pool's socket timeout above
         # its blocking dequeue's, which only connections made afterwards get.
-        worker = LeasedWorker(queues, connection=connection, name=f"notif-{os.getpid()}")
+        worker = make_worker(app, worker_class=LeasedWorker, name=f"notif-{os.getpid()}")
         start_relay(app, worker.key)
         burst = "--burst" in sys.argv
         while True:
@@ -42,7 +40,7 @@ def main():
                 # The job's committed work stands and the relay re-enqueues the rest: start again.
                 log.warning("worker lost Redis (%s); starting again once it answers", exc)
                 _wait_for(connection)
-                worker = LeasedWorker(queues, connection=connection, name=worker.name)
+                worker = make_worker(app, worker_class=LeasedWorker, name=worker.name)
 
 
 def _wait_for(connection, delay=0.5):

@@ -35,3 +35,7 @@ def purge_expired():
     or None when another worker is purging."""
     from app.retention import purge_exclusive
     return purge_exclusive(current_app._get_current_object())
+
+
+# The only functions a worker runs, by the name a job carries (workers/trust.py refuses any other).
+JOBS = {f"{__name__}.{job.__name__}": job for job in (drain_triggers, dispatch_trigger, deliver, purge_expired)}

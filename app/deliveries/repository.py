@@ -76,6 +76,20 @@ def failed(conn, channel=None, limit=None):
         return [row[0] for row in cur.fetchall()]
 
 
+def failed_for_retry(conn, channel=None, limit=None, since=None):
+    """Failed deliveries, oldest first, with what an operator judges a retry by: the notification's
+    group, event and age, and the addresses a send would use now (read at send time)."""
+    with cursor(conn) as cur:
+        cur.execute("SELECT d.id, d.channel, d.attempts, n.type, n.event, n.created_at,"
+                    " extract(epoch FROM now() - n.created_at) AS age_seconds, c.email, c.phone"
+                    " FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+                    " LEFT JOIN contacts c ON c.user_id = d.user_id WHERE d.status = 'failed'"
+                    + (" AND d.channel = %(channel)s" if channel else "")
+                    + (" AND n.created_at >= %(since)s" if since else "") + " ORDER BY d.updated_at"
+                    + (" LIMIT %(limit)s" if limit else ""), {"channel": channel, "limit": limit, "since": since})
+        return cur.fetchall()
+
+
 def reset_for_retry(conn, delivery_ids):
     """Make failed deliveries pending again with a fresh attempt budget."""
     with conn.cursor() as cur:
