@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .keyed import keyed_hash
 
-# scope -> what it grants; the endpoint of each is in docs/security-auth.md and the OpenAPI document
+# scope -> what it grants; the endpoint of each is in docs/security/auth.md and the OpenAPI document
 SCOPES = {
     "trigger": "queue notifications (POST /v1/notifications/trigger) and follow them (GET .../triggers/{id})",
     "push": "push straight to open streams (POST /v1/notifications/sse)",

@@ -58,7 +58,7 @@ DEFAULTS = {
     # The service's own secret for keyed hashes and signatures (app/keyed.py); required outside development.
     "SECRET_KEY": "",
     # Bearer token of the operator's diagnostics: /metrics needs it once set; /healthz?greenlets=1
-    # (a scan of the heap) is served only with it (docs/security-http.md).
+    # (a scan of the heap) is served only with it (docs/security/http.md).
     "METRICS_TOKEN": "",
     # Proxies in front of the service whose X-Forwarded-For / -Proto are believed (0: none, the
     # peer's address is the client's).
@@ -163,7 +163,7 @@ def _check_secret_key(settings):
         settings["SECRET_KEY"] = DEV_SECRET_KEY
 
 
-# Published or test values: never a deploy's (docs/security-auth.md).
+# Published or test values: never a deploy's (docs/security/auth.md).
 DEVELOPMENT_VALUES = frozenset({
     "dev-secret-change-me-before-production", "dev-key", DEV_SECRET_KEY,
     "test-secret-that-is-long-enough-for-hs256", "test-api-key", "second-service-key",

@@ -2,7 +2,7 @@
 
 `/docs` is Swagger UI served from the pinned PyPI package `swagger-ui-bundle-v2`
 (its files are byte-identical to npm's `swagger-ui-dist` of the same version:
-docs/security-http.md has the check), under `/docs/assets/`, with a
+docs/security/http.md has the check), under `/docs/assets/`, with a
 Content-Security-Policy that lets the page load nothing from another origin.
 Swagger UI's online validator badge (which sends the document's URL to
 swagger.io) is off.

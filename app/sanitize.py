@@ -17,7 +17,7 @@ joiners, the BOM, tag characters) are removed in the same rounds, so one hidden
 inside a tag name ("<scr\\u200bipt>") cannot keep it from being recognised.
 Control characters are not removed but refused (`control_problem`): a caller
 that sends one has a bug worth hearing about, and silently editing a bank's
-message is worse than a 422 (docs/security-content.md).
+message is worse than a 422 (docs/security/content.md).
 """
 import functools
 import html

@@ -26,7 +26,7 @@ connections by name (`notifications:<pid>:<pool>`, app/redis_client.py); connect
 without a name are reported apart. At the two checkpoints the kernel's socket table of each
 worker is read too (psutil), which counts a connection whatever its name.
 
-The figures and the command that produced them: docs/security-hub.md.
+The figures and the command that produced them: docs/security/hub.md.
 """
 import argparse
 import collections

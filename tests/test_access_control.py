@@ -7,7 +7,7 @@ table (or a table names one that is gone, or a scope that is not the one enforce
 endpoint cannot ship unclassified. Path parameters must be named in `PATH_OBJECTS` for the same
 reason: each kind of object in a path gets its own "someone else's object" test below.
 
-The wrong identities and where each is refused (docs/security-auth.md has the same table):
+The wrong identities and where each is refused (docs/security/auth.md has the same table):
 
     no credential, garbage, basic auth     every non-open endpoint      test_bad_credentials_...
     expired token, token of another key    every user and stream one    test_bad_credentials_...

@@ -3,7 +3,7 @@
 Against the real processes: gunicorn (gevent) and the RQ worker on the run's PostgreSQL and
 Redis. A trigger goes the production way (202 -> worker stores -> Redis -> the stream) and is
 read back from the inbox and from the raw bytes of the stream; a direct push goes straight to
-the stream. docs/security-content.md says which rule each test proves.
+the stream. docs/security/content.md says which rule each test proves.
 """
 import html
 import uuid

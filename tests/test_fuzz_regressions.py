@@ -145,7 +145,7 @@ def test_preference_change_with_a_nul_is_422(client, db, user):
 
 
 def test_text_without_a_nul_is_untouched_by_the_check(client):
-    # a tab is text in content; in a one-line title it is a control character (docs/security-content.md)
+    # a tab is text in content; in a one-line title it is a control character (docs/security/content.md)
     body = {"type": "chat", "event": "message_received", "title": "here \u00e9\u4e2d \U0001f600",
             "content": "tab\there \u00e9\u4e2d \U0001f600", "user_ids": [str(uuid.uuid4())]}
     assert client.post("/v1/notifications/trigger", json=body, headers=SERVICE).status_code == 202

@@ -1,4 +1,4 @@
-"""Personal data out of what users and operators read (issue 17, point 8; docs/security-data.md).
+"""Personal data out of what users and operators read (issue 17, point 8; docs/security/data.md).
 
 What a user reads of a failed delivery (GET /v1/notifications/{id}/deliveries), what an
 operator reads (`flask deliveries failed`, RQ's failed-job text, the drain's log lines) and what

@@ -187,7 +187,7 @@ def test_two_deployments_on_one_redis_never_hear_or_take_each_others_work(clean,
 
 
 def acl_rule(prefix, password):
-    """docs/security-rq.md's ACL for a deployment whose REDIS_PREFIX is `prefix`."""
+    """docs/security/rq.md's ACL for a deployment whose REDIS_PREFIX is `prefix`."""
     return (f"on >{password} resetkeys ~{prefix}* ~rq:* resetchannels &{prefix}* &rq:* "
             "+@all -@admin -@dangerous +info +client|setname +client|getname").split()
 
@@ -262,7 +262,7 @@ def _answers(url):
 
 def test_worker_and_web_enqueue_over_tls(clean, make_app, processes, tmp_path, db):
     """The command pool and RQ over rediss:// with a private CA. (The stream hub's own connection is
-    plain TCP: see docs/security-rq.md.)"""
+    plain TCP: see docs/security/rq.md.)"""
     started = tls_redis_server(tmp_path)
     if started is None:
         pytest.skip("no TLS-capable redis-server and openssl on this machine")

@@ -4,7 +4,7 @@ requirements.txt (the runtime lock a deploy installs) and requirements-dev.txt (
 tools, what ./dev installs) are compiled by `./dev lock` from requirements.in and
 requirements-dev.in. These tests read the locks as pip does, make pip install from them the way a
 deploy and CI do, and run the Procfile's processes from a virtualenv holding the runtime lock alone.
-See docs/security-supply.md.
+See docs/security/supply.md.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ database, SMTP and SMS credentials. Here:
 What a Redis writer can still do is enqueue one of our own jobs with ids of its
 choosing; those jobs re-read their state from PostgreSQL and are safe to run twice,
 which is what the relay does anyway. Redis AUTH/ACLs and TLS keep writers out
-(docs/security-rq.md).
+(docs/security/rq.md).
 """
 import inspect
 import logging
