@@ -1,4 +1,5 @@
 """`GET /v1/notifications/sse` (the stream) and `POST /v1/notifications/sse/ticket`."""
+import jwt
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -43,10 +44,20 @@ def _cursor(query_value):
     return value
 
 
-def _user(ticket):
+def _caller(ticket, consume=True):
+    """(the user, when their credentials expire): from the bearer token, else from the ticket,
+    which a GET uses up and a HEAD only checks."""
     if ticket is not None and bearer_token() is None:
-        return access.redeem_ticket(redis(), ticket)
-    return current_user() if ticket is None else decode_token(bearer_token(), current_app.config)
+        found = (access.redeem_ticket if consume else access.peek_ticket)(redis(), ticket)
+        return found.user, found.expires_at
+    token = bearer_token()
+    user = current_user() if ticket is None else decode_token(token, current_app.config)
+    return user, _expiry(token)
+
+
+def _expiry(token):
+    """The `exp` of a bearer token that was just verified."""
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
 
 
 @blp.route("/sse")
@@ -63,7 +74,7 @@ class StreamView(MethodView):
         Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every
         missed notification in order, then the live stream.
         """
-        user = _user(ticket)
+        user, expires_at = _caller(ticket, consume=request.method != "HEAD")
         user.check_customer(customer_id)
         cursor = _cursor(last_event_id)
         config = current_app.config
@@ -94,5 +105,5 @@ class TicketView(MethodView):
     def post(self):
         """Trade the bearer token for a single-use stream ticket (about a minute)"""
         ttl = current_app.config["SSE_TICKET_TTL_SECONDS"]
-        ticket = access.issue_ticket(redis(), current_user(), ttl)
+        ticket = access.issue_ticket(redis(), current_user(), ttl, _expiry(bearer_token()))
         return {"ticket": ticket, "expires_in": ttl, "stream_url": f"/v1/notifications/sse?ticket={ticket}"}
