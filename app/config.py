@@ -105,11 +105,22 @@ def load_settings(overrides=None, environ=None):
             settings[name] = _convert(name, environ.get(name, default))
     settings.update(overrides)
     _check_secret_key(settings)
+    _check_streams(settings)
     _check_auth(settings)
     if not settings["DEVELOPMENT"]:
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
     return settings
+
+
+SPEC_KEEPALIVE_SECONDS = 20   # the SPEC: a keep-alive at least this often, for proxies that cut at 30-55 s
+
+
+def _check_streams(settings):
+    """Stream settings that would break the SPEC's promises (docs/security-streams.md)."""
+    if settings["SSE_KEEPALIVE_SECONDS"] > SPEC_KEEPALIVE_SECONDS:
+        raise ConfigError("environment", "SSE_KEEPALIVE_SECONDS", f"is {settings['SSE_KEEPALIVE_SECONDS']:g}; "
+                          f"the SPEC promises a keep-alive at least every {SPEC_KEEPALIVE_SECONDS} s")
 
 
 def _check_auth(settings):

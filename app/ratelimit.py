@@ -7,7 +7,10 @@ a bad one stops start-up naming `rate_limits.<name>`):
                     (direct push): one budget per API key for both
     service         every other API-key endpoint (trigger status, contacts), per API key
     user            every bearer-token endpoint, per user (`sub` of a valid token)
-    stream_connect  opening GET /v1/notifications/sse, per user (bearer token or ticket)
+    stream_connect  opening GET /v1/notifications/sse, per user (bearer token or ticket): a token
+                    bucket (app/ratelimit_bucket.py), spent only once the per-user stream cap
+                    (429 `too_many_connections`) let the stream in, so a user at the cap is told
+                    so and never locked out by the budget for trying
 
 A caller without valid credentials is counted per remote address in the budget of the
 endpoint it called (it gets its 401 until it is over the limit, then 429). Health probes,
@@ -46,9 +49,11 @@ import logging
 import re
 
 from flask import current_app, g, request
+from limits import parse
 
 from . import auth
-from .errors import RateLimited
+from .errors import ConfigError, RateLimited
+from .ratelimit_bucket import Buckets
 from .ratelimit_windows import Counter
 from .redis_client import redis
 
@@ -137,6 +142,8 @@ def _check():
     name = _current_class()
     if name is None:
         return None
+    if name == "stream_connect":
+        return _check_stream_connect()
     counter = current_app.extensions["ratelimit"]["counter"]
     try:
         allowed, retry = counter.hit(name, KEY_FUNCTIONS[name]())
@@ -147,6 +154,54 @@ def _check():
         return None
     raise RateLimited(f"Rate limit exceeded: {counter.limits[name]} ({name}); retry in {retry} s",
                       headers={"Retry-After": str(retry)})
+
+
+def _check_stream_connect():
+    """A caller known by token or ticket spends its token in the view, after the per-user cap
+    (`admit_stream`); anyone else spends one of their address's here."""
+    caller = _stream_key()
+    if caller.startswith("user:"):
+        return None
+    _spend(caller)
+    return None
+
+
+def _buckets():
+    return current_app.extensions["ratelimit"].get("stream_buckets")
+
+
+def _spend(caller, spend=True):
+    buckets = _buckets()
+    if buckets is None:
+        return
+    allowed, retry = buckets.take(caller) if spend else buckets.peek(caller)
+    if not allowed:
+        raise RateLimited(f"Too many stream connects: a burst of {buckets.capacity}, then one every "
+                          f"{1 / buckets.rate:g} s (stream_connect); retry in {retry} s",
+                          headers={"Retry-After": str(retry)})
+
+
+def admit_stream(user_id):
+    """Spend the user's stream-connect token (429 `rate_limited` with Retry-After when none is left);
+    the stream view calls it once the user's stream cap let the stream in."""
+    _spend(f"user:{user_id}")
+
+
+def check_stream_admission(user_id):
+    """429 now if the user's next stream would be refused by the budget (nothing spent): the ticket
+    endpoint's answer, which a browser can read (EventSource cannot see a status or Retry-After)."""
+    _spend(f"user:{user_id}", spend=False)
+
+
+def _stream_buckets(app):
+    """The stream-connect buckets; their burst must let a user replace every stream at once."""
+    limit = parse(app.config["DOMAIN"].rate_limits["stream_connect"])
+    floor = 2 * app.config["SSE_MAX_STREAMS_PER_USER"]
+    if limit.amount < floor:
+        raise ConfigError(app.config["QUEUE_CONFIG"], "rate_limits.stream_connect",
+                          f"a burst of {limit.amount}; at least twice SSE_MAX_STREAMS_PER_USER ({floor}) is needed "
+                          "so a user can reopen every stream at once")
+    return Buckets(app.extensions["redis"], f"{app.config['REDIS_PREFIX']}ratelimit:stream_connect", limit)
 
 
 def _document(app):
@@ -179,6 +234,7 @@ def init_app(app):
     counter = Counter(app.config["REDIS_URL"], f"{app.config['REDIS_PREFIX']}ratelimit",
                       app.config["DOMAIN"].rate_limits)
     app.extensions["ratelimit"]["counter"] = counter
+    app.extensions["ratelimit"]["stream_buckets"] = _stream_buckets(app)
     app.before_request(_check)
     _document(app)
     return counter

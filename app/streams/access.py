@@ -106,6 +106,11 @@ class Slots:
             raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
         return slot
 
+    def check_room(self, user_id):
+        """429 now if the user holds every stream they may (nothing taken): for the ticket endpoint."""
+        if self.redis.zcount(self._key(user_id), time.time(), "+inf") >= self.limit:
+            raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
+
     def refresh_many(self, pairs, batch=1000):
         """Push back the expiry of every (user id, slot) given: one pipeline per batch."""
         expires = time.time() + SLOT_TTL

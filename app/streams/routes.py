@@ -1,12 +1,16 @@
 """`GET /v1/notifications/sse` (the stream) and `POST /v1/notifications/sse/ticket`."""
+import functools
+import time
+
 import jwt
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 import marshmallow as ma
 
+from .. import ratelimit
 from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
 from ..redis_client import redis
 from . import access, frames, handoff
 from .keeper import keeper, new_peer
@@ -75,6 +79,8 @@ class StreamView(MethodView):
         missed notification in order, then the live stream.
         """
         user, expires_at = _caller(ticket, consume=request.method != "HEAD")
+        if expires_at <= time.time():   # within the tokens' clock leeway: it would end at once
+            raise InvalidUserId() if ticket is None else InvalidTicket()
         user.check_customer(customer_id)
         cursor = _cursor(last_event_id)
         config = current_app.config
@@ -87,7 +93,8 @@ class StreamView(MethodView):
         if request.method == "HEAD":   # the headers a GET would get, and no stream
             return Response(b"", mimetype="text/event-stream", headers=handoff.HEADERS)
         the_keeper = keeper(current_app)
-        stream = the_keeper.open(user.id, customers, new_peer(request.environ, g.get("request_id")))
+        stream = the_keeper.open(user.id, customers, new_peer(request.environ, g.get("request_id")), expires_at,
+                                 admit=functools.partial(ratelimit.admit_stream, user.id))
         try:
             frames_ = [frames.opening(config["SSE_RETRY_MS"])] + the_keeper.first_frames(stream, cursor)
         except BaseException:
@@ -105,5 +112,10 @@ class TicketView(MethodView):
     def post(self):
         """Trade the bearer token for a single-use stream ticket (about a minute)"""
         ttl = current_app.config["SSE_TICKET_TTL_SECONDS"]
-        ticket = access.issue_ticket(redis(), current_user(), ttl, _expiry(bearer_token()))
+        user = current_user()
+        # A stream the ticket could not open is refused here, where a browser can read the 429
+        # and its Retry-After (EventSource sees neither).
+        access.slots(current_app).check_room(user.id)
+        ratelimit.check_stream_admission(user.id)
+        ticket = access.issue_ticket(redis(), user, ttl, _expiry(bearer_token()))
         return {"ticket": ticket, "expires_in": ttl, "stream_url": f"/v1/notifications/sse?ticket={ticket}"}

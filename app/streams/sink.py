@@ -113,6 +113,15 @@ class SocketSink:
             self.stream.close("closed by the client")
         # bytes from a client that should send none after its request: read and ignored
 
+    def finish(self, frame):
+        """End the body properly (the last chunk) when nothing waits: never blocks, never queues."""
+        if self.pending is None:
+            parts = (b"%x\r\n" % len(frame), frame, b"\r\n0\r\n\r\n") if self.chunked else (frame,)
+            try:
+                self.sock.sendmsg(parts)
+            except OSError:
+                pass
+
     def _stop(self, name):
         watcher = getattr(self, name)
         if watcher is not None:
@@ -152,6 +161,11 @@ class QueueSink:
         if len(self.chunks) > self.limit:
             self.stream.close("too slow")
         self.ready.set()
+
+    def finish(self, frame):
+        """The generator ends after this frame: gunicorn writes the body's end."""
+        if not self.closed:
+            self.chunks.append(frame)
 
     def close(self):
         self.closed = True
