@@ -33,6 +33,8 @@ DEFAULTS = {
     "SSE_MAX_STREAMS_PER_USER": "10",
     "SSE_QUEUE_SIZE": "256",
     "SSE_REPLAY_LIMIT": "500",
+    "SSE_REPLAY_MAX_BYTES": str(1024 * 1024),   # a replay larger than this is one `reset` event instead
+    "SSE_BACKLOG_MAX_BYTES": str(256 * 1024),   # a stream whose unsent live bytes pass this is cut (resumes by cursor)
     "SSE_TICKET_TTL_SECONDS": "60",
     "SSE_PEER_TIMEOUT_SECONDS": "30",      # a client unreachable this long (no ACK) is cut
     "SSE_MAX_STREAMS_PER_WORKER": "0",     # 0: the process's open-file limit less a reserve
@@ -58,7 +60,8 @@ DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
-        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS")
+        "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "SSE_REPLAY_MAX_BYTES",
+        "SSE_BACKLOG_MAX_BYTES")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")

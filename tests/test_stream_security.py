@@ -6,16 +6,21 @@ defaults (10 streams per user), so the budget tests show what a deploy does; its
 every second. Tests that need other settings start their own processes.
 """
 import json
+import re
+import socket
+import threading
 import time
 import uuid
 from types import SimpleNamespace
 
 import jwt
+import psutil
 import pytest
 import redis as redis_lib
 import requests
 
 from conftest import SERVICE, make_token
+from factories import insert_notification
 from processes import ProcessGroup, processes, queue_config, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
@@ -255,3 +260,157 @@ def test_a_reconnect_every_few_seconds_is_never_refused(web, streams):
         time.sleep(2.5)
         status, stream = _open_and_close(web, streams, headers=bearer(user_id))
         assert status == 200, (n, stream.response.text)
+
+
+# ------------------------------------------------------------------------------------ bounded memory (17.6)
+
+REPLAY_MAX_BYTES = 256 * 1024
+BACKLOG_MAX_BYTES = 64 * 1024
+BIG = "x" * 5000                          # the longest content a trigger may carry: ~5.3 KB of JSON
+REPLAY_ROWS = 2000                        # rows alone would let a replay reach ~10 MB per stream
+
+
+@pytest.fixture(scope="module")
+def capped(base_env, tmp_path_factory):
+    """A gunicorn with small byte caps (one worker, so its RSS is the streams')."""
+    directory = tmp_path_factory.mktemp("stream-caps")
+    with ProcessGroup(str(directory)) as group:
+        worker = group.start_worker(base_env, queue_config=queue_config(directory))
+        web = group.start_web(base_env, workers=1, keepalive=1, SSE_REPLAY_MAX_BYTES=REPLAY_MAX_BYTES,
+                              SSE_BACKLOG_MAX_BYTES=BACKLOG_MAX_BYTES, SSE_REPLAY_LIMIT=REPLAY_ROWS)
+        yield SimpleNamespace(web=web, worker=worker)
+
+
+@pytest.fixture
+def caps(capped, clean):
+    for process in (capped.web, capped.worker):
+        assert process.alive, f"{process.name} died in an earlier test:\n{process.output()[-3000:]}"
+    wait_until(lambda: capped.web.open_streams() == 0, 10, message="streams of an earlier test to close")
+    return capped.web
+
+
+class IdleStream:
+    """A client that opens a stream and then reads nothing (4 KB receive buffer), until `drain`."""
+
+    def __init__(self, server, user_id, last_event_id=None):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Small segments, as over a real network: on loopback (64 KB segments) the server's kernel
+        # would grow its send buffer to megabytes and hold the backlog itself.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1200)
+        self.sock.connect(("127.0.0.1", server.port))
+        head = [f"GET {STREAM} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {make_token(user_id)}"]
+        if last_event_id is not None:
+            head.append(f"Last-Event-ID: {last_event_id}")
+        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        status = wait_until(lambda: self.sock.recv(12, socket.MSG_PEEK), 10, message="the response")
+        assert status == b"HTTP/1.1 200", status
+
+    def drain(self):
+        """Everything the connection still delivers, up to its end (the server cut it; a reset
+        may drop what the kernel held, as it may for any client)."""
+        self.sock.settimeout(10)
+        data = bytearray()
+        try:
+            while chunk := self.sock.recv(65536):
+                data.extend(chunk)
+        except ConnectionResetError:
+            pass
+        self.sock.close()
+        return bytes(data)
+
+    def close(self):
+        self.sock.close()
+
+
+def _complete_ids(body):
+    """The `id:` of every event that arrived whole (the body is chunked: strip the chunk sizes)."""
+    events = re.split(rb"\r\n[0-9a-f]+\r\n", body.split(b"\r\n\r\n", 1)[1])
+    text = b"".join(events).split(b"\n\n")[:-1]           # the last piece may be cut short
+    return [int(line[4:]) for event in text for line in event.split(b"\n") if line.startswith(b"id: ")]
+
+
+def test_a_replay_past_its_byte_cap_is_a_reset(caps, streams, db):
+    user_id = uuid.uuid4()
+    rows = [insert_notification(db, user_id, title=f"n{i}", content=BIG) for i in range(60)]   # ~320 KB
+    stream = streams(caps, headers=dict(bearer(user_id), **{"Last-Event-ID": "0"}))
+    (reset,) = stream.wait_named("reset")
+    assert reset.json() == {"reason": "too_many_bytes", "limit": REPLAY_MAX_BYTES, "cursor": rows[-1]["seq"]}
+    assert reset.id == str(rows[-1]["seq"]) and stream.events == []
+    trigger(caps, [user_id], title="after the reset")
+    assert [e.json()["title"] for e in stream.wait_events(1)] == ["after the reset"]
+    # Under the cap, the replay is every notification, in order.
+    under = streams(caps, headers=dict(bearer(user_id), **{"Last-Event-ID": str(rows[20]["seq"])}))
+    assert [e.seq for e in under.wait_events(40)][:39] == [r["seq"] for r in rows[21:]]
+
+
+def test_a_stream_past_its_backlog_is_cut_and_resumes_by_cursor(caps, streams, db):
+    user_id = uuid.uuid4()
+    seen = insert_notification(db, user_id, title="seen before")["seq"]
+    idle = IdleStream(caps, user_id, last_event_id=seen)
+    for n in range(45):                                  # ~240 KB: far past the 64 KB backlog
+        trigger(caps, [user_id], title=f"big {n}", content=BIG)
+    wait_until(lambda: caps.open_streams() == 0, 30, message="the idle stream to be cut")
+    received = _complete_ids(idle.drain())
+    stored = wait_until(lambda: len(rows := _seqs(db, user_id)) == 46 and rows[1:], 20, message="45 stored")
+    print(f"backlog cut: {len(received)} of 45 notifications had arrived whole")
+    assert received == stored[:len(received)] and len(received) < 45
+    cursor = received[-1] if received else seen
+    resumed = streams(caps, headers=dict(bearer(user_id), **{"Last-Event-ID": str(cursor)}))
+    rest = resumed.wait_events(45 - len(received), timeout=20)
+    assert received + [e.seq for e in rest] == stored            # nothing lost, nothing twice
+
+
+def _seqs(db, user_id):
+    with db.cursor() as cur:
+        cur.execute("SELECT seq FROM notifications WHERE user_id = %s ORDER BY seq", (str(user_id),))
+        return [row[0] for row in cur.fetchall()]
+
+
+def _insert_many(db, user_id, count, content):
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO notifications (id, user_id, type, event, title, content, created_at)"
+                    " SELECT gen_random_uuid(), %s, 'chat', 'message_received', 'old ' || n, %s,"
+                    "        now() - interval '1 day' + n * interval '1 ms'"
+                    " FROM generate_series(1, %s) AS n", (str(user_id), content, count))
+
+
+def test_idle_streams_of_many_users_hold_no_more_memory_than_the_caps(caps, db):
+    """Three users, ten streams each, opened with Last-Event-ID: 0 over 2,000 big notifications
+    (~10 MB each, within the row limit) and never read, then a burst of big live notifications:
+    the worker's RSS grows by no more than the caps allow (each stream: a replay within
+    SSE_REPLAY_MAX_BYTES plus SSE_BACKLOG_MAX_BYTES of live events), and every stream is cut."""
+    users = [uuid.uuid4() for _ in range(3)]
+    for user_id in users:
+        _insert_many(db, user_id, REPLAY_ROWS, BIG)
+    (pid,) = caps.worker_pids()
+    process = psutil.Process(pid)
+    warm = IdleStream(caps, users[0], last_event_id=0)   # pools and code paths warmed once
+    warm.close()
+    wait_until(lambda: caps.open_streams() == 0, 10, message="the warm-up stream to close")
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.wait(0.05):
+            peak.append(process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    idle = [IdleStream(caps, user_id, last_event_id=0) for user_id in users for _ in range(MAX_STREAMS)]
+    try:
+        assert caps.open_streams() == len(idle)
+        for n in range(60):                              # ~320 KB to every stream
+            trigger(caps, users, title=f"live {n}", content=BIG)
+        wait_until(lambda: caps.open_streams() == 0, 60, message="every idle stream to be cut")
+    finally:
+        sampling.set()
+        sampler.join(5)
+        for stream in idle:
+            stream.close()
+    grown = max(peak) - baseline
+    bound = len(idle) * (REPLAY_MAX_BYTES + BACKLOG_MAX_BYTES) + 16 * 2**20
+    print(f"{len(idle)} idle streams: RSS {baseline / 2**20:.1f} MiB -> peak {max(peak) / 2**20:.1f} MiB "
+          f"(+{grown / 2**20:.1f} MiB; caps allow {bound / 2**20:.1f} MiB)")
+    assert grown <= bound

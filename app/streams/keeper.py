@@ -59,6 +59,8 @@ class Keeper:
         self.keepalive = config["SSE_KEEPALIVE_SECONDS"]
         self.queue_size = config["SSE_QUEUE_SIZE"]
         self.replay_limit = config["SSE_REPLAY_LIMIT"]
+        self.replay_max_bytes = config["SSE_REPLAY_MAX_BYTES"]
+        self.backlog_max_bytes = config["SSE_BACKLOG_MAX_BYTES"]
         self.peer_timeout = config["SSE_PEER_TIMEOUT_SECONDS"]
         self.max_streams = config["SSE_MAX_STREAMS_PER_WORKER"] or max(
             100, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_RESERVE)
@@ -108,7 +110,8 @@ class Keeper:
         return out
 
     def _missed(self, conn, stream, after):
-        out, last = replay.missed(conn, stream.user_id, stream.customers, after, self.replay_limit)
+        out, last = replay.missed(conn, stream.user_id, stream.customers, after, self.replay_limit,
+                                  self.replay_max_bytes)
         return out + [self._counts(conn, stream)], last
 
     def _counts(self, conn, stream):

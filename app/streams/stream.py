@@ -71,8 +71,8 @@ class Stream:
             return
         if last is not None:
             self.last = max(self.last, last)
-        if frames:
-            self.sink.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if frames:   # bounded by the replay's own cap: exempt from the live backlog's
+            self.sink.write(frames[0] if len(frames) == 1 else b"".join(frames), exempt=True)
         waiting, self.queue = self.queue, None
         if waiting and not self.closed:
             self._write(waiting)
