@@ -37,6 +37,8 @@ DEFAULTS = {
     "SSE_MAX_STREAMS_PER_USER": "10",
     "SSE_QUEUE_SIZE": "256",
     "SSE_REPLAY_LIMIT": "500",
+    "SSE_REPLAY_MAX_BYTES": str(1024 * 1024),   # a replay larger than this is one `reset` event instead
+    "SSE_BACKLOG_MAX_BYTES": str(256 * 1024),   # a stream whose unsent live bytes pass this is cut (resumes by cursor)
     "SSE_TICKET_TTL_SECONDS": "60",
     "SSE_PEER_TIMEOUT_SECONDS": "30",      # a client unreachable this long (no ACK) is cut
     "SSE_MAX_STREAMS_PER_WORKER": "0",     # 0: the process's open-file limit less a reserve
@@ -70,7 +72,8 @@ DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
 INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_PER_USER",
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
         "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS",
-        "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE")
+        "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE",
+        "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")
@@ -117,6 +120,7 @@ def load_settings(overrides=None, environ=None):
             settings[name] = _convert(name, environ.get(name, default))
     settings.update(overrides)
     _check_secret_key(settings)
+    _check_streams(settings)
     _check_auth(settings)
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
@@ -124,6 +128,16 @@ def load_settings(overrides=None, environ=None):
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
     return settings
+
+
+SPEC_KEEPALIVE_SECONDS = 20   # the SPEC: a keep-alive at least this often, for proxies that cut at 30-55 s
+
+
+def _check_streams(settings):
+    """Stream settings that would break the SPEC's promises (docs/security/streams.md)."""
+    if settings["SSE_KEEPALIVE_SECONDS"] > SPEC_KEEPALIVE_SECONDS:
+        raise ConfigError("environment", "SSE_KEEPALIVE_SECONDS", f"is {settings['SSE_KEEPALIVE_SECONDS']:g}; "
+                          f"the SPEC promises a keep-alive at least every {SPEC_KEEPALIVE_SECONDS} s")
 
 
 def _check_auth(settings):

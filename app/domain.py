@@ -139,7 +139,7 @@ def _parse_notifications(path):
 
 # queue.yaml `rate_limits:` names and their defaults (app/ratelimit.py applies them).
 RATE_LIMITS = {"trigger": "100/second", "service": "100/second", "user": "50/second",
-               "stream_connect": "10/minute", "recipients": "3000000/minute"}
+               "stream_connect": "30/minute", "recipients": "3000000/minute"}
 
 
 def _rate_limits(path, data):

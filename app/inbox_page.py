@@ -29,7 +29,7 @@ def _policy(html):
 
 @blp.get("/inbox")
 def inbox():
-    """The inbox page; the token comes from `#token=…`, `?token=…` or its form."""
+    """The inbox page; the token comes from `#token=…` when it loads (then erased from the address) or its form."""
     html = PAGE.read_text(encoding="utf-8")
     return Response(html, mimetype="text/html", headers={
         "Content-Security-Policy": _policy(html), "Cache-Control": "no-cache"})

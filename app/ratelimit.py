@@ -1,13 +1,16 @@
 """Rate limits, applied centrally to every endpoint, counted in Redis.
 
-Four budgets, set in `queue.yaml` under `rate_limits:` (app/domain.py checks them;
+Five budgets, set in `queue.yaml` under `rate_limits:` (app/domain.py checks them;
 a bad one stops start-up naming `rate_limits.<name>`):
 
     trigger         POST /v1/notifications/trigger and POST /v1/notifications/sse
                     (direct push): one budget per API key for both
     service         every other API-key endpoint (trigger status, contacts), per API key
     user            every bearer-token endpoint, per user (`sub` of a valid token)
-    stream_connect  opening GET /v1/notifications/sse, per user (bearer token or ticket)
+    stream_connect  opening GET /v1/notifications/sse, per user (bearer token or ticket): a token
+                    bucket (app/ratelimit_bucket.py), spent only once the per-user stream cap
+                    (429 `too_many_connections`) let the stream in, so a user at the cap is told
+                    so and never locked out by the budget for trying
     recipients      the users a trigger or a direct push reaches, per API key: a trigger to N
                     users costs N (`charge_recipients`, called by the two views once the body is
                     valid; an idempotent replay costs nothing). Requests are cheap to count, but
@@ -46,16 +49,17 @@ OpenAPI document.
 
 `RATE_LIMITS_ENABLED=false` (environment or the app's config) turns all of it off.
 """
-import json
 import logging
 import re
 
 from flask import current_app, g, request
+from limits import parse
 
 from . import auth
-from .errors import RateLimited
+from .errors import ConfigError, RateLimited
+from .ratelimit_bucket import Buckets
 from .ratelimit_windows import Counter
-from .redis_client import key as redis_key, redis
+from .redis_client import redis
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +124,15 @@ def _user_key():
 
 def _stream_key():
     """The user opening a stream, from the bearer token or, without one, from the ticket
-    (read, not consumed: the view redeems it)."""
+    (its signature checked, the ticket not consumed: the view redeems it)."""
     if auth.bearer_token() is not None:
         return _user_key()
     ticket = request.args.get("ticket")
-    if ticket and len(ticket) < 100:
+    if ticket:
+        from .streams.access import peek_ticket
         try:
-            raw = redis().get(redis_key("ticket", ticket))
-            if raw is not None:
-                return f"user:{json.loads(raw)['sub']}"
-        except Exception:  # Redis down or a bad payload: the view answers for the ticket
+            return f"user:{peek_ticket(redis(), ticket).user.id}"
+        except Exception:  # unknown, forged, or Redis down: the view answers for the ticket
             pass
     return _address()
 
@@ -143,6 +146,8 @@ def _check():
     name = _current_class()
     if name is None:
         return None
+    if name == "stream_connect":
+        return _check_stream_connect()
     counter = current_app.extensions["ratelimit"]["counter"]
     try:
         allowed, retry = counter.hit(name, KEY_FUNCTIONS[name]())
@@ -169,6 +174,54 @@ def charge_recipients(api_key_id, count):
     if not allowed:
         raise RateLimited(f"Recipient budget exceeded: {counter.limits['recipients']} (recipients); "
                           f"this request reaches {count}; retry in {retry} s", headers={"Retry-After": str(retry)})
+
+
+def _check_stream_connect():
+    """A caller known by token or ticket spends its token in the view, after the per-user cap
+    (`admit_stream`); anyone else spends one of their address's here."""
+    caller = _stream_key()
+    if caller.startswith("user:"):
+        return None
+    _spend(caller)
+    return None
+
+
+def _buckets():
+    return current_app.extensions["ratelimit"].get("stream_buckets")
+
+
+def _spend(caller, spend=True):
+    buckets = _buckets()
+    if buckets is None:
+        return
+    allowed, retry = buckets.take(caller) if spend else buckets.peek(caller)
+    if not allowed:
+        raise RateLimited(f"Too many stream connects: a burst of {buckets.capacity}, then one every "
+                          f"{1 / buckets.rate:g} s (stream_connect); retry in {retry} s",
+                          headers={"Retry-After": str(retry)})
+
+
+def admit_stream(user_id):
+    """Spend the user's stream-connect token (429 `rate_limited` with Retry-After when none is left);
+    the stream view calls it once the user's stream cap let the stream in."""
+    _spend(f"user:{user_id}")
+
+
+def check_stream_admission(user_id):
+    """429 now if the user's next stream would be refused by the budget (nothing spent): the ticket
+    endpoint's answer, which a browser can read (EventSource cannot see a status or Retry-After)."""
+    _spend(f"user:{user_id}", spend=False)
+
+
+def _stream_buckets(app):
+    """The stream-connect buckets; their burst must let a user replace every stream at once."""
+    limit = parse(app.config["DOMAIN"].rate_limits["stream_connect"])
+    floor = 2 * app.config["SSE_MAX_STREAMS_PER_USER"]
+    if limit.amount < floor:
+        raise ConfigError(app.config["QUEUE_CONFIG"], "rate_limits.stream_connect",
+                          f"a burst of {limit.amount}; at least twice SSE_MAX_STREAMS_PER_USER ({floor}) is needed "
+                          "so a user can reopen every stream at once")
+    return Buckets(app.extensions["redis"], f"{app.config['REDIS_PREFIX']}ratelimit:stream_connect", limit)
 
 
 def _document(app):
@@ -201,6 +254,7 @@ def init_app(app):
     counter = Counter(app.config["REDIS_URL"], f"{app.config['REDIS_PREFIX']}ratelimit",
                       app.config["DOMAIN"].rate_limits)
     app.extensions["ratelimit"]["counter"] = counter
+    app.extensions["ratelimit"]["stream_buckets"] = _stream_buckets(app)
     app.before_request(_check)
     _document(app)
     return counter

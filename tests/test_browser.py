@@ -434,6 +434,87 @@ def test_no_sse_parameter_and_failing_stream_fall_back_to_polling(page, services
     page.wait_badge(1)
 
 
+# ------------------------------------------------------------------------------------ the token and limits
+
+
+def test_the_token_is_taken_from_the_fragment_only_and_erased_from_the_address(page, services):
+    """`#token=` is used when the page loads, then erased from the address bar and the history;
+    a `?token=` (sent to the server, kept in logs) is never used, and erased all the same."""
+    user_id, token = new_user()
+    page.open(token)
+    assert "token" not in page.driver.current_url and token not in page.driver.current_url
+    assert page.js("return location.hash") == ""
+    assert page.js("return sessionStorage.getItem('inbox-token')") == token   # a reload keeps the session
+    page.driver.back()                                   # the entry with the token was replaced
+    assert token not in page.driver.current_url
+
+    page.driver.get(f"{services.web.url}/inbox#")
+    page.js("sessionStorage.clear()")
+    page.driver.get("about:blank")
+    page.driver.get(f"{services.web.url}/inbox?token={token}&poll=500")
+    wait_until(lambda: page.js("return !document.getElementById('token-form').hidden"), 10,
+               message="the token form (a query token is not used)")
+    assert page.js("return window.inbox.token") is None
+    assert "token=" not in page.driver.current_url and "poll=500" in page.driver.current_url
+    wait_until(lambda: services.web.open_streams() == 0, 10, message="no stream (the earlier page's closed)")
+
+
+def test_a_token_link_followed_later_does_not_swap_the_session(page, services):
+    alice, alice_token = new_user()
+    mallory, mallory_token = new_user()
+    trigger(services.web, mallory, "Mallory's bait")
+    page.open(alice_token)
+    wait_until(lambda: services.web.open_streams() == 1, 10, message="the page's stream")
+    page.js("location.hash = '#token=' + arguments[0]", mallory_token)
+    wait_until(lambda: page.js("return location.hash") == "", 5, message="the token erased from the address")
+    trigger(services.web, alice, "For Alice")
+    page.wait_titles("For Alice")
+    assert page.js("return window.inbox.token") == alice_token
+    assert "Mallory's bait" not in page.titles()
+    assert page.state() == ["live", "sse"] and services.web.open_streams() == 1
+
+
+def test_the_client_honours_retry_after(page, services, processes, tmp_path):
+    """A spent connect budget: the ticket request answers 429 with Retry-After (what the stream
+    would answer, which EventSource cannot read), and the client asks nothing of the server
+    again until that time has passed; then the stream opens."""
+    import yaml
+    config = yaml.safe_load((REPO / "queue.yaml").read_text())
+    config["rate_limits"]["stream_connect"] = "2/10 seconds"        # a burst of 2, one every 5 s
+    queue = tmp_path / "queue.yaml"
+    queue.write_text(yaml.safe_dump(config))
+    limited = processes.start_web(dict(services.env, **PAGE_ENV, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=str(queue)),
+                                  workers=1, keepalive=1, SSE_MAX_STREAMS_PER_USER=1)
+    user_id, token = new_user()
+    page.open(token, web=limited)
+    page.js("window.inbox.client.stop()")
+    wait_until(lambda: limited.open_streams() == 0, 10, message="the page's stream to close")
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(5):                                   # spend what is left of the bucket
+        stream = limited.stream(headers=headers)
+        stream.close()
+        if stream.status_code == 429:
+            break
+        wait_until(lambda: limited.open_streams() == 0, 10, message="the stream to close")
+    assert stream.status_code == 429
+    page.js("""window.ticketCalls = [];
+               const original = window.fetch;
+               window.fetch = async function (url, init) {
+                 const response = await original.apply(this, arguments);
+                 if (String(url).endsWith('/sse/ticket')) window.ticketCalls.push(
+                   [performance.now(), response.status, response.headers.get('Retry-After')]);
+                 return response;
+               };
+               window.inbox.client.start();""")
+    page.wait_state("live", timeout=20)
+    calls = page.js("return window.ticketCalls")
+    (first_at, status, retry_after), *rest = calls
+    assert status == 429 and int(retry_after) >= 2, calls
+    assert rest and rest[-1][1] == 201, calls
+    gap = (rest[0][0] - first_at) / 1000
+    assert gap >= int(retry_after) - 0.05, f"asked again {gap:.2f}s after a Retry-After of {retry_after}s: {calls}"
+
+
 # ------------------------------------------------------------------------------------ screenshot
 
 

@@ -332,3 +332,16 @@ def test_start_up_warns_without_audience_or_issuer_outside_development(base_env)
     assert quiet.returncode == 0 and "JWT_AUDIENCE" not in quiet.stderr
     development = run_import(start_env(base_env))
     assert development.returncode == 0 and "JWT_AUDIENCE" not in development.stderr
+
+
+# ---------------------------------------------------------------- stream settings (Issue 16 point 6)
+
+
+def test_keepalive_above_the_spec_is_refused(base_env):
+    """The SPEC promises a keep-alive at least every 20 s; a longer interval is a config error."""
+    environ = dict(AUTH, NOTIFICATIONS_CONFIG=DEFAULT_NOTIFICATIONS, QUEUE_CONFIG=DEFAULT_QUEUE)
+    assert load_settings(environ=dict(environ, SSE_KEEPALIVE_SECONDS="20"))["SSE_KEEPALIVE_SECONDS"] == 20
+    result = run_import(start_env(base_env, SSE_KEEPALIVE_SECONDS="21"))
+    assert result.returncode == 2
+    assert "started" not in result.stdout
+    assert_one_clean_line(result.stderr, "environment", "SSE_KEEPALIVE_SECONDS", "20 s")

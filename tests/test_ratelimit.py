@@ -264,27 +264,35 @@ def test_calls_without_valid_credentials_are_limited_per_address(make_app):
     assert client.get(path, headers=SERVICE).status_code == 404
 
 
-def test_stream_connects_are_limited_per_user_with_a_token_or_a_ticket(make_app):
-    """Opening a stream that the view then refuses (403: customer outside the token) still
-    counts as a connect, so no stream has to be held open here."""
-    client = make_app(stream_connect="3/minute", user="100/minute").test_client()
+def test_stream_refusals_before_the_cap_spend_nothing_and_unknown_callers_spend_their_address(make_app):
+    """The stream budget is a token bucket spent only once the per-user cap let a stream in (the
+    real streams are in tests/test_stream_security.py): a stream the view refuses (403: customer
+    outside the token) spends nothing, whatever the count; a caller with no valid ticket spends
+    the bucket of its address, and a known user is not held to that bucket."""
+    client = make_app(stream_connect="20/minute", user="100/minute").test_client()
     alice, mine, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     headers = bearer(alice, customers=[mine])
-    assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=headers).status_code == 403
-    assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=headers).status_code == 403
+    for _ in range(25):
+        assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=headers).status_code == 403
+    for _ in range(20):
+        assert client.get("/v1/notifications/sse?ticket=unknown").status_code == 401
+    retry = assert_rate_limited(client.get("/v1/notifications/sse?ticket=unknown"))
+    assert retry <= 3                                    # a token comes back every 3 s
     ticket = client.post("/v1/notifications/sse/ticket", headers=headers).get_json()["ticket"]
     assert client.get(f"/v1/notifications/sse?ticket={ticket}&customer_id={other}").status_code == 403
-    ticket = client.post("/v1/notifications/sse/ticket", headers=headers).get_json()["ticket"]
-    assert_rate_limited(client.get(f"/v1/notifications/sse?ticket={ticket}&customer_id={other}"))
-    assert_rate_limited(client.get("/v1/notifications/sse", headers=headers))
-    # the user's REST budget is separate, and so is another user's stream budget
-    assert client.get("/v1/notifications", headers=headers).status_code == 200
-    bob = bearer(uuid.uuid4(), customers=[mine])
-    assert client.get(f"/v1/notifications/sse?customer_id={other}", headers=bob).status_code == 403
+
+
+def test_a_stream_budget_under_twice_the_per_user_cap_stops_start_up(clean, tmp_path):
+    from app import create_app
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        create_app(dict(clean, RATE_LIMITS_ENABLED="true", SSE_MAX_STREAMS_PER_USER="10",
+                        QUEUE_CONFIG=queue_yaml(tmp_path, stream_connect="19/minute")))
+    assert caught.value.key == "rate_limits.stream_connect" and "20" in caught.value.problem
 
 
 def test_probes_docs_and_preflight_are_not_limited(make_app):
-    client = make_app(user="1/minute", service="1/minute", trigger="1/minute", stream_connect="1/minute").test_client()
+    client = make_app(user="1/minute", service="1/minute", trigger="1/minute", stream_connect="20/minute").test_client()
     for _ in range(3):
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             assert client.get(path).status_code == 200, path

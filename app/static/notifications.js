@@ -22,6 +22,11 @@
  *                 connecting, live, reconnecting, polling, unauthorized, stopped
  *   error         {error}: the token was refused (the client stops; call start() again)
  *
+ * A 429 (the per-user stream cap, or a budget: `error.retryAfter` holds its Retry-After in
+ * seconds) is honoured: nothing is asked of the server again before Retry-After has passed.
+ * EventSource cannot see a status, so the stream's refusal is read from the ticket request,
+ * which the server answers with the 429 the stream would get.
+ *
  * Reconnects: the ticket is single use and EventSource's own Last-Event-ID is lost with a
  * new URL, so every reconnect fetches a new ticket and sends `&last_event_id=<cursor>`.
  * Fallback: without EventSource, or after `sseFailureLimit` consecutive streams that would
@@ -63,14 +68,29 @@
   const PAGE_SLACK_MS = 5000; // polling: an unknown item older than the newest known one by more is not new
 
   class NotificationsError extends Error {
-    constructor(status, body, fallbackMessage) {
+    constructor(status, body, fallbackMessage, retryAfter) {
       const message = (body && body.message) || fallbackMessage || ('HTTP ' + status);
       super(message);
       this.name = 'NotificationsError';
       this.status = status;            // 0 = no answer (network, timeout)
       this.code = body && body.code ? body.code : null;
       this.body = body || null;
+      this.retryAfter = retryAfter == null ? null : retryAfter; // seconds, from a 429's Retry-After
     }
+  }
+
+  /** Retry-After as seconds (a number of seconds or an HTTP date), or null. */
+  function parseRetryAfter(value) {
+    if (!value) return null;
+    if (/^\s*\d+\s*$/.test(value)) return Number(value);
+    const at = Date.parse(value);
+    return isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+  }
+
+  /** The delay before the next attempt: the back-off, but never less than the server asked. */
+  function delayAfter(error, fallback) {
+    const asked = error && error.retryAfter != null ? error.retryAfter * 1000 : 0;
+    return Math.max(fallback, asked);
   }
 
   function backoff(base, max, attempt) {
@@ -279,8 +299,10 @@
       } catch (error) {
         if (this._conn !== conn) return;
         if (error.status === 401) return this._unauthorized(error);
-        // No answer (server down, network): polling would not help, keep backing off.
-        return this._streamFailed(conn, error, false);
+        // 429: wait as long as asked. At the per-user stream cap the server did answer (so polling
+        // may take over); a spent connect budget, or no answer at all (server down, network):
+        // polling would not help, keep backing off.
+        return this._streamFailed(conn, error, error.code === 'notifications_m.too_many_connections');
       }
       if (this._conn !== conn) return;
 
@@ -335,7 +357,7 @@
       if (this._conn === conn) this._closeStream();
       if (!this._running) return;
       if (this.transport === 'polling') { // a probe while polling: try again later
-        this._timer('probe', this.options.sseRetryInterval, () => this._connect());
+        this._timer('probe', delayAfter(error, this.options.sseRetryInterval), () => this._connect());
         return;
       }
       this.failures += 1;
@@ -345,8 +367,8 @@
         return;
       }
       this._setStatus('reconnecting', 'sse', {error: error, force: true});
-      this._timer('reconnect', backoff(this.options.reconnectDelay, this.options.maxReconnectDelay, this.failures),
-        () => this._connect());
+      const delay = backoff(this.options.reconnectDelay, this.options.maxReconnectDelay, this.failures);
+      this._timer('reconnect', delayAfter(error, delay), () => this._connect());
     }
 
     _streamUrl(ticket) {
@@ -457,7 +479,7 @@
         if (this.state !== 'polling') this._setStatus('polling', 'polling');
       } catch (error) {
         if (error.status === 401) return this._unauthorized(error);
-        this._pollDelay = Math.min(this.options.maxPollInterval, this._pollDelay * 2);
+        this._pollDelay = delayAfter(error, Math.min(this.options.maxPollInterval, this._pollDelay * 2));
         this._setStatus('polling', 'polling', {error: error, force: true});
       }
       if (!this._running || this.transport !== 'polling') return;
@@ -570,7 +592,10 @@
           data = null;
         }
       }
-      if (!response.ok) throw new NotificationsError(response.status, data);
+      if (!response.ok) {
+        const retryAfter = response.status === 429 ? parseRetryAfter(response.headers.get('Retry-After')) : null;
+        throw new NotificationsError(response.status, data, null, retryAfter);
+      }
       return data;
     }
 

@@ -3,6 +3,11 @@
 Browsers cannot set headers on EventSource, so a page trades its bearer token
 for a ticket (random, single use, ~60 s) and puts it in the stream URL; the
 ticket is consumed atomically (GETDEL), so a leaked URL is useless once used.
+Redis is shared infrastructure, not trusted to say who a ticket is for: it
+holds the ticket's id and its payload (user, customers, the token's `exp`),
+and the string handed to the client is `<id>.<HMAC of id and payload>` under
+SECRET_KEY (app/keyed.py). An entry written or altered in Redis has no valid
+signature, and Redis never holds the signature, so reading it opens nothing.
 The per-user limit counts streams in Redis across every worker and server;
 each entry expires unless its stream refreshes it, so a crashed process
 cannot hold a user's slots for long.
@@ -11,7 +16,9 @@ import json
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 
+from .. import keyed
 from ..auth import User
 from ..errors import InvalidTicket, TooManyConnections
 from ..redis_client import key
@@ -28,21 +35,57 @@ SLOT_REFRESH = 60     # how often an open stream refreshes it
 STREAM_PATH = "/v1/notifications/sse"
 
 
-def issue_ticket(redis, user, ttl):
-    ticket = secrets.token_urlsafe(32)
-    payload = {"sub": str(user.id), "customers": None if user.customers is None else [str(c) for c in user.customers]}
-    redis.set(key("ticket", ticket), json.dumps(payload), ex=ttl)
-    return ticket
+TICKET_PURPOSE = "stream-ticket"
+MAX_TICKET_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A verified ticket's payload: whose stream it opens, and until when."""
+    user: User
+    expires_at: float   # the `exp` of the token the ticket was issued from
+
+
+def issue_ticket(redis, user, ttl, expires_at):
+    """A new single-use ticket for `user`, valid `ttl` seconds; its stream ends at `expires_at`."""
+    ticket_id = secrets.token_urlsafe(18)
+    payload = json.dumps({"sub": str(user.id), "exp": expires_at,
+                          "customers": None if user.customers is None else [str(c) for c in user.customers]})
+    redis.set(key("ticket", ticket_id), payload, ex=ttl)
+    return f"{ticket_id}.{keyed.sign(TICKET_PURPOSE, _signed_text(ticket_id, payload))}"
 
 
 def redeem_ticket(redis, ticket):
-    """The user a ticket was issued to; it cannot be used again."""
-    raw = redis.getdel(key("ticket", ticket)) if ticket and len(ticket) < 100 else None
-    if raw is None:
+    """The ticket's payload; it cannot be used again (consumed even when its signature is wrong)."""
+    ticket_id, signature = _split(ticket)
+    raw = redis.getdel(key("ticket", ticket_id)) if ticket_id else None
+    return _verified(ticket_id, raw, signature)
+
+
+def peek_ticket(redis, ticket):
+    """The ticket's payload without using it up (a HEAD, the rate limit's caller)."""
+    ticket_id, signature = _split(ticket)
+    raw = redis.get(key("ticket", ticket_id)) if ticket_id else None
+    return _verified(ticket_id, raw, signature)
+
+
+def _split(ticket):
+    if not ticket or len(ticket) > MAX_TICKET_LENGTH or ticket.count(".") != 1:
+        return None, None
+    return tuple(ticket.split("."))
+
+
+def _signed_text(ticket_id, payload):
+    return f"{ticket_id}\x00{payload.decode() if isinstance(payload, bytes) else payload}"
+
+
+def _verified(ticket_id, raw, signature):
+    if raw is None or not keyed.verify(TICKET_PURPOSE, _signed_text(ticket_id, raw), signature):
         raise InvalidTicket()
     payload = json.loads(raw)
     customers = payload["customers"]
-    return User(uuid.UUID(payload["sub"]), None if customers is None else tuple(uuid.UUID(c) for c in customers))
+    user = User(uuid.UUID(payload["sub"]), None if customers is None else tuple(uuid.UUID(c) for c in customers))
+    return Ticket(user, float(payload["exp"]))
 
 
 class Slots:
@@ -63,6 +106,11 @@ class Slots:
         if not self.script(keys=[self._key(user_id)], args=[now, now + SLOT_TTL, self.limit, slot, SLOT_TTL]):
             raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
         return slot
+
+    def check_room(self, user_id):
+        """429 now if the user holds every stream they may (nothing taken): for the ticket endpoint."""
+        if self.redis.zcount(self._key(user_id), time.time(), "+inf") >= self.limit:
+            raise TooManyConnections(f"At most {self.limit} open streams per user; close one first")
 
     def refresh_many(self, pairs, batch=1000):
         """Push back the expiry of every (user id, slot) given: one pipeline per batch."""

@@ -1,6 +1,7 @@
 """Server-Sent Events framing. Each event is encoded once, then shared by every stream."""
 
 KEEPALIVE = b": keep-alive\n\n"
+EXPIRED = b": credentials expired; reconnect with a fresh token or ticket and Last-Event-ID\n\n"
 
 
 def opening(retry_ms):

@@ -37,7 +37,7 @@ def response(environ, keeper, stream, frames):
     if _detachable(environ.get("gunicorn.socket")):
         environ[HANDOFF] = functools.partial(_detach, environ, keeper, stream, frames)
         return Response(iter(()), mimetype="text/event-stream", headers=HEADERS)
-    sink = stream.sink = QueueSink(stream, keeper.queue_size)
+    sink = stream.sink = QueueSink(stream, keeper.queue_size, keeper.backlog_max_bytes)
     stream.resume(frames)
     return Response(sink.body(), mimetype="text/event-stream", headers=dict(HEADERS, Connection="keep-alive"))
 
@@ -58,7 +58,7 @@ def _detach(environ, keeper, stream, frames, status, headers):
     lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     fd = environ["gunicorn.socket"].detach()
-    stream.sink = SocketSink(fd, stream, keeper.queue_size, keeper.peer_timeout, chunked)
+    stream.sink = SocketSink(fd, stream, keeper.queue_size, keeper.peer_timeout, chunked, keeper.backlog_max_bytes)
     stream.sink.write_raw((head,))
     stream.resume(frames)
 

@@ -5,6 +5,9 @@ used to do for itself is done here, in bulk:
 
 - keep-alives: one ticker writes `: keep-alive` to every stream idle for
   `SSE_KEEPALIVE_SECONDS` (checked every quarter of it, at most every second);
+- expiry: the same ticker ends every stream whose credentials' `exp` has
+  passed (so before its next keep-alive), with a last comment and the body's
+  proper end; the client reconnects with fresh credentials and its cursor;
 - per-user slots (app/streams/access.py): refreshed for every open stream in
   one pipeline a minute, released in one pipeline as streams close;
 - catch-ups from PostgreSQL (after the hub lost Redis, or a customer-scoped
@@ -56,6 +59,8 @@ class Keeper:
         self.keepalive = config["SSE_KEEPALIVE_SECONDS"]
         self.queue_size = config["SSE_QUEUE_SIZE"]
         self.replay_limit = config["SSE_REPLAY_LIMIT"]
+        self.replay_max_bytes = config["SSE_REPLAY_MAX_BYTES"]
+        self.backlog_max_bytes = config["SSE_BACKLOG_MAX_BYTES"]
         self.peer_timeout = config["SSE_PEER_TIMEOUT_SECONDS"]
         self.max_streams = config["SSE_MAX_STREAMS_PER_WORKER"] or max(
             100, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_RESERVE)
@@ -67,12 +72,20 @@ class Keeper:
                                                        for _ in range(CATCH_UP_WORKERS)]
 
     # -- opening --------------------------------------------------------------------------------
-    def open(self, user_id, customers, peer):
-        """A registered, busy stream holding a slot (429 past the user's limit, 503 past the process's)."""
+    def open(self, user_id, customers, peer, expires_at=float("inf"), admit=None):
+        """A registered, busy stream holding a slot (429 past the user's limit, 503 past the process's),
+        ending at `expires_at` (wall clock). `admit()`, once the slot is held, may still refuse it
+        (the connect budget): a user at the cap is told so before any budget is spent."""
         if self.open_count >= self.max_streams:
             raise ServiceUnavailable("This server holds as many streams as it can; retry shortly")
         slot = self.slots.acquire(user_id, customers)
-        stream = Stream(self, user_id, self.hub.channel(user_id), customers, slot, peer)
+        if admit is not None:
+            try:
+                admit()
+            except BaseException:
+                self.slots.release_many([(user_id, slot)])
+                raise
+        stream = Stream(self, user_id, self.hub.channel(user_id), customers, slot, peer, expires_at)
         self.open_count += 1
         OPEN_STREAMS.inc()
         try:
@@ -97,7 +110,8 @@ class Keeper:
         return out
 
     def _missed(self, conn, stream, after):
-        out, last = replay.missed(conn, stream.user_id, stream.customers, after, self.replay_limit)
+        out, last = replay.missed(conn, stream.user_id, stream.customers, after, self.replay_limit,
+                                  self.replay_max_bytes)
         return out + [self._counts(conn, stream)], last
 
     def _counts(self, conn, stream):
@@ -153,11 +167,15 @@ class Keeper:
             self.wake.wait(interval)
             self.wake.clear()
             self._release_slots()
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             streams = self.hub.all_streams()
             for stream in streams:
                 sink = stream.sink
-                if sink is not None and not stream.closed and now - sink.last_write >= self.keepalive:
+                if sink is None or stream.closed:
+                    continue
+                if stream.expires_at <= wall:
+                    stream.close("credentials expired", farewell=frames.EXPIRED)
+                elif now - sink.last_write >= self.keepalive:
                     sink.write(frames.KEEPALIVE)
             if now >= refresh_at:
                 refresh_at = now + access.SLOT_REFRESH

@@ -1,11 +1,16 @@
 """`GET /v1/notifications/sse` (the stream) and `POST /v1/notifications/sse/ticket`."""
+import functools
+import time
+
+import jwt
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 import marshmallow as ma
 
+from .. import ratelimit
 from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
 from ..redis_client import redis
 from . import access, frames, handoff
 from .keeper import keeper, new_peer
@@ -43,10 +48,20 @@ def _cursor(query_value):
     return value
 
 
-def _user(ticket):
+def _caller(ticket, consume=True):
+    """(the user, when their credentials expire): from the bearer token, else from the ticket,
+    which a GET uses up and a HEAD only checks."""
     if ticket is not None and bearer_token() is None:
-        return access.redeem_ticket(redis(), ticket)
-    return current_user() if ticket is None else decode_token(bearer_token(), current_app.config)
+        found = (access.redeem_ticket if consume else access.peek_ticket)(redis(), ticket)
+        return found.user, found.expires_at
+    token = bearer_token()
+    user = current_user() if ticket is None else decode_token(token, current_app.config)
+    return user, _expiry(token)
+
+
+def _expiry(token):
+    """The `exp` of a bearer token that was just verified."""
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
 
 
 @blp.route("/sse")
@@ -63,7 +78,9 @@ class StreamView(MethodView):
         Reconnect with `Last-Event-ID` (or `?last_event_id=`) to receive every
         missed notification in order, then the live stream.
         """
-        user = _user(ticket)
+        user, expires_at = _caller(ticket, consume=request.method != "HEAD")
+        if expires_at <= time.time():   # within the tokens' clock leeway: it would end at once
+            raise InvalidUserId() if ticket is None else InvalidTicket()
         user.check_customer(customer_id)
         cursor = _cursor(last_event_id)
         config = current_app.config
@@ -76,7 +93,8 @@ class StreamView(MethodView):
         if request.method == "HEAD":   # the headers a GET would get, and no stream
             return Response(b"", mimetype="text/event-stream", headers=handoff.HEADERS)
         the_keeper = keeper(current_app)
-        stream = the_keeper.open(user.id, customers, new_peer(request.environ, g.get("request_id")))
+        stream = the_keeper.open(user.id, customers, new_peer(request.environ, g.get("request_id")), expires_at,
+                                 admit=functools.partial(ratelimit.admit_stream, user.id))
         try:
             frames_ = [frames.opening(config["SSE_RETRY_MS"])] + the_keeper.first_frames(stream, cursor)
         except BaseException:
@@ -94,5 +112,10 @@ class TicketView(MethodView):
     def post(self):
         """Trade the bearer token for a single-use stream ticket (about a minute)"""
         ttl = current_app.config["SSE_TICKET_TTL_SECONDS"]
-        ticket = access.issue_ticket(redis(), current_user(), ttl)
+        user = current_user()
+        # A stream the ticket could not open is refused here, where a browser can read the 429
+        # and its Retry-After (EventSource sees neither).
+        access.slots(current_app).check_room(user.id)
+        ratelimit.check_stream_admission(user.id)
+        ticket = access.issue_ticket(redis(), user, ttl, _expiry(bearer_token()))
         return {"ticket": ticket, "expires_in": ttl, "stream_url": f"/v1/notifications/sse?ticket={ticket}"}

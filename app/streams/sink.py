@@ -5,8 +5,13 @@ gunicorn's request, parser and environ) on each one cost about 26 KB per
 stream; a `SocketSink` costs a socket object and one libev watcher. The hub
 writes each frame with a non-blocking `send` the moment it arrives. What the
 kernel's buffer cannot take waits in `pending`, flushed by a write watcher
-when the socket drains; a client that lets more than `limit` writes pile up is
-cut (it resumes from its cursor), so a slow client never holds anyone up.
+when the socket drains; a client that lets more than `limit` writes or
+`max_bytes` bytes of live events pile up is cut (it resumes from its cursor),
+so a slow client never holds anyone up, and what a stream can hold in this
+process's memory is bounded whatever its notifications weigh. A replay from
+PostgreSQL (bounded by SSE_REPLAY_MAX_BYTES) goes out in one write, most of it
+waiting for a client that just connected: it is `exempt` from the live cap, so
+a stream holds at most its replay plus SSE_BACKLOG_MAX_BYTES.
 
 The read watcher sees a client leave at once: an SSE client sends nothing
 after its request, so readable means closed (or reset). A peer that vanished
@@ -33,15 +38,16 @@ READABLE, WRITABLE = 1, 2
 class SocketSink:
     """A stream's detached client socket, non-blocking, owned by this process's hub."""
 
-    __slots__ = ("sock", "stream", "pending", "reader", "writer", "sent", "last_write", "limit", "chunked")
+    __slots__ = ("sock", "stream", "pending", "reader", "writer", "sent", "written", "exempt", "last_write", "limit",
+                 "max_bytes", "chunked")
 
-    def __init__(self, fd, stream, limit, peer_timeout, chunked):
+    def __init__(self, fd, stream, limit, peer_timeout, chunked, max_bytes):
         self.sock = _socket.socket(fileno=fd)
         self.chunked = chunked   # HTTP/1.1: every write is one chunk of the chunked body
         self.sock.setblocking(False)
-        self.stream, self.limit = stream, limit
+        self.stream, self.limit, self.max_bytes = stream, limit, max_bytes
         self.pending = self.writer = None
-        self.sent = 0
+        self.sent = self.written = self.exempt = 0   # bytes the kernel took; bytes given; given exempt
         self.last_write = time.monotonic()
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(peer_timeout * 1000))
@@ -51,19 +57,22 @@ class SocketSink:
         self.reader = gevent.get_hub().loop.io(fd, READABLE)
         self.reader.start(self._readable)
 
-    def write(self, data):
-        """Write one piece of the body (framed as a chunk when chunked)."""
+    def write(self, data, exempt=False):
+        """Write one piece of the body (framed as a chunk when chunked); `exempt`: a replay."""
         if self.chunked:
-            self.write_raw((b"%x\r\n" % len(data), data, b"\r\n"))
+            self.write_raw((b"%x\r\n" % len(data), data, b"\r\n"), exempt)
         else:
-            self.write_raw((data,))
+            self.write_raw((data,), exempt)
 
-    def write_raw(self, parts):
+    def write_raw(self, parts, exempt=False):
         """Send `parts` as they are, in one system call, without joining them."""
         self.last_write = time.monotonic()
+        self.written += sum(len(part) for part in parts) if len(parts) > 1 else len(parts[0])
+        if exempt:
+            self.exempt = self.written
         if self.pending is not None:
             self.pending.append(b"".join(parts))
-            if len(self.pending) > self.limit:
+            if len(self.pending) > self.limit or self.written - max(self.sent, self.exempt) > self.max_bytes:
                 self.stream.close("too slow")
             return
         sent = self._send(parts)
@@ -74,6 +83,8 @@ class SocketSink:
             self.pending = deque([memoryview(b"".join(parts))[sent:]])
             self.writer = gevent.get_hub().loop.io(self.sock.fileno(), WRITABLE)
             self.writer.start(self._writable)
+            if self.written - max(self.sent, self.exempt) > self.max_bytes:
+                self.stream.close("too slow")
 
     def _send(self, parts):
         """Bytes the kernel took (0 when its buffer is full); None when the client is gone."""
@@ -113,6 +124,15 @@ class SocketSink:
             self.stream.close("closed by the client")
         # bytes from a client that should send none after its request: read and ignored
 
+    def finish(self, frame):
+        """End the body properly (the last chunk) when nothing waits: never blocks, never queues."""
+        if self.pending is None:
+            parts = (b"%x\r\n" % len(frame), frame, b"\r\n0\r\n\r\n") if self.chunked else (frame,)
+            try:
+                self.sock.sendmsg(parts)
+            except OSError:
+                pass
+
     def _stop(self, name):
         watcher = getattr(self, name)
         if watcher is not None:
@@ -134,24 +154,33 @@ class QueueSink:
     """For servers that do not hand their socket over (the Flask test client, a development
     server): writes wait in a list that the response generator drains."""
 
-    __slots__ = ("stream", "chunks", "ready", "closed", "sent", "last_write", "limit")
+    __slots__ = ("stream", "chunks", "ready", "closed", "sent", "written", "exempt", "last_write", "limit",
+                 "max_bytes")
 
-    def __init__(self, stream, limit):
-        self.stream, self.limit = stream, limit
+    def __init__(self, stream, limit, max_bytes):
+        self.stream, self.limit, self.max_bytes = stream, limit, max_bytes
         self.chunks = []
         self.ready = gevent.event.Event()
         self.closed = False
-        self.sent = 0
+        self.sent = self.written = self.exempt = 0
         self.last_write = time.monotonic()
 
-    def write(self, data):
+    def write(self, data, exempt=False):
         if self.closed:
             return
         self.last_write = time.monotonic()
         self.chunks.append(data)
-        if len(self.chunks) > self.limit:
+        self.written += len(data)
+        if exempt:
+            self.exempt = self.written
+        if len(self.chunks) > self.limit or self.written - max(self.sent, self.exempt) > self.max_bytes:
             self.stream.close("too slow")
         self.ready.set()
+
+    def finish(self, frame):
+        """The generator ends after this frame: gunicorn writes the body's end."""
+        if not self.closed:
+            self.chunks.append(frame)
 
     def close(self):
         self.closed = True

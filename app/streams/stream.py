@@ -20,10 +20,11 @@ UNREAD_CHANGED = object()
 
 class Stream:
     __slots__ = ("user_id", "channel", "customers", "slot", "last", "sink", "batch", "queue", "closed",
-                 "keeper", "opened_at", "peer", "__weakref__")
+                 "keeper", "opened_at", "peer", "expires_at", "__weakref__")
 
-    def __init__(self, keeper, user_id, channel, customers, slot, peer):
+    def __init__(self, keeper, user_id, channel, customers, slot, peer, expires_at=float("inf")):
         self.keeper = keeper
+        self.expires_at = expires_at   # wall clock: the credentials' `exp`; the stream ends then
         self.user_id, self.channel, self.slot, self.peer = user_id, channel, slot, peer
         self.customers = customers   # None: every customer; else allowed customer ids ('' = none)
         self.last = 0                # the cursor: newest seq written
@@ -70,8 +71,8 @@ class Stream:
             return
         if last is not None:
             self.last = max(self.last, last)
-        if frames:
-            self.sink.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if frames:   # bounded by the replay's own cap: exempt from the live backlog's
+            self.sink.write(frames[0] if len(frames) == 1 else b"".join(frames), exempt=True)
         waiting, self.queue = self.queue, None
         if waiting and not self.closed:
             self._write(waiting)
@@ -92,12 +93,16 @@ class Stream:
         if out and not self.closed:
             self.sink.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def close(self, reason):
-        """Safe from anywhere (the hub, a libev callback, a request) and more than once."""
+    def close(self, reason, farewell=None):
+        """Safe from anywhere (the hub, a libev callback, a request) and more than once.
+        `farewell`: a last frame, and the body's proper end, for a client that keeps up (an
+        ending it can tell from a dropped connection); a client that lags is simply cut."""
         if self.closed:
             return
         self.closed = True
         self.batch = self.queue = None
         if self.sink is not None:
+            if farewell is not None:
+                self.sink.finish(farewell)
             self.sink.close()
         self.keeper.forget(self, reason)
