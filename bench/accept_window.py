@@ -1,13 +1,13 @@
 """How long a worker kill can still cause a resend: from the SMTP server having a message to its record.
 
-    python bench/accept_window.py [-n 500]
+    python -m bench.accept_window [-n 500]
 
 A duplicate email needs the worker to die after the SMTP server has a whole message
 (it answers 250 to DATA and keeps it, whether the client is still there or not) and
 before the statement that records the delivery as sent is on its way to PostgreSQL.
 This measures that window for N deliveries, on one clock (the machine's):
 
-- start: the SMTP server (tests/fake_providers.py `SMTPProcess`: aiosmtpd in a process
+- start: the SMTP server (testkit/providers.py `SMTPProcess`: aiosmtpd in a process
   of its own, answering without parsing the message first) reads `time.time()` when it
   has the whole message, just before it answers 250;
 - end: the worker reads the same clock just before it hands to psycopg2 the statement
@@ -28,15 +28,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
+import uuid
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(ROOT / "tests"), str(ROOT / "bench"), str(ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import psycopg2
+import psycopg2.extras
+
+from devtools.services import postgres_url, redis_server
+from testkit.api import trigger
+from testkit.config_files import channel_config
+from testkit.database import Database, service_env
+from testkit.jobs import run_jobs
+from testkit.providers import SMTPProcess
+from tests.faults.crash import quantiles
 
 RECORDS = []   # time.time() at which a "sent" record was handed over to be committed
 DOTS = []      # time.time() at which smtplib's send of the message and its final dot returned
@@ -91,19 +96,14 @@ def stamping_connect():
 
 
 def run(n):
-    import uuid
-
-    import psycopg2
-    import psycopg2.extras
-
     from app import create_app, db as app_db
-    from fake_providers import SMTPProcess, channel_config, work
-    from faults import SERVICE, _standalone_env
-
-    env, _redis, cleanup = _standalone_env()
+    server_url, stop_postgres = postgres_url()
+    redis = redis_server()
+    database = Database(server_url, prefix="notif_window")
+    env = service_env(database.url, redis.url)
     smtp = SMTPProcess().start()
     try:
-        config = channel_config(Path(tempfile.mkdtemp(prefix="accept-window-")), {"email": {"enabled": True}})
+        config = channel_config(tempfile.mkdtemp(prefix="accept-window-"), {"email": {"enabled": True}})
         app_db.psycopg2.connect = stamping_connect()
         stamping_smtp()
         app = create_app(dict(env, **config, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
@@ -114,21 +114,21 @@ def run(n):
         conn.close()
         client = app.test_client()
         for user_id, _ in users:
-            body = {"type": "chat", "event": "message_received", "title": "window", "user_ids": [user_id]}
-            assert client.post("/v1/notifications/trigger", json=body, headers=SERVICE).status_code == 202
-        work(app)
+            trigger(client, [user_id], title="window")
+        run_jobs(app)
         app.extensions["db_pool"].close()
         messages = list(smtp.messages)
     finally:
         smtp.stop()
-        cleanup()
+        database.drop()
+        redis.stop()
+        stop_postgres()
     accepted = [m["at"] for m in messages]
     messages = len(messages)
     return accepted, messages
 
 
 def main(argv=None):
-    from faults import quantiles
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=500, help="deliveries to measure")
     args = parser.parse_args(argv)

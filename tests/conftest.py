@@ -1,4 +1,4 @@
-"""Real services for the tests: PostgreSQL, a private Redis, RQ, gunicorn.
+"""Real services for the tests: PostgreSQL, a private Redis, RQ, gunicorn (helpers: testkit/).
 
 A test run creates its own database (migrated once) on the PostgreSQL of
 DATABASE_URL, or an embedded one when that is unset, and starts its own
@@ -6,28 +6,17 @@ redis-server on a free port, so runs never see each other's data and fault
 tests may stop and start that Redis. Each test starts from empty tables and
 an empty Redis.
 """
-import os
-import secrets
-import time
 import uuid
 
-import jwt
 import psycopg2
 import pytest
+import redis
 
 from devtools.services import postgres_url, redis_server
-
-JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
-API_KEY = "test-api-key"
-OTHER_API_KEY = "second-service-key"
-
-
-def _admin_url(url, dbname):
-    """The same server, another database name."""
-    from psycopg2.extensions import make_dsn, parse_dsn
-    params = parse_dsn(url)
-    params["dbname"] = dbname
-    return make_dsn(**params)
+from testkit import database
+from testkit.identity import bearer, make_token
+from testkit.processes import ProcessGroup
+from testkit.providers import FakeSMTP
 
 
 @pytest.fixture(scope="session")
@@ -40,19 +29,22 @@ def pg_server():
 @pytest.fixture(scope="session")
 def database_url(pg_server):
     """A database of this run's own, migrated from zero, dropped at the end."""
-    from app.migrate import migrate
-    name = f"notif_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = psycopg2.connect(_admin_url(pg_server, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = _admin_url(pg_server, name)
-    migrate(url, echo=lambda *_: None)
-    yield url
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
+    with database.Database(pg_server) as db:
+        yield db.url
+
+
+@pytest.fixture
+def empty_database(pg_server):
+    """An empty database of its own on the run's server (no migration applied), dropped afterwards."""
+    with database.Database(pg_server, prefix="notif_empty", migrated=False) as db:
+        yield db.url
+
+
+@pytest.fixture
+def other_database(pg_server):
+    """A second deployment's database on the same server, migrated; dropped afterwards."""
+    with database.Database(pg_server, prefix="notif_other") as db:
+        yield db.url
 
 
 @pytest.fixture(scope="session")
@@ -65,77 +57,20 @@ def redis_proc():
 @pytest.fixture(scope="session")
 def base_env(database_url, redis_proc):
     """The environment a service process of this run gets (web, worker)."""
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_proc.url,
-        "REDIS_PREFIX": "notif:",
-        "JWT_SECRET": JWT_SECRET,
-        "API_KEYS": f"{API_KEY},{OTHER_API_KEY}",
-        "RATE_LIMITS_ENABLED": "false",  # load tests exceed them; tests/test_ratelimit.py turns them on
-        "DEVELOPMENT": "true",           # the test keys and secrets are short development values
-    }
-
-
-def _truncate(cur, tables, attempts=20):
-    """TRUNCATE locks table after table; a service process of an earlier test (a module-scoped
-    gunicorn, a worker's relay) reading two of them in the other order can deadlock with it.
-    PostgreSQL then aborts one side: ours is simply tried again."""
-    for attempt in range(attempts):
-        try:
-            cur.execute("SET lock_timeout = '5s'")
-            cur.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
-            return
-        except (psycopg2.errors.DeadlockDetected, psycopg2.errors.LockNotAvailable):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2)
-
-
-def _clean(database_url, redis_url):
-    conn = psycopg2.connect(database_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                    " AND tablename <> 'schema_migrations'")
-        tables = [row[0] for row in cur.fetchall()]
-        if tables:
-            _truncate(cur, tables)
-    conn.close()
-    import redis
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    client.close()
-
-
-def _ensure_running(server):
-    """A fault test may have left the run's Redis stopped; the next test gets it back."""
-    import redis
-    try:
-        redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
-    except redis.ConnectionError:
-        server.start()
+    return database.service_env(database_url, redis_proc.url)
 
 
 @pytest.fixture
 def clean(base_env, redis_proc):
-    """Empty tables and an empty Redis before the test."""
-    _ensure_running(redis_proc)
-    _clean(base_env["DATABASE_URL"], base_env["REDIS_URL"])
+    """Empty tables and an empty, running Redis before the test."""
+    database.clean(base_env["DATABASE_URL"], redis_proc)
     return base_env
 
 
 @pytest.fixture
-def app(clean):
-    from app import create_app
-    application = create_app(dict(clean))
-    application.config["TESTING"] = True
-    yield application
-    application.extensions["db_pool"].close()
-
-
-@pytest.fixture
 def make_app(clean):
-    """Build apps with config overrides (QUEUE_CONFIG, JWT settings, …); pools closed after the test."""
+    """make_app(**settings) -> an app on this run's services with settings over them (QUEUE_CONFIG,
+    JWT settings, channel files, ...); every pool closed after the test."""
     from app import create_app
     made = []
 
@@ -148,6 +83,11 @@ def make_app(clean):
     yield factory
     for application in made:
         application.extensions["db_pool"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture
@@ -164,17 +104,6 @@ def db(clean):
     conn.close()
 
 
-def make_token(user_id=None, customers=None, exp_in=300, secret=JWT_SECRET, **claims):
-    """A signed user token; every part can be spoiled for the auth tests."""
-    payload = {"sub": str(user_id or uuid.uuid4())}
-    if exp_in is not None:
-        payload["exp"] = int(time.time()) + exp_in
-    if customers is not None:
-        payload["customers"] = [str(c) for c in customers]
-    payload.update(claims)
-    return jwt.encode(payload, secret, algorithm="HS256")
-
-
 @pytest.fixture
 def user():
     """A user id and the headers that authenticate as that user."""
@@ -182,8 +111,48 @@ def user():
     return user_id, {"Authorization": f"Bearer {make_token(user_id)}"}
 
 
-SERVICE = {"X-API-Key": API_KEY}
+@pytest.fixture
+def rds(clean):
+    """A client of the run's Redis (str replies), for reading and writing Redis directly."""
+    client = redis.Redis.from_url(clean["REDIS_URL"], decode_responses=True)
+    yield client
+    client.close()
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "faults: fault scenarios against real processes (tests/test_faults.py)")
+@pytest.fixture
+def streams():
+    """streams(server, user_id=None, customers=None, headers=None, params=None, last_event_id=None)
+    opens GET /v1/notifications/sse on a WebServer (as `user_id` when given); every stream opened is
+    closed at the end of the test."""
+    opened = []
+
+    def open_stream(server, user_id=None, customers=None, headers=None, params=None, last_event_id=None):
+        headers = dict(headers or {})
+        if user_id is not None:
+            headers.update(bearer(user_id, customers=customers))
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        stream = server.stream(headers=headers, params=params)
+        opened.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in opened:
+        stream.close()
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd) on a free port that keeps every message."""
+    server = FakeSMTP().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Start real services for one test (start_web, start_worker); all are stopped (SIGTERM, then
+    SIGKILL) at its end."""
+    group = ProcessGroup(str(tmp_path))
+    yield group
+    group.stop_all()

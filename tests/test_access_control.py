@@ -28,8 +28,8 @@ import pytest
 
 from app.api_keys import SCOPES, config_line
 from app.auth import scope_of
-from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
-from factories import fetch_row, insert_notification
+from testkit.identity import API_KEY, make_token, OTHER_API_KEY, SERVICE
+from testkit.rows import fetch_row, insert_notification
 
 OPEN, USER, SERVICE_ONLY, STREAM = "open", "user", "service", "stream"
 

@@ -9,7 +9,8 @@ import pytest
 
 from app.api_keys import SCOPES, config_line, plain_name
 from app.config import DEV_SECRET_KEY
-from conftest import API_KEY
+from testkit.api import post_trigger
+from testkit.identity import API_KEY
 
 # 43-character random-looking keys: what `flask keys new` makes
 TRIGGER_KEY = "trg-" + "a" * 39
@@ -31,11 +32,6 @@ def client(make_app):
 
 def key(secret):
     return {"X-API-Key": secret}
-
-
-def trigger(client, secret, user_id=None, **headers):
-    return client.post("/v1/notifications/trigger", json=dict(TRIGGER, user_ids=[str(user_id or uuid.uuid4())]),
-                       headers=dict(key(secret), **headers))
 
 
 def audit_rows(client):
@@ -66,7 +62,7 @@ def test_a_key_without_the_scope_is_403_insufficient_scope(client, db):
 
 
 def test_a_key_with_the_scope_is_served(client):
-    assert trigger(client, TRIGGER_KEY).status_code == 202
+    assert post_trigger(client, headers=key(TRIGGER_KEY), **TRIGGER).status_code == 202
     assert client.get("/v1/notifications/audit", headers=key(AUDIT_KEY)).status_code == 200
     assert client.put(f"/v1/notifications/users/{uuid.uuid4()}/contact", json={"email": "x@example.com"},
                       headers=key(ALL_BUT_CONTACTS)).status_code == 403
@@ -79,13 +75,13 @@ def test_the_secret_is_not_the_configuration(client):
     """A configured hash, sent as the key, is no key."""
     hashed = hashlib.sha256(TRIGGER_KEY.encode()).hexdigest()
     for sent in (hashed, f"billing:{hashed}:trigger", "billing"):
-        response = trigger(client, sent)
+        response = post_trigger(client, headers=key(sent), **TRIGGER)
         assert response.status_code == 401 and response.get_json()["code"] == "notifications_m.invalid_api_key"
 
 
 def test_audit_names_the_key_never_its_secret(client):
-    assert trigger(client, TRIGGER_KEY).status_code == 202
-    assert trigger(client, API_KEY).status_code == 202
+    assert post_trigger(client, headers=key(TRIGGER_KEY), **TRIGGER).status_code == 202
+    assert post_trigger(client, headers=key(API_KEY), **TRIGGER).status_code == 202
     rows = [r for r in audit_rows(client) if r["actor_type"] == "service"]
     plain = plain_name(API_KEY, DEV_SECRET_KEY)
     assert sorted(r["actor_id"] for r in rows) == sorted(["billing", plain])
@@ -100,10 +96,12 @@ def test_two_keys_under_one_name_rotate_without_downtime(client):
     """Old and new key both work, are the same caller (trigger status, idempotency) and are
     audited under the same name."""
     user_id = uuid.uuid4()
-    first = trigger(client, TRIGGER_KEY, user_id, **{"Idempotency-Key": "order-42"})
+    first = post_trigger(client, [user_id], headers=dict(key(TRIGGER_KEY), **{"Idempotency-Key": "order-42"}),
+                         **TRIGGER)
     assert first.status_code == 202
     trigger_id = first.get_json()["trigger_id"]
-    again = trigger(client, TRIGGER_KEY_NEW, user_id, **{"Idempotency-Key": "order-42"})
+    again = post_trigger(client, [user_id], headers=dict(key(TRIGGER_KEY_NEW), **{"Idempotency-Key": "order-42"}),
+                         **TRIGGER)
     assert again.status_code == 202 and again.get_json()["trigger_id"] == trigger_id
     status = client.get(f"/v1/notifications/triggers/{trigger_id}", headers=key(TRIGGER_KEY_NEW))
     assert status.status_code == 200
@@ -132,7 +130,7 @@ def test_keys_from_a_file(make_app, tmp_path):
     path = tmp_path / "keys"
     path.write_text(f"# billing, rotated 2024-05\n{config_line('billing', TRIGGER_KEY, {'trigger'})}\n\n")
     client = make_app(API_KEYS="", API_KEYS_FILE=str(path)).test_client()
-    assert trigger(client, TRIGGER_KEY).status_code == 202
+    assert post_trigger(client, headers=key(TRIGGER_KEY), **TRIGGER).status_code == 202
     assert client.get("/v1/notifications/audit", headers=key(TRIGGER_KEY)).status_code == 403
 
 
@@ -171,7 +169,7 @@ def test_flask_keys_new_prints_a_key_and_the_line_that_configures_it(app, make_a
     assert len(secret) >= 43 and secret not in entry
     assert entry == f"crm:{hashlib.sha256(secret.encode()).hexdigest()}:contacts+trigger"
     client = make_app(API_KEYS=entry).test_client()
-    assert trigger(client, secret).status_code == 202
+    assert post_trigger(client, headers=key(secret), **TRIGGER).status_code == 202
     assert client.get("/v1/notifications/audit", headers=key(secret)).status_code == 403
 
 

@@ -12,8 +12,8 @@ import pytest
 from app.api_keys import plain_name
 from app.config import DEV_SECRET_KEY
 from app.keyed import keyed_hash
-from tests.conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
-from tests.factories import insert_notification
+from testkit.identity import API_KEY, make_token, OTHER_API_KEY, SERVICE
+from testkit.rows import insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 SERVICE_ID = plain_name(API_KEY, DEV_SECRET_KEY)
@@ -351,8 +351,8 @@ def test_an_open_transaction_holds_back_the_rows_after_it_and_chain_order_is_com
 def test_a_transaction_in_another_database_does_not_hold_sealing_back(app, clean, client, db):
     """Transaction ids are shared by every database of a server: a long transaction elsewhere (another
     service, a migration) must not stall this log, as the server-wide xmin would."""
-    from conftest import _admin_url
-    elsewhere = psycopg2.connect(_admin_url(clean["DATABASE_URL"], "postgres"))
+    from testkit.database import with_dbname
+    elsewhere = psycopg2.connect(with_dbname(clean["DATABASE_URL"], "postgres"))
     try:
         with elsewhere.cursor() as cur:
             cur.execute("SELECT pg_current_xact_id()")     # an xid, held open
@@ -404,7 +404,8 @@ def test_concurrent_writers_and_sealers_keep_one_verifiable_chain(app, db):
 
 
 def test_the_worker_seals_within_seconds(clean, client, db, tmp_path):
-    from processes import ProcessGroup, queue_config, wait_until
+    from testkit.config_files import queue_config
+    from testkit.processes import ProcessGroup, wait_until
     make_history(client, db, 3)
     with ProcessGroup(str(tmp_path)) as group:
         group.start_worker(dict(clean, QUEUE_CONFIG=queue_config(tmp_path)))

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import API_KEY, JWT_SECRET, OTHER_API_KEY, SERVICE, make_token
-from factories import insert_notification
+from testkit.identity import API_KEY, JWT_SECRET, make_token, OTHER_API_KEY, SERVICE
+from testkit.rows import insert_notification
 
 INVALID_USER = {"code": "notifications_m.invalid_user_id", "message": "Invalid or missing authenticated user ID",
                 "status": 401}

@@ -13,20 +13,23 @@ packages when they are missing.
 
 UPDATE_SCREENSHOT=1 also writes the page's screenshot to docs/inbox.png.
 """
+import functools
 import os
 import shutil
 import struct
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
 import requests
 
-from conftest import SERVICE, make_token
-from processes import ProcessGroup, processes, queue_config, wait_until  # noqa: F401
+from testkit import api
+from testkit.config_files import queue_config, queue_yaml
+from testkit.identity import SERVICE, make_token
+from testkit.processes import ProcessGroup, wait_until
+from devtools.services import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -43,7 +46,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 CUSTOMER = "550e8400-e29b-41d4-a716-446655440000"
 PAGE_ENV = {"INBOX_PAGE_ENABLED": "true"}
 
@@ -173,13 +176,9 @@ class InboxPage:
         assert len(ids) == len(set(ids)), f"duplicates on the page: {self.titles()}"
 
 
-def trigger(web, user_id, title, content="Hello from the browser test", **fields):
-    body = {"type": "chats", "event": "message_received", "title": title, "content": content,
-            "customer_id": CUSTOMER, "user_ids": [str(user_id)], "rec_type": "chats",
-            "rec_id": "789e4567-e89b-12d3-a456-426614174000", **fields}
-    response = web.post("/v1/notifications/trigger", json=body, headers=SERVICE)
-    assert response.status_code == 202, response.text
-    return response.json()
+# a notification the way the bank's services send them (testkit.api.trigger, asserting the 202)
+trigger = functools.partial(api.trigger, type="chats", event="message_received", content="Hello from the browser test",
+                            customer_id=CUSTOMER, rec_type="chats", rec_id="789e4567-e89b-12d3-a456-426614174000")
 
 
 def stored_titles(web, token):
@@ -230,7 +229,7 @@ def test_triggered_notification_appears_within_two_seconds(page, services):
     wait_until(lambda: services.web.open_streams() == 1, 10, message="the page's stream")
 
     started = time.monotonic()
-    trigger(services.web, user_id, "Payment received", content="EUR 120.00 from ACME <b>Ltd</b>",
+    trigger(services.web, [user_id], title="Payment received", content="EUR 120.00 from ACME <b>Ltd</b>",
             link_url="/accounts/1", link_text="View account")
     wait_until(lambda: "Payment received" in page.titles(), 2.0,
                message=lambda: f"the notification on the page within 2 s (shows {page.titles()})")
@@ -268,7 +267,7 @@ def test_badge_counts_up_and_down(page, services):
     page.open(token)
     wait_until(lambda: services.web.open_streams() == 1, 10, message="the page's stream")
     for title in ("First", "Second", "Third"):
-        trigger(services.web, user_id, title)
+        trigger(services.web, [user_id], title=title)
         page.wait_titles(title)
     assert page.wait_badge(3) == 3
     assert page.titles() == ["Third", "Second", "First"]  # newest first
@@ -299,7 +298,7 @@ def test_badge_counts_up_and_down(page, services):
     assert all(item["read"] for item in stored_titles(services.web, token).values())
     assert page.driver.find_element(By.ID, "bell").get_attribute("aria-label") == "Notifications, none unread"
 
-    trigger(services.web, user_id, "Fourth")
+    trigger(services.web, [user_id], title="Fourth")
     page.wait_titles("Fourth")
     page.wait_badge(1)
     assert page.js("return document.getElementById('announcer').getAttribute('aria-live')") == "polite"
@@ -309,8 +308,8 @@ def test_badge_counts_up_and_down(page, services):
 
 def test_read_in_one_tab_updates_the_other(page, services):
     user_id, token = new_user()
-    trigger(services.web, user_id, "Shared one")
-    trigger(services.web, user_id, "Shared two")
+    trigger(services.web, [user_id], title="Shared one")
+    trigger(services.web, [user_id], title="Shared two")
     wait_until(lambda: len(stored_titles(services.web, token)) == 2, 10, message="both stored")
     driver = page.driver
 
@@ -339,7 +338,7 @@ def test_read_in_one_tab_updates_the_other(page, services):
     wait_until(lambda: "Shared two" not in page.titles(), 5, message="the delete in the first tab")
     page.wait_badge(0, timeout=5)
 
-    trigger(services.web, user_id, "Both see it")
+    trigger(services.web, [user_id], title="Both see it")
     page.wait_titles("Both see it")
     driver.switch_to.window(second_tab)
     page.wait_titles("Both see it")
@@ -353,14 +352,14 @@ def test_resumes_after_the_web_server_restarts(page, services, processes):
     user_id, token = new_user()
     page.open(token, web=own)
     wait_until(lambda: own.open_streams() == 1, 10, message="the page's stream")
-    trigger(services.web, user_id, "Before the restart")
+    trigger(services.web, [user_id], title="Before the restart")
     page.wait_titles("Before the restart")
     cursor_before = page.js("return window.inbox.client.cursor")
     assert cursor_before
 
     own.stop()
     page.wait_state("reconnecting")
-    trigger(services.web, user_id, "While it was down")  # the other server accepts, the worker stores
+    trigger(services.web, [user_id], title="While it was down")  # the other server accepts, the worker stores
     wait_until(lambda: "While it was down" in stored_titles(services.web, token), 10, message="stored")
     assert "While it was down" not in page.titles()
 
@@ -373,7 +372,7 @@ def test_resumes_after_the_web_server_restarts(page, services, processes):
     assert page.state() == ["live", "sse"]
     page.wait_badge(2)
 
-    trigger(services.web, user_id, "After the restart")
+    trigger(services.web, [user_id], title="After the restart")
     page.wait_titles("After the restart")
     assert page.titles() == ["After the restart", "While it was down", "Before the restart"]
     page.assert_unique()
@@ -389,7 +388,7 @@ def test_without_eventsource_the_page_polls(page, services):
                                       {"source": "delete window.EventSource;"})["identifier"]
     try:
         user_id, token = new_user()
-        trigger(services.web, user_id, "Already there")
+        trigger(services.web, [user_id], title="Already there")
         wait_until(lambda: "Already there" in stored_titles(services.web, token), 10, message="stored")
         page.open(token, wait_for=("polling",), poll=500)
         assert page.js("return typeof window.EventSource") == "undefined"
@@ -397,7 +396,7 @@ def test_without_eventsource_the_page_polls(page, services):
         page.wait_titles("Already there")
         page.wait_badge(1)
 
-        trigger(services.web, user_id, "Found by polling")
+        trigger(services.web, [user_id], title="Found by polling")
         page.wait_titles("Found by polling", timeout=5)
         shown = page.item("Found by polling")
         assert shown["source"] == "poll"
@@ -419,7 +418,7 @@ def test_no_sse_parameter_and_failing_stream_fall_back_to_polling(page, services
     user_id, token = new_user()
     page.open(token, wait_for=("polling",), poll=500, **{"no-sse": "1"})
     assert page.js("return typeof window.EventSource") == "undefined"
-    trigger(services.web, user_id, "No SSE here")
+    trigger(services.web, [user_id], title="No SSE here")
     page.wait_titles("No SSE here", timeout=5)
 
     refusing = processes.start_web(dict(services.env, **PAGE_ENV), workers=1, keepalive=1,
@@ -429,7 +428,7 @@ def test_no_sse_parameter_and_failing_stream_fall_back_to_polling(page, services
     page.wait_state("polling", timeout=20)
     assert page.js("return typeof window.EventSource") == "function"
     assert page.js("return window.inbox.client.streamFailures") >= 3
-    trigger(services.web, user_id, "Stream refused, polled instead")
+    trigger(services.web, [user_id], title="Stream refused, polled instead")
     page.wait_titles("Stream refused, polled instead", timeout=5)
     page.wait_badge(1)
 
@@ -462,12 +461,12 @@ def test_the_token_is_taken_from_the_fragment_only_and_erased_from_the_address(p
 def test_a_token_link_followed_later_does_not_swap_the_session(page, services):
     alice, alice_token = new_user()
     mallory, mallory_token = new_user()
-    trigger(services.web, mallory, "Mallory's bait")
+    trigger(services.web, [mallory], title="Mallory's bait")
     page.open(alice_token)
     wait_until(lambda: services.web.open_streams() == 1, 10, message="the page's stream")
     page.js("location.hash = '#token=' + arguments[0]", mallory_token)
     wait_until(lambda: page.js("return location.hash") == "", 5, message="the token erased from the address")
-    trigger(services.web, alice, "For Alice")
+    trigger(services.web, [alice], title="For Alice")
     page.wait_titles("For Alice")
     assert page.js("return window.inbox.token") == alice_token
     assert "Mallory's bait" not in page.titles()
@@ -478,12 +477,8 @@ def test_the_client_honours_retry_after(page, services, processes, tmp_path):
     """A spent connect budget: the ticket request answers 429 with Retry-After (what the stream
     would answer, which EventSource cannot read), and the client asks nothing of the server
     again until that time has passed; then the stream opens."""
-    import yaml
-    config = yaml.safe_load((REPO / "queue.yaml").read_text())
-    config["rate_limits"]["stream_connect"] = "2/10 seconds"        # a burst of 2, one every 5 s
-    queue = tmp_path / "queue.yaml"
-    queue.write_text(yaml.safe_dump(config))
-    limited = processes.start_web(dict(services.env, **PAGE_ENV, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=str(queue)),
+    queue = queue_yaml(tmp_path, rate_limits={"stream_connect": "2/10 seconds"})   # a burst of 2, one every 5 s
+    limited = processes.start_web(dict(services.env, **PAGE_ENV, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue),
                                   workers=1, keepalive=1, SSE_MAX_STREAMS_PER_USER=1)
     user_id, token = new_user()
     page.open(token, web=limited)
@@ -531,7 +526,7 @@ def test_screenshot(page, services, tmp_path):
              type="security", event="login_alert", link_url="/security", link_text="Review activity"),
     ]
     for sample in samples:  # one at a time: the page lists them in this order, newest first
-        trigger(services.web, user_id, **sample)
+        trigger(services.web, [user_id], **sample)
         wait_until(lambda: sample["title"] in stored_titles(services.web, token), 10, message="stored")
     page.open(token)
     page.wait_titles(*(s["title"] for s in samples))

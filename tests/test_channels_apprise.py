@@ -1,7 +1,10 @@
 """The Apprise channel end to end: trigger -> RQ worker -> Apprise json:// -> a local HTTP endpoint."""
 import pytest
 
-from fake_providers import FakeHTTP, channel_config, deliveries, drain, put_contact, scheduled, trigger, work
+from testkit.api import deliveries, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.jobs import drain, run_jobs, scheduled
+from testkit.providers import FakeHTTP
 
 
 @pytest.fixture
@@ -12,20 +15,13 @@ def endpoint():
 
 
 @pytest.fixture
-def build(clean, tmp_path):
+def build(make_app, tmp_path):
     """build(options) -> an app whose chat.message_received also goes to an `ops` Apprise channel."""
-    from app import create_app
-    apps = []
-
     def make(options, attempts=3):
         config = channel_config(tmp_path, {"ops": dict({"type": "apprise"}, **options)},
                                 {"chat": {"message_received": ["system", "ops"]}}, attempts)
-        application = create_app(dict(clean, **config, PUBLIC_URL="https://notify.example.com"))
-        apps.append(application)
-        return application
-    yield make
-    for application in apps:
-        application.extensions["db_pool"].close()
+        return make_app(**config, PUBLIC_URL="https://notify.example.com")
+    return make
 
 
 def json_url(server, path="/hook"):
@@ -38,7 +34,7 @@ def test_title_and_body_reach_the_endpoint(build, endpoint, user):
     client = app.test_client()
     trigger(client, [user_id], title='Deploy < done & "green"', content="All 12 checks passed",
             link_url="/deploys/42", link_text="Details")
-    work(app)
+    run_jobs(app)
     (request,) = endpoint.requests
     assert request.path == "/hook"
     assert request.json["title"] == 'Deploy < done & "green"'
@@ -56,7 +52,7 @@ def test_failure_is_retried_with_apprises_reason_then_sent(build, endpoint, user
     app = build({"urls": [json_url(endpoint)]})
     client = app.test_client()
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     ops = deliveries(client, headers)["ops"]
     assert ops["status"] == "pending"
     assert "500" in ops["last_error"]
@@ -87,7 +83,7 @@ def test_unreachable_endpoint_is_retried(build, endpoint, user):
     app = build({"urls": [json_url(endpoint)], "timeout": 5})
     client = app.test_client()
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     ops = deliveries(client, headers)["ops"]
     assert ops["status"] == "pending"
     assert "connection" in ops["last_error"].lower()
@@ -99,7 +95,7 @@ def test_url_from_the_environment(build, endpoint, user, monkeypatch):
     app = build({"urls": ["${TEST_APPRISE_URL}"]})
     client = app.test_client()
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     assert [r.path for r in endpoint.requests] == ["/from-env"]
     assert deliveries(client, headers)["ops"]["status"] == "sent"
 
@@ -110,7 +106,7 @@ def test_per_recipient_urls(build, endpoint, user):
     client = app.test_client()
     put_contact(client, user_id, phone="+14155550100")
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     assert [r.path for r in endpoint.requests] == [f"/users/{user_id}/+14155550100"]
     assert deliveries(client, headers)["ops"]["status"] == "sent"
 
@@ -126,7 +122,7 @@ def test_a_recipient_cannot_add_apprise_options_or_leave_its_path_segment(build,
     address = "x/y?+X-Injected=yes@example.com"
     put_contact(client, user_id, email=address)
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     (request,) = endpoint.requests
     assert "X-Injected" not in request.headers
     assert request.path.startswith("/notify/") and "?" not in request.path
@@ -139,7 +135,7 @@ def test_per_recipient_channel_skips_users_without_the_address(build, endpoint, 
     app = build({"urls": [json_url(endpoint, "/sms/{recipient}")], "needs": "phone"})
     client = app.test_client()
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     ops = deliveries(client, headers)["ops"]
     assert ops["status"] == "skipped" and ops["reason"] == "no phone on file for this user"
     assert endpoint.requests == []

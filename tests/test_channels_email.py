@@ -6,38 +6,25 @@ import uuid
 
 import pytest
 
-from fake_providers import (FakeSMTP, channel_config, deliveries, drain, fast_forward, put_contact,
-                            scheduled, self_signed_cert, trigger, work)
+from testkit.api import deliveries, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.jobs import drain, fast_forward, run_jobs, scheduled
+from testkit.providers import FakeSMTP, self_signed_cert
 
 PUBLIC_URL = "https://notify.example.com"
 SENDER = "Bank Notifications <notify@bank.example>"
 
 
 @pytest.fixture
-def smtp():
-    server = FakeSMTP().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def build(clean, tmp_path):
+def build(make_app, tmp_path):
     """build(smtp_port, channels=..., **settings) -> an app whose email goes to 127.0.0.1:smtp_port."""
-    from app import create_app
-    apps = []
-
     def make(port, channels=None, events=None, attempts=3, backoff=(60, 600), templates=None, **settings):
         config = channel_config(tmp_path, channels or {"email": {"enabled": True}}, events, attempts, backoff,
                                 templates)
-        env = dict(clean, **config, PUBLIC_URL=PUBLIC_URL, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(port),
-                   MAIL_DEFAULT_SENDER=SENDER, MAIL_TIMEOUT="5")
-        env.update(settings)
-        application = create_app(env)
-        apps.append(application)
-        return application
-    yield make
-    for application in apps:
-        application.extensions["db_pool"].close()
+        mail = dict(PUBLIC_URL=PUBLIC_URL, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(port),
+                    MAIL_DEFAULT_SENDER=SENDER, MAIL_TIMEOUT="5")
+        return make_app(**{**config, **mail, **settings})
+    return make
 
 
 @pytest.fixture
@@ -68,7 +55,7 @@ def test_email_is_multipart_escaped_and_carries_its_headers(build, smtp, recipie
     put_contact(client, user_id, email=address)
     trigger(client, [user_id], title='<script>alert(1)</script>Rates < 5% & "fees"',
             content='a < b & "c" > d\nsecond line', link_url="/chat/room/456", link_text="View & reply")
-    work(app)
+    run_jobs(app)
 
     assert len(smtp.messages) == 1
     received = smtp.messages[0]
@@ -131,7 +118,7 @@ def test_sent_is_recorded_before_the_smtp_conversation_ends(build, smtp, recipie
     seen = {}
     smtp.on_rcpt = lambda: seen.setdefault("rcpt", delivery_state(db))
     smtp.on_quit = lambda: seen.setdefault("quit", delivery_state(db))
-    work(app)
+    run_jobs(app)
     message_id = smtp.messages[0]["message"]["Message-ID"]
     assert seen["rcpt"] == ("sending", None, None)        # not before the message is on its way
     assert seen["quit"] == ("sent", message_id, ["sent"])
@@ -171,7 +158,7 @@ def test_each_send_opens_and_closes_its_own_connection(build, smtp, db):
     for u in users:
         put_contact(client, u, email=f"{u.hex[:8]}@example.org")
     trigger(client, users)
-    work(app)
+    run_jobs(app)
     assert sorted(m["rcpt_tos"][0] for m in smtp.messages) == sorted(f"{u.hex[:8]}@example.org" for u in users)
     assert smtp.quits == 3          # every connection ended with QUIT, none kept open
     with db.cursor() as cur:
@@ -188,7 +175,7 @@ def test_subject_cannot_inject_headers(build, smtp, recipient):
     client = app.test_client()
     put_contact(client, user_id, email=address)
     trigger(client, [user_id], title="Hi", content="Hello\r\nBcc: victim@example.org\r\n\r\nbody")
-    work(app)
+    run_jobs(app)
     message = smtp.messages[0]["message"]
     assert smtp.messages[0]["rcpt_tos"] == [address]
     assert message["Bcc"] is None
@@ -206,7 +193,7 @@ def test_a_row_stored_before_todays_cleaning_is_cleaned_when_rendered(build, rec
     put_contact(client, user_id, email=address)
     trigger(client, [user_id], title="Hello", content="World", link_url="/x", link_text="Open")
     try:
-        work(app)
+        run_jobs(app)
         assert deliveries(client, headers)["email"]["status"] == "pending"
         with db.cursor() as cur:
             cur.execute("UPDATE notifications SET title = %s, content = %s, link_text = %s WHERE user_id = %s",
@@ -214,7 +201,7 @@ def test_a_row_stored_before_todays_cleaning_is_cleaned_when_rendered(build, rec
                          "Op\u200ben<b>!</b>", str(user_id)))
         server.start()
         fast_forward(app)
-        work(app)
+        run_jobs(app)
         message = server.messages[0]["message"]
         text, html_part = parts(message)
         assert message["Subject"] == "Pay evil now"
@@ -245,7 +232,7 @@ def test_a_stored_address_that_could_smuggle_headers_fails_and_sends_nothing(bui
     with db.cursor() as cur:
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (str(user_id), address))
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     delivery = deliveries(client, headers)["email"]
     assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
     assert delivery["last_error"].startswith("invalid_recipient: message refused before sending: the To address "), delivery
@@ -261,7 +248,7 @@ def test_locked_event_has_no_unsubscribe_header(build, smtp, recipient):
     client = app.test_client()
     put_contact(client, user_id, email=address)
     trigger(client, [user_id], type="security", event="login_alert", title="New sign-in")
-    work(app)
+    run_jobs(app)
     assert smtp.messages[0]["message"]["List-Unsubscribe"] is None
 
 
@@ -272,7 +259,7 @@ def test_unsubscribe_targets_are_configurable(build, smtp, recipient):
     client = app.test_client()
     put_contact(client, user_id, email=address)
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     assert smtp.messages[0]["message"]["List-Unsubscribe"] == (
         f"<mailto:unsubscribe@bank.example?subject={user_id}>, <https://bank.example/settings/notifications>")
 
@@ -288,7 +275,7 @@ def test_smtp_down_is_retried_with_backoff_then_sent_once(build, recipient):
     put_contact(client, user_id, email=address)
     trigger(client, [user_id])
     try:
-        work(app)
+        run_jobs(app)
         first = deliveries(client, headers)["email"]
         assert first["status"] == "pending"
         assert first["attempts"] == 1
@@ -301,7 +288,7 @@ def test_smtp_down_is_retried_with_backoff_then_sent_once(build, recipient):
 
         server.start()
         assert fast_forward(app) == 1
-        work(app)
+        run_jobs(app)
         done = deliveries(client, headers)["email"]
         assert done["status"] == "sent"
         assert done["attempts"] == 2
@@ -324,7 +311,7 @@ def test_smtp_timeout_is_applied_and_retried(build, recipient):
         put_contact(client, user_id, email=address)
         trigger(client, [user_id])
         started = time.monotonic()
-        work(app)
+        run_jobs(app)
         assert time.monotonic() - started < 5
         delivery = deliveries(client, headers)["email"]
         assert delivery["status"] == "pending"
@@ -367,7 +354,7 @@ def test_refusal_fails_at_once_with_the_servers_reason(build, smtp, recipient, s
                                            ("data", "451 4.3.0 try again later")])
 def test_deferral_is_retried_and_sent_once(build, smtp, recipient, stage, answer):
     _refuse(smtp, stage, answer)
-    app, delivery = _attempt_once(build, smtp, recipient, work)
+    app, delivery = _attempt_once(build, smtp, recipient, run_jobs)
     assert delivery()["status"] == "pending"
     assert [a["outcome"] for a in delivery()["history"]] == ["retry"]
     assert answer[:3] in delivery()["history"][0]["error"]
@@ -384,7 +371,7 @@ def test_user_without_email_is_skipped_and_not_retried(build, smtp, user):
     client = app.test_client()
     put_contact(client, user_id, phone="+14155550100")
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     delivery = deliveries(client, headers)["email"]
     assert delivery["status"] == "skipped"
     assert delivery["reason"] == "no email on file for this user"
@@ -412,7 +399,7 @@ def test_starttls_with_a_verified_certificate(build, recipient, certificate):
         client = app.test_client()
         put_contact(client, user_id, email=address)
         trigger(client, [user_id])
-        work(app)
+        run_jobs(app)
         assert deliveries(client, headers)["email"]["status"] == "sent"
         assert len(server.messages) == 1 and server.messages[0]["tls"]
     finally:
@@ -428,7 +415,7 @@ def test_starttls_refuses_an_untrusted_certificate(build, recipient, certificate
         client = app.test_client()
         put_contact(client, user_id, email=address)
         trigger(client, [user_id])
-        work(app)
+        run_jobs(app)
         delivery = deliveries(client, headers)["email"]
         assert delivery["status"] == "pending"
         assert "CERTIFICATE_VERIFY_FAILED" in delivery["history"][0]["error"]
@@ -446,7 +433,7 @@ def test_implicit_tls_with_mail_use_ssl(build, recipient, certificate):
         client = app.test_client()
         put_contact(client, user_id, email=address)
         trigger(client, [user_id])
-        work(app)
+        run_jobs(app)
         assert deliveries(client, headers)["email"]["status"] == "sent"
         assert len(server.messages) == 1
     finally:

@@ -12,31 +12,26 @@ import signal
 import psycopg2
 import pytest
 
-from fake_providers import (FakeHTTP, FakeSMTP, FakeTwilio, channel_config, deliveries, put_contact, trigger,
-                            work)
-from processes import processes, wait_until  # noqa: F401  (the fixture)
+from testkit.api import deliveries, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.jobs import run_jobs
+from testkit.processes import wait_until
+from testkit.providers import FakeHTTP, FakeSMTP, FakeTwilio
 
 pytestmark = pytest.mark.timeout(120)
 PHONE = "+14155550100"
 
 
 @pytest.fixture
-def build(clean, tmp_path):
+def build(make_app, clean, tmp_path):
     """build(channels, **settings) -> (in-process app, environment of a worker process), both sending
     chat.message_received on the given channels."""
-    from app import create_app
-    apps = []
-
     def make(channels, **settings):
         events = {"chat": {"message_received": ["system", *channels]}}
         config = channel_config(tmp_path, channels, events, attempts=3, backoff=(60, 600))
-        env = dict(clean, **config, **settings)
-        application = create_app(env)
-        apps.append(application)
-        return application, env
-    yield make
-    for application in apps:
-        application.extensions["db_pool"].close()
+        settings = dict(config, **settings)
+        return make_app(**settings), dict(clean, **settings)
+    return make
 
 
 @pytest.fixture
@@ -95,7 +90,7 @@ def run_again(app, db, channel):
         return deliver(delivery_id)
 
 
-def start(app, env, processes, user_id, **contact):  # noqa: F811
+def start(app, env, processes, user_id, **contact):
     """A worker process, the user's contact, and the trigger it will deliver."""
     worker = processes.start_worker(env)
     client = app.test_client()
@@ -104,7 +99,7 @@ def start(app, env, processes, user_id, **contact):  # noqa: F811
     return worker, client
 
 
-def test_worker_killed_at_quit_does_not_send_the_email_again(build, provider, processes, user, db):  # noqa: F811
+def test_worker_killed_at_quit_does_not_send_the_email_again(build, provider, processes, user, db):
     user_id, headers = user
     smtp, options, settings = provider("email")
     app, env = build(options, **settings)
@@ -133,7 +128,7 @@ def _waiting_record(db):
 
 
 @pytest.mark.parametrize("kind", ["email", "sms", "webhook", "apprise"])
-def test_worker_killed_with_its_record_in_flight_sends_nothing_twice(build, provider, processes, user, db,  # noqa: F811
+def test_worker_killed_with_its_record_in_flight_sends_nothing_twice(build, provider, processes, user, db,
                                                                      clean, kind):
     """The record is one statement that reaches PostgreSQL before the worker does anything else:
     holding the delivery row locked while the provider accepts (email: from RCPT on, as the
@@ -203,7 +198,7 @@ def test_record_whose_connection_breaks_is_completed_on_a_fresh_one(build, provi
         server.on_data = drop_connections
     else:
         server.on_request = drop_connections
-    work(app)
+    run_jobs(app)
     assert dropped and dropped[0] >= 1
     assert len(received(server)) == 1
     app.extensions["db_pool"].close()   # idle connections it may still hold were dropped too

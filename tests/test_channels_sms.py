@@ -2,9 +2,11 @@
 and the generic webhook adapter used as an SMS gateway."""
 import pytest
 
-from conftest import SERVICE
-from fake_providers import (FakeHTTP, FakeTwilio, channel_config, deliveries, drain, fast_forward, put_contact,
-                            scheduled, trigger, work)
+from testkit.api import deliveries, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.identity import SERVICE
+from testkit.jobs import drain, fast_forward, run_jobs, scheduled
+from testkit.providers import FakeHTTP, FakeTwilio
 
 PHONE = "+14155550100"
 
@@ -17,20 +19,13 @@ def twilio():
 
 
 @pytest.fixture
-def build(clean, tmp_path):
+def build(make_app, tmp_path):
     """build(channels, **queue) -> an app with payment.payment_failed on system + the given channels."""
-    from app import create_app
-    apps = []
-
     def make(channels, attempts=3, backoff=(60, 600), extra=None, **settings):
         events = {"payment": {"payment_failed": ["system", *(c for c in channels if c != "system")]}}
         config = channel_config(tmp_path, dict(channels, **(extra or {})), events, attempts, backoff)
-        application = create_app(dict(clean, **config, PUBLIC_URL="https://notify.example.com", **settings))
-        apps.append(application)
-        return application
-    yield make
-    for application in apps:
-        application.extensions["db_pool"].close()
+        return make_app(**config, PUBLIC_URL="https://notify.example.com", **settings)
+    return make
 
 
 def twilio_channel(server, **options):
@@ -53,7 +48,7 @@ def test_twilio_gets_the_right_form_fields_and_basic_auth(build, twilio, user):
     user_id, headers = user
     app = build(twilio_channel(twilio))
     client = send(app, user_id)
-    work(app)
+    run_jobs(app)
 
     assert len(twilio.requests) == 1
     request = twilio.requests[0]
@@ -77,7 +72,7 @@ def test_secrets_can_come_from_the_environment(build, twilio, user, monkeypatch)
     monkeypatch.setenv("TEST_TWILIO_TOKEN", twilio.auth_token)
     app = build(twilio_channel(twilio, account_sid="${TEST_TWILIO_SID}", auth_token="${TEST_TWILIO_TOKEN}"))
     client = send(app, user_id)
-    work(app)
+    run_jobs(app)
     assert twilio.requests[0].auth == (twilio.account_sid, twilio.auth_token)
     assert deliveries(client, headers)["sms"]["status"] == "sent"
 
@@ -86,7 +81,7 @@ def test_messaging_service_instead_of_a_sender_number(build, twilio, user):
     user_id, _ = user
     app = build(twilio_channel(twilio, **{"from": None, "messaging_service_sid": "MG" + "2" * 32}))
     send(app, user_id)
-    work(app)
+    run_jobs(app)
     form = twilio.requests[0].form
     assert form["MessagingServiceSid"] == "MG" + "2" * 32 and "From" not in form
 
@@ -106,7 +101,7 @@ def long_sms(build, twilio, user_id, content, **settings):
     """The body the gateway receives for a notification titled "Long" with this content."""
     app = build(twilio_channel(twilio), **settings)
     send(app, user_id, title="Long", content=content)
-    work(app)
+    run_jobs(app)
     (request,) = twilio.requests
     return request.form["Body"]
 
@@ -160,7 +155,7 @@ def test_format_characters_never_reach_the_sms(build, twilio, user):
     user_id, _ = user
     app = build(twilio_channel(twilio))
     send(app, user_id, title="Pay \u202eevil\u202c now", content="zero\u200bwidth")
-    work(app)
+    run_jobs(app)
     assert twilio.requests[0].form["Body"] == "Pay evil now: zerowidth"
 
 
@@ -174,7 +169,7 @@ def test_a_500_then_success_ends_sent_with_two_attempts(build, twilio, user):
     twilio.fail(500, FakeTwilio.error(20500, "Internal Server Error", 500))
     app = build(twilio_channel(twilio))
     client = send(app, user_id)
-    work(app)
+    run_jobs(app)
     pending = deliveries(client, headers)["sms"]
     assert pending["status"] == "pending"
     assert "500" in pending["last_error"] and "Internal Server Error" in pending["last_error"]
@@ -218,11 +213,11 @@ def test_fails_twice_then_succeeds_with_the_configured_backoff(build, twilio, us
     client = send(app, user_id)
     waits = []
     for _ in range(2):
-        work(app)
+        run_jobs(app)
         (due,) = scheduled(app).values()
         waits.append((due - _now()).total_seconds())
         fast_forward(app)
-    work(app)
+    run_jobs(app)
     assert 50 < waits[0] <= 60 and 590 < waits[1] <= 600
     sms = deliveries(client, headers)["sms"]
     assert sms["status"] == "sent"
@@ -263,7 +258,7 @@ def test_provider_timeout_is_retried(build, twilio, user):
     twilio.fail(201, {"sid": "SMlate"}, delay=2)               # answers after the client gave up
     app = build(twilio_channel(twilio, timeout=0.5))
     client = send(app, user_id)
-    work(app)
+    run_jobs(app)
     sms = deliveries(client, headers)["sms"]
     assert sms["status"] == "pending"
     assert "Timeout" in sms["history"][0]["error"]
@@ -274,7 +269,7 @@ def test_provider_unreachable_is_retried(build, twilio, user):
     twilio.stop()
     app = build(twilio_channel(twilio))
     client = send(app, user_id)
-    work(app)
+    run_jobs(app)
     sms = deliveries(client, headers)["sms"]
     assert sms["status"] == "pending"
     assert "ConnectionError" in sms["history"][0]["error"]
@@ -285,7 +280,7 @@ def test_unconfigured_twilio_is_retried_not_sent(build, user, monkeypatch):
     monkeypatch.delenv("TWILIO_ACCOUNT_SID", raising=False)
     app = build({"sms": {"type": "twilio", "base_url": "http://127.0.0.1:9"}})
     client = send(app, user_id)
-    work(app)
+    run_jobs(app)
     sms = deliveries(client, headers)["sms"]
     assert sms["status"] == "pending"
     assert "not configured" in sms["last_error"]
@@ -297,7 +292,7 @@ def test_user_without_phone_is_skipped_and_not_retried(build, twilio, user):
     client = app.test_client()
     put_contact(client, user_id, email="someone@example.org")
     trigger(client, [user_id], type="payment", event="payment_failed", title="Payment failed")
-    work(app)
+    run_jobs(app)
     sms = deliveries(client, headers)["sms"]
     assert sms["status"] == "skipped"
     assert sms["reason"] == "no phone on file for this user"
@@ -311,7 +306,7 @@ def test_user_without_any_contact_is_skipped(build, twilio, user):
     app = build(twilio_channel(twilio))
     client = app.test_client()
     trigger(client, [user_id], type="payment", event="payment_failed", title="Payment failed")
-    work(app)
+    run_jobs(app)
     assert deliveries(client, headers)["sms"]["status"] == "skipped"
     assert twilio.requests == []
 
@@ -339,7 +334,7 @@ def test_trigger_channels_limit_delivery(build, twilio, user):
     client = app.test_client()
     put_contact(client, user_id, phone=PHONE)
     trigger(client, [user_id], type="payment", event="payment_failed", title="x", channels=["system"])
-    work(app)
+    run_jobs(app)
     assert set(deliveries(client, headers)) == {"system"}
     assert twilio.requests == []
 
@@ -368,7 +363,7 @@ def test_webhook_gateway_gets_the_templated_json_and_auth_header(build, gateway,
     monkeypatch.setenv("TEST_GATEWAY_AUTH", "Bearer gw-secret")
     app = build(gateway_channel(gateway))
     client = send(app, user_id, content="y" * 300)
-    work(app)
+    run_jobs(app)
     with db.cursor() as cur:
         cur.execute("SELECT id FROM deliveries WHERE channel = 'sms_gateway'")
         delivery_id = str(cur.fetchone()[0])

@@ -8,10 +8,10 @@ import pytest
 
 from app.config import load_settings
 from app.errors import ConfigError
-from conftest import API_KEY, JWT_SECRET
-from devtools.services import free_port
+from testkit.identity import API_KEY, JWT_SECRET
+from devtools.services import REPO_ROOT, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 DEFAULT_NOTIFICATIONS = os.path.join(REPO, "notifications.yaml")
 DEFAULT_QUEUE = os.path.join(REPO, "queue.yaml")
 AUTH = {"JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY, "DEVELOPMENT": "true"}

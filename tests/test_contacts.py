@@ -3,8 +3,8 @@ import uuid
 
 import pytest
 
-from conftest import OTHER_API_KEY, SERVICE, make_token
-from tests.factories import assert_envelope
+from testkit.api import assert_envelope
+from testkit.identity import make_token, OTHER_API_KEY, SERVICE
 
 
 def url(user_id):

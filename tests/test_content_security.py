@@ -7,12 +7,12 @@ the stream. docs/security/content.md says which rule each test proves.
 """
 import html
 import uuid
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import SERVICE, make_token
-from processes import ProcessGroup, queue_config, wait_until
+from testkit.api import trigger_body
+from testkit.identity import SERVICE, bearer
+from testkit.processes import ready, wait_until, web_and_worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,18 +28,13 @@ MARKUP_WORDS = ("<", "script", "alert", "onerror", "img")
 
 @pytest.fixture(scope="module")
 def shared(base_env, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("content-services")
-    with ProcessGroup(str(directory)) as group:
-        worker = group.start_worker(base_env, queue_config=queue_config(directory))
-        web = group.start_web(base_env, workers=1, keepalive=1)
-        yield SimpleNamespace(web=web, worker=worker)
+    with web_and_worker(base_env, tmp_path_factory.mktemp("content-services")) as services:
+        yield services
 
 
 @pytest.fixture
 def web(shared, clean):
-    for process in (shared.web, shared.worker):
-        assert process.alive, f"{process.name} died in an earlier test:\n{process.output()[-3000:]}"
-    return shared.web
+    return ready(shared, idle=False)
 
 
 @pytest.fixture
@@ -57,14 +52,6 @@ def stream_of(web):
         stream.close()
 
 
-def bearer(user_id):
-    return {"Authorization": f"Bearer {make_token(user_id)}"}
-
-
-def body(user_id, **fields):
-    return dict({"type": "chat", "event": "message_received", "user_ids": [str(user_id)]}, **fields)
-
-
 def assert_clean(text):
     for word in MARKUP_WORDS:
         assert word not in text.lower(), text
@@ -75,8 +62,8 @@ def test_five_times_encoded_script_reaches_neither_inbox_nor_stream(web, stream_
     stream = stream_of(user_id)
     title = "Payment due " + SCRIPT_5
     assert SCRIPT_5.startswith("&amp;amp;amp;amp;lt;script&amp;amp;amp;amp;gt;alert(1)")
-    sent = body(user_id, title=title, content=IMG_5 + "Pay by Friday", link_text=encode("<svg onload=alert(1)>", 5) + "Open",
-                link_url="/payments/1")
+    sent = trigger_body([user_id], title=title, content=IMG_5 + "Pay by Friday",
+                        link_text=encode("<svg onload=alert(1)>", 5) + "Open", link_url="/payments/1")
     response = web.post("/v1/notifications/trigger", headers=SERVICE, json=sent)
     assert response.status_code == 202, response.text
 
@@ -100,7 +87,8 @@ def test_five_times_encoded_script_is_not_pushed_either(web, stream_of):
     user_id = uuid.uuid4()
     stream = stream_of(user_id)
     pushed = web.post("/v1/notifications/sse", headers=SERVICE,
-                      json=body(user_id, title="Live " + SCRIPT_5, content=IMG_5 + "now", link_text="Go" + IMG_5))
+                      json=trigger_body([user_id], title="Live " + SCRIPT_5, content=IMG_5 + "now",
+                                        link_text="Go" + IMG_5))
     assert pushed.status_code == 200, pushed.text
     (event,) = stream.wait_events(1)
     assert_clean(bytes(stream.raw).decode())
@@ -112,7 +100,7 @@ def test_text_that_never_settles_is_refused_with_422(web):
     user_id = uuid.uuid4()
     deep = "Hi " + encode("<script>alert(1)</script>", 40)       # ~4,000 characters: fits in content
     for path in ("/v1/notifications/trigger", "/v1/notifications/sse"):
-        response = web.post(path, headers=SERVICE, json=body(user_id, title="Hi", content=deep))
+        response = web.post(path, headers=SERVICE, json=trigger_body([user_id], title="Hi", content=deep))
         assert response.status_code == 422, response.text
         answer = response.json()
         assert answer["code"] == "notifications_m.invalid_request"
@@ -128,9 +116,9 @@ def test_format_characters_are_removed_from_what_clients_see(web, stream_of):
               "content": "\ufeffReset your pass\u200dword\u00ad", "link_text": "Op\u2060en"}
     seen = {"title": "Transfer to evil account", "content": "Reset your password", "link_text": "Open"}
     assert web.post("/v1/notifications/trigger", headers=SERVICE,
-                    json=body(user_id, link_url="/x", **hidden)).status_code == 202
+                    json=trigger_body([user_id], link_url="/x", **hidden)).status_code == 202
     assert web.post("/v1/notifications/sse", headers=SERVICE,
-                    json=body(user_id, link_url="/x", **hidden)).status_code == 200
+                    json=trigger_body([user_id], link_url="/x", **hidden)).status_code == 200
     events = stream.wait_events(2, timeout=20)
     for event in events:
         assert {k: event.json()[k] for k in seen} == seen
@@ -151,7 +139,7 @@ def test_control_characters_are_refused_with_a_precise_422(web, field, value, fo
     user_id = uuid.uuid4()
     fields = dict({"title": "Hello"}, **{field: value})
     for path in ("/v1/notifications/trigger", "/v1/notifications/sse"):
-        response = web.post(path, headers=SERVICE, json=body(user_id, **fields))
+        response = web.post(path, headers=SERVICE, json=trigger_body([user_id], **fields))
         assert response.status_code == 422, response.text
         assert found in response.json()["errors"][field][0]
     assert web.get("/v1/notifications", headers=bearer(user_id)).json()["total"] == 0
@@ -160,7 +148,7 @@ def test_control_characters_are_refused_with_a_precise_422(web, field, value, fo
 def test_content_keeps_its_line_breaks_and_tabs(web):
     user_id = uuid.uuid4()
     response = web.post("/v1/notifications/trigger", headers=SERVICE,
-                        json=body(user_id, title="Statement", content="line one\r\nline two\n\tindented"))
+                        json=trigger_body([user_id], title="Statement", content="line one\r\nline two\n\tindented"))
     assert response.status_code == 202, response.text
     items = wait_until(lambda: web.get("/v1/notifications", headers=bearer(user_id)).json()["items"], 20)
     assert items[0]["content"] == "line one\nline two\n\tindented"
@@ -170,7 +158,7 @@ def test_content_keeps_its_line_breaks_and_tabs(web):
                                   "/\t/evil.example", " //evil.example", "//evil.example"])
 def test_links_browsers_read_as_another_host_are_refused(web, link):
     response = web.post("/v1/notifications/trigger", headers=SERVICE,
-                        json=body(uuid.uuid4(), title="Hi", link_url=link))
+                        json=trigger_body([uuid.uuid4()], title="Hi", link_url=link))
     assert response.status_code == 422, response.text
     assert list(response.json()["errors"]) == ["link_url"]
 

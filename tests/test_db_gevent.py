@@ -5,12 +5,13 @@ the test process. This is a correctness check of cooperative I/O (the web
 workers are gevent workers), not a benchmark: the bounds are wide.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from devtools.services import REPO_ROOT
+
+REPO = str(REPO_ROOT)
 
 PRELUDE = """
 import json, sys, time

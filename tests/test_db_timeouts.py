@@ -6,8 +6,8 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import make_token
-from processes import processes, wait_until  # noqa: F401  (the fixture)
+from testkit.identity import make_token
+from testkit.processes import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

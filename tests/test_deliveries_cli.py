@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import insert_notification
+from testkit.rows import insert_notification
+from devtools.services import REPO_ROOT
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 EMAIL, PHONE = "carol.customer@example.com", "+447700900123"
@@ -129,7 +130,7 @@ def test_more_than_the_threshold_without_a_terminal_needs_yes(make_app, db, fail
 def run_at_a_terminal(env, answer, timeout=60):
     """`flask deliveries retry` in a real process whose stdin is a terminal; types `answer` at the prompt."""
     primary, secondary = pty.openpty()
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     proc = subprocess.Popen([str(Path(sys.executable).parent / "flask"), "--app", "wsgi", "deliveries", "retry"],
                             cwd=root, env=env, stdin=secondary, stdout=subprocess.PIPE, stderr=secondary)
     os.close(secondary)

@@ -9,9 +9,9 @@ import time
 import pytest
 import requests
 
-from devtools.services import free_port
+from devtools.services import REPO_ROOT, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 
 
 def listening(port):

@@ -3,20 +3,18 @@
 Real PostgreSQL, Redis and RQ: jobs run in-process with an RQ SimpleWorker in
 burst mode inside the app context, exactly as `python -m workers` runs them.
 """
+import functools
 import json
-import pathlib
 import time
 import uuid
 
-import psycopg2.extras
-import yaml
-
 from app.pubsub_codec import decode, message_key
-from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
-from tests import fake_providers
-from tests.factories import assert_envelope
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from testkit import api
+from testkit.api import assert_envelope, post_trigger, trigger_body
+from testkit.config_files import queue_yaml
+from testkit.identity import API_KEY, bearer, make_token, OTHER_API_KEY, SERVICE
+from testkit.jobs import run_jobs
+from testkit.rows import rows, scalar
 
 # SPEC "Trigger body", exactly as written there.
 SPEC_EXAMPLE = {"type": "chats", "event": "message_received", "title": "Test Notification",
@@ -27,53 +25,7 @@ SPEC_EXAMPLE = {"type": "chats", "event": "message_received", "title": "Test Not
 
 # ---------------------------------------------------------------- helpers
 
-
-def write_queue_yaml(tmp_path, **sections):
-    """A copy of queue.yaml with some keys of some sections replaced; returns its path."""
-    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = tmp_path / "queue.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-
-
-def run_jobs(app):
-    """Run every queued dispatch and delivery job in this process until the queues are empty."""
-    from workers.trust import make_worker
-    with app.app_context():
-        make_worker(app).work(burst=True)
-
-
-def trigger(client, body, headers=None, **kwargs):
-    return client.post("/v1/notifications/trigger", json=body, headers=headers or SERVICE, **kwargs)
-
-
-def body_for(user_ids, **overrides):
-    body = {"type": "chat", "event": "message_received", "title": "New Message",
-            "content": "Hello from John", "user_ids": [str(u) for u in user_ids]}
-    body.update(overrides)
-    return body
-
-
-def auth(user_id):
-    return {"Authorization": f"Bearer {make_token(user_id)}"}
-
-
-def rows(db, sql, *args):
-    with db.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        cur.execute(sql, args)
-        return [dict(r) for r in cur.fetchall()]
-
-
-def scalar(db, sql, *args):
-    with db.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()[0]
-
-
+body_for = functools.partial(trigger_body, title="New Message", content="Hello from John")
 
 
 # ---------------------------------------------------------------- trigger → stored → inbox
@@ -81,7 +33,7 @@ def scalar(db, sql, *args):
 
 def test_trigger_accepted_then_stored_once_per_user_and_in_each_inbox(app, client, db):
     users = [uuid.uuid4() for _ in range(3)]
-    r = trigger(client, body_for(users, link_url="/chat/room/456", link_text="View Message",
+    r = post_trigger(client, body=body_for(users, link_url="/chat/room/456", link_text="View Message",
                                  rec_type="chats", rec_id="789e4567-e89b-12d3-a456-426614174000"))
     assert r.status_code == 202, r.get_data(as_text=True)
     accepted = r.get_json()
@@ -99,7 +51,7 @@ def test_trigger_accepted_then_stored_once_per_user_and_in_each_inbox(app, clien
     stored = rows(db, "SELECT * FROM notifications WHERE trigger_id = %s", trigger_id)
     assert sorted(r["user_id"] for r in stored) == sorted(users)
     for user_id in users:
-        inbox = client.get("/v1/notifications", headers=auth(user_id))
+        inbox = client.get("/v1/notifications", headers=bearer(user_id))
         assert inbox.status_code == 200
         body = inbox.get_json()
         assert body["total"] == 1 and body["unread"] == 1
@@ -118,7 +70,7 @@ def test_spec_example_body_succeeds_and_stores_canonical_type(app, client, db):
     assert r.status_code == 202, r.get_data(as_text=True)
     run_jobs(app)
     user_id = uuid.UUID(SPEC_EXAMPLE["user_ids"][0])
-    item = client.get("/v1/notifications", headers=auth(user_id)).get_json()["items"][0]
+    item = client.get("/v1/notifications", headers=bearer(user_id)).get_json()["items"][0]
     assert item["type"] == "chat"          # `chats` is an alias; the canonical name is stored
     assert item["event"] == "message_received"
     assert item["title"] == "Test Notification" and item["content"] == "This is a test notification"
@@ -129,11 +81,11 @@ def test_spec_example_body_succeeds_and_stores_canonical_type(app, client, db):
 
 def test_markup_is_stripped_when_accepted(app, client, db):
     user_id = uuid.uuid4()
-    r = trigger(client, body_for([user_id], title="<script>alert(1)</script>Hi",
+    r = post_trigger(client, body=body_for([user_id], title="<script>alert(1)</script>Hi",
                                  content="<b>bold</b> & a < b", link_text="<i>Open</i>"))
     assert r.status_code == 202, r.get_data(as_text=True)
     run_jobs(app)
-    item = client.get("/v1/notifications", headers=auth(user_id)).get_json()["items"][0]
+    item = client.get("/v1/notifications", headers=bearer(user_id)).get_json()["items"][0]
     assert item["title"] == "Hi"
     assert item["content"] == "bold & a < b"       # other characters kept as written
     assert item["link_text"] == "Open"
@@ -146,7 +98,7 @@ def test_stored_notification_is_published_to_the_users_stream_channel(app, clien
     pubsub = app.extensions["redis"].pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{app.config['REDIS_PREFIX']}user:{user_id}")
     try:
-        assert trigger(client, body_for([user_id])).status_code == 202
+        assert post_trigger(client, body=body_for([user_id])).status_code == 202
         run_jobs(app)
         message = None
         deadline = time.monotonic() + 5
@@ -162,7 +114,7 @@ def test_stored_notification_is_published_to_the_users_stream_channel(app, clien
 
 def test_trigger_status_pending_then_dispatched(app, client):
     users = [uuid.uuid4() for _ in range(4)]
-    accepted = trigger(client, body_for(users)).get_json()
+    accepted = post_trigger(client, body=body_for(users)).get_json()
     url = accepted["status_url"]
 
     r = client.get(url, headers=SERVICE)
@@ -182,10 +134,10 @@ def test_trigger_status_pending_then_dispatched(app, client):
 
 
 def test_trigger_status_is_private_to_the_calling_api_key(client):
-    url = trigger(client, body_for([uuid.uuid4()])).get_json()["status_url"]
+    url = post_trigger(client, body=body_for([uuid.uuid4()])).get_json()["status_url"]
     assert_envelope(client.get(url, headers={"X-API-Key": OTHER_API_KEY}), 404, "not_found")
     assert_envelope(client.get(url), 401, "invalid_api_key")
-    assert_envelope(client.get(url, headers=auth(uuid.uuid4())), 401, "invalid_api_key")
+    assert_envelope(client.get(url, headers=bearer(uuid.uuid4())), 401, "invalid_api_key")
     assert_envelope(client.get(f"/v1/notifications/triggers/{uuid.uuid4()}", headers=SERVICE), 404, "not_found")
     assert_envelope(client.get("/v1/notifications/triggers/not-a-uuid", headers=SERVICE), 400, "invalid_id")
     assert client.get(url, headers={"X-API-Key": API_KEY}).status_code == 200
@@ -198,7 +150,7 @@ def test_same_key_same_body_replays_the_first_answer_and_stores_once(app, client
     user_id = uuid.uuid4()
     body = body_for([user_id], customer_id=str(uuid.uuid4()))
     headers = dict(SERVICE, **{"Idempotency-Key": "order-42"})
-    first = trigger(client, body, headers)
+    first = post_trigger(client, body=body, headers=headers)
     assert first.status_code == 202
     # the same body with its keys in another order and other spacing
     reordered = json.dumps(dict(reversed(list(body.items()))), indent=2)
@@ -207,19 +159,19 @@ def test_same_key_same_body_replays_the_first_answer_and_stores_once(app, client
     assert again.status_code == 202
     assert again.get_json() == first.get_json()
     run_jobs(app)
-    third = trigger(client, body, headers)            # also after the worker ran
+    third = post_trigger(client, body=body, headers=headers)            # also after the worker ran
     assert third.status_code == 202 and third.get_json() == first.get_json()
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM triggers") == 1
     assert scalar(db, "SELECT count(*) FROM notifications") == 1
-    assert client.get("/v1/notifications", headers=auth(user_id)).get_json()["total"] == 1
+    assert client.get("/v1/notifications", headers=bearer(user_id)).get_json()["total"] == 1
 
 
 def test_same_key_other_body_is_refused(app, client, db):
     user_id = uuid.uuid4()
     headers = dict(SERVICE, **{"Idempotency-Key": "k-1"})
-    assert trigger(client, body_for([user_id]), headers).status_code == 202
-    r = trigger(client, body_for([user_id], title="Another title"), headers)
+    assert post_trigger(client, body=body_for([user_id]), headers=headers).status_code == 202
+    r = post_trigger(client, body=body_for([user_id], title="Another title"), headers=headers)
     body = assert_envelope(r, 409, "idempotency_key_reused")
     assert "trigger_id" not in body
     run_jobs(app)
@@ -229,9 +181,9 @@ def test_same_key_other_body_is_refused(app, client, db):
 
 def test_same_key_from_another_api_key_is_independent(app, client, db):
     user_id = uuid.uuid4()
-    first = trigger(client, body_for([user_id]), {"X-API-Key": API_KEY, "Idempotency-Key": "shared"})
-    other = trigger(client, body_for([user_id], title="Other service"),
-                    {"X-API-Key": OTHER_API_KEY, "Idempotency-Key": "shared"})
+    first = post_trigger(client, body=body_for([user_id]), headers={"X-API-Key": API_KEY, "Idempotency-Key": "shared"})
+    other = post_trigger(client, body=body_for([user_id], title="Other service"),
+                         headers={"X-API-Key": OTHER_API_KEY, "Idempotency-Key": "shared"})
     assert first.status_code == 202 and other.status_code == 202
     assert first.get_json()["trigger_id"] != other.get_json()["trigger_id"]
     run_jobs(app)
@@ -243,26 +195,26 @@ def test_same_key_from_another_api_key_is_independent(app, client, db):
 def test_expired_key_can_be_reused(app, client, db):
     user_id = uuid.uuid4()
     headers = dict(SERVICE, **{"Idempotency-Key": "daily-digest"})
-    first = trigger(client, body_for([user_id]), headers)
+    first = post_trigger(client, body=body_for([user_id]), headers=headers)
     assert first.status_code == 202
     with db.cursor() as cur:
         cur.execute("UPDATE triggers SET created_at = now() - interval '25 hours' WHERE idempotency_key = %s",
                     ("daily-digest",))
     # past the 24 h of queue.yaml: a different body is a new trigger, not a 409
-    again = trigger(client, body_for([user_id], title="Next day"), headers)
+    again = post_trigger(client, body=body_for([user_id], title="Next day"), headers=headers)
     assert again.status_code == 202, again.get_data(as_text=True)
     assert again.get_json()["trigger_id"] != first.get_json()["trigger_id"]
     # and the key now belongs to the new trigger
-    replay = trigger(client, body_for([user_id], title="Next day"), headers)
+    replay = post_trigger(client, body=body_for([user_id], title="Next day"), headers=headers)
     assert replay.get_json() == again.get_json()
-    assert_envelope(trigger(client, body_for([user_id]), headers), 409, "idempotency_key_reused")
+    assert_envelope(post_trigger(client, body=body_for([user_id]), headers=headers), 409, "idempotency_key_reused")
     run_jobs(app)
     assert scalar(db, "SELECT count(*) FROM triggers WHERE idempotency_key = 'daily-digest'") == 1
     assert scalar(db, "SELECT count(*) FROM notifications WHERE title = 'Next day'") == 1
 
 
 def test_oversized_idempotency_key_is_refused(client, db):
-    r = trigger(client, body_for([uuid.uuid4()]), dict(SERVICE, **{"Idempotency-Key": "k" * 201}))
+    r = post_trigger(client, body=body_for([uuid.uuid4()]), headers=dict(SERVICE, **{"Idempotency-Key": "k" * 201}))
     body = assert_envelope(r, 422, "invalid_request")
     assert "Idempotency-Key" in body["errors"]
     assert scalar(db, "SELECT count(*) FROM triggers") == 0
@@ -274,7 +226,7 @@ def test_oversized_idempotency_key_is_refused(client, db):
 def test_drain_job_enqueued_twice_stores_once(app, client, db):
     from app.jobs_queue import queue, wake_dispatcher
     users = [uuid.uuid4() for _ in range(5)]
-    trigger(client, body_for(users))
+    post_trigger(client, body=body_for(users))
     with app.app_context():
         assert wake_dispatcher() is None            # the accept already woke one: nothing more
         wake_dispatcher(force=True)
@@ -292,7 +244,7 @@ def test_drain_job_enqueued_twice_stores_once(app, client, db):
 def test_dispatch_function_called_twice_even_from_scratch_stores_once(app, client, db):
     from app.dispatch.fanout import dispatch_trigger
     users = [uuid.uuid4() for _ in range(7)]
-    trigger_id = uuid.UUID(trigger(client, body_for(users, type="payment", event="payment_failed"))
+    trigger_id = uuid.UUID(post_trigger(client, body=body_for(users, type="payment", event="payment_failed"))
                            .get_json()["trigger_id"])
     with app.app_context():
         assert dispatch_trigger(trigger_id) == 7
@@ -309,26 +261,26 @@ def test_dispatch_function_called_twice_even_from_scratch_stores_once(app, clien
     assert len({(d["notification_id"], d["channel"]) for d in deliveries}) == 14
     assert {d["channel"] for d in deliveries} == {"email", "sms"}
     user = {"Authorization": f"Bearer {make_token(users[0])}"}
-    seen = fake_providers.deliveries(client, user)
+    seen = api.deliveries(client, user)
     assert set(seen) == {"system", "email", "sms"} and seen["system"]["status"] == "sent"
     assert scalar(db, "SELECT status FROM triggers") == "dispatched"
 
 
 def test_explicit_channels_limit_the_delivery_rows(app, client, db):
     users = [uuid.uuid4() for _ in range(2)]
-    r = trigger(client, body_for(users, type="payment", event="payment_failed", channels=["system", "sms"]))
+    r = post_trigger(client, body=body_for(users, type="payment", event="payment_failed", channels=["system", "sms"]))
     assert r.status_code == 202
     run_jobs(app)
     assert sorted(r["channel"] for r in rows(db, "SELECT channel FROM deliveries")) == ["sms", "sms"]
     for user in users:   # email left out; the in-app delivery shows as the user reads it
-        assert set(fake_providers.deliveries(client, {"Authorization": f"Bearer {make_token(user)}"})) == {"system",
+        assert set(api.deliveries(client, {"Authorization": f"Bearer {make_token(user)}"})) == {"system",
                                                                                                           "sms"}
 
 
 def test_external_deliveries_run_and_are_recorded(app, client, db):
     """The email job runs; a user with no address on file is skipped (never retried)."""
     user_id = uuid.uuid4()
-    trigger_id = trigger(client, body_for([user_id])).get_json()["trigger_id"]
+    trigger_id = post_trigger(client, body=body_for([user_id])).get_json()["trigger_id"]
     run_jobs(app)
     email = rows(db, "SELECT d.status, d.attempts FROM deliveries d JOIN notifications n"
                      " ON n.id = d.notification_id WHERE n.trigger_id = %s AND d.channel = 'email'", trigger_id)
@@ -340,11 +292,11 @@ def test_external_deliveries_run_and_are_recorded(app, client, db):
 
 
 def test_large_fanout_is_chunked_and_complete(make_app, db, tmp_path):
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, batch={"users_per_chunk": 100}))
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 100}))
     assert app.config["DOMAIN"].users_per_chunk == 100
     client = app.test_client()
     users = [uuid.uuid4() for _ in range(1000)]
-    r = trigger(client, body_for(users))
+    r = post_trigger(client, body=body_for(users))
     assert r.status_code == 202
     assert r.get_json()["users"] == 1000
     trigger_id = r.get_json()["trigger_id"]
@@ -359,7 +311,7 @@ def test_large_fanout_is_chunked_and_complete(make_app, db, tmp_path):
 
 def test_repeated_user_ids_are_stored_once(app, client, db):
     user_id = uuid.uuid4()
-    r = trigger(client, body_for([user_id, user_id, str(user_id).upper()]))
+    r = post_trigger(client, body=body_for([user_id, user_id, str(user_id).upper()]))
     assert r.status_code == 202
     assert r.get_json()["users"] == 1
     run_jobs(app)
@@ -394,7 +346,7 @@ def test_direct_push_answers_200_and_stores_nothing(app, client, db):
     assert scalar(db, "SELECT count(*) FROM notifications") == 0
     assert scalar(db, "SELECT count(*) FROM triggers") == 0
     assert scalar(db, "SELECT count(*) FROM deliveries") == 0
-    assert client.get("/v1/notifications", headers=auth(user_id)).get_json()["total"] == 0
+    assert client.get("/v1/notifications", headers=bearer(user_id)).get_json()["total"] == 0
 
 
 def test_direct_push_spec_example_and_auth(client):

@@ -3,7 +3,6 @@ once, whatever runs at the same time, fails or dies midway.
 
 Real PostgreSQL, Redis and RQ; the kill test runs `python -m workers` and SIGKILLs it.
 """
-import os
 import threading
 import time
 import uuid
@@ -11,18 +10,19 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import SERVICE
-from tests.test_dispatch import run_jobs, write_queue_yaml
-from tests.test_relay import _start_worker, _stop, body_for, kill_once_storing, queued, scalar
-
-TRIGGER = "/v1/notifications/trigger"
+from testkit.api import TRIGGER_PATH as TRIGGER, trigger_body
+from testkit.config_files import queue_yaml
+from testkit.identity import SERVICE
+from testkit.jobs import queued, run_jobs
+from testkit.processes import kill_when
+from testkit.rows import scalar
 
 
 def accept(client, count, users_each=1, **overrides):
     """POST `count` triggers; returns their ids in order."""
     ids = []
     for _ in range(count):
-        r = client.post(TRIGGER, json=body_for([uuid.uuid4() for _ in range(users_each)], **overrides),
+        r = client.post(TRIGGER, json=trigger_body([uuid.uuid4() for _ in range(users_each)], **overrides),
                         headers=SERVICE)
         assert r.status_code == 202, r.get_data(as_text=True)
         ids.append(r.get_json()["trigger_id"])
@@ -64,7 +64,7 @@ def test_a_trigger_accepted_once_the_drain_has_started_wakes_the_next_job(app, c
 
 def test_concurrent_drains_never_store_a_trigger_twice(make_app, db, tmp_path):
     from app.dispatch.drain import drain
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, batch={"users_per_chunk": 20}))
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 20}))
     client = app.test_client()
     small = accept(client, 300)
     medium = accept(client, 10, users_each=7)
@@ -118,7 +118,7 @@ def test_a_failing_trigger_is_deferred_and_does_not_hold_up_the_others(app, clie
 
 
 def test_a_failing_big_trigger_is_deferred_too(make_app, db, tmp_path):
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, batch={"users_per_chunk": 2}))
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 2}))
     client = app.test_client()
     bad, good = accept(client, 2, users_each=5)
     with db.cursor() as cur:
@@ -131,7 +131,7 @@ def test_a_failing_big_trigger_is_deferred_too(make_app, db, tmp_path):
 
 def test_a_stopping_worker_hands_the_rest_over(make_app, db, tmp_path):
     from app.dispatch.drain import drain
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, batch={"users_per_chunk": 10}))
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 10}))
     client = app.test_client()
     accept(client, 35)
     app.extensions["redis"].flushall()               # no job queued
@@ -144,35 +144,32 @@ def test_a_stopping_worker_hands_the_rest_over(make_app, db, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_worker_sigkilled_mid_batch_stores_every_trigger_once(make_app, clean, tmp_path):
+def test_worker_sigkilled_mid_batch_stores_every_trigger_once(make_app, clean, processes, tmp_path):
     """Batches are all or nothing: a kill rolls the batch in hand back (its claims die with the
     connection), the relay wakes a drain on the next worker, and nothing is stored twice."""
     chunk, total = 50, 1500
-    config = write_queue_yaml(tmp_path, batch={"users_per_chunk": chunk},
+    config = queue_yaml(tmp_path, batch={"users_per_chunk": chunk},
                               relay={"interval_seconds": 1, "stale_after_seconds": 2})
     app = make_app(QUEUE_CONFIG=config)
     accept(app.test_client(), total)
-    env = dict(os.environ, **clean, QUEUE_CONFIG=config, PYTHONUNBUFFERED="1")
+    env = dict(clean, QUEUE_CONFIG=config)
     watch = psycopg2.connect(clean["DATABASE_URL"])
     watch.autocommit = True
-    log_path = tmp_path / "worker.log"
     try:
-        with open(log_path, "ab") as log:
-            kill_once_storing(env, log, lambda: scalar(watch, "SELECT count(*) FROM notifications"))
-            killed_at = scalar(watch, "SELECT count(*) FROM notifications")
-            assert 0 < killed_at < total, (killed_at, log_path.read_text()[-3000:])
-            assert killed_at % chunk == 0                # whole batches only
-            assert scalar(watch, "SELECT count(*) FROM triggers WHERE status = 'dispatched'") == killed_at
-            second = _start_worker(env, log)
-            try:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    if scalar(watch, "SELECT count(*) FROM triggers WHERE status = 'pending'") == 0:
-                        break
-                    assert second.poll() is None, log_path.read_text()[-3000:]
-                    time.sleep(0.2)
-            finally:
-                _stop(second)
+        first = processes.start_worker(env, wait=False)
+        kill_when(first, lambda: scalar(watch, "SELECT count(*) FROM notifications"))
+        killed_at = scalar(watch, "SELECT count(*) FROM notifications")
+        assert 0 < killed_at < total, (killed_at, first.output()[-3000:])
+        assert killed_at % chunk == 0                # whole batches only
+        assert scalar(watch, "SELECT count(*) FROM triggers WHERE status = 'dispatched'") == killed_at
+        second = processes.start_worker(env, wait=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if scalar(watch, "SELECT count(*) FROM triggers WHERE status = 'pending'") == 0:
+                break
+            assert second.alive, second.output()[-3000:]
+            time.sleep(0.2)
+        second.stop(timeout=15)
         assert_each_stored_once(watch, total)
     finally:
         watch.close()

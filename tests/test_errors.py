@@ -4,8 +4,8 @@ import uuid
 import pytest
 
 from devtools.services import free_port
-from factories import fetch_row, insert_notification
-from tests.factories import assert_envelope
+from testkit.api import assert_envelope
+from testkit.rows import fetch_row, insert_notification
 
 
 

@@ -27,8 +27,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                status_code_conformance)
 from werkzeug.exceptions import HTTPException
 
-from conftest import API_KEY, make_token
-from factories import insert_notification
+from testkit.identity import API_KEY, make_token
+from testkit.rows import insert_notification
 
 # CI: a fixed number of examples from a fixed seed, so a run is repeatable and stays well under
 # a minute. Deeper local runs: FUZZ_EXAMPLES=500 FUZZ_RANDOM=1 pytest tests/test_fuzz.py

@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-from conftest import SERVICE, make_token
-from factories import fetch_row, insert_notification
+from testkit.identity import make_token, SERVICE
+from testkit.rows import fetch_row, insert_notification
 
 
 def assert_invalid(response, field):

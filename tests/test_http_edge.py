@@ -16,21 +16,17 @@ import uuid
 
 import pytest
 import requests
-import yaml
 
-from conftest import API_KEY, SERVICE, make_token
-from factories import ENVELOPE_KEYS, assert_envelope, insert_notification
-from processes import ProcessGroup, processes, wait_until  # noqa: F401
-from devtools.services import REPO_ROOT
+from testkit.api import assert_envelope
+from testkit.config_files import queue_yaml
+from testkit.identity import API_KEY, SERVICE, bearer, make_token
+from testkit.processes import wait_until
+from testkit.rows import insert_notification
 
 pytestmark = pytest.mark.timeout(120)
 
 METRICS_TOKEN = "metrics-token-for-the-edge-tests-0123456789abcdef"
 DEEP = 5000   # far past Python's recursion limit (1,000)
-
-
-def bearer(user_id, **claims):
-    return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
 
 
 def nested_list(depth):
@@ -39,25 +35,6 @@ def nested_list(depth):
 
 def nested_object(depth):
     return '{"a":' * depth + "1" + "}" * depth
-
-
-def http_envelope(response, status, code):
-    """assert_envelope for a `requests` response (a real server)."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json"), response.text
-    body = response.json()
-    assert body["code"] == "notifications_m." + code and body["status"] == status, body
-    assert isinstance(body["message"], str) and body["message"]
-    assert set(body) - {"errors"} == ENVELOPE_KEYS
-    return body
-
-
-def queue_yaml(directory, **limits):
-    data = yaml.safe_load((REPO_ROOT / "queue.yaml").read_text())
-    data["rate_limits"] = dict(data["rate_limits"], **limits)
-    path = directory / "queue.edge.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
 
 
 def _path_of(rule):
@@ -128,7 +105,7 @@ def test_deep_json_under_gunicorn_is_400_and_the_worker_lives_on(processes, clea
                                   ("PUT", "/v1/notifications/preferences", bearer(uuid.uuid4()))):
         response = requests.request(method, web.url + path, data=nested_list(DEEP * 20), timeout=10,
                                     headers=dict(headers, **json_type))
-        http_envelope(response, 400, "invalid_json")
+        assert_envelope(response, 400, "invalid_json")
     assert web.worker_pids() == [worker_pid]
     assert "RecursionError" not in web.output() and "Traceback" not in web.output()
 
@@ -219,7 +196,7 @@ def test_without_metrics_token_the_heap_scan_is_refused_and_metrics_stay_open(pr
     web = processes.start_web(clean)
     assert web.get("/healthz").json() == {"status": "ok"}   # probes stay open (SPEC)
     for headers in ({}, {"Authorization": f"Bearer {METRICS_TOKEN}"}, {"Authorization": "Bearer "}):
-        http_envelope(web.get("/healthz?greenlets=1", headers=headers), 403, "metrics_token_not_configured")
+        assert_envelope(web.get("/healthz?greenlets=1", headers=headers), 403, "metrics_token_not_configured")
     metrics = web.get("/metrics")
     assert metrics.status_code == 200 and "notif_open_streams" in metrics.text
 
@@ -234,7 +211,7 @@ def test_with_metrics_token_both_need_its_bearer(processes, clean):
     for path in ("/healthz?greenlets=1", "/metrics"):
         for headers in wrong:
             response = web.get(path, headers=headers)
-            http_envelope(response, 401, "invalid_metrics_token")
+            assert_envelope(response, 401, "invalid_metrics_token")
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
             assert "greenlets" not in response.text and "notif_" not in response.text
     scanned = web.get("/healthz?greenlets=1", headers=good)
@@ -261,24 +238,25 @@ def anonymous_inbox(web, forwarded_for):
 
 def test_behind_one_proxy_each_client_has_its_own_anonymous_bucket(processes, clean, tmp_path):
     web = processes.start_web(dict(clean, RATE_LIMITS_ENABLED="true",
-                                   QUEUE_CONFIG=queue_yaml(tmp_path, user="2/minute")), PROXY_HOPS="1")
+                                   QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"user": "2/minute"})),
+                              PROXY_HOPS="1")
     first, second = "198.51.100.1", "198.51.100.2"
     for _ in range(2):
-        http_envelope(anonymous_inbox(web, first), 401, "invalid_user_id")
-    http_envelope(anonymous_inbox(web, first), 429, "rate_limited")
+        assert_envelope(anonymous_inbox(web, first), 401, "invalid_user_id")
+    assert_envelope(anonymous_inbox(web, first), 429, "rate_limited")
     # another client behind the same router: a bucket of its own
-    http_envelope(anonymous_inbox(web, second), 401, "invalid_user_id")
+    assert_envelope(anonymous_inbox(web, second), 401, "invalid_user_id")
     # the router appends the client it saw; what the client claimed before that is not believed
-    http_envelope(anonymous_inbox(web, f"{second}, {first}"), 429, "rate_limited")
+    assert_envelope(anonymous_inbox(web, f"{second}, {first}"), 429, "rate_limited")
 
 
 def test_without_proxies_a_forwarded_for_header_picks_no_bucket(processes, clean, tmp_path):
     web = processes.start_web(dict(clean, RATE_LIMITS_ENABLED="true",
-                                   QUEUE_CONFIG=queue_yaml(tmp_path, user="2/minute")))
+                                   QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"user": "2/minute"})))
     for _ in range(2):
-        http_envelope(anonymous_inbox(web, "198.51.100.1"), 401, "invalid_user_id")
+        assert_envelope(anonymous_inbox(web, "198.51.100.1"), 401, "invalid_user_id")
     for spoofed in ("198.51.100.2", "203.0.113.9, 198.51.100.3"):
-        http_envelope(anonymous_inbox(web, spoofed), 429, "rate_limited")
+        assert_envelope(anonymous_inbox(web, spoofed), 429, "rate_limited")
 
 
 def pushed_from(web, forwarded_for=None):

@@ -22,15 +22,16 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
 
 from app.config import DEV_SECRET_KEY
 from app.pubsub_codec import MAX_MESSAGE, message_key
-from conftest import SERVICE, make_token
-from processes import ProcessGroup, queue_config, wait_until
+from testkit.api import IN_APP, trigger
+from testkit.identity import bearer
+from testkit.processes import wait_until, web_and_worker
+from devtools.services import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(180)
 KEY = message_key(DEV_SECRET_KEY)   # the services run with DEVELOPMENT=true and no SECRET_KEY
@@ -40,15 +41,13 @@ FORGED_TITLE = "Your account is blocked: call +44 20 0000 0000"
 
 @pytest.fixture(scope="module")
 def services(base_env, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("hub-services")
-    with ProcessGroup(str(directory)) as group:
-        worker = group.start_worker(base_env, queue_config=queue_config(directory))
-        web = group.start_web(base_env, workers=2, keepalive=1)
-        yield SimpleNamespace(web=web, worker=worker)
+    with web_and_worker(base_env, tmp_path_factory.mktemp("hub-services"), workers=2) as services:
+        yield services
 
 
 @pytest.fixture
 def rds(clean):
+    """The run's Redis with bytes replies (the conftest's decodes them)."""
     client = redis_lib.Redis.from_url(clean["REDIS_URL"])
     yield client
     client.close()
@@ -118,8 +117,7 @@ def test_forged_and_malformed_messages_never_reach_a_stream(services, clean, rds
         for user_id in users:
             for _ in range(2):
                 customers = [CUSTOMER] if user_id == scoped_user else None
-                headers = {"Authorization": f"Bearer {make_token(user_id, customers=customers)}"}
-                opened.append((user_id, web.stream(headers=headers)))
+                opened.append((user_id, web.stream(headers=bearer(user_id, customers=customers))))
         for _, stream in opened:
             assert stream.ok, stream.response.text
             stream.wait_named("unread")          # subscribed: the hub confirmed its channel
@@ -137,10 +135,7 @@ def test_forged_and_malformed_messages_never_reach_a_stream(services, clean, rds
                 rds.publish(pattern.format(uid=user_id), sealed(channel, b'd|||{"title":"' + FORGED_TITLE.encode() + b'"}'))
 
         # Every stream of every worker still gets the next real notification, and only it.
-        response = web.post("/v1/notifications/trigger", headers=SERVICE, json={
-            "type": "tasks", "event": "task_due", "title": "Real", "customer_id": CUSTOMER,
-            "user_ids": [str(u) for u in users]})
-        assert response.status_code == 202, response.text
+        trigger(web, users, title="Real", customer_id=CUSTOMER, **IN_APP)
         for user_id, stream in opened:
             (event,) = stream.wait_events(1, timeout=20)
             assert event.json()["title"] == "Real" and int(event.id) < 99999999
@@ -223,7 +218,7 @@ RECOVERY_CHILD = textwrap.dedent("""
 def test_an_unexpected_error_reconnects_and_resynchronises(clean):
     """The hub of issue 17 point 3 died here, silently, leaving its socket open."""
     done = subprocess.run([sys.executable, "-c", RECOVERY_CHILD, clean["REDIS_URL"]], capture_output=True,
-                          text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          text=True, timeout=60, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"connections_before": 1, "connections_after": 1, "replaced": True, "resynced": 1,

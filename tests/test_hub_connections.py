@@ -16,8 +16,8 @@ import pytest
 import redis as redis_lib
 
 from app.redis_client import MAX_CONNECTIONS
-from conftest import make_token
-from processes import ProcessGroup
+from testkit.identity import make_token
+from testkit.processes import ProcessGroup
 
 pytestmark = pytest.mark.timeout(180)
 USERS, PER_USER = 100, 3

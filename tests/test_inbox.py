@@ -5,17 +5,13 @@ import uuid
 
 import pytest
 
-from conftest import make_token
-from factories import fetch_row, insert_notification
-from tests.factories import assert_envelope
+from testkit.api import assert_envelope
+from testkit.identity import bearer
+from testkit.rows import fetch_row, insert_notification
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 NOTIFICATION_KEYS = ["id", "customer_id", "type", "event", "title", "content", "link_url", "link_text",
                      "rec_type", "rec_id", "read", "read_at", "created_at"]
-
-
-def auth(user_id, customers=None):
-    return {"Authorization": f"Bearer {make_token(user_id, customers=customers)}"}
 
 
 def ids(response):
@@ -164,7 +160,7 @@ def test_customers_claim_limits_the_inbox(client, db):
     in_b = insert_notification(db, user_id, customer_id=b)
     in_c = insert_notification(db, user_id, customer_id=c)
     none = insert_notification(db, user_id)
-    headers = auth(user_id, customers=[a, b])
+    headers = bearer(user_id, customers=[a, b])
 
     r = client.get("/v1/notifications", headers=headers)
     assert r.status_code == 200
@@ -179,9 +175,9 @@ def test_customers_claim_limits_the_inbox(client, db):
     assert_envelope(r, 403, "invalid_customer_id")
 
     # an empty claim: only notifications without a customer
-    r = client.get("/v1/notifications", headers=auth(user_id, customers=[]))
+    r = client.get("/v1/notifications", headers=bearer(user_id, customers=[]))
     assert ids(r) == [str(none["id"])]
-    r = client.get(f"/v1/notifications?customer_id={a}", headers=auth(user_id, customers=[]))
+    r = client.get(f"/v1/notifications?customer_id={a}", headers=bearer(user_id, customers=[]))
     assert_envelope(r, 403, "invalid_customer_id")
 
 
@@ -221,7 +217,7 @@ def test_every_filter_pages_and_counts_exactly_what_is_stored(client, db):
     newest_first = [r for r in reversed(stored) if r["deleted_at"] is None and r["in_app"]]
 
     for claim in (None, [a, b], []):
-        headers = auth(user_id, customers=claim)
+        headers = bearer(user_id, customers=claim)
         for customer in (None, a, c):
             if claim is not None and customer is not None and customer not in claim:
                 r = client.get(f"/v1/notifications?customer_id={customer}", headers=headers)

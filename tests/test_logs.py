@@ -3,19 +3,9 @@ import json
 import logging
 import re
 
-from app.logs import JsonFormatter
-from tests.conftest import SERVICE
-from tests.test_preferences import run_worker
-
-
-class Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(json.loads(self.format(record)))
+from testkit.logs import Capture
+from testkit.identity import SERVICE
+from testkit.jobs import run_jobs
 
 
 def test_request_id_is_the_services_own_and_carried_into_the_job(app, client, user):
@@ -28,7 +18,7 @@ def test_request_id_is_the_services_own_and_carried_into_the_job(app, client, us
                               "user_ids": [str(user_id)]})
         ours = r.headers["X-Request-ID"]
         assert re.fullmatch(r"[0-9a-f]{32}", ours)
-        run_worker(app)
+        run_jobs(app)
     finally:
         logging.getLogger().removeHandler(capture)
     dispatched = [line for line in capture.lines if line["logger"].startswith("app.dispatch.")

@@ -1,6 +1,6 @@
 """`/metrics` shows the series operators alert on, after the path that feeds them ran."""
-from tests.conftest import SERVICE
-from tests.test_preferences import run_worker
+from testkit.identity import SERVICE
+from testkit.jobs import run_jobs
 
 
 def test_metrics_after_trigger_and_delivery(app, client, user, db):
@@ -10,7 +10,7 @@ def test_metrics_after_trigger_and_delivery(app, client, user, db):
     r = client.post("/v1/notifications/trigger", headers=SERVICE, json={
         "type": "chat", "event": "message_received", "title": "Hi", "user_ids": [str(user_id)]})
     assert r.status_code == 202
-    run_worker(app)
+    run_jobs(app)
     client.get("/v1/notifications", headers=headers)
     text = client.get("/metrics").get_data(as_text=True)
     assert 'notif_http_request_duration_seconds_count{endpoint="notifications.Inbox",method="GET",status="200"}' in text

@@ -1,41 +1,19 @@
 """Plain-SQL migrations: from zero, idempotent, safe when two releases race."""
 import os
 import re
-import secrets
 import subprocess
 import sys
 import threading
 
 import psycopg2
 import pytest
-from psycopg2.extensions import make_dsn, parse_dsn
 
 from app.migrate import MIGRATIONS_DIR, migrate, migration_files
-from conftest import API_KEY, JWT_SECRET
+from testkit.identity import API_KEY, JWT_SECRET
+from devtools.services import REPO_ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)\"?", re.IGNORECASE)
-
-
-def with_dbname(url, name):
-    params = parse_dsn(url)
-    params["dbname"] = name
-    return make_dsn(**params)
-
-
-@pytest.fixture
-def fresh_db(pg_server):
-    """An empty database of its own on the run's server, dropped afterwards."""
-    name = f"notif_migr_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(with_dbname(pg_server, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield with_dbname(pg_server, name)
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
 
 
 def query(url, sql, params=None):
@@ -75,40 +53,40 @@ def test_migration_files_are_found_in_order():
     assert sql_files == versions
 
 
-def test_from_zero_creates_every_table(fresh_db):
-    assert tables(fresh_db) == set()
-    applied = migrate(fresh_db, echo=lambda *_: None)
+def test_from_zero_creates_every_table(empty_database):
+    assert tables(empty_database) == set()
+    applied = migrate(empty_database, echo=lambda *_: None)
     versions = [version for version, _ in migration_files()]
     assert applied == versions
-    assert [row[0] for row in recorded(fresh_db)] == versions
-    present = tables(fresh_db)
+    assert [row[0] for row in recorded(empty_database)] == versions
+    present = tables(empty_database)
     assert {"notifications", "schema_migrations"} <= present
     assert expected_tables() <= present
-    columns = {row[0] for row in query(fresh_db, "SELECT column_name FROM information_schema.columns"
+    columns = {row[0] for row in query(empty_database, "SELECT column_name FROM information_schema.columns"
                                                  " WHERE table_name = 'notifications'")}
     assert {"id", "seq", "user_id", "customer_id", "type", "event", "title", "content", "link_url",
             "link_text", "rec_type", "rec_id", "read_at", "created_at", "deleted_at"} <= columns
 
 
-def test_second_run_applies_nothing(fresh_db):
+def test_second_run_applies_nothing(empty_database):
     messages = []
-    assert migrate(fresh_db, echo=messages.append)
+    assert migrate(empty_database, echo=messages.append)
     assert messages == [f"applied {version}" for version, _ in migration_files()]
-    before = recorded(fresh_db)
+    before = recorded(empty_database)
     again = []
-    assert migrate(fresh_db, echo=again.append) == []
+    assert migrate(empty_database, echo=again.append) == []
     assert again == []
-    assert recorded(fresh_db) == before
+    assert recorded(empty_database) == before
 
 
-def test_concurrent_runs_apply_each_file_once(fresh_db):
+def test_concurrent_runs_apply_each_file_once(empty_database):
     start = threading.Barrier(2)
     results, failures = [None, None], []
 
     def run(slot):
         try:
             start.wait()
-            results[slot] = migrate(fresh_db, echo=lambda *_: None)
+            results[slot] = migrate(empty_database, echo=lambda *_: None)
         except Exception as exc:  # reported below
             failures.append(exc)
 
@@ -122,26 +100,26 @@ def test_concurrent_runs_apply_each_file_once(fresh_db):
     versions = [version for version, _ in migration_files()]
     # between them they applied every file exactly once
     assert sorted(results[0] + results[1]) == versions
-    assert [row[0] for row in recorded(fresh_db)] == versions
-    assert expected_tables() <= tables(fresh_db)
+    assert [row[0] for row in recorded(empty_database)] == versions
+    assert expected_tables() <= tables(empty_database)
 
 
-def test_failing_migration_is_rolled_back_and_releases_the_lock(fresh_db, tmp_path):
+def test_failing_migration_is_rolled_back_and_releases_the_lock(empty_database, tmp_path):
     (tmp_path / "0001_good.sql").write_text("CREATE TABLE good (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half_done (id int);\nSELECT no_such_function();")
     with pytest.raises(psycopg2.Error):
-        migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None)
-    assert [row[0] for row in recorded(fresh_db)] == ["0001_good"]
-    assert tables(fresh_db) == {"good", "schema_migrations"}
+        migrate(empty_database, directory=str(tmp_path), echo=lambda *_: None)
+    assert [row[0] for row in recorded(empty_database)] == ["0001_good"]
+    assert tables(empty_database) == {"good", "schema_migrations"}
     # fixed file: the next release applies just it (and does not wait on a leftover lock)
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half_done (id int);")
-    assert migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None) == ["0002_bad"]
-    assert "half_done" in tables(fresh_db)
+    assert migrate(empty_database, directory=str(tmp_path), echo=lambda *_: None) == ["0002_bad"]
+    assert "half_done" in tables(empty_database)
 
 
-def test_release_command(fresh_db, redis_proc):
+def test_release_command(empty_database, redis_proc):
     """The Procfile's `release: flask --app wsgi migrate`, twice."""
-    env = dict(os.environ, DATABASE_URL=fresh_db, REDIS_URL=redis_proc.url, JWT_SECRET=JWT_SECRET,
+    env = dict(os.environ, DATABASE_URL=empty_database, REDIS_URL=redis_proc.url, JWT_SECRET=JWT_SECRET,
                API_KEYS=API_KEY, DEVELOPMENT="true")   # the test's secrets are development values
     env.pop("NOTIFICATIONS_CONFIG", None)
     env.pop("QUEUE_CONFIG", None)
@@ -150,22 +128,22 @@ def test_release_command(fresh_db, redis_proc):
     assert first.returncode == 0, first.stderr
     count = len(migration_files())
     assert f"{count} migration(s) applied" in first.stdout
-    assert expected_tables() <= tables(fresh_db)
+    assert expected_tables() <= tables(empty_database)
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     assert "database is up to date" in second.stdout
-    assert len(recorded(fresh_db)) == count
+    assert len(recorded(empty_database)) == count
 
 
-def test_covering_index_migration_replaces_an_invalid_leftover(fresh_db, tmp_path):
+def test_covering_index_migration_replaces_an_invalid_leftover(empty_database, tmp_path):
     """0009's index may be built by hand with CREATE INDEX CONCURRENTLY before the release; a build
     that failed leaves an INVALID index of that name, which the migration must rebuild, not keep."""
     files = migration_files()
     index = [v for v, _ in files].index("0009_inbox_covering_index")
     for version, path in files[:index]:
         (tmp_path / f"{version}.sql").write_text(open(path).read())
-    migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None)
-    conn = psycopg2.connect(fresh_db)
+    migrate(empty_database, directory=str(tmp_path), echo=lambda *_: None)
+    conn = psycopg2.connect(empty_database)
     conn.autocommit = True
     with conn.cursor() as cur:
         user = "123e4567-e89b-12d3-a456-426614174000"
@@ -176,10 +154,10 @@ def test_covering_index_migration_replaces_an_invalid_leftover(fresh_db, tmp_pat
             cur.execute("CREATE UNIQUE INDEX CONCURRENTLY notifications_inbox_covering ON notifications (user_id)")
     conn.close()
     valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('notifications_inbox_covering')"
-    assert query(fresh_db, valid) == [(False,)]
+    assert query(empty_database, valid) == [(False,)]
 
-    assert migrate(fresh_db, echo=lambda *_: None)[0] == "0009_inbox_covering_index"
-    assert query(fresh_db, valid) == [(True,)]
-    definition = query(fresh_db, "SELECT indexdef FROM pg_indexes WHERE indexname = 'notifications_inbox_covering'")
+    assert migrate(empty_database, echo=lambda *_: None)[0] == "0009_inbox_covering_index"
+    assert query(empty_database, valid) == [(True,)]
+    definition = query(empty_database, "SELECT indexdef FROM pg_indexes WHERE indexname = 'notifications_inbox_covering'")
     assert definition[0][0].endswith("(user_id, seq DESC) INCLUDE (customer_id, read_at, deleted_at, in_app)")
-    assert query(fresh_db, "SELECT to_regclass('notifications_inbox')") == [(None,)]
+    assert query(empty_database, "SELECT to_regclass('notifications_inbox')") == [(None,)]

@@ -15,12 +15,14 @@ from rq.job import Job
 
 from app.api_keys import plain_name
 from app.keyed import keyed_hash
-from conftest import API_KEY, SERVICE
+from testkit.api import deliveries, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.identity import API_KEY, SERVICE
+from testkit.jobs import drain, run_jobs
+from testkit.processes import wait_until
+from testkit.providers import FakeHTTP, FakeTwilio
 from devtools.services import free_port
-from fake_providers import (FakeHTTP, FakeSMTP, FakeTwilio, channel_config, deliveries, drain, put_contact, trigger,
-                            work)
-from processes import processes, wait_until  # noqa: F401  (the fixture)
-from test_logs import Capture
+from testkit.logs import Capture
 
 CAROL = "carol@example.com"
 PHONE = "+14155550123"
@@ -28,29 +30,16 @@ TOKEN = "gw-Tok3n-5f1e9c2a7b4d8e6f0a3c"
 
 
 @pytest.fixture
-def build(clean, tmp_path):
-    """build(channels, events=..., **settings) -> an app delivering chat.message_received on them."""
-    from app import create_app
-    apps = []
-
+def build(make_app, clean, tmp_path):
+    """build(channels, events=..., **settings) -> (an app delivering chat.message_received on them, the
+    environment of a worker process doing the same)."""
     def make(channels, attempts=2, **settings):
         events = {"chat": {"message_received": ["system", *channels]}}
         config = channel_config(tmp_path, channels, events, attempts=attempts, backoff=(60, 600))
-        env = dict(clean, **config, MAIL_DEFAULT_SENDER="notify@bank.example", MAIL_SERVER="127.0.0.1",
-                   MAIL_TIMEOUT="5", **settings)
-        application = create_app(env)
-        apps.append(application)
-        return application, env
-    yield make
-    for application in apps:
-        application.extensions["db_pool"].close()
-
-
-@pytest.fixture
-def smtp():
-    server = FakeSMTP().start()
-    yield server
-    server.stop()
+        settings = dict(config, MAIL_DEFAULT_SENDER="notify@bank.example", MAIL_SERVER="127.0.0.1",
+                        MAIL_TIMEOUT="5", **settings)
+        return make_app(**settings), dict(clean, **settings)
+    return make
 
 
 def read_deliveries(client, user_headers):
@@ -69,7 +58,7 @@ def test_smtp_450_naming_the_recipient_shows_the_class_not_the_address(build, sm
     client = app.test_client()
     put_contact(client, user_id, email=CAROL)
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     found, text = read_deliveries(client, headers)
     email = found["email"]
     assert email["status"] == "pending"
@@ -101,7 +90,7 @@ def test_sms_gateway_url_with_a_token_shows_the_class_not_the_token(build, user)
     client = app.test_client()
     put_contact(client, user_id, phone=PHONE)
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     found, text = read_deliveries(client, headers)
     sms = found["sms"]
     assert sms["status"] == "pending"
@@ -139,7 +128,7 @@ def test_twilio_unreachable_shows_neither_the_account_sid_nor_the_number(build, 
     client = app.test_client()
     put_contact(client, user_id, phone=PHONE)
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     found, text = read_deliveries(client, headers)
     assert found["sms"]["last_error"].startswith("connection_failed: ConnectionError")
     assert twilio.account_sid not in text and twilio.auth_token not in text and PHONE not in text
@@ -181,7 +170,7 @@ def test_the_drain_logs_a_database_error_without_the_rows_values(app, client, db
     capture = Capture()
     logging.getLogger().addHandler(capture)
     try:
-        work(app)
+        run_jobs(app)
     finally:
         logging.getLogger().removeHandler(capture)
     with db.cursor() as cur:
@@ -195,25 +184,20 @@ def test_the_drain_logs_a_database_error_without_the_rows_values(app, client, db
     assert CAROL not in last_error and "carol" not in json.dumps(capture.lines)
 
 
-def test_rq_keeps_a_failed_jobs_text_redacted(clean, processes, tmp_path):  # noqa: F811
+def test_rq_keeps_a_failed_jobs_text_redacted(app, clean, processes, tmp_path):
     """A job whose argument is an address (written into Redis by whoever can) fails in the real
     worker; the traceback RQ keeps for a week, and the worker's log, name no address."""
-    from app import create_app
     from app.jobs_queue import queue
-    app = create_app(dict(clean))
-    try:
-        with app.app_context():
-            q = queue("deliveries", app)
-            job = q.enqueue("workers.jobs.deliver", CAROL, job_id="deliver-poison", failure_ttl=600)
-        worker = processes.start_worker(clean)
-        with app.app_context():
-            def failed_text():
-                fetched = Job.fetch(job.id, connection=app.extensions["redis"], serializer=q.serializer)
-                result = fetched.latest_result()
-                return result.exc_string if result is not None and result.exc_string else None
-            text = wait_until(failed_text, timeout=30, message="the job to fail")
-    finally:
-        app.extensions["db_pool"].close()
+    with app.app_context():
+        q = queue("deliveries", app)
+        job = q.enqueue("workers.jobs.deliver", CAROL, job_id="deliver-poison", failure_ttl=600)
+    worker = processes.start_worker(clean)
+    with app.app_context():
+        def failed_text():
+            fetched = Job.fetch(job.id, connection=app.extensions["redis"], serializer=q.serializer)
+            result = fetched.latest_result()
+            return result.exc_string if result is not None and result.exc_string else None
+        text = wait_until(failed_text, timeout=30, message="the job to fail")
     assert "Traceback" in text and "[value]" in text and "[statement]" in text
     assert CAROL not in text
     processes.stop_all()

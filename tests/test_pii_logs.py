@@ -19,10 +19,11 @@ import redis as redis_lib
 import requests
 from aiosmtpd.controller import Controller
 
-from conftest import API_KEY, SERVICE, make_token
+from testkit.config_files import channel_config
+from testkit.identity import API_KEY, make_token, SERVICE
+from testkit.processes import wait_until
+from testkit.providers import FakeHTTP, FakeTwilio
 from devtools.services import free_port
-from fake_providers import FakeHTTP, FakeTwilio, channel_config
-from processes import processes, wait_until  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -145,7 +146,7 @@ def redis_text(url):
     return "\n".join(parts)
 
 
-def test_a_full_run_logs_no_personal_data_and_no_secret(clean, tmp_path, providers, processes, db):  # noqa: F811
+def test_a_full_run_logs_no_personal_data_and_no_secret(clean, tmp_path, providers, processes, db):
     env = service_env(clean, tmp_path, providers)
     web = processes.start_web(env, access_log="-")
     worker = processes.start_worker(env)

@@ -5,7 +5,9 @@ import uuid
 import pytest
 from workers.trust import make_worker
 
-from tests.conftest import SERVICE, make_token
+from testkit.api import trigger
+from testkit.identity import make_token
+from testkit.jobs import run_jobs
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 OTHER_CUSTOMER = uuid.uuid4()
@@ -147,19 +149,6 @@ def test_concurrent_puts_both_apply(app, user):
         assert channels_of(body, "chat", event)["system"]["enabled"] is False
 
 
-def run_worker(app):
-    with app.app_context():
-        make_worker(app).work(burst=True)
-
-
-def trigger(client, user_id, event="message_received"):
-    r = client.post("/v1/notifications/trigger", headers=SERVICE, json={
-        "type": "chat", "event": event, "title": "Hello", "user_ids": [str(user_id)],
-        "customer_id": str(CUSTOMER)})
-    assert r.status_code == 202
-    return r.get_json()["trigger_id"]
-
-
 def deliveries(db, user_id):
     with db.cursor() as cur:
         cur.execute("SELECT d.channel, d.status, d.reason FROM deliveries d JOIN notifications n"
@@ -170,8 +159,8 @@ def deliveries(db, user_id):
 def test_all_channels_off_is_recorded_but_not_in_inbox(app, client, user, db):
     user_id, headers = user
     put(client, headers, {"group": "chat", "enabled": False})
-    trigger(client, user_id)
-    run_worker(app)
+    trigger(client, [user_id], customer_id=str(CUSTOMER))
+    run_jobs(app)
     with db.cursor() as cur:
         cur.execute("SELECT in_app FROM notifications WHERE user_id = %s", (user_id,))
         assert cur.fetchall() == [(False,)]
@@ -184,11 +173,11 @@ def test_preference_changed_after_trigger_applies_at_delivery(app, client, user,
     user_id, headers = user
     with db.cursor() as cur:
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, 'u@example.com')", (user_id,))
-    trigger(client, user_id)
+    trigger(client, [user_id], customer_id=str(CUSTOMER))
     with app.app_context():   # dispatch only: the email delivery job waits in its queue
         make_worker(app, ("dispatch",)).work(burst=True)
     assert ("email", "pending", None) in deliveries(db, user_id)
     put(client, headers, {"group": "chat", "event": "message_received", "channel": "email", "enabled": False})
-    run_worker(app)
+    run_jobs(app)
     assert ("email", "skipped", "switched off in the user's preferences") in deliveries(db, user_id)
     assert client.get("/v1/notifications", headers=headers).get_json()["total"] == 1

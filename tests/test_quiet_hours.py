@@ -3,27 +3,18 @@ import datetime
 
 import pytest
 
-from tests.fake_providers import (FakeSMTP, channel_config, deliveries, fast_forward, put_contact, scheduled,
-                                  trigger, work)
+from testkit.api import deliveries, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.jobs import fast_forward, run_jobs, scheduled
 
 UTC = datetime.timezone.utc
 
 
 @pytest.fixture
-def smtp():
-    server = FakeSMTP().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app(clean, tmp_path, smtp):
-    from app import create_app
+def app(make_app, tmp_path, smtp):
     config = channel_config(tmp_path, {"email": {"enabled": True}})   # security.login_alert: locked, urgent
-    application = create_app(dict(clean, **config, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
-                                  MAIL_DEFAULT_SENDER="n@bank.example", MAIL_TIMEOUT="5"))
-    yield application
-    application.extensions["db_pool"].close()
+    return make_app(**config, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
+                    MAIL_DEFAULT_SENDER="n@bank.example", MAIL_TIMEOUT="5")
 
 
 def window_around_now(minutes_before=60, minutes_after=60):
@@ -46,7 +37,7 @@ def test_email_held_until_window_end_then_sent(app, user, smtp):
     shown = set_quiet(client, headers, window_around_now())
     assert shown["channels"] == ["email"] and shown["timezone"] == "UTC"
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     state = deliveries(client, headers)
     assert state["system"]["status"] == "sent"
     assert state["email"]["status"] == "pending"
@@ -60,7 +51,7 @@ def test_email_held_until_window_end_then_sent(app, user, smtp):
     # the window is over (the user removed it): the scheduled job sends it, once
     set_quiet(client, headers, None)
     assert fast_forward(app) == 1
-    work(app)
+    run_jobs(app)
     assert deliveries(client, headers)["email"]["status"] == "sent"
     assert len(smtp.messages) == 1
 
@@ -71,7 +62,7 @@ def test_outside_the_window_sends_at_once(app, user, smtp):
     put_contact(client, user_id, email="u@example.org")
     set_quiet(client, headers, window_around_now(minutes_before=-60, minutes_after=120))  # starts in an hour
     trigger(client, [user_id])
-    work(app)
+    run_jobs(app)
     assert deliveries(client, headers)["email"]["status"] == "sent"
     assert len(smtp.messages) == 1
 
@@ -82,7 +73,7 @@ def test_locked_urgent_event_goes_through_quiet_hours(app, user, smtp):
     put_contact(client, user_id, email="u@example.org")
     set_quiet(client, headers, window_around_now())
     trigger(client, [user_id], type="security", event="login_alert")
-    work(app)
+    run_jobs(app)
     assert deliveries(client, headers)["email"]["status"] == "sent"
     assert scheduled(app) == {}
 

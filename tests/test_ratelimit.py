@@ -3,7 +3,6 @@
 The other test modules run with RATE_LIMITS_ENABLED=false (tests/conftest.py); here every app
 turns them on, with small limits from a queue.yaml copy so a test needs only a few requests.
 """
-import pathlib
 import time
 import uuid
 
@@ -11,46 +10,20 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from conftest import OTHER_API_KEY, SERVICE, make_token
-from factories import insert_notification
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-OTHER_SERVICE = {"X-API-Key": OTHER_API_KEY}
-
-
-def body_for(*user_ids):
-    return {"type": "chat", "event": "message_received", "title": "New Message",
-            "user_ids": [str(u) for u in user_ids or (uuid.uuid4(),)]}
-
-
-def bearer(user_id, **claims):
-    return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
-
-
-def queue_yaml(tmp_path, name="queue.yaml", **limits):
-    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
-    data["rate_limits"] = dict(data.get("rate_limits") or {}, **limits)
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
+from devtools.services import REPO_ROOT
+from testkit.api import post_trigger, push, trigger_body
+from testkit.config_files import queue_yaml
+from testkit.identity import OTHER_SERVICE, SERVICE, bearer
+from testkit.processes import ProcessGroup
+from testkit.rows import insert_notification
 
 
 @pytest.fixture
-def make_app(clean, tmp_path):
-    """An app with rate limits on and the given limits; pools closed at the end."""
-    from app import create_app
-    made = []
-
+def limited_app(make_app, tmp_path):
+    """limited_app(enabled="true", **limits) -> an app with rate limits on and the given limits."""
     def factory(enabled="true", **limits):
-        application = create_app(dict(clean, RATE_LIMITS_ENABLED=enabled,
-                                      QUEUE_CONFIG=queue_yaml(tmp_path, **limits)))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield factory
-    for application in made:
-        application.extensions["db_pool"].close()
+        return make_app(RATE_LIMITS_ENABLED=enabled, QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits=limits))
+    return factory
 
 
 def assert_rate_limited(response):
@@ -65,48 +38,40 @@ def assert_rate_limited(response):
     return retry
 
 
-def trigger(client, headers=SERVICE):
-    return client.post("/v1/notifications/trigger", json=body_for(), headers=headers)
-
-
-def push(client, headers=SERVICE):
-    return client.post("/v1/notifications/sse", json=body_for(), headers=headers)
-
-
 # ---------------------------------------------------------------- per API key
 
 
-def test_the_n_plus_first_trigger_in_a_window_is_429_with_retry_after(make_app):
-    client = make_app(trigger="3/minute").test_client()
+def test_the_n_plus_first_trigger_in_a_window_is_429_with_retry_after(limited_app):
+    client = limited_app(trigger="3/minute").test_client()
     for _ in range(3):
-        assert trigger(client).status_code == 202
-    retry = assert_rate_limited(trigger(client))
+        assert post_trigger(client).status_code == 202
+    retry = assert_rate_limited(post_trigger(client))
     assert retry <= 60
 
 
-def test_another_api_key_has_its_own_budget(make_app):
-    client = make_app(trigger="2/minute").test_client()
+def test_another_api_key_has_its_own_budget(limited_app):
+    client = limited_app(trigger="2/minute").test_client()
     for _ in range(2):
-        assert trigger(client).status_code == 202
-    assert_rate_limited(trigger(client))
+        assert post_trigger(client).status_code == 202
+    assert_rate_limited(post_trigger(client))
     for _ in range(2):
-        assert trigger(client, OTHER_SERVICE).status_code == 202
-    assert_rate_limited(trigger(client, OTHER_SERVICE))
+        assert post_trigger(client, headers=OTHER_SERVICE).status_code == 202
+    assert_rate_limited(post_trigger(client, headers=OTHER_SERVICE))
 
 
-def test_trigger_and_direct_push_share_one_budget_per_key(make_app):
-    client = make_app(trigger="3/minute").test_client()
-    assert trigger(client).status_code == 202
+def test_trigger_and_direct_push_share_one_budget_per_key(limited_app):
+    client = limited_app(trigger="3/minute").test_client()
+    assert post_trigger(client).status_code == 202
     assert push(client).status_code == 200
-    assert trigger(client).status_code == 202
+    assert post_trigger(client).status_code == 202
     assert_rate_limited(push(client))
-    assert_rate_limited(trigger(client))
+    assert_rate_limited(post_trigger(client))
 
 
-def test_other_service_calls_have_the_service_budget(make_app):
-    client = make_app(trigger="1/minute", service="2/minute").test_client()
-    assert trigger(client).status_code == 202
-    assert_rate_limited(trigger(client))
+def test_other_service_calls_have_the_service_budget(limited_app):
+    client = limited_app(trigger="1/minute", service="2/minute").test_client()
+    assert post_trigger(client).status_code == 202
+    assert_rate_limited(post_trigger(client))
     path = f"/v1/notifications/users/{uuid.uuid4()}/contact"
     assert client.get(path, headers=SERVICE).status_code == 404   # the trigger budget is spent, not this one
     assert client.put(path, json={"email": "a@example.com"}, headers=SERVICE).status_code == 200
@@ -116,22 +81,22 @@ def test_other_service_calls_have_the_service_budget(make_app):
 # ---------------------------------------------------------------- shared by every process, in Redis
 
 
-def test_the_count_is_shared_between_two_app_instances(make_app, clean):
-    first, second = make_app(trigger="3/minute").test_client(), make_app(trigger="3/minute").test_client()
-    assert trigger(first).status_code == 202
-    assert trigger(second).status_code == 202
-    assert trigger(first).status_code == 202
-    assert_rate_limited(trigger(second))
-    assert_rate_limited(trigger(first))
+def test_the_count_is_shared_between_two_app_instances(limited_app, clean):
+    first, second = limited_app(trigger="3/minute").test_client(), limited_app(trigger="3/minute").test_client()
+    assert post_trigger(first).status_code == 202
+    assert post_trigger(second).status_code == 202
+    assert post_trigger(first).status_code == 202
+    assert_rate_limited(post_trigger(second))
+    assert_rate_limited(post_trigger(first))
     keys = redis_lib.Redis.from_url(clean["REDIS_URL"]).keys("*")
     limit_keys = [k.decode() for k in keys if b"ratelimit" in k]
     assert limit_keys and all(k.startswith(clean["REDIS_PREFIX"] + "ratelimit:") for k in limit_keys)
 
 
-def test_a_large_budget_is_leased_in_slices_and_never_exceeded(make_app, clean):
+def test_a_large_budget_is_leased_in_slices_and_never_exceeded(limited_app, clean):
     """300/minute is taken 3 requests at a time (1/100 of it) by each process: one Redis round trip
     per slice, nobody past the budget, at most a slice's remainder per process refused early."""
-    first, second = (make_app(service="300/minute").test_client() for _ in range(2))
+    first, second = (limited_app(service="300/minute").test_client() for _ in range(2))
     path = f"/v1/notifications/users/{uuid.uuid4()}/contact"
     client = redis_lib.Redis.from_url(clean["REDIS_URL"])
     assert first.get(path, headers=SERVICE).status_code == 404
@@ -182,29 +147,29 @@ def test_concurrent_requests_of_one_caller_share_slices_without_losing_any(clean
 def test_two_gunicorn_gevent_workers_share_the_count(clean, tmp_path):
     """The deployment shape: gunicorn with two gevent workers; requests land on either one and
     the budget is still one budget."""
-    from processes import ProcessGroup
-    env = dict(clean, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue_yaml(tmp_path, trigger="6/minute"))
+    env = dict(clean, RATE_LIMITS_ENABLED="true",
+               QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"trigger": "6/minute"}))
     with ProcessGroup(str(tmp_path)) as group:
         web = group.start_web(env, workers=2)
-        statuses = [web.post("/v1/notifications/trigger", json=body_for(), headers=SERVICE).status_code
+        statuses = [web.post("/v1/notifications/trigger", json=trigger_body(), headers=SERVICE).status_code
                     for _ in range(10)]
-        refused = web.post("/v1/notifications/trigger", json=body_for(), headers=SERVICE)
-        other = web.post("/v1/notifications/trigger", json=body_for(), headers=OTHER_SERVICE)
+        refused = web.post("/v1/notifications/trigger", json=trigger_body(), headers=SERVICE)
+        other = web.post("/v1/notifications/trigger", json=trigger_body(), headers=OTHER_SERVICE)
     assert statuses == [202] * 6 + [429] * 4
     assert refused.status_code == 429 and refused.json()["code"] == "notifications_m.rate_limited"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert other.status_code == 202
 
 
-def test_redis_down_fails_open(make_app, redis_proc, db):
+def test_redis_down_fails_open(limited_app, redis_proc, db):
     user_id = uuid.uuid4()
     insert_notification(db, user_id)
-    client = make_app(trigger="3/minute", user="3/minute").test_client()
+    client = limited_app(trigger="3/minute", user="3/minute").test_client()
     assert client.get("/v1/notifications", headers=bearer(user_id)).status_code == 200
     redis_proc.stop()
     try:
         # the trigger is accepted into the outbox (no Redis needed); the inbox is PostgreSQL only
-        assert trigger(client).status_code == 202
+        assert post_trigger(client).status_code == 202
         response = client.get("/v1/notifications", headers=bearer(user_id))
         assert response.status_code == 200 and response.get_json()["total"] == 1
         # still limited while Redis is away: per process, counted afresh in memory
@@ -215,30 +180,30 @@ def test_redis_down_fails_open(make_app, redis_proc, db):
         redis_proc.start()
 
 
-def test_back_on_redis_once_it_returns(make_app, redis_proc, clean):
-    client = make_app(trigger="100/minute").test_client()
+def test_back_on_redis_once_it_returns(limited_app, redis_proc, clean):
+    client = limited_app(trigger="100/minute").test_client()
     redis_proc.stop()
     try:
-        assert trigger(client).status_code == 202
+        assert post_trigger(client).status_code == 202
     finally:
         redis_proc.start()
     time.sleep(2.1)  # Redis is tried again after 1, 2, 4 … s
-    assert trigger(client).status_code == 202
+    assert post_trigger(client).status_code == 202
     keys = redis_lib.Redis.from_url(clean["REDIS_URL"]).keys(clean["REDIS_PREFIX"] + "ratelimit:*")
     assert keys
 
 
-def test_disabled_by_the_environment_switch(make_app):
-    client = make_app(enabled="false", trigger="1/minute").test_client()
+def test_disabled_by_the_environment_switch(limited_app):
+    client = limited_app(enabled="false", trigger="1/minute").test_client()
     for _ in range(3):
-        assert trigger(client).status_code == 202
+        assert post_trigger(client).status_code == 202
 
 
 # ---------------------------------------------------------------- per user
 
 
-def test_user_calls_are_limited_per_user(make_app):
-    client = make_app(user="3/minute").test_client()
+def test_user_calls_are_limited_per_user(limited_app):
+    client = limited_app(user="3/minute").test_client()
     alice, bob = uuid.uuid4(), uuid.uuid4()
     assert client.get("/v1/notifications", headers=bearer(alice)).status_code == 200
     assert client.get("/v1/notifications/preferences", headers=bearer(alice)).status_code == 200
@@ -249,8 +214,8 @@ def test_user_calls_are_limited_per_user(make_app):
     assert client.get("/v1/notifications", headers=bearer(bob)).status_code == 200
 
 
-def test_calls_without_valid_credentials_are_limited_per_address(make_app):
-    client = make_app(user="2/minute", service="2/minute").test_client()
+def test_calls_without_valid_credentials_are_limited_per_address(limited_app):
+    client = limited_app(user="2/minute", service="2/minute").test_client()
     garbage = {"Authorization": "Bearer not-a-token"}
     assert client.get("/v1/notifications", headers=garbage).status_code == 401
     assert client.get("/v1/notifications").status_code == 401
@@ -264,12 +229,12 @@ def test_calls_without_valid_credentials_are_limited_per_address(make_app):
     assert client.get(path, headers=SERVICE).status_code == 404
 
 
-def test_stream_refusals_before_the_cap_spend_nothing_and_unknown_callers_spend_their_address(make_app):
+def test_stream_refusals_before_the_cap_spend_nothing_and_unknown_callers_spend_their_address(limited_app):
     """The stream budget is a token bucket spent only once the per-user cap let a stream in (the
     real streams are in tests/test_stream_security.py): a stream the view refuses (403: customer
     outside the token) spends nothing, whatever the count; a caller with no valid ticket spends
     the bucket of its address, and a known user is not held to that bucket."""
-    client = make_app(stream_connect="20/minute", user="100/minute").test_client()
+    client = limited_app(stream_connect="20/minute", user="100/minute").test_client()
     alice, mine, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     headers = bearer(alice, customers=[mine])
     for _ in range(25):
@@ -287,20 +252,21 @@ def test_a_stream_budget_under_twice_the_per_user_cap_stops_start_up(clean, tmp_
     from app.errors import ConfigError
     with pytest.raises(ConfigError) as caught:
         create_app(dict(clean, RATE_LIMITS_ENABLED="true", SSE_MAX_STREAMS_PER_USER="10",
-                        QUEUE_CONFIG=queue_yaml(tmp_path, stream_connect="19/minute")))
+                        QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"stream_connect": "19/minute"})))
     assert caught.value.key == "rate_limits.stream_connect" and "20" in caught.value.problem
 
 
-def test_probes_docs_and_preflight_are_not_limited(make_app):
-    client = make_app(user="1/minute", service="1/minute", trigger="1/minute", stream_connect="20/minute").test_client()
+def test_probes_docs_and_preflight_are_not_limited(limited_app):
+    client = limited_app(user="1/minute", service="1/minute", trigger="1/minute",
+                         stream_connect="20/minute").test_client()
     for _ in range(3):
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             assert client.get(path).status_code == 200, path
         assert client.options("/v1/notifications").status_code == 200
 
 
-def test_openapi_documents_the_429_on_limited_operations(make_app):
-    spec = make_app().test_client().get("/openapi.json").get_json()
+def test_openapi_documents_the_429_on_limited_operations(limited_app):
+    spec = limited_app().test_client().get("/openapi.json").get_json()
     assert spec["components"]["responses"]["TOO_MANY_REQUESTS"]["headers"]["Retry-After"]
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
@@ -319,7 +285,7 @@ def test_a_bad_limit_stops_start_up_naming_it(tmp_path, name, value):
     from app.domain import load_domain
     from app.errors import ConfigError
     with pytest.raises(ConfigError) as caught:
-        load_domain(str(ROOT / "notifications.yaml"), queue_yaml(tmp_path, **{name: value}))
+        load_domain(str(REPO_ROOT / "notifications.yaml"), queue_yaml(tmp_path, rate_limits={name: value}))
     assert caught.value.key == f"rate_limits.{name}"
     assert str(caught.value).startswith("config error: ")
 
@@ -328,17 +294,17 @@ def test_an_unknown_limit_name_stops_start_up(tmp_path):
     from app.domain import load_domain
     from app.errors import ConfigError
     with pytest.raises(ConfigError) as caught:
-        load_domain(str(ROOT / "notifications.yaml"), queue_yaml(tmp_path, triggers="5/second"))
+        load_domain(str(REPO_ROOT / "notifications.yaml"), queue_yaml(tmp_path, rate_limits={"triggers": "5/second"}))
     assert caught.value.key == "rate_limits.triggers"
 
 
 def test_rate_limits_section_is_optional_with_defaults(tmp_path):
     from app.domain import RATE_LIMITS, load_domain
-    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
+    data = yaml.safe_load((REPO_ROOT / "queue.yaml").read_text())
     data.pop("rate_limits", None)
     path = tmp_path / "queue.yaml"
     path.write_text(yaml.safe_dump(data))
-    domain = load_domain(str(ROOT / "notifications.yaml"), str(path))
+    domain = load_domain(str(REPO_ROOT / "notifications.yaml"), str(path))
     assert domain.rate_limits == RATE_LIMITS
 
 

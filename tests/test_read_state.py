@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from tests.conftest import SERVICE, make_token
-from tests.factories import insert_notification
-from tests.test_preferences import run_worker
+from testkit.identity import make_token, SERVICE
+from testkit.jobs import run_jobs
+from testkit.rows import insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 OTHER = uuid.UUID("660e8400-e29b-41d4-a716-446655440000")
@@ -192,7 +192,7 @@ def test_unread_count_after_every_kind_of_change(app, client, user, db):
             "type": "chats", "event": "message_received", "title": title, "customer_id": str(CUSTOMER),
             "user_ids": [str(user_id)]})
         assert r.status_code == 202
-    run_worker(app)
+    run_jobs(app)
     assert counts(client, headers) == {"unread": 3, "by_customer": {str(CUSTOMER): 3},
                                        "by_group": dict(GROUPS, chat=3)}
     items = client.get("/v1/notifications", headers=headers).get_json()["items"]

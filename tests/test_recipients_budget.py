@@ -3,51 +3,34 @@
 Over HTTP, on apps whose queue.yaml copy has a small `rate_limits.recipients` (the shipped one allows
 3,000,000 a minute per key); counted in the run's Redis, shared by every app instance.
 """
-import pathlib
 import uuid
 
 import pytest
 import yaml
 
 from app.errors import ConfigError
-from conftest import OTHER_API_KEY, SERVICE
+from devtools.services import REPO_ROOT
+from testkit.api import post_trigger, push, trigger_body
+from testkit.config_files import queue_yaml
+from testkit.identity import OTHER_SERVICE as OTHER, SERVICE
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-OTHER = {"X-API-Key": OTHER_API_KEY}
+ROOT = REPO_ROOT
 
 
 @pytest.fixture
-def budget_app(clean, tmp_path):
+def budget_app(make_app, tmp_path):
     """budget_app(recipients, max_user_ids) -> an app with rate limits on and that recipients budget."""
-    from app import create_app
     made = []
 
     def factory(recipients, max_user_ids=10):
-        data = yaml.safe_load((ROOT / "queue.yaml").read_text())
-        data["rate_limits"] = dict(data["rate_limits"], trigger="10000/second", recipients=recipients)
-        data["batch"] = dict(data["batch"], max_user_ids=max_user_ids)
-        path = tmp_path / f"queue-{len(made)}.yaml"
-        path.write_text(yaml.safe_dump(data))
-        application = create_app(dict(clean, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=str(path)))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-    yield factory
-    for application in made:
-        application.extensions["db_pool"].close()
+        made.append(queue_yaml(tmp_path, f"queue-{len(made)}.yaml", batch={"max_user_ids": max_user_ids},
+                               rate_limits={"trigger": "10000/second", "recipients": recipients}))
+        return make_app(RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=made[-1])
+    return factory
 
 
-def body(users, title="Budget"):
-    return {"type": "chat", "event": "message_received", "title": title,
-            "user_ids": [str(uuid.uuid4()) for _ in range(users)]}
-
-
-def trigger(client, users, headers=SERVICE):
-    return client.post("/v1/notifications/trigger", json=body(users), headers=headers)
-
-
-def push(client, users, headers=SERVICE):
-    return client.post("/v1/notifications/sse", json=body(users), headers=headers)
+def users(count):
+    return [uuid.uuid4() for _ in range(count)]
 
 
 def assert_refused(response):
@@ -66,48 +49,48 @@ def count(db, table):
 
 def test_a_trigger_costs_one_per_recipient_and_over_the_budget_nothing_is_accepted(budget_app, db):
     client = budget_app("10/minute").test_client()
-    assert trigger(client, 4).status_code == 202
-    assert trigger(client, 4).status_code == 202          # 8 of 10 spent, by two requests
-    assert_refused(trigger(client, 3))                    # 11 > 10: refused whole
+    assert post_trigger(client, users(4)).status_code == 202
+    assert post_trigger(client, users(4)).status_code == 202  # 8 of 10 spent, by two requests
+    assert_refused(post_trigger(client, users(3)))            # 11 > 10: refused whole
     assert (count(db, "triggers"), count(db, "audit_log")) == (2, 2)    # nothing of it stored or audited
-    assert trigger(client, 2).status_code == 202          # the refused 3 were not counted: 10 of 10
-    assert_refused(trigger(client, 1))
+    assert post_trigger(client, users(2)).status_code == 202  # the refused 3 were not counted: 10 of 10
+    assert_refused(post_trigger(client, users(1)))
     assert count(db, "triggers") == 3
 
 
 def test_direct_push_spends_the_same_budget(budget_app):
     client = budget_app("10/minute").test_client()
-    assert push(client, 6).status_code == 200
-    assert_refused(trigger(client, 5))
-    assert_refused(push(client, 5))
-    assert trigger(client, 4).status_code == 202
+    assert push(client, users(6)).status_code == 200
+    assert_refused(post_trigger(client, users(5)))
+    assert_refused(push(client, users(5)))
+    assert post_trigger(client, users(4)).status_code == 202
 
 
 def test_each_key_has_its_own_budget(budget_app):
     client = budget_app("10/minute").test_client()
-    assert trigger(client, 10).status_code == 202
-    assert_refused(trigger(client, 1))
-    assert trigger(client, 10, OTHER).status_code == 202
-    assert_refused(trigger(client, 1, OTHER))
+    assert post_trigger(client, users(10)).status_code == 202
+    assert_refused(post_trigger(client, users(1)))
+    assert post_trigger(client, users(10), headers=OTHER).status_code == 202
+    assert_refused(post_trigger(client, users(1), headers=OTHER))
 
 
 def test_an_idempotent_replay_costs_nothing(budget_app):
     client = budget_app("10/minute").test_client()
     headers = dict(SERVICE, **{"Idempotency-Key": "once"})
-    sent = body(6)
+    sent = trigger_body(users(6))
     first = client.post("/v1/notifications/trigger", json=sent, headers=headers)
     assert first.status_code == 202
     again = client.post("/v1/notifications/trigger", json=sent, headers=headers)
     assert (again.status_code, again.get_json()) == (202, first.get_json())
-    assert trigger(client, 4).status_code == 202          # 6 + 4: the replay spent none
-    assert_refused(trigger(client, 1))
+    assert post_trigger(client, users(4)).status_code == 202  # 6 + 4: the replay spent none
+    assert_refused(post_trigger(client, users(1)))
 
 
 def test_the_budget_is_shared_by_every_app_instance(budget_app):
     first, second = budget_app("10/minute").test_client(), budget_app("10/minute").test_client()
-    assert trigger(first, 6).status_code == 202
-    assert_refused(trigger(second, 5))
-    assert trigger(second, 4).status_code == 202
+    assert post_trigger(first, users(6)).status_code == 202
+    assert_refused(post_trigger(second, users(5)))
+    assert post_trigger(second, users(4)).status_code == 202
 
 
 def test_a_large_budget_leased_in_slices_is_spent_to_the_last_recipient(budget_app, db):
@@ -115,10 +98,10 @@ def test_a_large_budget_leased_in_slices_is_spent_to_the_last_recipient(budget_a
     triggers use: 142 triggers (994) fit, a 143rd of 7 does not, one of 6 still does."""
     client = budget_app("1000/minute").test_client()
     for _ in range(142):
-        assert trigger(client, 7).status_code == 202
-    assert_refused(trigger(client, 7))
-    assert trigger(client, 6).status_code == 202
-    assert_refused(trigger(client, 1))
+        assert post_trigger(client, users(7)).status_code == 202
+    assert_refused(post_trigger(client, users(7)))
+    assert post_trigger(client, users(6)).status_code == 202
+    assert_refused(post_trigger(client, users(1)))
     with db.cursor() as cur:
         cur.execute("SELECT sum(users_total) FROM triggers")
         assert cur.fetchone()[0] == 1000

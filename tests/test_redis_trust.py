@@ -11,8 +11,8 @@ import redis as redis_lib
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
-from conftest import SERVICE
-from processes import processes, wait_until  # noqa: F401  (the fixture)
+from testkit.identity import SERVICE, bearer
+from testkit.processes import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,32 +103,6 @@ def test_an_altered_job_of_ours_is_refused(app):
 
 
 # ------------------------------------------------------------------ two deployments, one Redis
-
-
-@pytest.fixture
-def other_database(pg_server):
-    """A second deployment's database on the same PostgreSQL server, migrated; dropped afterwards."""
-    import secrets
-    import psycopg2
-    from app.migrate import migrate
-    from conftest import _admin_url
-    name = f"notif_test_other_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = psycopg2.connect(_admin_url(pg_server, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = _admin_url(pg_server, name)
-    migrate(url, echo=lambda *_: None)
-    yield url
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
-
-
-def bearer(user_id):
-    from conftest import make_token
-    return {"Authorization": f"Bearer {make_token(user_id)}"}
 
 
 def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean, other_database):

@@ -3,40 +3,18 @@
 The relay (workers/relay.py) re-enqueues accepted work whose RQ job is gone;
 the jobs are idempotent, so recovering never stores a notification twice.
 """
-import os
-import pathlib
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import psycopg2
 import pytest
 
-from conftest import SERVICE
-from tests.test_dispatch import run_jobs, write_queue_yaml
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TRIGGER = "/v1/notifications/trigger"
-
-
-def body_for(user_ids, **overrides):
-    body = {"type": "chat", "event": "message_received", "title": "New Message",
-            "content": "Hello from John", "user_ids": [str(u) for u in user_ids]}
-    body.update(overrides)
-    return body
-
-
-def scalar(db, sql, *args):
-    with db.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()[0]
-
-
-def queued(app, purpose):
-    from app.jobs_queue import queue
-    return queue(purpose, app).count
+from testkit.api import TRIGGER_PATH as TRIGGER, trigger_body
+from testkit.config_files import queue_yaml
+from testkit.identity import SERVICE
+from testkit.jobs import queued, run_jobs
+from testkit.processes import kill_when
+from testkit.rows import scalar
 
 
 def age_triggers(db, seconds=120):
@@ -50,18 +28,18 @@ def age_triggers(db, seconds=120):
 
 def test_redis_down_trigger_still_accepted_then_relayed(make_app, redis_proc, db, tmp_path):
     from workers.relay import sweep
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"interval_seconds": 1,
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"interval_seconds": 1,
                                                                   "stale_after_seconds": 1}))
     client = app.test_client()
     users = [uuid.uuid4() for _ in range(3)]
     redis_proc.stop()
     try:
-        r = client.post(TRIGGER, json=body_for(users), headers=dict(SERVICE, **{"Idempotency-Key": "r-1"}))
+        r = client.post(TRIGGER, json=trigger_body(users), headers=dict(SERVICE, **{"Idempotency-Key": "r-1"}))
         assert r.status_code == 202, r.get_data(as_text=True)
         trigger_id = r.get_json()["trigger_id"]
         assert scalar(db, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "pending"
         # a retry of the same request while Redis is still down gets the same answer
-        again = client.post(TRIGGER, json=body_for(users), headers=dict(SERVICE, **{"Idempotency-Key": "r-1"}))
+        again = client.post(TRIGGER, json=trigger_body(users), headers=dict(SERVICE, **{"Idempotency-Key": "r-1"}))
         assert again.status_code == 202 and again.get_json() == r.get_json()
     finally:
         redis_proc.start()
@@ -81,9 +59,9 @@ def test_redis_down_trigger_still_accepted_then_relayed(make_app, redis_proc, db
 
 def test_relay_leaves_a_queued_job_alone_and_requeues_a_lost_one(make_app, db, tmp_path):
     from workers.relay import sweep
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
     client = app.test_client()
-    assert client.post(TRIGGER, json=body_for([uuid.uuid4()]), headers=SERVICE).status_code == 202
+    assert client.post(TRIGGER, json=trigger_body([uuid.uuid4()]), headers=SERVICE).status_code == 202
     age_triggers(db)
     assert sweep(app) == (0, 0)            # queued and alive
     app.extensions["redis"].flushall()     # Redis restarted without persistence
@@ -92,24 +70,16 @@ def test_relay_leaves_a_queued_job_alone_and_requeues_a_lost_one(make_app, db, t
     assert scalar(db, "SELECT count(*) FROM notifications") == 1
 
 
-@pytest.fixture
-def smtp():
-    from tests.fake_providers import FakeSMTP
-    server = FakeSMTP().start()
-    yield server
-    server.stop()
-
-
 def test_relay_requeues_lost_deliveries(make_app, db, tmp_path, smtp):
     from workers.relay import sweep
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}),
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"stale_after_seconds": 1}),
                    MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port))
     client = app.test_client()
     users = [uuid.uuid4(), uuid.uuid4()]
     with db.cursor() as cur:   # with an address, so each email delivery gets a job
         for user_id in users:
             cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (user_id, f"{user_id.hex}@example.org"))
-    assert client.post(TRIGGER, json=body_for(users), headers=SERVICE).status_code == 202
+    assert client.post(TRIGGER, json=trigger_body(users), headers=SERVICE).status_code == 202
     # run only the dispatch job, then lose the delivery jobs it enqueued
     with app.app_context():
         from app.dispatch.fanout import dispatch_trigger
@@ -134,11 +104,11 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
     from rq.job import Job, JobStatus
     from app.jobs_queue import SERIALIZER, deliver_job_id, queue
     from workers.relay import sweep
-    app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
     user = uuid.uuid4()
     with db.cursor() as cur:
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (user, f"{user.hex}@example.org"))
-    assert app.test_client().post(TRIGGER, json=body_for([user]), headers=SERVICE).status_code == 202
+    assert app.test_client().post(TRIGGER, json=trigger_body([user]), headers=SERVICE).status_code == 202
     with app.app_context():
         from app.dispatch.fanout import dispatch_trigger
         dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
@@ -165,7 +135,7 @@ def test_postgres_unreachable_is_503_and_never_202(make_app, redis_proc):
     app = make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:1/x")
     client = app.test_client()
     for headers in (SERVICE, dict(SERVICE, **{"Idempotency-Key": "pg-down"})):
-        r = client.post(TRIGGER, json=body_for([uuid.uuid4()]), headers=headers)
+        r = client.post(TRIGGER, json=trigger_body([uuid.uuid4()]), headers=headers)
         assert r.status_code == 503, r.get_data(as_text=True)
         body = r.get_json()
         assert body["code"] == "notifications_m.service_unavailable" and body["status"] == 503
@@ -176,109 +146,67 @@ def test_postgres_unreachable_is_503_and_never_202(make_app, redis_proc):
 # ---------------------------------------------------------------- SIGKILL mid-dispatch
 
 
-def _start_worker(env, log):
-    return subprocess.Popen([sys.executable, "-m", "workers"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc):
-    """SIGTERM to the worker's group (it and its scheduler child), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def kill_once_storing(env, log, stored):
-    """Start `python -m workers`, SIGKILL it as soon as `stored()` is above 0; returns what it saw."""
-    worker = _start_worker(env, log)
-    try:
-        deadline = time.monotonic() + 60
-        count = 0
-        while time.monotonic() < deadline and worker.poll() is None:
-            count = stored()
-            if count > 0:
-                break
-            time.sleep(0.002)
-        # the whole process group, as a crashed machine would: RQ's scheduler child dies with it
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    return count
-
-
 @pytest.mark.timeout(60)
-def test_worker_registration_is_on_a_short_lease(clean, tmp_path):
+def test_worker_registration_is_on_a_short_lease(clean, processes, tmp_path):
     """RQ would keep a worker's key for job timeout + 60 s after a crash; ours lives seconds."""
     import redis as redis_lib
-    config = write_queue_yaml(tmp_path, relay={"interval_seconds": 1})
-    env = dict(os.environ, **clean, QUEUE_CONFIG=config, PYTHONUNBUFFERED="1")
+    config = queue_yaml(tmp_path, relay={"interval_seconds": 1})
     client = redis_lib.Redis.from_url(clean["REDIS_URL"])
-    with open(tmp_path / "worker.log", "ab") as log:
-        proc = _start_worker(env, log)
-        try:
-            key = f"rq:worker:notif-{proc.pid}"
-            ttl = None
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                ttl = client.ttl(key)
-                if 0 < ttl <= 5:
-                    break
-                time.sleep(0.1)
-            assert 0 < ttl <= 5, (ttl, (tmp_path / "worker.log").read_text()[-2000:])
-        finally:
-            _stop(proc)
-            client.close()
-    assert proc.returncode == 0
+    worker = processes.start_worker(dict(clean, QUEUE_CONFIG=config), wait=False)
+    try:
+        key = f"rq:worker:notif-{worker.proc.pid}"
+        ttl = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ttl = client.ttl(key)
+            if 0 < ttl <= 5:
+                break
+            time.sleep(0.1)
+        assert 0 < ttl <= 5, (ttl, worker.output()[-2000:])
+    finally:
+        worker.stop(timeout=15)
+        client.close()
+    assert worker.proc.returncode == 0
 
 
 @pytest.mark.timeout(240)
-def test_worker_sigkilled_mid_dispatch_is_recovered_without_duplicates(make_app, clean, tmp_path):
+def test_worker_sigkilled_mid_dispatch_is_recovered_without_duplicates(make_app, clean, processes, tmp_path):
     users_total = 5000
-    config = write_queue_yaml(tmp_path, batch={"users_per_chunk": 100},
+    config = queue_yaml(tmp_path, batch={"users_per_chunk": 100},
                               relay={"interval_seconds": 1, "stale_after_seconds": 2})
     app = make_app(QUEUE_CONFIG=config)
     client = app.test_client()
     users = [uuid.uuid4() for _ in range(users_total)]
-    r = client.post(TRIGGER, json=body_for(users), headers=SERVICE)
+    r = client.post(TRIGGER, json=trigger_body(users), headers=SERVICE)
     assert r.status_code == 202, r.get_data(as_text=True)
     trigger_id = r.get_json()["trigger_id"]
 
-    env = dict(os.environ, **clean, QUEUE_CONFIG=config, PYTHONUNBUFFERED="1")
+    env = dict(clean, QUEUE_CONFIG=config)
     watch = psycopg2.connect(clean["DATABASE_URL"])
     watch.autocommit = True
 
     def stored():
         return scalar(watch, "SELECT count(*) FROM notifications WHERE trigger_id = %s", trigger_id)
 
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "ab") as log:
-        count = kill_once_storing(env, log, stored)
-        killed_at = stored()
-        assert 0 < count <= killed_at < users_total, (count, killed_at, log_path.read_text()[-3000:])
-        assert scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "pending"
+    first = processes.start_worker(env, wait=False)
+    count = kill_when(first, stored)
+    killed_at = stored()
+    assert 0 < count <= killed_at < users_total, (count, killed_at, first.output()[-3000:])
+    assert scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id) == "pending"
 
-        second = _start_worker(env, log)
-        try:
-            started = time.monotonic()
-            deadline = started + 120
-            status = None
-            while time.monotonic() < deadline:
-                status = scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id)
-                if status == "dispatched":
-                    break
-                assert second.poll() is None, log_path.read_text()[-3000:]
-                time.sleep(0.2)
-            recovered_in = time.monotonic() - started
-            assert status == "dispatched", f"not recovered in {recovered_in:.0f}s\n" + log_path.read_text()[-3000:]
-        finally:
-            _stop(second)
+    second = processes.start_worker(env, wait=False)
+    started = time.monotonic()
+    deadline = started + 120
+    status = None
+    while time.monotonic() < deadline:
+        status = scalar(watch, "SELECT status FROM triggers WHERE id = %s", trigger_id)
+        if status == "dispatched":
+            break
+        assert second.alive, second.output()[-3000:]
+        time.sleep(0.2)
+    recovered_in = time.monotonic() - started
+    assert status == "dispatched", f"not recovered in {recovered_in:.0f}s\n" + second.output()[-3000:]
+    second.stop(timeout=15)
 
     try:
         assert stored() == users_total

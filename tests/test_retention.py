@@ -7,7 +7,7 @@ import uuid
 import psycopg2
 import pytest
 
-from tests.factories import insert_notification
+from testkit.rows import insert_notification
 
 DAY = datetime.timedelta(days=1)
 
@@ -46,7 +46,7 @@ def aged(db, client):
             cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, started_at)"
                         " VALUES (%s, 1, 'failed', now())", (delivery,))
     # some audited history about the rows that are about to go
-    from tests.conftest import make_token
+    from testkit.identity import make_token
     headers = {"Authorization": f"Bearer {make_token(user)}"}
     for row in expired:
         assert client.patch(f"/v1/notifications/{row['id']}/read", headers=headers).status_code == 200

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from conftest import make_token
-from factories import insert_notification
-from processes import ProcessGroup
+from testkit.identity import bearer
+from testkit.processes import ProcessGroup
+from testkit.rows import insert_notification
 
 pytestmark = pytest.mark.timeout(120)
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
@@ -25,10 +25,6 @@ A, B = str(uuid.uuid4()), str(uuid.uuid4())
 def web(base_env, tmp_path_factory):
     with ProcessGroup(str(tmp_path_factory.mktemp("scoped-events"))) as group:
         yield group.start_web(base_env, workers=1, keepalive=1)
-
-
-def bearer(user_id, customers=None):
-    return {"Authorization": f"Bearer {make_token(user_id, customers=customers)}"}
 
 
 def state_events(stream):

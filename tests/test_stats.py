@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import SERVICE, make_token
-from tests.factories import insert_notification
+from testkit.identity import make_token, SERVICE
+from testkit.rows import insert_notification
 
 UTC = datetime.timezone.utc
 START = datetime.datetime(2024, 3, 1, tzinfo=UTC)

@@ -5,6 +5,7 @@ The module's gunicorn runs with rate limits ON and the shipped queue.yaml, and t
 defaults (10 streams per user), so the budget tests show what a deploy does; its keep-alive is
 every second. Tests that need other settings start their own processes.
 """
+import functools
 import json
 import re
 import socket
@@ -16,12 +17,14 @@ from types import SimpleNamespace
 import jwt
 import psutil
 import pytest
-import redis as redis_lib
 import requests
 
-from conftest import SERVICE, make_token
-from factories import insert_notification
-from processes import ProcessGroup, processes, queue_config, wait_until  # noqa: F401
+from testkit import api
+from testkit.api import IN_APP, assert_error
+from testkit.config_files import queue_config
+from testkit.identity import bearer, make_token
+from testkit.processes import ProcessGroup, ready, wait_until, web_and_worker
+from testkit.rows import insert_notification
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,70 +38,25 @@ MAX_STREAMS = 10   # the SPEC's default SSE_MAX_STREAMS_PER_USER
 
 @pytest.fixture(scope="module")
 def shared(base_env, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("stream-security")
-    env = dict(base_env, RATE_LIMITS_ENABLED="true")
-    with ProcessGroup(str(directory)) as group:
-        worker = group.start_worker(base_env, queue_config=queue_config(directory))
-        web = group.start_web(env, workers=1, keepalive=1)
-        yield SimpleNamespace(web=web, worker=worker)
+    with web_and_worker(dict(base_env, RATE_LIMITS_ENABLED="true"), tmp_path_factory.mktemp("stream-security"),
+                        worker_env=base_env) as services:
+        yield services
 
 
 @pytest.fixture
 def web(shared, clean):
-    for process in (shared.web, shared.worker):
-        assert process.alive, f"{process.name} died in an earlier test:\n{process.output()[-3000:]}"
-    wait_until(lambda: shared.web.open_streams() == 0, 10, message="streams of an earlier test to close")
-    return shared.web
-
-
-@pytest.fixture
-def streams():
-    """Open streams (`streams(server, headers=..., params=...)`); all closed at the end of the test."""
-    opened = []
-
-    def open_stream(server, headers=None, params=None):
-        stream = server.stream(headers=headers, params=params)
-        opened.append(stream)
-        return stream
-
-    yield open_stream
-    for stream in opened:
-        stream.close()
-
-
-@pytest.fixture
-def rds(clean):
-    client = redis_lib.Redis.from_url(clean["REDIS_URL"], decode_responses=True)
-    yield client
-    client.close()
+    return ready(shared)
 
 
 # ------------------------------------------------------------------------------------ helpers
 
-
-def bearer(user_id, **claims):
-    return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
+trigger = functools.partial(api.trigger, **IN_APP)
 
 
 def ticket_for(server, user_id, **claims):
     issued = server.post(TICKET, headers=bearer(user_id, **claims))
     assert issued.status_code == 201, issued.text
     return issued.json()["ticket"]
-
-
-def trigger(server, user_ids, title, **fields):
-    body = {"type": "tasks", "event": "task_due", "title": title, "user_ids": [str(u) for u in user_ids]}
-    body.update(fields)
-    response = server.post("/v1/notifications/trigger", headers=SERVICE, json=body)
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == "notifications_m." + code and body["status"] == status, body
-    return body
 
 
 # ------------------------------------------------------------------------------------ signed tickets (17.2)

@@ -9,20 +9,22 @@ Most tests share one gunicorn (1 worker, keep-alive every 1 s, at most 2
 streams per user, replay limit 50) and one RQ worker whose relay re-enqueues
 lost triggers after 1 s; tests that need other settings start their own.
 """
+import functools
 import re
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import psutil
 import pytest
-import redis as redis_lib
 
-from conftest import SERVICE, make_token
-from factories import insert_notification
-from processes import ProcessGroup, ResumingStream, processes, queue_config, wait_until  # noqa: F401
+from testkit import api
+from testkit.api import IN_APP, assert_error
+from testkit.identity import SERVICE, bearer
+from testkit.processes import ProcessGroup, ready, wait_until, web_and_worker
+from testkit.rows import insert_notification
+from testkit.sse import ResumingStream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,63 +46,20 @@ SPEC_BODY = {"type": "chats", "event": "message_received", "title": "Test Notifi
 
 @pytest.fixture(scope="module")
 def shared(base_env, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("stream-services")
-    with ProcessGroup(str(directory)) as group:
-        worker = group.start_worker(base_env, queue_config=queue_config(directory))
-        web = group.start_web(base_env, workers=1, keepalive=1, SSE_MAX_STREAMS_PER_USER=MAX_STREAMS,
-                              SSE_REPLAY_LIMIT=REPLAY_LIMIT, METRICS_TOKEN=METRICS_TOKEN)
-        yield SimpleNamespace(web=web, worker=worker)
+    with web_and_worker(base_env, tmp_path_factory.mktemp("stream-services"), SSE_MAX_STREAMS_PER_USER=MAX_STREAMS,
+                        SSE_REPLAY_LIMIT=REPLAY_LIMIT, METRICS_TOKEN=METRICS_TOKEN) as services:
+        yield services
 
 
 @pytest.fixture
 def web(shared, clean):
     """The shared gunicorn, with no stream left open by an earlier test."""
-    for process in (shared.web, shared.worker):
-        assert process.alive, f"{process.name} died in an earlier test:\n{process.output()[-3000:]}"
-    wait_until(lambda: shared.web.open_streams() == 0, 10, message="streams of an earlier test to close")
-    return shared.web
-
-
-@pytest.fixture
-def streams():
-    """Open streams (`streams(server, user_id, ...)`); every one is closed at the end of the test."""
-    opened = []
-
-    def open_stream(server, user_id=None, customers=None, headers=None, params=None, last_event_id=None):
-        headers = dict(headers or {})
-        if user_id is not None:
-            headers.update(bearer(user_id, customers))
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
-        stream = server.stream(headers=headers, params=params)
-        opened.append(stream)
-        return stream
-
-    yield open_stream
-    for stream in opened:
-        stream.close()
-
-
-@pytest.fixture
-def rds(clean):
-    client = redis_lib.Redis.from_url(clean["REDIS_URL"], decode_responses=True)
-    yield client
-    client.close()
+    return ready(shared)
 
 
 # ------------------------------------------------------------------------------------ helpers
 
-
-def bearer(user_id, customers=None):
-    return {"Authorization": f"Bearer {make_token(user_id, customers=customers)}"}
-
-
-def trigger(server, user_ids, title="Task due", **fields):
-    body = {"type": "tasks", "event": "task_due", "title": title, "user_ids": [str(u) for u in user_ids]}
-    body.update(fields)
-    response = server.post("/v1/notifications/trigger", headers=SERVICE, json=body)
-    assert response.status_code == 202, response.text
-    return response.json()
+trigger = functools.partial(api.trigger, title="Task due", **IN_APP)
 
 
 def stored(db, user_id, visible_only=True):
@@ -118,13 +77,6 @@ def wait_stored(db, user_id, count, timeout=20):
 
 def seqs(events):
     return [event.seq for event in events]
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == "notifications_m." + code and body["status"] == status, body
-    return body
 
 
 def quiet_for(stream, seconds):
@@ -675,7 +627,7 @@ def test_sigterm_closes_the_streams_and_gives_their_slots_back(web, clean, proce
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 (cert file, key file)."""
-    from fake_providers import self_signed_cert
+    from testkit.providers import self_signed_cert
     return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 

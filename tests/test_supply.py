@@ -9,20 +9,18 @@ See docs/security/supply.md.
 from __future__ import annotations
 
 import re
-import secrets
 import subprocess
 import sys
 import uuid
 import venv
 from pathlib import Path
 
-import psycopg2
 import pytest
 from packaging.requirements import Requirement
 
-from conftest import SERVICE, _admin_url, make_token
+from testkit.identity import make_token, SERVICE
+from testkit.processes import ProcessGroup, RQWorker, wait_until, WebServer
 from devtools.services import REPO_ROOT
-from processes import ProcessGroup, RQWorker, WebServer, wait_until
 
 RUNTIME_LOCK = REPO_ROOT / "requirements.txt"
 DEV_LOCK = REPO_ROOT / "requirements-dev.txt"
@@ -167,22 +165,7 @@ def runtime_venv(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def fresh_database(pg_server):
-    """An empty database, so the release step has every migration to apply."""
-    name = f"notif_supply_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(_admin_url(pg_server, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield _admin_url(pg_server, name)
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
-
-
-def test_runtime_lock_alone_runs_every_procfile_process(runtime_venv, fresh_database, clean, tmp_path):
+def test_runtime_lock_alone_runs_every_procfile_process(runtime_venv, empty_database, clean, tmp_path):
     """release migrates, web answers, worker stores a triggered notification, from the runtime lock
     alone: no test tool is importable there, so nothing of app/ or workers/ leans on one."""
     bin_dir = runtime_venv / "bin"
@@ -190,7 +173,7 @@ def test_runtime_lock_alone_runs_every_procfile_process(runtime_venv, fresh_data
     assert absent.returncode != 0 and "No module named 'pytest'" in absent.stderr
 
     group = ProcessGroup(str(tmp_path))
-    env = group.environment(dict(clean, DATABASE_URL=fresh_database))
+    env = group.environment(dict(clean, DATABASE_URL=empty_database))
     release = subprocess.run([str(bin_dir / "flask"), "--app", "wsgi", "migrate"], cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True, timeout=300)  # the Procfile's `release`
     assert release.returncode == 0, release.stdout + release.stderr

@@ -6,19 +6,15 @@ Group, event and channel are checked against notifications.yaml and answer
 `invalid_api_key`; a body that is not JSON is 415 or 400.
 """
 import json
-import pathlib
 import uuid
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SERVICE, make_token
-from tests.factories import assert_envelope
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TRIGGER = "/v1/notifications/trigger"
+from testkit.api import TRIGGER_PATH as TRIGGER, assert_envelope
+from testkit.config_files import queue_yaml
+from testkit.identity import SERVICE, make_token
 
 
 def valid(**overrides):
@@ -117,23 +113,14 @@ def test_several_errors_are_reported_together(client, nothing_accepted):
     assert {"title", "user_ids", "link_url"} <= set(body["errors"])
 
 
-def test_more_user_ids_than_the_configured_maximum(clean, tmp_path):
-    from app import create_app
-    data = yaml.safe_load((ROOT / "queue.yaml").read_text())
-    data["batch"]["max_user_ids"] = 5
-    path = tmp_path / "queue.yaml"
-    path.write_text(yaml.safe_dump(data))
-    app = create_app(dict(clean, QUEUE_CONFIG=str(path)))
-    try:
-        client = app.test_client()
-        six = [str(uuid.uuid4()) for _ in range(6)]
-        body = assert_envelope(client.post(TRIGGER, json=valid(user_ids=six), headers=SERVICE), 422,
-                               "invalid_request")
-        assert "user_ids" in body["errors"]
-        assert "5" in json.dumps(body["errors"]["user_ids"])
-        assert client.post(TRIGGER, json=valid(user_ids=six[:5]), headers=SERVICE).status_code == 202
-    finally:
-        app.extensions["db_pool"].close()
+def test_more_user_ids_than_the_configured_maximum(make_app, tmp_path):
+    client = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"max_user_ids": 5})).test_client()
+    six = [str(uuid.uuid4()) for _ in range(6)]
+    body = assert_envelope(client.post(TRIGGER, json=valid(user_ids=six), headers=SERVICE), 422,
+                           "invalid_request")
+    assert "user_ids" in body["errors"]
+    assert "5" in json.dumps(body["errors"]["user_ids"])
+    assert client.post(TRIGGER, json=valid(user_ids=six[:5]), headers=SERVICE).status_code == 202
 
 
 def test_default_maximum_is_queue_yaml(client, nothing_accepted):

