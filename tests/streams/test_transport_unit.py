@@ -13,9 +13,12 @@ Redis (the per-user slots) are the run's real ones (tests/conftest.py).
 Nothing here waits for a duration to assert on it: a test waits (with a
 deadline) for what a client reads or for a state to be reached.
 """
+import array
+import fcntl
 import json
 import logging
 import socket
+import termios
 import time
 import uuid
 
@@ -219,6 +222,13 @@ class Rig:
         channel = self.channel(user_id)
         self.fake.publish(channel, codec.seal(self.hub.key, channel, codec.notification_message(seq, None, body)))
 
+    def hub_read_everything(self):
+        """Nothing published waits in the hub's socket: the hub read it, and flushed the streams
+        it fed before it yielded (app/streams/hub.py, `_read`)."""
+        waiting = array.array("i", [0])
+        fcntl.ioctl(self.hub.sock.fileno(), termios.FIONREAD, waiting)
+        return waiting[0] == 0
+
     def slots_held(self, user_id):
         return self.redis.zcard(f"{self.app.config['REDIS_PREFIX']}streams:{user_id}")
 
@@ -285,7 +295,8 @@ def test_a_notification_replayed_and_also_live_arrives_once_in_order(rig, db):
 
     stream, client = the.open(user, cursor=0, before_replay=live_during_the_replay)
     third = insert(db, user, "third")
-    the.publish(user, second, "second, live again")   # a late duplicate, below the cursor
+    the.publish(user, second, "second, live again")   # a late duplicate, below the cursor, alone in its read
+    wait_for(the.hub_read_everything, "the hub to read the duplicate")
     the.publish(user, third, "third")
     client.read_until(lambda: len(client.notifications()) >= 3, "three notifications")
     assert client.head.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -353,6 +364,9 @@ def test_after_losing_redis_the_hub_reconnects_and_streams_catch_up_from_postgre
              and the.fake.subscribed(the.channel(other)), "the hub to subscribe again")
     after = insert(db, user, "published after the reconnect")
     the.publish(user, after, "published after the reconnect")   # live, before every channel is confirmed
+    # Published before Redis confirmed the other channel: possibly lost to the new connection, so
+    # the catch-up must read PostgreSQL after that confirmation, not at the reconnect.
+    unconfirmed = insert(db, other, "published before the confirmation")
     the.fake.release(the.channel(other))
     client.read_until(lambda: len(client.notifications()) >= 2, "the catch-up")
     later = insert(db, user, "later")
@@ -364,6 +378,7 @@ def test_after_losing_redis_the_hub_reconnects_and_streams_catch_up_from_postgre
                                       (after, "published after the reconnect"), (later, "later")]
     other_client.read_until(lambda: sum(f.startswith("event: unread") for f in other_client.frames()) == 2,
                             "the other stream's catch-up")
+    assert other_client.notifications() == [(unconfirmed, "published before the confirmation")]
     assert the.hub.reconnects == 2 and not stream.closed
 
 
