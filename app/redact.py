@@ -21,7 +21,7 @@ one list of rules decides what never leaves the process:
 UUIDs, hex digests and identifiers made of words stay: they are what an
 operator follows a delivery or a request by. Notification text has no shape a
 rule could find: code never puts it in an error or a log line, and
-tests/test_pii.py scans the logs of a full run for it.
+tests/security/test_pii.py scans the logs of a full run for it.
 """
 import re
 

@@ -91,7 +91,7 @@ def plain_text(value):
 def clean_text(value):
     """plain_text, without the parse for text it cannot change (most notifications, ~20 µs a field).
 
-    tests/test_trigger_validation.py checks the equivalence on generated text."""
+    tests/dispatch/test_trigger_validation.py checks the equivalence on generated text."""
     if _MARKUP_HINTS.search(value) or has_format_chars(value):
         return plain_text(value)
     return value

@@ -36,7 +36,7 @@ from app.streams.stream import Stream
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RECORD = "docs/decisions/0001-socket-hand-off.md"
 # The versions the hand-off was last checked against: moved only with the pin in requirements.in,
-# after tests/streams/ and tests/test_streams.py pass on the new versions, and with the record.
+# after tests/streams/ and tests/streams/test_streams.py pass on the new versions, and with the record.
 CHECKED = {"gunicorn": "27.0.1", "gevent": "26.9.0"}
 
 
@@ -62,7 +62,7 @@ def test_the_installed_versions_are_the_ones_the_hand_off_was_checked_against():
         assert _installed(package) == checked, (
             f"{package} {_installed(package)} is installed; the socket hand-off was checked against {checked} "
             f"(app/streams/handoff.py, sink.py, hub.py, keeper.py rely on its internals; see {RECORD}). "
-            f"Run tests/streams/ and tests/test_streams.py on it, then move CHECKED here, the pin in "
+            f"Run tests/streams/ and tests/streams/test_streams.py on it, then move CHECKED here, the pin in "
             f"requirements.in and the record together.")
     pins = dict(re.findall(r"^(gevent|gunicorn)(?:\[\w+\])?==(\S+)", (ROOT / "requirements.in").read_text(), re.M))
     assert pins == CHECKED, f"requirements.in pins {pins}, the hand-off was checked against {CHECKED}"

@@ -231,7 +231,7 @@ def test_calls_without_valid_credentials_are_limited_per_address(limited_app):
 
 def test_stream_refusals_before_the_cap_spend_nothing_and_unknown_callers_spend_their_address(limited_app):
     """The stream budget is a token bucket spent only once the per-user cap let a stream in (the
-    real streams are in tests/test_stream_security.py): a stream the view refuses (403: customer
+    real streams are in tests/streams/test_security.py): a stream the view refuses (403: customer
     outside the token) spends nothing, whatever the count; a caller with no valid ticket spends
     the bucket of its address, and a known user is not held to that bucket."""
     client = limited_app(stream_connect="20/minute", user="100/minute").test_client()

@@ -6,10 +6,10 @@ is checked: no 5xx, a status the document lists for the operation, the documente
 the documented headers and a body that matches the documented schema.
 
 Not fuzzed: `GET /v1/notifications/sse`, the stream: its response never ends, so a call through
-the WSGI app would hang; its auth and query handling are covered by tests/test_streams.py and
-tests/test_access_control.py.
+the WSGI app would hang; its auth and query handling are covered by tests/streams/test_streams.py and
+tests/security/test_access_control.py.
 
-Found cases are kept as plain tests in tests/test_fuzz_regressions.py.
+Found cases are kept as plain tests in tests/security/test_fuzz_regressions.py.
 """
 import os
 import re
@@ -31,7 +31,7 @@ from testkit.identity import API_KEY, make_token
 from testkit.rows import insert_notification
 
 # CI: a fixed number of examples from a fixed seed, so a run is repeatable and stays well under
-# a minute. Deeper local runs: FUZZ_EXAMPLES=500 FUZZ_RANDOM=1 pytest tests/test_fuzz.py
+# a minute. Deeper local runs: FUZZ_EXAMPLES=500 FUZZ_RANDOM=1 pytest tests/security/test_fuzz.py
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = not os.environ.get("FUZZ_RANDOM")
 USER_ID = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")

@@ -4,7 +4,7 @@ What a user reads of a failed delivery (GET /v1/notifications/{id}/deliveries), 
 operator reads (`flask deliveries failed`, RQ's failed-job text, the drain's log lines) and what
 the audit log keeps (client addresses, a direct push's users) must not hold email addresses,
 phone numbers, tokens or URLs with their query strings. Real SMTP (aiosmtpd), real HTTP
-providers, real PostgreSQL, Redis and RQ; tests/test_pii_logs.py scans the logs of a whole run.
+providers, real PostgreSQL, Redis and RQ; tests/security/test_pii_logs.py scans the logs of a whole run.
 """
 import json
 import logging

@@ -171,7 +171,7 @@ def test_every_endpoint_is_classified(app):
     served = routes(app)
     unclassified = sorted(served - set(ACCESS))
     gone = sorted(set(ACCESS) - served)
-    assert not unclassified, f"classify these in ACCESS (tests/test_access_control.py): {unclassified}"
+    assert not unclassified, f"classify these in ACCESS (tests/security/test_access_control.py): {unclassified}"
     assert not gone, f"these are in ACCESS but the app no longer serves them: {gone}"
 
 

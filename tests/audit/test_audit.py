@@ -56,7 +56,7 @@ def test_trigger_is_recorded_with_the_service_and_request(app, client, db):
     assert (row["actor_type"], row["actor_id"]) == ("service", SERVICE_ID)
     assert (row["action"], row["target_type"], row["target_id"]) == ("notification.trigger", "trigger",
                                                                      r.get_json()["trigger_id"])
-    # the service's own request id; the client's address as a keyed hash (tests/test_pii.py has more)
+    # the service's own request id; the client's address as a keyed hash (tests/security/test_pii.py has more)
     assert row["request_id"] == r.headers["X-Request-ID"] != "req-trigger-1"
     assert row["client_ip"] == keyed_hash("audit-client-ip", "127.0.0.1", secret=app.config["SECRET_KEY"])
     assert row["change"] == {"type": "chat", "event": "message_received", "customer_id": str(CUSTOMER), "users": 1,

@@ -1,4 +1,4 @@
-"""Cases tests/test_fuzz.py (schemathesis) found, kept as plain tests.
+"""Cases tests/security/test_fuzz.py (schemathesis) found, kept as plain tests.
 
 1. A time with an offset PostgreSQL refuses (beyond ±15:59, e.g. `-22:16`) reached SQL and
    answered 500 (`GET /audit?from=`, `GET /stats?from=`, `POST /read-all {"before"}`); a time

@@ -1,14 +1,10 @@
 """CORS answers configured origins only; every response carries the security headers."""
 import pytest
 
-from app import create_app
-
 
 @pytest.fixture
-def cors_client(clean):
-    app = create_app(dict(clean, CORS_ORIGINS="https://bank.example"))
-    yield app.test_client()
-    app.extensions["db_pool"].close()
+def cors_client(make_app):
+    return make_app(CORS_ORIGINS="https://bank.example").test_client()
 
 
 def test_cors_for_configured_origin_only(cors_client, user):
