@@ -14,9 +14,10 @@ import redis
 
 from devtools.services import postgres_url, redis_server
 from testkit import database
+from testkit.config_files import channel_config
 from testkit.identity import bearer, make_token
 from testkit.processes import ProcessGroup
-from testkit.providers import FakeSMTP
+from testkit.providers import FakeHTTP, FakeSMTP, FakeTwilio
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +87,17 @@ def make_app(clean):
 
 
 @pytest.fixture
+def channel_app(make_app, tmp_path):
+    """channel_app(channels, events=None, attempts=3, backoff=(60, 600), templates=None, **settings) ->
+    an app whose notifications.yaml and queue.yaml are written for these channels and events
+    (testkit.config_files.channel_config), links made absolute with PUBLIC_URL unless given."""
+    def factory(channels, events=None, attempts=3, backoff=(60, 600), templates=None, **settings):
+        config = channel_config(tmp_path, channels, events, attempts, backoff, templates)
+        return make_app(**{"PUBLIC_URL": "https://notify.example.com", **config, **settings})
+    return factory
+
+
+@pytest.fixture
 def app(make_app):
     return make_app()
 
@@ -145,6 +157,22 @@ def streams():
 def smtp():
     """A real SMTP server (aiosmtpd) on a free port that keeps every message."""
     server = FakeSMTP().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def endpoint():
+    """A real HTTP server that records the JSON posted to it (webhooks, Apprise json://)."""
+    server = FakeHTTP()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def twilio():
+    """A real HTTP server speaking the shape of Twilio's Messages API."""
+    server = FakeTwilio()
     yield server
     server.stop()
 

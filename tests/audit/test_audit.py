@@ -271,35 +271,22 @@ def test_the_service_cannot_update_or_delete_rows(app, client, db):
                 cur.execute(sql)
 
 
-def test_verify_names_an_edited_row(app, client, db):
+@pytest.mark.parametrize("tampering, victim, broken", [
+    ("UPDATE audit_log SET change = '{\"read\": false}' WHERE id = %s", 2,
+     "BROKEN at row {2}: its content does not match its hash"),
+    ("DELETE FROM audit_log WHERE id = %s", 2,
+     "BROKEN at row {3}: its prev_hash does not match the hash of row {1}"),
+    ("UPDATE audit_log SET actor_id = 'mallory', hash = repeat('a', 64) WHERE id = %s", 1,
+     "BROKEN at row {1}"),
+], ids=["an_edited_row", "the_row_after_a_deleted_one", "an_edit_whose_hash_was_recomputed"])
+def test_verify_names_the_first_broken_row(app, client, db, tampering, victim, broken):
     make_history(client, db, 5)
     seal(app)
-    third = rows(db)[2]
-    tamper(db, "UPDATE audit_log SET change = '{\"read\": false}' WHERE id = %s", (third["id"],))
+    ids = [row["id"] for row in rows(db)]
+    tamper(db, tampering, (ids[victim],))
     result = verify(app)
     assert result.exit_code == 1
-    assert f"BROKEN at row {third['id']}: its content does not match its hash" in result.output
-
-
-def test_verify_names_the_row_after_a_deleted_one(app, client, db):
-    make_history(client, db, 5)
-    seal(app)
-    found = rows(db)
-    tamper(db, "DELETE FROM audit_log WHERE id = %s", (found[2]["id"],))
-    result = verify(app)
-    assert result.exit_code == 1
-    assert (f"BROKEN at row {found[3]['id']}: its prev_hash does not match the hash of row {found[1]['id']}"
-            in result.output)
-
-
-def test_verify_sees_an_edit_whose_hash_was_recomputed(app, client, db):
-    make_history(client, db, 4)
-    seal(app)
-    found = rows(db)
-    tamper(db, "UPDATE audit_log SET actor_id = 'mallory', hash = repeat('a', 64) WHERE id = %s", (found[1]["id"],))
-    result = verify(app)
-    assert result.exit_code == 1
-    assert f"BROKEN at row {found[1]['id']}" in result.output
+    assert broken.format(*ids) in result.output
 
 
 def test_verify_head_sees_rows_removed_from_the_end(app, client, db):

@@ -2,25 +2,15 @@
 import pytest
 
 from testkit.api import deliveries, put_contact, trigger
-from testkit.config_files import channel_config
 from testkit.jobs import drain, run_jobs, scheduled
-from testkit.providers import FakeHTTP
 
 
 @pytest.fixture
-def endpoint():
-    server = FakeHTTP()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def build(make_app, tmp_path):
+def build(channel_app):
     """build(options) -> an app whose chat.message_received also goes to an `ops` Apprise channel."""
     def make(options, attempts=3):
-        config = channel_config(tmp_path, {"ops": dict({"type": "apprise"}, **options)},
-                                {"chat": {"message_received": ["system", "ops"]}}, attempts)
-        return make_app(**config, PUBLIC_URL="https://notify.example.com")
+        return channel_app({"ops": dict({"type": "apprise"}, **options)},
+                           {"chat": {"message_received": ["system", "ops"]}}, attempts)
     return make
 
 

@@ -7,7 +7,6 @@ import uuid
 import pytest
 
 from testkit.api import deliveries, put_contact, trigger
-from testkit.config_files import channel_config
 from testkit.jobs import drain, fast_forward, run_jobs, scheduled
 from testkit.providers import FakeSMTP, self_signed_cert
 
@@ -16,14 +15,13 @@ SENDER = "Bank Notifications <notify@bank.example>"
 
 
 @pytest.fixture
-def build(make_app, tmp_path):
+def build(channel_app):
     """build(smtp_port, channels=..., **settings) -> an app whose email goes to 127.0.0.1:smtp_port."""
     def make(port, channels=None, events=None, attempts=3, backoff=(60, 600), templates=None, **settings):
-        config = channel_config(tmp_path, channels or {"email": {"enabled": True}}, events, attempts, backoff,
-                                templates)
         mail = dict(PUBLIC_URL=PUBLIC_URL, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(port),
                     MAIL_DEFAULT_SENDER=SENDER, MAIL_TIMEOUT="5")
-        return make_app(**{**config, **mail, **settings})
+        return channel_app(channels or {"email": {"enabled": True}}, events, attempts, backoff, templates,
+                           **{**mail, **settings})
     return make
 
 
@@ -325,9 +323,11 @@ def _refuse(smtp, stage, answer):
     setattr(smtp, f"refuse_{stage}", answer)
 
 
-def _attempt_once(build, smtp, recipient, run):
+def _attempt_once(build, port, recipient, run=run_jobs, **build_args):
+    """One email to `recipient` through an app sending to 127.0.0.1:port, its jobs run by `run`:
+    (the app, a function reading the user's email delivery)."""
     user_id, headers, address = recipient
-    app = build(smtp.port)
+    app = build(port, **build_args)
     client = app.test_client()
     put_contact(client, user_id, email=address)
     trigger(client, [user_id])
@@ -341,7 +341,7 @@ def test_refusal_fails_at_once_with_the_servers_reason(build, smtp, recipient, s
     """After DATA the sent record has already left with the final dot (app/deliveries/receipt.py,
     `Receipt.submit`): the refusal must take it back."""
     _refuse(smtp, stage, answer)
-    _, delivery = _attempt_once(build, smtp, recipient, drain)
+    _, delivery = _attempt_once(build, smtp.port, recipient, drain)
     delivery = delivery()
     assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
     assert answer[:3] in delivery["last_error"] and answer[10:] in delivery["last_error"]
@@ -354,7 +354,7 @@ def test_refusal_fails_at_once_with_the_servers_reason(build, smtp, recipient, s
                                            ("data", "451 4.3.0 try again later")])
 def test_deferral_is_retried_and_sent_once(build, smtp, recipient, stage, answer):
     _refuse(smtp, stage, answer)
-    app, delivery = _attempt_once(build, smtp, recipient, run_jobs)
+    app, delivery = _attempt_once(build, smtp.port, recipient)
     assert delivery()["status"] == "pending"
     assert [a["outcome"] for a in delivery()["history"]] == ["retry"]
     assert answer[:3] in delivery()["history"][0]["error"]
@@ -390,54 +390,43 @@ def certificate(tmp_path):
     return cert, context
 
 
-def test_starttls_with_a_verified_certificate(build, recipient, certificate):
-    user_id, headers, address = recipient
-    cert, context = certificate
-    server = FakeSMTP(tls_context=context).start()    # refuses mail before STARTTLS
-    try:
-        app = build(server.port, channels={"email": {"ca_file": cert}}, MAIL_USE_TLS="true")
-        client = app.test_client()
-        put_contact(client, user_id, email=address)
-        trigger(client, [user_id])
-        run_jobs(app)
-        assert deliveries(client, headers)["email"]["status"] == "sent"
-        assert len(server.messages) == 1 and server.messages[0]["tls"]
-    finally:
+@pytest.fixture
+def tls_smtp(certificate):
+    """tls_smtp("tls_context" | "ssl_context") -> an SMTP server speaking STARTTLS (it refuses mail
+    before it) or implicit TLS with the certificate; stopped after the test."""
+    started = []
+
+    def start(option):
+        started.append(FakeSMTP(**{option: certificate[1]}).start())
+        return started[-1]
+    yield start
+    for server in started:
         server.stop()
 
 
-def test_starttls_refuses_an_untrusted_certificate(build, recipient, certificate):
-    user_id, headers, address = recipient
-    _, context = certificate
-    server = FakeSMTP(tls_context=context).start()
-    try:
-        app = build(server.port, MAIL_USE_TLS="true")            # no ca_file: the self-signed cert is unknown
-        client = app.test_client()
-        put_contact(client, user_id, email=address)
-        trigger(client, [user_id])
-        run_jobs(app)
-        delivery = deliveries(client, headers)["email"]
-        assert delivery["status"] == "pending"
-        assert "CERTIFICATE_VERIFY_FAILED" in delivery["history"][0]["error"]
-        assert server.messages == []
-    finally:
-        server.stop()
+def test_starttls_with_a_verified_certificate(build, recipient, certificate, tls_smtp):
+    server = tls_smtp("tls_context")
+    _, delivery = _attempt_once(build, server.port, recipient, channels={"email": {"ca_file": certificate[0]}},
+                                MAIL_USE_TLS="true")
+    assert delivery()["status"] == "sent"
+    assert len(server.messages) == 1 and server.messages[0]["tls"]
 
 
-def test_implicit_tls_with_mail_use_ssl(build, recipient, certificate):
-    user_id, headers, address = recipient
-    cert, context = certificate
-    server = FakeSMTP(ssl_context=context).start()
-    try:
-        app = build(server.port, channels={"email": {"ca_file": cert}}, MAIL_USE_SSL="true")
-        client = app.test_client()
-        put_contact(client, user_id, email=address)
-        trigger(client, [user_id])
-        run_jobs(app)
-        assert deliveries(client, headers)["email"]["status"] == "sent"
-        assert len(server.messages) == 1
-    finally:
-        server.stop()
+def test_starttls_refuses_an_untrusted_certificate(build, recipient, tls_smtp):
+    server = tls_smtp("tls_context")
+    # no ca_file: the self-signed cert is unknown
+    delivery = _attempt_once(build, server.port, recipient, MAIL_USE_TLS="true")[1]()
+    assert delivery["status"] == "pending"
+    assert "CERTIFICATE_VERIFY_FAILED" in delivery["history"][0]["error"]
+    assert server.messages == []
+
+
+def test_implicit_tls_with_mail_use_ssl(build, recipient, certificate, tls_smtp):
+    server = tls_smtp("ssl_context")
+    _, delivery = _attempt_once(build, server.port, recipient, channels={"email": {"ca_file": certificate[0]}},
+                                MAIL_USE_SSL="true")
+    assert delivery()["status"] == "sent"
+    assert len(server.messages) == 1
 
 
 def test_tls_and_ssl_together_stop_start_up(build, smtp):

@@ -3,7 +3,6 @@ and the generic webhook adapter used as an SMS gateway."""
 import pytest
 
 from testkit.api import deliveries, put_contact, trigger
-from testkit.config_files import channel_config
 from testkit.identity import SERVICE
 from testkit.jobs import drain, fast_forward, run_jobs, scheduled
 from testkit.providers import FakeHTTP, FakeTwilio
@@ -12,19 +11,11 @@ PHONE = "+14155550100"
 
 
 @pytest.fixture
-def twilio():
-    server = FakeTwilio()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def build(make_app, tmp_path):
+def build(channel_app):
     """build(channels, **queue) -> an app with payment.payment_failed on system + the given channels."""
     def make(channels, attempts=3, backoff=(60, 600), extra=None, **settings):
         events = {"payment": {"payment_failed": ["system", *(c for c in channels if c != "system")]}}
-        config = channel_config(tmp_path, dict(channels, **(extra or {})), events, attempts, backoff)
-        return make_app(**config, PUBLIC_URL="https://notify.example.com", **settings)
+        return channel_app(dict(channels, **(extra or {})), events, attempts, backoff, **settings)
     return make
 
 
@@ -39,6 +30,14 @@ def send(app, user_id, **fields):
     fields = dict({"title": "Payment failed", "content": "Card ending 4242 was declined"}, **fields)
     trigger(client, [user_id], type="payment", event="payment_failed", **fields)
     return client
+
+
+def deliver(app, user, run=run_jobs, channel="sms"):
+    """send() to `user`, then its jobs run by `run`: the user's delivery on `channel`."""
+    user_id, headers = user
+    client = send(app, user_id)
+    run(app)
+    return deliveries(client, headers)[channel]
 
 
 # ---------------------------------------------------------------- Twilio
@@ -182,12 +181,9 @@ def test_a_500_then_success_ends_sent_with_two_attempts(build, twilio, user):
 
 
 def test_a_400_fails_at_once_with_twilios_reason(build, twilio, user):
-    user_id, headers = user
     twilio.fail(400, FakeTwilio.error(21211, "The 'To' number +14155550100 is not a valid phone number.", 400))
     app = build(twilio_channel(twilio))
-    client = send(app, user_id)
-    drain(app)
-    sms = deliveries(client, headers)["sms"]
+    sms = deliver(app, user, drain)
     assert sms["status"] == "failed"
     assert sms["attempts"] == 1
     assert "is not a valid phone number" in sms["last_error"] and "21211" in sms["last_error"]
@@ -197,11 +193,8 @@ def test_a_400_fails_at_once_with_twilios_reason(build, twilio, user):
 
 
 def test_bad_credentials_are_a_permanent_refusal(build, twilio, user):
-    user_id, headers = user
     app = build(twilio_channel(twilio, auth_token="wrong"))
-    client = send(app, user_id)
-    drain(app)
-    sms = deliveries(client, headers)["sms"]
+    sms = deliver(app, user, drain)
     assert sms["status"] == "failed" and "Authenticate" in sms["last_error"] and "401" in sms["last_error"]
 
 
@@ -265,23 +258,17 @@ def test_provider_timeout_is_retried(build, twilio, user):
 
 
 def test_provider_unreachable_is_retried(build, twilio, user):
-    user_id, headers = user
     twilio.stop()
     app = build(twilio_channel(twilio))
-    client = send(app, user_id)
-    run_jobs(app)
-    sms = deliveries(client, headers)["sms"]
+    sms = deliver(app, user)
     assert sms["status"] == "pending"
     assert "ConnectionError" in sms["history"][0]["error"]
 
 
 def test_unconfigured_twilio_is_retried_not_sent(build, user, monkeypatch):
-    user_id, headers = user
     monkeypatch.delenv("TWILIO_ACCOUNT_SID", raising=False)
     app = build({"sms": {"type": "twilio", "base_url": "http://127.0.0.1:9"}})
-    client = send(app, user_id)
-    run_jobs(app)
-    sms = deliveries(client, headers)["sms"]
+    sms = deliver(app, user)
     assert sms["status"] == "pending"
     assert "not configured" in sms["last_error"]
 
@@ -378,13 +365,10 @@ def test_webhook_gateway_gets_the_templated_json_and_auth_header(build, gateway,
 
 
 def test_webhook_4xx_is_permanent_with_the_reason_5xx_is_retried(build, gateway, user):
-    user_id, headers = user
     gateway.fail(503, {"error": "maintenance"})
     gateway.fail(422, {"error": {"message": "number is blocked"}, "code": "blocked"})
     app = build(gateway_channel(gateway))
-    client = send(app, user_id)
-    drain(app)
-    sms = deliveries(client, headers)["sms_gateway"]
+    sms = deliver(app, user, drain, channel="sms_gateway")
     assert sms["status"] == "failed"
     assert [a["outcome"] for a in sms["history"]] == ["retry", "failed"]
     assert "maintenance" in sms["history"][0]["error"]

@@ -3,6 +3,7 @@
 Real PostgreSQL, Redis and RQ: jobs run in-process with an RQ SimpleWorker in
 burst mode inside the app context, exactly as `python -m workers` runs them.
 """
+import contextlib
 import functools
 import json
 import time
@@ -26,6 +27,26 @@ SPEC_EXAMPLE = {"type": "chats", "event": "message_received", "title": "Test Not
 # ---------------------------------------------------------------- helpers
 
 body_for = functools.partial(trigger_body, title="New Message", content="Hello from John")
+
+
+@contextlib.contextmanager
+def listening(app, user_id):
+    """Subscribed to the user's stream channel; yields next_message(): the next message published
+    there, decoded, or None after 5 s."""
+    pubsub = app.extensions["redis"].pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{app.config['REDIS_PREFIX']}user:{user_id}")
+
+    def next_message():
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                return decode(message_key(app.config["SECRET_KEY"]), message["channel"], message["data"])
+        return None
+    try:
+        yield next_message
+    finally:
+        pubsub.close()
 
 
 # ---------------------------------------------------------------- trigger → stored → inbox
@@ -95,19 +116,11 @@ def test_markup_is_stripped_when_accepted(app, client, db):
 
 def test_stored_notification_is_published_to_the_users_stream_channel(app, client):
     user_id = uuid.uuid4()
-    pubsub = app.extensions["redis"].pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(f"{app.config['REDIS_PREFIX']}user:{user_id}")
-    try:
+    with listening(app, user_id) as next_message:
         assert post_trigger(client, body=body_for([user_id])).status_code == 202
         run_jobs(app)
-        message = None
-        deadline = time.monotonic() + 5
-        while message is None and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.5)
-    finally:
-        pubsub.close()
-    assert message is not None, "nothing published to the user's channel"
-    published = decode(message_key(app.config["SECRET_KEY"]), message["channel"], message["data"])
+        published = next_message()
+    assert published is not None, "nothing published to the user's channel"
     assert published.kind == "n" and published.seq > 0 and published.customer == ""
     assert json.loads(published.body)["title"] == "New Message"
 
@@ -323,23 +336,15 @@ def test_repeated_user_ids_are_stored_once(app, client, db):
 
 def test_direct_push_answers_200_and_stores_nothing(app, client, db):
     user_id = uuid.uuid4()
-    pubsub = app.extensions["redis"].pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(f"{app.config['REDIS_PREFIX']}user:{user_id}")
-    try:
+    with listening(app, user_id) as next_message:
         r = client.post("/v1/notifications/sse", json=dict(SPEC_EXAMPLE, user_ids=[str(user_id)]),
                         headers=SERVICE)
         assert r.status_code == 200, r.get_data(as_text=True)
         body = r.get_json()
         assert isinstance(body["message"], str) and body["message"]
         assert body["users"] == 1
-        message = None
-        deadline = time.monotonic() + 5
-        while message is None and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.5)
-    finally:
-        pubsub.close()
-    assert message is not None
-    published = decode(message_key(app.config["SECRET_KEY"]), message["channel"], message["data"])
+        published = next_message()
+    assert published is not None
     assert published.kind == "d" and published.seq is None          # no cursor: not replayed
     assert json.loads(published.body)["type"] == "chat"
     run_jobs(app)

@@ -3,7 +3,6 @@ once, whatever runs at the same time, fails or dies midway.
 
 Real PostgreSQL, Redis and RQ; the kill test runs `python -m workers` and SIGKILLs it.
 """
-import threading
 import time
 import uuid
 
@@ -11,6 +10,7 @@ import psycopg2
 import pytest
 
 from testkit.api import TRIGGER_PATH as TRIGGER, trigger_body
+from testkit.concurrency import run_together
 from testkit.config_files import queue_yaml
 from testkit.identity import SERVICE
 from testkit.jobs import queued, run_jobs
@@ -69,22 +69,11 @@ def test_concurrent_drains_never_store_a_trigger_twice(make_app, db, tmp_path):
     small = accept(client, 300)
     medium = accept(client, 10, users_each=7)
     big = accept(client, 4, users_each=45)           # chunked: more users than one chunk
-    start, done, failures = threading.Barrier(4), [], []
 
-    def run():
-        try:
-            with app.app_context():
-                start.wait()
-                done.append(drain(app))
-        except Exception as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert failures == []
+    def run(_):
+        with app.app_context():
+            return drain(app)
+    done = run_together(run, 4, timeout=120)
     # every trigger was taken by exactly one drain (a batch or a big trigger counts its triggers)
     assert sum(done) == len(small) + len(medium) + len(big)
     assert_each_stored_once(db, 300 + 70 + 180)

@@ -1,13 +1,11 @@
 """Redis restart: K open streams while triggers flow and Redis is down for seconds; every stream ends
 with every notification exactly once, in order."""
-import threading
 import time
 import uuid
 
 import requests
 
-from testkit.sse import ResumingStream
-from tests.faults.rig import Result, bearer, post_trigger, wait_for
+from tests.faults.rig import Result, post_trigger, resuming_streams, wait_for
 
 
 def redis_restart(rig, k=50, triggers=12, down_for=3.0, interval=0.25):
@@ -18,16 +16,7 @@ def redis_restart(rig, k=50, triggers=12, down_for=3.0, interval=0.25):
     web = rig.web(env, workers=1, keepalive=1)
     rig.worker(env)
     users = [uuid.uuid4() for _ in range(k)]
-    clients = [ResumingStream(web, headers=bearer(u), retry_delay=0.0) for u in users]
-    stop_pumping = threading.Event()
-
-    def pump():
-        while not stop_pumping.is_set():
-            for c in clients:
-                c._pump()
-            time.sleep(0.05)
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
+    clients, stop_reading = resuming_streams(web, users)
     wait_for(lambda: web.open_streams() >= k, 30)
     started = time.monotonic()
     answers, down_at, up_at = [], None, None
@@ -52,8 +41,7 @@ def redis_restart(rig, k=50, triggers=12, down_for=3.0, interval=0.25):
     accepted = answers.count(202)
     complete, waited = wait_for(lambda: all(len(c.events) >= accepted for c in clients), 60 + k / 10)
     time.sleep(1.0)   # a duplicate would show now
-    stop_pumping.set()
-    pumper.join(10)
+    stop_reading()
     elapsed = time.monotonic() - started
     per_user = dict(rig.rows("SELECT user_id::text, array_agg(seq ORDER BY seq) FROM notifications GROUP BY user_id"))
     exact, lost, dup, disorder, reconnects = 0, 0, 0, 0, 0

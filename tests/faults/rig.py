@@ -8,6 +8,7 @@ server (testkit.providers) against the database and Redis it is given (the test 
 from __future__ import annotations
 
 import collections
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from testkit.api import TRIGGER_PATH, trigger_body
 from testkit.config_files import channel_config, queue_yaml
 from testkit.identity import SERVICE, bearer as user_headers
 from testkit.processes import ProcessGroup
+from testkit.sse import ResumingStream
 from testkit.providers import FakeSMTP, SMTPProcess
 
 SENDER = "notifications@example.com"
@@ -73,6 +75,26 @@ def wait_while_progressing(predicate, progress, stall=30.0, interval=0.5):
         now = progress()
         if now != seen:
             seen, last_change = now, time.monotonic()
+
+
+def resuming_streams(web, users):
+    """One EventSource-like client per user (testkit.sse.ResumingStream), all kept reading by one
+    thread: returns (clients, stop_reading)."""
+    clients = [ResumingStream(web, headers=bearer(u), retry_delay=0.0) for u in users]
+    stop = threading.Event()
+
+    def pump():
+        while not stop.is_set():
+            for client in clients:
+                client._pump()
+            time.sleep(0.05)
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def stop_reading():
+        stop.set()
+        reader.join(10)
+    return clients, stop_reading
 
 
 # ------------------------------------------------------------------------------------ the rig

@@ -1,15 +1,13 @@
 """Graceful shutdown: SIGTERM to the RQ worker mid-dispatch and to gunicorn with open streams; nothing
 stored or emailed twice, every stream resumes by cursor after the restart."""
 import signal
-import threading
 import time
 import uuid
 
 import requests
 
 from testkit.processes import ProcessGroup, WebServer
-from testkit.sse import ResumingStream
-from tests.faults.rig import Result, bearer, email_figures, post_trigger, wait_for, wait_while_progressing
+from tests.faults.rig import Result, email_figures, post_trigger, resuming_streams, wait_for, wait_while_progressing
 
 
 def shutdown(rig, users=1500, streams=20):
@@ -54,16 +52,7 @@ def shutdown(rig, users=1500, streams=20):
 
     # gunicorn SIGTERM with open streams
     stream_users = [uuid.uuid4() for _ in range(streams)]
-    clients = [ResumingStream(web, headers=bearer(u), retry_delay=0.0) for u in stream_users]
-    stop_pumping = threading.Event()
-
-    def pump():
-        while not stop_pumping.is_set():
-            for c in clients:
-                c._pump()
-            time.sleep(0.05)
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
+    clients, stop_reading = resuming_streams(web, stream_users)
     wait_for(lambda: web.open_streams() >= streams, 20)
     sent = 0
     for i in range(3):
@@ -90,8 +79,7 @@ def shutdown(rig, users=1500, streams=20):
         sent += 1
     complete, _ = wait_for(lambda: all(len(c.events) >= sent for c in clients), 30)
     time.sleep(1)
-    stop_pumping.set()
-    pumper.join(10)
+    stop_reading()
     per_user = dict(rig.rows("SELECT user_id::text, array_agg(seq ORDER BY seq) FROM notifications"
                              " WHERE user_id = ANY(%s::uuid[]) GROUP BY user_id", [str(u) for u in stream_users]))
     exact = sum(1 for u, c in zip(stream_users, clients) if [e.seq for e in c.events] == per_user.get(str(u)))

@@ -23,10 +23,9 @@ def _raw_stream(web, user_id, rcvbuf=None):
     sock.sendall(f"GET /v1/notifications/sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
                  f"Accept: text/event-stream\r\n\r\n".encode())
     head = b""
-    while b"\r\n\r\n" not in head:
+    while not head.endswith(b"\r\n\r\n"):           # byte by byte: nothing of the body is read
         chunk = sock.recv(1)
-        if not chunk:
-            break
+        assert chunk, f"the server closed the stream: {head[:200]!r}"
         head += chunk
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
     return sock

@@ -390,13 +390,17 @@ def test_patch_body_not_an_object_is_422(client, db, user):
     assert fetch_row(db, row["id"])["read_at"] is None
 
 
-def test_patch_other_users_is_404_and_unchanged(client, db, user):
+@pytest.mark.parametrize("method, path, column", [("patch", "/v1/notifications/{}/read", "read_at"),
+                                                  ("delete", "/v1/notifications/{}", "deleted_at")])
+def test_another_users_notification_is_404_like_a_missing_one_and_unchanged(client, db, user, method, path,
+                                                                              column):
     _, headers = user
+    send = getattr(client, method)
     theirs = insert_notification(db, uuid.uuid4())
-    r = client.patch(f"/v1/notifications/{theirs['id']}/read", headers=headers)
-    body = assert_envelope(r, 404, "not_found")
-    assert fetch_row(db, theirs["id"])["read_at"] is None
-    assert client.patch(f"/v1/notifications/{uuid.uuid4()}/read", headers=headers).get_json() == body
+    body = assert_envelope(send(path.format(theirs["id"]), headers=headers), 404, "not_found")
+    assert fetch_row(db, theirs["id"])[column] is None
+    assert send(path.format(uuid.uuid4()), headers=headers).get_json() == body
+    assert_envelope(send(path.format("xyz"), headers=headers), 400, "invalid_id")
 
 
 def test_patch_deleted_and_bad_id(client, db, user):
@@ -427,13 +431,3 @@ def test_delete_soft_deletes(client, db, user):
     assert_envelope(client.delete(f"/v1/notifications/{row['id']}", headers=headers), 404, "not_found")
     listed = client.get("/v1/notifications", headers=headers).get_json()
     assert [i["id"] for i in listed["items"]] == [str(keep["id"])] and listed["total"] == 1
-
-
-def test_delete_other_users_is_404_and_kept(client, db, user):
-    _, headers = user
-    theirs = insert_notification(db, uuid.uuid4())
-    r = client.delete(f"/v1/notifications/{theirs['id']}", headers=headers)
-    body = assert_envelope(r, 404, "not_found")
-    assert fetch_row(db, theirs["id"])["deleted_at"] is None
-    assert client.delete(f"/v1/notifications/{uuid.uuid4()}", headers=headers).get_json() == body
-    assert_envelope(client.delete("/v1/notifications/xyz", headers=headers), 400, "invalid_id")

@@ -56,26 +56,19 @@ def test_email_held_until_window_end_then_sent(app, user, smtp):
     assert len(smtp.messages) == 1
 
 
-def test_outside_the_window_sends_at_once(app, user, smtp):
+@pytest.mark.parametrize("window, event", [
+    (dict(minutes_before=-60, minutes_after=120), {}),                          # the window starts in an hour
+    ({}, dict(type="security", event="login_alert")),                           # locked and urgent: goes through
+], ids=["outside_the_window", "locked_urgent_event_inside_it"])
+def test_email_goes_at_once(app, user, smtp, window, event):
     client = app.test_client()
     user_id, headers = user
     put_contact(client, user_id, email="u@example.org")
-    set_quiet(client, headers, window_around_now(minutes_before=-60, minutes_after=120))  # starts in an hour
-    trigger(client, [user_id])
+    set_quiet(client, headers, window_around_now(**window))
+    trigger(client, [user_id], **event)
     run_jobs(app)
     assert deliveries(client, headers)["email"]["status"] == "sent"
-    assert len(smtp.messages) == 1
-
-
-def test_locked_urgent_event_goes_through_quiet_hours(app, user, smtp):
-    client = app.test_client()
-    user_id, headers = user
-    put_contact(client, user_id, email="u@example.org")
-    set_quiet(client, headers, window_around_now())
-    trigger(client, [user_id], type="security", event="login_alert")
-    run_jobs(app)
-    assert deliveries(client, headers)["email"]["status"] == "sent"
-    assert scheduled(app) == {}
+    assert len(smtp.messages) == 1 and scheduled(app) == {}
 
 
 def test_quiet_hours_validation(app, user):

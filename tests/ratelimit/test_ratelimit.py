@@ -12,6 +12,7 @@ import yaml
 
 from devtools.services import REPO_ROOT
 from testkit.api import post_trigger, push, trigger_body
+from testkit.concurrency import run_together
 from testkit.config_files import queue_yaml
 from testkit.identity import OTHER_SERVICE, SERVICE, bearer
 from testkit.processes import ProcessGroup
@@ -122,23 +123,15 @@ def test_a_large_budget_is_leased_in_slices_and_never_exceeded(limited_app, clea
 def test_concurrent_requests_of_one_caller_share_slices_without_losing_any(clean):
     """Requests that find the slice used up wait for the one taking the next slice, rather than
     each taking a slice of its own (which would spend the budget on slices nobody uses)."""
-    import threading
     from app.ratelimit_windows import Counter
     counter = Counter(clean["REDIS_URL"], clean["REDIS_PREFIX"] + "ratelimit", {"trigger": "1000/minute"})
-    admitted, start = [], threading.Barrier(8)
 
-    def caller():
-        start.wait()
+    def caller(_):
         mine = 0
         while counter.hit("trigger", "key:one")[0]:
             mine += 1
-        admitted.append(mine)
-
-    threads = [threading.Thread(target=caller) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+        return mine
+    admitted = run_together(caller, 8)
     assert sum(admitted) == 1000                 # one process: every slice used, none past the budget
     allowed, retry = counter.hit("trigger", "key:one")
     assert allowed is False and 1 <= retry <= 60

@@ -48,18 +48,24 @@ def read_deliveries(client, user_headers):
     return found, json.dumps(found)
 
 
+def deliver(build, user, channels, contact, settle=run_jobs, **settings):
+    """One notification to `user` (whose contact is `contact`) on an app sending on `channels`, its
+    jobs run by `settle`; then what the user reads of its deliveries (see read_deliveries)."""
+    user_id, headers = user
+    app, _ = build(channels, **settings)
+    client = app.test_client()
+    put_contact(client, user_id, **contact)
+    trigger(client, [user_id])
+    settle(app)
+    return read_deliveries(client, headers)
+
+
 # ---------------------------------------------------------------- last_error: the class, no address, no token
 
 
 def test_smtp_450_naming_the_recipient_shows_the_class_not_the_address(build, smtp, user):
-    user_id, headers = user
     smtp.refuse_rcpt = f"450 4.1.1 <{CAROL}>"             # a real server's deferral, naming the recipient
-    app, _ = build({"email": {"enabled": True}}, MAIL_PORT=str(smtp.port))
-    client = app.test_client()
-    put_contact(client, user_id, email=CAROL)
-    trigger(client, [user_id])
-    run_jobs(app)
-    found, text = read_deliveries(client, headers)
+    found, text = deliver(build, user, {"email": {"enabled": True}}, {"email": CAROL}, MAIL_PORT=str(smtp.port))
     email = found["email"]
     assert email["status"] == "pending"
     assert email["last_error"].startswith("recipient_deferred 450: ")
@@ -69,14 +75,9 @@ def test_smtp_450_naming_the_recipient_shows_the_class_not_the_address(build, sm
 
 
 def test_smtp_550_is_an_invalid_recipient_without_the_address(build, smtp, user):
-    user_id, headers = user
     smtp.refuse_rcpt = f"550 5.1.1 <{CAROL}>: Recipient address rejected: User unknown"
-    app, _ = build({"email": {"enabled": True}}, MAIL_PORT=str(smtp.port))
-    client = app.test_client()
-    put_contact(client, user_id, email=CAROL)
-    trigger(client, [user_id])
-    drain(app)
-    found, text = read_deliveries(client, headers)
+    found, text = deliver(build, user, {"email": {"enabled": True}}, {"email": CAROL}, drain,
+                          MAIL_PORT=str(smtp.port))
     assert found["email"]["status"] == "failed"
     assert found["email"]["last_error"].startswith("invalid_recipient 550: ")
     assert "User unknown" in found["email"]["last_error"]
@@ -84,14 +85,9 @@ def test_smtp_550_is_an_invalid_recipient_without_the_address(build, smtp, user)
 
 
 def test_sms_gateway_url_with_a_token_shows_the_class_not_the_token(build, user):
-    user_id, headers = user
     url = f"http://127.0.0.1:{free_port()}/send?token={TOKEN}&to={{recipient}}"   # nothing listens there
-    app, _ = build({"sms": {"type": "webhook", "needs": "phone", "url": url, "timeout": 2}})
-    client = app.test_client()
-    put_contact(client, user_id, phone=PHONE)
-    trigger(client, [user_id])
-    run_jobs(app)
-    found, text = read_deliveries(client, headers)
+    found, text = deliver(build, user, {"sms": {"type": "webhook", "needs": "phone", "url": url, "timeout": 2}},
+                          {"phone": PHONE})
     sms = found["sms"]
     assert sms["status"] == "pending"
     assert sms["last_error"].startswith("connection_failed: ")
@@ -99,19 +95,15 @@ def test_sms_gateway_url_with_a_token_shows_the_class_not_the_token(build, user)
 
 
 def test_sms_gateway_echoing_the_number_shows_the_status_class(build, user):
-    user_id, headers = user
     gateway = FakeHTTP()
     try:
         gateway.fail(503, {"message": f"upstream refused {PHONE} for {CAROL}"})
         gateway.fail(422, {"message": f"number {PHONE} is blocked", "code": 7})
-        app, _ = build({"sms": {"type": "webhook", "needs": "phone", "url": f"{gateway.url}/send?token={TOKEN}"}})
-        client = app.test_client()
-        put_contact(client, user_id, phone=PHONE)
-        trigger(client, [user_id])
-        drain(app)
+        found, text = deliver(build, user, {"sms": {"type": "webhook", "needs": "phone",
+                                                    "url": f"{gateway.url}/send?token={TOKEN}"}},
+                              {"phone": PHONE}, drain)
     finally:
         gateway.stop()
-    found, text = read_deliveries(client, headers)
     sms = found["sms"]
     assert [a["error"].split(":")[0] for a in sms["history"]] == ["provider_error 503", "provider_refused 422"]
     assert sms["status"] == "failed" and "is blocked (code 7)" in sms["last_error"]
@@ -120,16 +112,11 @@ def test_sms_gateway_echoing_the_number_shows_the_status_class(build, user):
 
 
 def test_twilio_unreachable_shows_neither_the_account_sid_nor_the_number(build, user):
-    user_id, headers = user
     twilio = FakeTwilio()
     twilio.stop()                                          # its port is closed now
-    app, _ = build({"sms": {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
-                            "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 2}})
-    client = app.test_client()
-    put_contact(client, user_id, phone=PHONE)
-    trigger(client, [user_id])
-    run_jobs(app)
-    found, text = read_deliveries(client, headers)
+    sms = {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
+           "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 2}
+    found, text = deliver(build, user, {"sms": sms}, {"phone": PHONE})
     assert found["sms"]["last_error"].startswith("connection_failed: ConnectionError")
     assert twilio.account_sid not in text and twilio.auth_token not in text and PHONE not in text
 

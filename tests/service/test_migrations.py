@@ -3,12 +3,12 @@ import os
 import re
 import subprocess
 import sys
-import threading
 
 import psycopg2
 import pytest
 
 from app.migrate import MIGRATIONS_DIR, migrate, migration_files
+from testkit.concurrency import run_together
 from testkit.identity import API_KEY, JWT_SECRET
 from devtools.services import REPO_ROOT
 
@@ -80,23 +80,7 @@ def test_second_run_applies_nothing(empty_database):
 
 
 def test_concurrent_runs_apply_each_file_once(empty_database):
-    start = threading.Barrier(2)
-    results, failures = [None, None], []
-
-    def run(slot):
-        try:
-            start.wait()
-            results[slot] = migrate(empty_database, echo=lambda *_: None)
-        except Exception as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert failures == []
+    results = run_together(lambda _: migrate(empty_database, echo=lambda *_: None), 2)
     versions = [version for version, _ in migration_files()]
     # between them they applied every file exactly once
     assert sorted(results[0] + results[1]) == versions
