@@ -207,7 +207,8 @@ class FakeHTTP:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # stop() waits for the server's next poll: every 50 ms, not the default 500
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def fail(self, status, payload=None, times=1, delay=0):
         """The next `times` requests get this answer."""

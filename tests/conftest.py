@@ -184,3 +184,12 @@ def processes(tmp_path):
     group = ProcessGroup(str(tmp_path))
     yield group
     group.stop_all()
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts service processes belongs to the slow loop: it must say so (pytest.ini's
+    `slow` marker), so `./dev test -m "not slow"` stays fast."""
+    unmarked = [item.nodeid for item in items
+                if "processes" in item.fixturenames and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that start processes need @pytest.mark.slow: " + ", ".join(unmarked))

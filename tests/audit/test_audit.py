@@ -390,6 +390,7 @@ def test_concurrent_writers_and_sealers_keep_one_verifiable_chain(app, db):
     assert "intact: 200 rows" in result.output
 
 
+@pytest.mark.slow
 def test_the_worker_seals_within_seconds(clean, client, db, tmp_path):
     from testkit.config_files import queue_config
     from testkit.processes import ProcessGroup, wait_until

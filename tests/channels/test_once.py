@@ -99,6 +99,7 @@ def start(app, env, processes, user_id, **contact):
     return worker, client
 
 
+@pytest.mark.slow
 def test_worker_killed_at_quit_does_not_send_the_email_again(build, provider, processes, user, db):
     user_id, headers = user
     smtp, options, settings = provider("email")
@@ -127,6 +128,7 @@ def _waiting_record(db):
         return row[0] if row else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["email", "sms", "webhook", "apprise"])
 def test_worker_killed_with_its_record_in_flight_sends_nothing_twice(build, provider, processes, user, db,
                                                                      clean, kind):

@@ -145,6 +145,7 @@ def run_at_a_terminal(env, answer, timeout=60):
     return proc.returncode, seen.decode(), out.decode()
 
 
+@pytest.mark.slow
 def test_at_a_terminal_it_asks_and_a_no_changes_nothing(app, clean, db, failed):
     env = dict(os.environ, **clean, RETRY_CONFIRM_ABOVE="2")
     before = statuses(db)

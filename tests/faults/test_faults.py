@@ -28,6 +28,7 @@ def rig(clean, redis_proc, tmp_path):
     rig.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", [
     "crash",      # a worker SIGKILLed every two seconds loses and repeats nothing
     "redis",      # a Redis restart under open streams
@@ -65,6 +66,7 @@ def test_job_stranded_by_a_kill_between_dequeue_and_start_is_relayed(app, db, de
     assert sweep(app) == (0, 0)   # queued for real now: not enqueued twice
 
 
+@pytest.mark.slow
 def test_worker_outlives_a_redis_outage_in_the_middle_of_a_job(rig):
     """RQ's worker quits when Redis vanishes during a job (it retries only while waiting for one);
     `python -m workers` starts it again once Redis answers, and the relay finishes the trigger."""

@@ -205,6 +205,7 @@ def test_page_is_served_only_when_enabled(client, app):
     assert script.status_code == 200 and b"class NotificationsClient" in script.data
 
 
+@pytest.mark.slow
 def test_enabled_page_loads_nothing_from_outside(services):
     response = requests.get(services.web.url + "/inbox", timeout=10)
     assert response.status_code == 200
@@ -221,6 +222,7 @@ def test_enabled_page_loads_nothing_from_outside(services):
 # ------------------------------------------------------------------------------------ the stream
 
 
+@pytest.mark.slow
 def test_triggered_notification_appears_within_two_seconds(page, services):
     user_id, token = new_user()
     page.open(token)
@@ -247,6 +249,7 @@ def test_triggered_notification_appears_within_two_seconds(page, services):
     print(f"trigger -> on the page: {elapsed * 1000:.0f} ms")
 
 
+@pytest.mark.slow
 def test_direct_push_is_shown_but_not_counted(page, services):
     user_id, token = new_user()
     page.open(token)
@@ -262,6 +265,7 @@ def test_direct_push_is_shown_but_not_counted(page, services):
     wait_until(lambda: page.items() == [], 5, message="the dismissed push to go")
 
 
+@pytest.mark.slow
 def test_badge_counts_up_and_down(page, services):
     user_id, token = new_user()
     page.open(token)
@@ -306,6 +310,7 @@ def test_badge_counts_up_and_down(page, services):
     page.assert_unique()
 
 
+@pytest.mark.slow
 def test_read_in_one_tab_updates_the_other(page, services):
     user_id, token = new_user()
     trigger(services.web, [user_id], title="Shared one")
@@ -345,6 +350,7 @@ def test_read_in_one_tab_updates_the_other(page, services):
     page.assert_unique()
 
 
+@pytest.mark.slow
 def test_resumes_after_the_web_server_restarts(page, services, processes):
     """The page's server goes away; a notification stored meanwhile arrives once it is back, from the
     stream (the client reconnected with its cursor), with nothing lost or doubled."""
@@ -382,6 +388,7 @@ def test_resumes_after_the_web_server_restarts(page, services, processes):
 # ------------------------------------------------------------------------------------ polling
 
 
+@pytest.mark.slow
 def test_without_eventsource_the_page_polls(page, services):
     driver = page.driver
     injected = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
@@ -412,6 +419,7 @@ def test_without_eventsource_the_page_polls(page, services):
         driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": injected})
 
 
+@pytest.mark.slow
 def test_no_sse_parameter_and_failing_stream_fall_back_to_polling(page, services, processes):
     """`?no-sse=1` polls at once; a stream that never opens (every attempt refused, here by a
     per-user limit of 0) falls back to polling after a few tries while REST still answers."""
@@ -436,6 +444,7 @@ def test_no_sse_parameter_and_failing_stream_fall_back_to_polling(page, services
 # ------------------------------------------------------------------------------------ the token and limits
 
 
+@pytest.mark.slow
 def test_the_token_is_taken_from_the_fragment_only_and_erased_from_the_address(page, services):
     """`#token=` is used when the page loads, then erased from the address bar and the history;
     a `?token=` (sent to the server, kept in logs) is never used, and erased all the same."""
@@ -458,6 +467,7 @@ def test_the_token_is_taken_from_the_fragment_only_and_erased_from_the_address(p
     wait_until(lambda: services.web.open_streams() == 0, 10, message="no stream (the earlier page's closed)")
 
 
+@pytest.mark.slow
 def test_a_token_link_followed_later_does_not_swap_the_session(page, services):
     alice, alice_token = new_user()
     mallory, mallory_token = new_user()
@@ -473,6 +483,7 @@ def test_a_token_link_followed_later_does_not_swap_the_session(page, services):
     assert page.state() == ["live", "sse"] and services.web.open_streams() == 1
 
 
+@pytest.mark.slow
 def test_the_client_honours_retry_after(page, services, processes, tmp_path):
     """A spent connect budget: the ticket request answers 429 with Retry-After (what the stream
     would answer, which EventSource cannot read), and the client asks nothing of the server
@@ -513,6 +524,7 @@ def test_the_client_honours_retry_after(page, services, processes, tmp_path):
 # ------------------------------------------------------------------------------------ screenshot
 
 
+@pytest.mark.slow
 def test_screenshot(page, services, tmp_path):
     user_id, token = new_user()
     samples = [

@@ -231,6 +231,7 @@ def every(stream, count, timeout=15.0):
     return stream.snapshot(everything=True)[:count]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_second_device_sees_read_and_counts_live(services, clean, db):
     web, _ = services
@@ -285,6 +286,7 @@ def test_second_device_sees_read_and_counts_live(services, clean, db):
         laptop.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_customer_scoped_stream_counts_only_its_customers(services, clean, db):
     web, _ = services

@@ -3,7 +3,6 @@ import threading
 import uuid
 
 import pytest
-from workers.trust import make_worker
 
 from testkit.api import trigger
 from testkit.identity import make_token
@@ -174,8 +173,7 @@ def test_preference_changed_after_trigger_applies_at_delivery(app, client, user,
     with db.cursor() as cur:
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, 'u@example.com')", (user_id,))
     trigger(client, [user_id], customer_id=str(CUSTOMER))
-    with app.app_context():   # dispatch only: the email delivery job waits in its queue
-        make_worker(app, ("dispatch",)).work(burst=True)
+    run_jobs(app, ("dispatch",))   # dispatch only: the email delivery job waits in its queue
     assert ("email", "pending", None) in deliveries(db, user_id)
     put(client, headers, {"group": "chat", "event": "message_received", "channel": "email", "enabled": False})
     run_jobs(app)

@@ -137,6 +137,7 @@ def test_concurrent_requests_of_one_caller_share_slices_without_losing_any(clean
     assert allowed is False and 1 <= retry <= 60
 
 
+@pytest.mark.slow
 def test_two_gunicorn_gevent_workers_share_the_count(clean, tmp_path):
     """The deployment shape: gunicorn with two gevent workers; requests land on either one and
     the budget is still one budget."""

@@ -57,6 +57,7 @@ def assert_clean(text):
         assert word not in text.lower(), text
 
 
+@pytest.mark.slow
 def test_five_times_encoded_script_reaches_neither_inbox_nor_stream(web, stream_of):
     user_id = uuid.uuid4()
     stream = stream_of(user_id)
@@ -83,6 +84,7 @@ def test_five_times_encoded_script_reaches_neither_inbox_nor_stream(web, stream_
     assert one.json() == data
 
 
+@pytest.mark.slow
 def test_five_times_encoded_script_is_not_pushed_either(web, stream_of):
     user_id = uuid.uuid4()
     stream = stream_of(user_id)
@@ -96,6 +98,7 @@ def test_five_times_encoded_script_is_not_pushed_either(web, stream_of):
     assert (data["title"], data["content"], data["link_text"]) == ("Live ", "now", "Go")
 
 
+@pytest.mark.slow
 def test_text_that_never_settles_is_refused_with_422(web):
     user_id = uuid.uuid4()
     deep = "Hi " + encode("<script>alert(1)</script>", 40)       # ~4,000 characters: fits in content
@@ -108,6 +111,7 @@ def test_text_that_never_settles_is_refused_with_422(web):
     assert web.get("/v1/notifications", headers=bearer(user_id)).json()["total"] == 0
 
 
+@pytest.mark.slow
 def test_format_characters_are_removed_from_what_clients_see(web, stream_of):
     """Bidi overrides and zero-width characters: stripped with the markup, on both paths."""
     user_id = uuid.uuid4()
@@ -126,6 +130,7 @@ def test_format_characters_are_removed_from_what_clients_see(web, stream_of):
     assert {k: item[k] for k in seen} == seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field, value, found", [
     ("title", "Payment\x1bdue", "U+001B"),
     ("title", "Payment\ndue", "U+000A"),
@@ -145,6 +150,7 @@ def test_control_characters_are_refused_with_a_precise_422(web, field, value, fo
     assert web.get("/v1/notifications", headers=bearer(user_id)).json()["total"] == 0
 
 
+@pytest.mark.slow
 def test_content_keeps_its_line_breaks_and_tabs(web):
     user_id = uuid.uuid4()
     response = web.post("/v1/notifications/trigger", headers=SERVICE,
@@ -154,6 +160,7 @@ def test_content_keeps_its_line_breaks_and_tabs(web):
     assert items[0]["content"] == "line one\nline two\n\tindented"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("link", ["/\\evil.example", "\\\\evil.example", "/\\\\evil.example", "\\/evil.example",
                                   "/\t/evil.example", " //evil.example", "//evil.example"])
 def test_links_browsers_read_as_another_host_are_refused(web, link):

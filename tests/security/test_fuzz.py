@@ -103,6 +103,7 @@ def fuzz(operation, mode, route):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(max(300, MAX_EXAMPLES * 12))
 def test_api_conforms_to_its_openapi_document(app, db):
     """Every operation, valid and invalid requests; all failures reported together."""

@@ -171,6 +171,7 @@ def test_the_drain_logs_a_database_error_without_the_rows_values(app, client, db
     assert CAROL not in last_error and "carol" not in json.dumps(capture.lines)
 
 
+@pytest.mark.slow
 def test_rq_keeps_a_failed_jobs_text_redacted(app, clean, processes, tmp_path):
     """A job whose argument is an address (written into Redis by whoever can) fails in the real
     worker; the traceback RQ keeps for a week, and the worker's log, name no address."""

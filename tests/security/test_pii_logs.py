@@ -25,7 +25,7 @@ from testkit.processes import wait_until
 from testkit.providers import FakeHTTP, FakeTwilio
 from devtools.services import free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 MARK = uuid.uuid4().hex[:10]
 TITLE, CONTENT, PUSHED = f"Zqtitle{MARK}", f"Zqcontent{MARK}", f"Zqpushed{MARK}"

@@ -46,6 +46,7 @@ def stored(db):
         return cur.fetchone()[0]
 
 
+@pytest.mark.slow
 def test_foreign_functions_and_pickles_never_run_and_the_worker_goes_on(app, clean, db, processes, tmp_path):
     markers = {name: tmp_path / name for name in ("system", "gadget", "json-system", "callback")}
     dispatch, deliveries = attacker_queues(app)
@@ -77,6 +78,7 @@ def test_foreign_functions_and_pickles_never_run_and_the_worker_goes_on(app, cle
     assert not {job.id.encode() for job in attacks} & set(scheduled)
 
 
+@pytest.mark.slow
 def test_an_altered_job_of_ours_is_refused(app):
     """Redis written directly: a real job's hash edited to name another function, or to carry callbacks."""
     from app.jobs_queue import queue
@@ -118,6 +120,7 @@ def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean,
     assert create_app(dict(clean, REDIS_PREFIX="acme:")).config["REDIS_PREFIX"] == "acme:"
 
 
+@pytest.mark.slow
 def test_two_deployments_on_one_redis_never_hear_or_take_each_others_work(clean, other_database, processes):
     """Deployment A on Redis db 0, B on db 7 of the same server, neither configures REDIS_PREFIX."""
     from app.deployment import derive_prefix
@@ -166,6 +169,7 @@ def acl_rule(prefix, password):
             "+@all -@admin -@dangerous +info +client|setname +client|getname").split()
 
 
+@pytest.mark.slow
 def test_web_and_worker_run_as_the_documented_acl_user_and_it_reaches_no_other_keys(clean, processes):
     from devtools.services import redis_server
     from app.deployment import derive_prefix
@@ -234,6 +238,7 @@ def _answers(url):
         return False
 
 
+@pytest.mark.slow
 def test_worker_and_web_enqueue_over_tls(clean, make_app, processes, tmp_path, db):
     """The command pool and RQ over rediss:// with a private CA. (The stream hub's own connection is
     plain TCP: see docs/security/rq.md.)"""

@@ -121,6 +121,7 @@ def blinker_lock():
     return version, hashes
 
 
+@pytest.mark.slow
 def test_pip_refuses_a_package_whose_hash_differs_from_the_lock(tmp_path, blinker_lock):
     """What a tampered index or mirror meets: pip downloads, compares, refuses, installs nothing."""
     version, hashes = blinker_lock
@@ -138,6 +139,7 @@ def test_pip_refuses_a_package_whose_hash_differs_from_the_lock(tmp_path, blinke
     assert not (tmp_path / "no").exists() or list((tmp_path / "no").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_plain_install_of_the_lock_demands_a_hash_for_every_line(tmp_path, blinker_lock):
     """A platform's `pip install -r requirements.txt` (no flag) is in hash-checking mode too, because
     the file has hashes: one requirement without a hash, and nothing is installed."""
@@ -165,6 +167,7 @@ def runtime_venv(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_runtime_lock_alone_runs_every_procfile_process(runtime_venv, empty_database, clean, tmp_path):
     """release migrates, web answers, worker stores a triggered notification, from the runtime lock
     alone: no test tool is importable there, so nothing of app/ or workers/ leans on one."""

@@ -187,12 +187,14 @@ def assert_one_clean_line(stderr, *fragments):
         assert fragment in lines[0], (fragment, lines[0])
 
 
+@pytest.mark.slow
 def test_import_with_good_config_starts(base_env):
     result = run_import(start_env(base_env))
     assert result.returncode == 0, result.stderr
     assert "started" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, key", [
     ("channels: [system\n", "line 2"),
     ("channels:\n  system: {}\ngroups:\n  chat:\n    events:\n      message_received:\n"
@@ -208,6 +210,7 @@ def test_import_with_bad_notifications_yaml_exits_2_with_one_line(base_env, tmp_
     assert_one_clean_line(result.stderr, str(bad), key)
 
 
+@pytest.mark.slow
 def test_import_with_bad_queue_yaml_exits_2(base_env, tmp_path):
     bad = tmp_path / "queue.yaml"
     bad.write_text(GOOD_QUEUE.replace("attempts: 3", "attempts: 0"))
@@ -216,12 +219,14 @@ def test_import_with_bad_queue_yaml_exits_2(base_env, tmp_path):
     assert_one_clean_line(result.stderr, str(bad), "retry.attempts")
 
 
+@pytest.mark.slow
 def test_import_with_bad_environment_exits_2(base_env):
     result = run_import(start_env(base_env, DB_POOL_SIZE="lots"))
     assert result.returncode == 2
     assert_one_clean_line(result.stderr, "environment", "DB_POOL_SIZE")
 
 
+@pytest.mark.slow
 def test_gunicorn_refuses_to_start_on_bad_config(base_env, tmp_path):
     """The Procfile's web process: no half-started server, one line, exit 2."""
     bad = tmp_path / "broken.yaml"
@@ -251,12 +256,14 @@ def run_flask(env, *args):
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_production_secrets_start(base_env):
     result = run_import(start_env(base_env, **PRODUCTION))
     assert result.returncode == 0, result.stderr
     assert "started" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad, key", [
     ({"JWT_SECRET": "dev-secret-change-me-before-production"}, "JWT_SECRET"),
     ({"JWT_SECRET": JWT_SECRET}, "JWT_SECRET"),
@@ -280,6 +287,7 @@ def test_development_secrets_are_refused_outside_development(base_env, bad, key)
     assert all(value not in result.stderr for value in bad.values() if value)
 
 
+@pytest.mark.slow
 def test_gunicorn_refuses_development_secrets(base_env):
     env = start_env(base_env, **dict(PRODUCTION, JWT_SECRET="dev-secret-change-me-before-production"),
                     PORT=str(free_port()), HOST="127.0.0.1", WEB_CONCURRENCY="1")
@@ -293,6 +301,7 @@ def test_gunicorn_refuses_development_secrets(base_env):
     assert "Booting worker" not in result.stderr
 
 
+@pytest.mark.slow
 def test_development_allows_the_development_values(base_env):
     env = start_env(base_env, DEVELOPMENT="true", JWT_SECRET="dev-secret-change-me-before-production",
                     API_KEYS="dev-key", SECRET_KEY="")
@@ -324,6 +333,7 @@ def test_bad_key_settings_name_the_variable(env):
     assert caught.value.key in env
 
 
+@pytest.mark.slow
 def test_start_up_warns_without_audience_or_issuer_outside_development(base_env):
     """aud/iss stay optional (the SPEC's tokens carry neither), but a deploy is told."""
     warned = run_import(start_env(base_env, **PRODUCTION))
@@ -337,6 +347,7 @@ def test_start_up_warns_without_audience_or_issuer_outside_development(base_env)
 # ---------------------------------------------------------------- stream settings (Issue 16 point 6)
 
 
+@pytest.mark.slow
 def test_keepalive_above_the_spec_is_refused(base_env):
     """The SPEC promises a keep-alive at least every 20 s; a longer interval is a config error."""
     environ = dict(AUTH, NOTIFICATIONS_CONFIG=DEFAULT_NOTIFICATIONS, QUEUE_CONFIG=DEFAULT_QUEUE)

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from devtools.services import REPO_ROOT
 
+pytestmark = pytest.mark.slow   # each check is a Python process of its own
 REPO = str(REPO_ROOT)
 
 PRELUDE = """

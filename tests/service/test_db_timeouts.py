@@ -30,6 +30,7 @@ class TableLock:
             self.conn.close()
 
 
+@pytest.mark.slow
 def test_a_query_past_the_statement_timeout_is_a_503_envelope_not_a_hang(clean, processes):
     web = processes.start_web(clean, DB_STATEMENT_TIMEOUT_MS=300)
     headers = {"Authorization": f"Bearer {make_token(uuid.uuid4())}"}

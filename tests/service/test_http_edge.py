@@ -95,6 +95,7 @@ def test_the_depth_limit_refuses_only_what_no_schema_could_accept(client, db, us
     assert client.put("/v1/notifications/preferences", json=wide, headers=headers).status_code == 200
 
 
+@pytest.mark.slow
 def test_deep_json_under_gunicorn_is_400_and_the_worker_lives_on(processes, clean):
     """In a gevent worker the parse runs on a greenlet's stack: the same 400, and the worker lives."""
     web = processes.start_web(clean)
@@ -179,6 +180,7 @@ def test_every_personal_answer_forbids_caching(app, client, db):
         assert "no-store" not in response.headers.get("Cache-Control", ""), path
 
 
+@pytest.mark.slow
 def test_personal_answers_under_gunicorn_forbid_caching(processes, clean):
     web = processes.start_web(clean)
     response = web.get("/v1/notifications", headers=bearer(uuid.uuid4()))
@@ -192,6 +194,7 @@ def test_personal_answers_under_gunicorn_forbid_caching(processes, clean):
 # ------------------------------------------------------------------------------------ operator token
 
 
+@pytest.mark.slow
 def test_without_metrics_token_the_heap_scan_is_refused_and_metrics_stay_open(processes, clean):
     web = processes.start_web(clean)
     assert web.get("/healthz").json() == {"status": "ok"}   # probes stay open (SPEC)
@@ -203,6 +206,7 @@ def test_without_metrics_token_the_heap_scan_is_refused_and_metrics_stay_open(pr
     assert metrics.status_code == 200 and "notif_open_streams" in metrics.text
 
 
+@pytest.mark.slow
 def test_with_metrics_token_both_need_its_bearer(processes, clean):
     web = processes.start_web(clean, METRICS_TOKEN=METRICS_TOKEN)
     assert web.get("/healthz").json() == {"status": "ok"}
@@ -238,6 +242,7 @@ def anonymous_inbox(web, forwarded_for):
     return web.get("/v1/notifications", headers={"X-Forwarded-For": forwarded_for})
 
 
+@pytest.mark.slow
 def test_behind_one_proxy_each_client_has_its_own_anonymous_bucket(processes, clean, tmp_path):
     web = processes.start_web(dict(clean, RATE_LIMITS_ENABLED="true",
                                    QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"user": "2/minute"})),
@@ -252,6 +257,7 @@ def test_behind_one_proxy_each_client_has_its_own_anonymous_bucket(processes, cl
     assert_envelope(anonymous_inbox(web, f"{second}, {first}"), 429, "rate_limited")
 
 
+@pytest.mark.slow
 def test_without_proxies_a_forwarded_for_header_picks_no_bucket(processes, clean, tmp_path):
     web = processes.start_web(dict(clean, RATE_LIMITS_ENABLED="true",
                                    QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"user": "2/minute"})))
@@ -276,6 +282,7 @@ def pushed_from(web, forwarded_for=None):
     return row["client_ip"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hops", ["0", "1"])
 def test_the_audit_records_the_client_behind_the_proxies(processes, clean, hops):
     web = processes.start_web(clean, PROXY_HOPS=hops)
@@ -334,6 +341,7 @@ def test_in_development_redoc_is_pinned_and_checked_by_the_browser(client):
         assert 'crossorigin="anonymous"' in tag
 
 
+@pytest.mark.slow
 def test_the_docs_page_renders_in_a_browser_under_its_policy_from_this_origin_only(processes, clean, tmp_path):
     """Production settings, a real gunicorn, Debian's headless Chromium: Swagger UI draws the API
     from the files served here, the browser reports no policy violation, and every resource the
@@ -381,6 +389,7 @@ def push_to(web, user_ids, event="mention", group="chat", customer_id=None, titl
     return response.json()
 
 
+@pytest.mark.slow
 def test_a_direct_push_skips_users_who_turned_its_event_off_and_counts_the_streams(processes, clean):
     web = processes.start_web(clean)
     alice, bob, ours, theirs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

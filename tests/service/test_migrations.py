@@ -101,6 +101,7 @@ def test_failing_migration_is_rolled_back_and_releases_the_lock(empty_database, 
     assert "half_done" in tables(empty_database)
 
 
+@pytest.mark.slow
 def test_release_command(empty_database, redis_proc):
     """The Procfile's `release: flask --app wsgi migrate`, twice."""
     env = dict(os.environ, DATABASE_URL=empty_database, REDIS_URL=redis_proc.url, JWT_SECRET=JWT_SECRET,

@@ -33,7 +33,7 @@ from testkit.identity import bearer
 from testkit.processes import wait_until, web_and_worker
 from devtools.services import REPO_ROOT
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 KEY = message_key(DEV_SECRET_KEY)   # the services run with DEVELOPMENT=true and no SECRET_KEY
 CUSTOMER = "550e8400-e29b-41d4-a716-446655440000"
 FORGED_TITLE = "Your account is blocked: call +44 20 0000 0000"

@@ -19,7 +19,7 @@ from app.redis_client import MAX_CONNECTIONS
 from testkit.identity import make_token
 from testkit.processes import ProcessGroup
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 USERS, PER_USER = 100, 3
 
 

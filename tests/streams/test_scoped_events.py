@@ -17,7 +17,7 @@ from testkit.identity import bearer
 from testkit.processes import ProcessGroup
 from testkit.rows import insert_notification
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
 
 

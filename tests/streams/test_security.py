@@ -26,7 +26,7 @@ from testkit.identity import bearer, make_token
 from testkit.processes import ProcessGroup, ready, wait_until, web_and_worker
 from testkit.rows import insert_notification
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 STREAM = "/v1/notifications/sse"
 TICKET = "/v1/notifications/sse/ticket"
@@ -62,6 +62,7 @@ def ticket_for(server, user_id, **claims):
 # ------------------------------------------------------------------------------------ signed tickets (17.2)
 
 
+@pytest.mark.slow
 def test_a_ticket_written_in_redis_opens_nothing(web, streams, rds):
     """Whoever can write Redis cannot mint a ticket: an entry of the old shape (id -> JSON) or
     of the new one, with any signature, is refused."""
@@ -74,6 +75,7 @@ def test_a_ticket_written_in_redis_opens_nothing(web, streams, rds):
     assert web.open_streams() == 0
 
 
+@pytest.mark.slow
 def test_a_ticket_altered_in_redis_is_refused(web, streams, rds):
     """Mallory's genuine ticket, re-pointed at the victim in Redis, opens nobody's stream."""
     victim, mallory = uuid.uuid4(), uuid.uuid4()
@@ -86,6 +88,7 @@ def test_a_ticket_altered_in_redis_is_refused(web, streams, rds):
     assert web.open_streams() == 0
 
 
+@pytest.mark.slow
 def test_redis_never_holds_a_usable_ticket_and_a_ticket_is_single_use(web, streams, rds):
     user_id = uuid.uuid4()
     ticket = ticket_for(web, user_id)
@@ -114,6 +117,7 @@ def _ends_cleanly_at(stream, exp, keepalive=1.0):
     assert ended_at <= exp + keepalive + 1.0, f"ended {ended_at - exp:.2f}s after exp"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("credential", ["token", "ticket"])
 def test_a_stream_ends_with_its_credentials_and_resumes_losing_nothing(web, streams, credential):
     user_id = uuid.uuid4()
@@ -139,6 +143,7 @@ def test_a_stream_ends_with_its_credentials_and_resumes_losing_nothing(web, stre
     assert [e.json()["title"] for e in fresh.wait_events(2)] == ["while away", "live again"]
 
 
+@pytest.mark.slow
 def test_credentials_already_expired_open_no_stream(web, streams):
     """Inside the tokens' 30 s clock leeway the REST API still answers, but a stream would end at once."""
     user_id = uuid.uuid4()
@@ -149,6 +154,7 @@ def test_credentials_already_expired_open_no_stream(web, streams):
     assert_error(streams(web, params={"ticket": ticket}).response, 401, "invalid_ticket")
 
 
+@pytest.mark.slow
 def test_head_does_not_use_up_a_ticket(web, streams):
     user_id = uuid.uuid4()
     ticket = ticket_for(web, user_id)
@@ -173,6 +179,7 @@ def _open_and_close(server, streams, headers=None, params=None):
     return status, stream
 
 
+@pytest.mark.slow
 def test_a_user_at_the_cap_is_told_so_and_replaces_a_stream_at_once(web, streams, rds):
     user_id = uuid.uuid4()
     held = [streams(web, headers=bearer(user_id)) for _ in range(MAX_STREAMS)]
@@ -193,6 +200,7 @@ def test_a_user_at_the_cap_is_told_so_and_replaces_a_stream_at_once(web, streams
     assert [s.status_code for s in again] == [200] * MAX_STREAMS
 
 
+@pytest.mark.slow
 def test_reloading_a_page_twenty_times_fast_is_never_locked_out(web, streams):
     """What the browser client does on each load: a ticket, then the stream with it."""
     user_id = uuid.uuid4()
@@ -202,6 +210,7 @@ def test_reloading_a_page_twenty_times_fast_is_never_locked_out(web, streams):
         assert status == 200, (n, stream.response.text)
 
 
+@pytest.mark.slow
 def test_a_reconnect_every_few_seconds_is_never_refused(web, streams):
     """The shipped budget (30/minute): once a burst has emptied the bucket, a client that
     reconnects every 2.5 s (an EventSource's retry is 3 s) is admitted every time."""

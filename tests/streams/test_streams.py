@@ -26,7 +26,7 @@ from testkit.processes import ProcessGroup, ready, wait_until, web_and_worker
 from testkit.rows import insert_notification
 from testkit.sse import ResumingStream
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 REPLAY_LIMIT = 50
 MAX_STREAMS = 2
