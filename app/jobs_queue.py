@@ -171,7 +171,7 @@ def _stranded(job, connection, settle=1.0):
     relay's own thread holds the GIL of that worker's process). Judged at a glance, a delivery
     retried after a back-off as long as `relay.stale_after` was now and then caught there under
     a backlog, and the copy started a second retry chain that spent the delivery's attempts
-    twice as fast (`bench/faults.py smtp --full`: 2 of 500 emails failed for good, their
+    twice as fast (`python -m bench.faults smtp --full`: 2 of 500 emails failed for good, their
     back-off restarting from 1 s mid-outage). So the job must stay unstarted and off its queue
     for `settle` seconds to count as stranded. (RQ's started registry is no help: it may still hold an entry of an earlier,
     killed execution of the same job id.)"""

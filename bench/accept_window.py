@@ -20,7 +20,7 @@ This measures that window for N deliveries, on one clock (the machine's):
   window of 0.
 
 The worker runs the real `deliver` job in-process (RQ SimpleWorker, burst), one
-delivery at a time. Own database and Redis, as bench/faults.py. Not a test: it prints
+delivery at a time. Own database and Redis, as `python -m bench.faults`. Not a test: it prints
 p50 / p99 / max and the mean, and checks only that every email was sent once.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""gunicorn settings for `python bench/streams.py memory`: the service's own gunicorn.conf.py,
+"""gunicorn settings for `python -m bench.streams memory`: the service's own gunicorn.conf.py,
 plus tracemalloc in the worker. Whenever the file named by $BENCH_TRACEMALLOC_DIR/request appears,
 the worker writes a snapshot to $BENCH_TRACEMALLOC_DIR/snapshot-<n> and creates .../done.
 A diagnostic only: tracemalloc itself roughly doubles the memory of every tracked block.

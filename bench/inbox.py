@@ -1,8 +1,8 @@
 """The inbox at 10 M notifications: GET /v1/notifications at a fixed 200 requests/s.
 
-    python bench/inbox.py               # 10,000,000 notifications of 100,000 users (first run: a long load)
-    python bench/inbox.py --quick       # 1,000,000 of 10,000
-    python bench/inbox.py --rebuild     # load the database again;  --drop: remove the cached one
+    python -m bench.inbox               # 10,000,000 notifications of 100,000 users (first run: a long load)
+    python -m bench.inbox --quick       # 1,000,000 of 10,000
+    python -m bench.inbox --rebuild     # load the database again;  --drop: remove the cached one
 
 The database (bench/inbox_data.py): built on the PostgreSQL server of DATABASE_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres; the URL's own database is never touched) with the
@@ -18,7 +18,6 @@ it, EXPLAIN (ANALYZE, BUFFERS) of every statement the endpoint runs, for a heavy
 user, taken from the repository's own code on a cold shared_buffers (see `plans`).
 """
 import argparse
-import asyncio
 import bisect
 import collections
 import json
@@ -27,18 +26,16 @@ import random
 import signal
 import sys
 import time
-import types
 import uuid
 from dataclasses import dataclass, replace
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for path in (HERE, ROOT):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import streams  # noqa: E402  (bench/streams.py: servers, tokens, CPU, percentiles)
-from inbox_data import CLASSES, Server, cache_prefix, cached_database, connect, describe  # noqa: E402
+from bench.inbox_data import CLASSES, Server, cache_prefix, cached_database, connect, describe
+from bench.load import get_request, open_loop_main
+from bench.measure import log, machine, percentile, raise_nofile
+from bench.rig import SERVER_URL, Bench
+from devtools.services import REPO_ROOT
+from testkit.identity import JWT_SECRET
+from testkit.processes import cpu_seconds
 
 TARGET_P99_MS = 20.0
 LIMIT = 50                      # the endpoint's default page size, what clients use
@@ -60,7 +57,6 @@ FULL = Sizes()
 QUICK = replace(FULL, notifications=1_000_000, users=10_000, seconds=15.0, warmup=3.0)
 
 
-log = streams.log
 
 
 # ============================================================ the plans
@@ -159,105 +155,6 @@ def _execution_ms(plan):
     return None
 
 
-# ============================================================ the load process
-
-
-def _request(path, token):
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            f"Accept: application/json\r\n\r\n").encode()
-
-
-async def _exchange(reader, writer, request):
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, close = 0, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection" and value.strip().lower() == b"close":
-            close = True
-    body = await reader.readexactly(length)
-    return status, body, close
-
-
-async def _drive(pipe, port, requests, rate, warmup, max_connections):
-    """Send request i at start + i/rate whatever happened before (open loop); a request's latency
-    runs from that scheduled time to its last response byte, so waiting for a free connection
-    or a stalled server counts."""
-    loop = asyncio.get_running_loop()
-    idle, slots = [], asyncio.Semaphore(max_connections)
-    stats = {"opened": 0, "reconnects": 0, "late": 0, "errors": collections.Counter()}
-    results = [None] * len(requests)
-
-    async def one(index, due, request):
-        status = None
-        async with slots:
-            for attempt in (0, 1):
-                pair = idle.pop() if idle and not attempt else None   # a retry: a new connection
-                fresh = pair is None
-                try:
-                    if fresh:
-                        pair = await asyncio.open_connection("127.0.0.1", port)
-                        stats["opened"] += 1
-                    status, body, close = await asyncio.wait_for(_exchange(*pair, request), 10)
-                except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-                    if pair is not None:
-                        pair[1].close()
-                    if fresh or attempt:         # a kept-alive connection the server closed: once more
-                        stats["errors"][type(exc).__name__] += 1
-                        break
-                    stats["reconnects"] += 1
-                    continue
-                except asyncio.TimeoutError:
-                    pair[1].close()
-                    stats["errors"]["timeout (10 s)"] += 1
-                    break
-                if status == 200 and b'"total"' not in body:
-                    status = -1
-                if close:
-                    pair[1].close()
-                else:
-                    idle.append(pair)
-                break
-        results[index] = (loop.time() - due, status)
-
-    start = loop.time() + 0.2
-    tasks, cpu0, first_due = [], None, None
-    for index, request in enumerate(requests):
-        due = start + index / rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if index == warmup:
-            pipe.send(("measure",))
-            cpu0, first_due = streams.own_cpu(), due
-        if index >= warmup and loop.time() - due > 0.005:
-            stats["late"] += 1
-        tasks.append(asyncio.create_task(one(index, due, request)))
-    last_due = start + (len(requests) - 1) / rate
-    await asyncio.gather(*tasks)
-    cpu = streams.own_cpu() - cpu0
-    for _, writer in idle:
-        writer.close()
-    return {"results": results[warmup:], "cpu": cpu, "send_seconds": last_due - first_due,
-            "opened": stats["opened"], "reconnects": stats["reconnects"], "late": stats["late"],
-            "errors": dict(stats["errors"])}
-
-
-def client_main(pipe, port, requests, rate, warmup, max_connections):
-    """Entry point of the load process (spawned): run the schedule, send the results back."""
-    streams.raise_nofile()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        result = asyncio.run(_drive(pipe, port, requests, rate, warmup, max_connections))
-        pipe.send(("done", result))
-    except Exception as exc:   # reported to the parent, which raises it
-        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-
-
 # ============================================================ the run
 
 
@@ -297,8 +194,8 @@ def schedule(users, count, seed):
             path += f"?customer_id={rng.choice(customers)}"
         elif kind == "deep":
             path += f"?offset={LIMIT * rng.randint(1, min(20, (n - 1) // LIMIT))}"
-        token = jwt.encode(claims, streams.JWT_SECRET, algorithm="HS256")
-        out.append((kinds.index(kind), size_class(n), _request(path, token)))
+        token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+        out.append((kinds.index(kind), size_class(n), get_request(path, token)))
     return out
 
 
@@ -307,7 +204,7 @@ def _backend_cpu(conn):
     with conn.cursor() as cur:
         cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                     " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
-        return {pid: streams.cpu_seconds(pid) for (pid,) in cur.fetchall()}
+        return {pid: cpu_seconds(pid) for (pid,) in cur.fetchall()}
 
 
 def _blocks(conn):
@@ -343,8 +240,8 @@ def _summary(latencies):
     if not latencies:
         return {"count": 0}
     ms = [v * 1000 for v in latencies]
-    return {"count": len(ms), "p50_ms": streams.percentile(ms, 0.50), "p95_ms": streams.percentile(ms, 0.95),
-            "p99_ms": streams.percentile(ms, 0.99), "max_ms": max(ms)}
+    return {"count": len(ms), "p50_ms": percentile(ms, 0.50), "p95_ms": percentile(ms, 0.95),
+            "p99_ms": percentile(ms, 0.99), "max_ms": max(ms)}
 
 
 def _receive(pipe, proc, timeout):
@@ -361,15 +258,8 @@ def _receive(pipe, proc, timeout):
 def start_service(bench, workers, app_dir=None):
     """The real gunicorn with rate limits on (production's default); `app_dir`: serve the code of
     another checkout (e.g. `git archive` of an older commit) for a before/after comparison."""
-    if app_dir is None:
-        return bench.start_ours(workers=workers, worker_connections=1000, RATE_LIMITS_ENABLED="true")
-    from devtools.services import free_port
-    port = free_port()
-    env = dict(bench.ours_env(workers, 1000), PORT=str(port), RATE_LIMITS_ENABLED="true")
-    server = streams.WebServer("ours", [sys.executable, "-m", "gunicorn", "-c", streams.GUNICORN_CONF, "wsgi:app"],
-                               env, bench.workdir, port, workers, cwd=app_dir)
-    bench.callback(server.stop)
-    return server
+    return bench.start_ours(workers=workers, worker_connections=1000, cwd=app_dir or REPO_ROOT,
+                            RATE_LIMITS_ENABLED="true")
 
 
 def measure(url, users, sizes, workers, seed, app_dir=None):
@@ -377,15 +267,15 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
     import multiprocessing
     warmup = int(sizes.warmup * sizes.rate)
     requests = schedule(users, warmup + int(sizes.seconds * sizes.rate), seed)
-    with streams.Bench(f"inbox-{workers}") as bench:
+    with Bench(f"inbox-{workers}") as bench:
         bench.start_redis()
-        bench.db = types.SimpleNamespace(url=url)
+        bench.use_database(url)
         server = start_service(bench, workers, app_dir)
         log(f"{workers} web worker(s) (pids {server.worker_pids()}): {len(requests) - warmup} requests at "
             f"{sizes.rate:g}/s after {warmup} warm-up ones")
         ctx = multiprocessing.get_context("spawn")
         pipe, child = ctx.Pipe()
-        proc = ctx.Process(target=client_main, daemon=True, args=(
+        proc = ctx.Process(target=open_loop_main, daemon=True, args=(
             child, server.port, [r[2] for r in requests], sizes.rate, warmup, sizes.connections))
         bench.callback(lambda: (proc.kill(), proc.join()))
         observer = connect(url)
@@ -436,12 +326,12 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
 
 def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None):
     """Everything: the cached database, its description, the plans, one run per worker count."""
-    server = Server(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    server = Server(os.environ.get("DATABASE_URL", SERVER_URL))
     try:
         url, meta = cached_database(server, sizes, rebuild)
     finally:
         server.close()
-    report = {"sizes": sizes.__dict__, "meta": meta, "database": describe(url), "machine": streams.machine()}
+    report = {"sizes": sizes.__dict__, "meta": meta, "database": describe(url), "machine": machine()}
     report["plans"] = plans(url) if explain else []
     users = load_users(url)
     report["runs"] = [measure(url, users, sizes, count, seed=count, app_dir=app_dir) for count in workers]
@@ -531,13 +421,13 @@ def main():
     parser.add_argument("--app-dir", help="serve the code of this directory (another checkout) instead")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # unwind: stop the servers
-    streams.raise_nofile()
+    raise_nofile()
     sizes = QUICK if args.quick else FULL
     for field in ("notifications", "users", "rate", "seconds"):
         if getattr(args, field):
             sizes = replace(sizes, **{field: getattr(args, field)})
     if args.drop:
-        server = Server(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+        server = Server(os.environ.get("DATABASE_URL", SERVER_URL))
         for name in server.databases(cache_prefix(sizes)):
             log(f"dropping {name}")
             server.drop(name)
@@ -555,5 +445,5 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        streams.log("interrupted")
+        log("interrupted")
         sys.exit(130)

@@ -16,15 +16,15 @@ import subprocess
 import time
 import uuid
 
-import streams  # bench/streams.py: the admin DSN and the log line
+from bench.measure import log
+from devtools.services import REPO_ROOT
+from testkit.database import with_dbname
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = str(REPO_ROOT)
 CLASSES = ((0, "< 100"), (100, "100-999"), (1000, ">= 1,000"))   # users by stored notifications
 EVENT_WEIGHTS = {"message_received": 30, "mention": 8, "task_assigned": 10, "task_due": 8,
                  "task_completed": 8, "payment_received": 15, "payment_failed": 3,
                  "login_alert": 12, "password_changed": 2}   # an event not listed: 5
-log = streams.log
 
 
 def _short(number):
@@ -59,11 +59,11 @@ class Server:
     def __init__(self, url):
         import psycopg2
         self.url = url
-        self.admin = psycopg2.connect(streams._admin_dsn(url, "postgres"))
+        self.admin = psycopg2.connect(with_dbname(url, "postgres"))
         self.admin.autocommit = True
 
     def url_of(self, name):
-        return streams._admin_dsn(self.url, name)
+        return with_dbname(self.url, name)
 
     def run(self, sql, params=None):
         with self.admin.cursor() as cur:

@@ -1,4 +1,5 @@
-"""The peer for bench/streams.py: a minimal Flask-SSE 1.0.0 app, as its documentation sets it up.
+"""The peer of the stream benchmarks (bench/rig.py starts it): a minimal Flask-SSE 1.0.0 app, as its
+documentation sets it up.
 
     REDIS_URL=redis://127.0.0.1:6379/0 gunicorn -k gevent --worker-connections 20000 \
         -b 127.0.0.1:8001 --chdir bench peer_flask_sse:app

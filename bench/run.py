@@ -1,9 +1,10 @@
-"""Every benchmark, one table: the stream figures (bench/streams.py), next to Flask-SSE 1.0.0,
-and the write path (bench/write_path.py).
+"""Every benchmark, one table: the stream figures (bench/held.py, latency.py, full_path.py,
+saturation.py), next to Flask-SSE 1.0.0, the write path (bench/write_path.py) and the inbox
+(bench/inbox.py).
 
-    python bench/run.py            # full sizes, ~15 minutes on 2 cores
-    python bench/run.py --quick    # smaller sizes, ~2-3 minutes: checks that everything runs
-    python bench/run.py --only inbox   # GET /v1/notifications on 10 M notifications (bench/inbox.py)
+    python -m bench.run            # full sizes, ~15 minutes on 2 cores
+    python -m bench.run --quick    # smaller sizes, ~2-3 minutes: checks that everything runs
+    python -m bench.run --only inbox   # GET /v1/notifications on 10 M notifications (bench/inbox.py)
 
 Prints the table (and writes it to bench/results.md). Each scenario starts its own servers and
 stops them at the end, also on Ctrl-C or an error; a scenario that fails becomes an error row
@@ -21,13 +22,18 @@ import sys
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
+from bench import inbox
+from bench.full_path import full_path
+from bench.held import held
+from bench.latency import push_latency
+from bench.load import OPEN_CONCURRENCY
+from bench.measure import log, machine, raise_nofile
+from bench.rig import FULL, QUICK
+from bench.saturation import saturation
+from devtools.services import REPO_ROOT
 
-import inbox  # noqa: E402  (bench/inbox.py)
-import streams  # noqa: E402  (bench/streams.py)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = str(REPO_ROOT)
 
 SCENARIOS = ("held", "latency", "full-path", "saturation", "write-path", "inbox")
 
@@ -36,7 +42,7 @@ def ensure_peer_installed():
     try:
         import flask_sse  # noqa: F401
     except ImportError:
-        streams.log("flask-sse is not installed: pip install --require-hashes -r requirements-dev.txt")
+        log("flask-sse is not installed: pip install --require-hashes -r requirements-dev.txt")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--require-hashes", "-r",
                         os.path.join(ROOT, "requirements-dev.txt")], check=True)
     import flask_sse
@@ -117,7 +123,7 @@ def attempt(table, name, function, *args, **kwargs):
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            streams.log(f"{name} failed: {exc}\n{traceback.format_exc()}")
+            log(f"{name} failed: {exc}\n{traceback.format_exc()}")
             table.note(f"**{name} failed**: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     if not runs:
         return None
@@ -143,19 +149,19 @@ def combine(values, key=""):
 
 
 def rows_held(table, sizes, quick, peer):
-    ours = attempt(table, "streams held (ours)", streams.held, "ours", sizes.held, sizes)
-    theirs = attempt(table, "streams held (peer)", streams.held, "peer", sizes.held_peer, sizes) if peer else None
+    ours = attempt(table, "streams held (ours)", held, "ours", sizes.held, sizes)
+    theirs = attempt(table, "streams held (peer)", held, "peer", sizes.held_peer, sizes) if peer else None
     quick_note = f"n/a: --quick holds {sizes.held:,}" if quick else None
     if ours is None and theirs is None:
         table.add("streams held by one gevent worker, each got the broadcast ↑", "error", "≥ 15,000")
         return
     o, p = ours or {}, theirs or {}
-    held = o.get("exactly_one")
+    held_count = o.get("exactly_one")
     table.add("streams held by one gevent worker, each got the broadcast ↑",
-              f"{n(held)} of {n(o['asked'])}" if ours else "error", "≥ 15,000",
-              met(held is not None and held >= 15_000, quick_note),
+              f"{n(held_count)} of {n(o['asked'])}" if ours else "error", "≥ 15,000",
+              met(held_count is not None and held_count >= 15_000, quick_note),
               f"{n(p['exactly_one'])} of {n(p['asked'])}" if theirs else "—",
-              ratio(held, p.get("exactly_one")), cpu(o.get("client_cpu"), p.get("client_cpu")))
+              ratio(held_count, p.get("exactly_one")), cpu(o.get("client_cpu"), p.get("client_cpu")))
     table.add("RSS per held stream (worker VmRSS after − before) / streams ↓",
               f"{o['rss_per_stream_kb']:.1f} KB" if ours else "error", "≤ 16 KB",
               met(ours is not None and o["rss_per_stream_kb"] <= 16),
@@ -178,7 +184,7 @@ def rows_held(table, sizes, quick, peer):
                   ratio(top, p["redis_clients"][max(p["redis_clients"])] if theirs else None))
         if top > 10:
             table.note(f"Redis connections: the worker's command pool grew to {top} while streams were opened "
-                       f"up to {sizes.clients * streams.OPEN_CONCURRENCY} at a time (redis-py's ConnectionPool default max_connections=100, "
+                       f"up to {sizes.clients * OPEN_CONCURRENCY} at a time (redis-py's ConnectionPool default max_connections=100, "
                        f"non-blocking: past it, MaxConnectionsError → 503); it is the opening burst, "
                        f"not the number of streams, that sets it.")
         if o.get("refusals_retried"):
@@ -195,8 +201,8 @@ def rows_held(table, sizes, quick, peer):
 
 
 def rows_latency(table, sizes, peer):
-    ours = attempt(table, "direct push latency (ours)", streams.push_latency, "ours", sizes)
-    theirs = attempt(table, "push latency (peer)", streams.push_latency, "peer", sizes) if peer else None
+    ours = attempt(table, "direct push latency (ours)", push_latency, "ours", sizes)
+    theirs = attempt(table, "push latency (peer)", push_latency, "peer", sizes) if peer else None
     o, p = ours or {}, theirs or {}
 
     def figure(r):
@@ -222,7 +228,7 @@ def rows_latency(table, sizes, peer):
 
 
 def rows_full_path(table, sizes):
-    r = attempt(table, "full path", streams.full_path, sizes)
+    r = attempt(table, "full path", full_path, sizes)
     if r is None:
         table.add("full path trigger → RQ → stored → stream ↓", "error", "p99 ≤ 100 ms")
         return
@@ -243,8 +249,8 @@ def rows_full_path(table, sizes):
 
 
 def rows_saturation(table, sizes, peer):
-    ours = attempt(table, "saturation (ours)", streams.saturation, "ours", sizes.saturation_streams, sizes)
-    theirs = attempt(table, "saturation (peer)", streams.saturation, "peer",
+    ours = attempt(table, "saturation (ours)", saturation, "ours", sizes.saturation_streams, sizes)
+    theirs = attempt(table, "saturation (peer)", saturation, "peer",
                      sizes.saturation_streams_peer, sizes) if peer else None
     o, p = ours or {}, theirs or {}
 
@@ -269,13 +275,13 @@ def rows_saturation(table, sizes, peer):
 
 def rows_write_path(table, quick):
     args = ["--users", "2000", "--triggers", "300", "--warmup", "50", "--concurrency", "16"] if quick else []
-    command = " ".join(["python bench/write_path.py", *args])
+    command = " ".join(["python -m bench.write_path", *args])
     figures = {}   # name -> [(measured, target, ok, detail) of each run]
     proc = None
     for _ in range(REPEAT):
-        streams.log(f"write path: {command}")
+        log(f"write path: {command}")
         try:
-            proc = subprocess.run([sys.executable, os.path.join(HERE, "write_path.py"), *args], cwd=ROOT,
+            proc = subprocess.run([sys.executable, "-m", "bench.write_path", *args], cwd=ROOT,
                                   capture_output=True, text=True, timeout=1800)
         except subprocess.TimeoutExpired:
             table.note(f"write path: `{command}` timed out")
@@ -331,7 +337,7 @@ def rows_inbox(table, quick):
                f"{db['shared_buffers']}, page cache held "
                f"{'?' if None in cached else f'{sum(cached) / 2 ** 30:.1f} GB'}); EXPLAIN of "
                f"{len(report['plans'])} statements: " + ("; ".join(bad) if bad else "index scans only, no sort") +
-               " (python bench/inbox.py prints them).")
+               " (python -m bench.inbox prints them).")
 
 
 # ------------------------------------------------------------------ main
@@ -354,13 +360,13 @@ def main():
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop servers, drop databases
-    streams.raise_nofile()
+    raise_nofile()
     if not args.no_peer:
         ensure_peer_installed()
-    sizes = streams.QUICK if args.quick else streams.FULL
+    sizes = QUICK if args.quick else FULL
     sizes = dataclasses.replace(sizes, clients=args.clients, rq_workers=args.rq_workers)
     peer = not args.no_peer
-    before = streams.machine()
+    before = machine()
     started = time.monotonic()
     table = Table()
     if "held" in only:
@@ -375,10 +381,10 @@ def main():
         rows_write_path(table, args.quick)
     if "inbox" in only:
         rows_inbox(table, args.quick)
-    after = streams.machine()
+    after = machine()
     minutes = (time.monotonic() - started) / 60
 
-    command = "python bench/run.py" + (" --quick" if args.quick else "") + \
+    command = "python -m bench.run" + (" --quick" if args.quick else "") + \
         (f" --only {args.only}" if only != set(SCENARIOS) else "") + (" --no-peer" if args.no_peer else "") + \
         (f" --rq-workers {args.rq_workers}" if args.rq_workers != 1 else "") + \
         (f" --clients {args.clients}" if args.clients != 2 else "") + \
@@ -409,5 +415,5 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:   # the scenarios' `with` blocks have stopped their servers by now
-        streams.log("interrupted")
+        log("interrupted")
         sys.exit(130)

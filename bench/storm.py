@@ -1,13 +1,13 @@
 """Reconnect storm: N streams opened at once, every web worker restarted, every stream back.
 
-    python bench/storm.py --streams 10000 --clients 4            # default: 2 web workers, SIGHUP
-    python bench/storm.py --streams 1000 --restart kill          # SIGKILL each worker instead
+    python -m bench.storm --streams 10000 --clients 4            # default: 2 web workers, SIGHUP
+    python -m bench.storm --streams 1000 --restart kill          # SIGKILL each worker instead
 
 What runs: the repository's gunicorn.conf.py (gevent workers, WEB_CONCURRENCY=`--workers`)
 with the shipped defaults — rate limits on (queue.yaml: 10 stream connects a minute per
 user), 10 streams per user, keep-alive and retry as configured — on a private Redis and a
-fresh database (bench/streams.py's Bench: DATABASE_URL's server, dropped at the end). The
-load is `--clients` processes (bench/streams.py's asyncio clients), each well under the
+fresh database (bench/rig.py's Bench: DATABASE_URL's server, dropped at the end). The
+load is `--clients` processes (bench/load.py's asyncio clients), each well under the
 20,000 open files a process may have here.
 
 How the streams are opened, as real clients would: N users, one stream each, a bearer token
@@ -41,12 +41,13 @@ import uuid
 import psutil
 import redis as redis_lib
 
-from streams import (API_KEY, STREAM_PATH, Bench, WebServer, log, machine, marked_title, notification_json,
-                     raise_nofile, stream_request, tokens_for, wait_received)
+from bench.load import marked_title, stream_request, tokens_for
+from bench.measure import log, machine, raise_nofile
+from bench.rig import STREAM_PATH, Bench, wait_received
+from testkit.api import trigger_body
+from testkit.identity import SERVICE
 
 LIMIT = 12          # Redis connections a web process may hold (app/redis_client.py MAX_CONNECTIONS)
-SHIPPED = ("SSE_KEEPALIVE_SECONDS", "SSE_MAX_STREAMS_PER_USER", "MAX_CONTENT_LENGTH", "RATE_LIMITS_ENABLED",
-           "WORKER_CONNECTIONS", "GRACEFUL_TIMEOUT")   # bench/streams.py's overrides, left at the defaults here
 WATCHER_NAME = "bench-storm-watch"
 
 
@@ -104,18 +105,6 @@ def kernel_counts(server, redis_port):
     return out
 
 
-def start_shipped(bench, workers):
-    """Our gunicorn with the shipped defaults (bench/streams.py's overrides taken out)."""
-    from devtools.services import free_port
-    port = free_port()
-    env = {k: v for k, v in bench.ours_env(workers, 0).items() if k not in SHIPPED}
-    env["PORT"] = str(port)
-    server = WebServer("ours", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                       env, bench.workdir, port, workers)
-    bench.callback(server.stop)
-    return server
-
-
 def up(status):
     """Streams that answered 200 and are still open."""
     return status["statuses"].get(200, 0) - status["lost"]
@@ -155,13 +144,11 @@ def settle(clients, expected, started, retry_s, limit_s):
 
 
 def push(server, users, sequence):
-    body = json.dumps({"type": "chat", "event": "message_received", "title": marked_title(sequence),
-                       "content": "storm", "user_ids": [str(u) for u in users]}).encode()
-    status, answer = server.request("POST", "/v1/notifications/sse", body,
-                                    {"Content-Type": "application/json", "X-API-Key": API_KEY})
-    if status != 200:
-        raise RuntimeError(f"direct push answered {status}: {answer[:300]!r}")
-    return json.loads(answer)
+    response = server.post("/v1/notifications/sse", headers=SERVICE, timeout=60,
+                           json=trigger_body(users, title=marked_title(sequence), content="storm"))
+    if response.status_code != 200:
+        raise RuntimeError(f"direct push answered {response.status_code}: {response.text[:300]!r}")
+    return response.json()
 
 
 def deliver(clients, server, users, sequence):
@@ -189,14 +176,14 @@ def restart(server, how):
         if len(now) == server.workers and not now & old:
             return sorted(old), sorted(now), time.monotonic() - started
         time.sleep(0.05)
-    raise RuntimeError(f"workers not replaced within 120 s: {server.tail()}")
+    raise RuntimeError(f"workers not replaced within 120 s: {server.output()[-3000:]}")
 
 
 def run(streams, client_count, workers, how, keep):
     with Bench("storm", keep) as bench:
         bench.start_redis()
         bench.start_database()
-        server = start_shipped(bench, workers)
+        server = bench.start_ours(workers=workers, shipped=True)   # rate limits on, keep-alive as shipped
         redis_port = bench.redis_server.port
         retry_s = 3.0   # SSE_RETRY_MS's default: what EventSource waits before reconnecting
         clients = bench.start_clients(client_count, server.port)
@@ -256,7 +243,7 @@ def run(streams, client_count, workers, how, keep):
             and result["push_before"]["exactly_one"] == streams
             and result["open"]["refusals"] + result["restart_back"]["refusals"] == 0,
         }
-        limiter_fallbacks = server.tail(10 ** 7).count("rate limits counted in memory")
+        limiter_fallbacks = server.output().count("rate limits counted in memory")
         result["verdict"]["rate_limit_memory_fallbacks"] = limiter_fallbacks
         clients.call("close")
         return result

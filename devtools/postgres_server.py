@@ -1,4 +1,4 @@
-"""A private PostgreSQL cluster that a fault test may stop and start (tests/faults/test_faults.py, bench/faults.py).
+"""A private PostgreSQL cluster that a fault test may stop and start (tests/faults/, python -m bench.faults).
 
 The run's shared PostgreSQL (DATABASE_URL) must never be restarted by a test, so the PostgreSQL
 restart scenario gets a cluster of its own: `initdb` into a temporary directory, `pg_ctl start` on a

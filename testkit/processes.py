@@ -151,21 +151,25 @@ class WebServer(ServiceProcess):
     """`gunicorn -c gunicorn.conf.py wsgi:app` on 127.0.0.1:<free port> (HOST=... to bind elsewhere).
 
     `command(port)` starts something else that answers /healthz with `workers` children (the
-    benchmark's peer); `settings` become environment variables of the server."""
+    benchmark's peer); `settings` become environment variables of the server. `keepalive` and
+    `graceful` None leave SSE_KEEPALIVE_SECONDS and GRACEFUL_TIMEOUT at the shipped defaults."""
 
     name = "gunicorn"
 
     def __init__(self, env, log_dir, workers=1, keepalive=1, access_log="", tls=None, command=None,
-                 cwd=REPO_ROOT, **settings):
+                 cwd=REPO_ROOT, graceful=2, **settings):
         """tls: (certificate file, key file) to serve HTTPS; the certificate must name 127.0.0.1."""
         self.port = free_port()
         self.scheme, self.verify = ("https", tls[0]) if tls else ("http", True)
         if tls:
             settings["GUNICORN_CMD_ARGS"] = f"--certfile {tls[0]} --keyfile {tls[1]}"
         metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=log_dir)  # not one left in /tmp per run
+        if keepalive is not None:
+            settings["SSE_KEEPALIVE_SECONDS"] = keepalive
+        if graceful is not None:
+            settings["GRACEFUL_TIMEOUT"] = graceful
         env = dict(env, HOST=settings.pop("HOST", "127.0.0.1"), PORT=str(self.port), WEB_CONCURRENCY=str(workers),
-                   PROMETHEUS_MULTIPROC_DIR=metrics_dir,
-                   ACCESS_LOG=access_log, SSE_KEEPALIVE_SECONDS=str(keepalive), GRACEFUL_TIMEOUT="2",
+                   PROMETHEUS_MULTIPROC_DIR=metrics_dir, ACCESS_LOG=access_log,
                    **{k: str(v) for k, v in settings.items()})
         self.workers = workers
         args = command(self.port) if command else gunicorn_command()

@@ -96,7 +96,7 @@ def test_relay_requeues_lost_deliveries(make_app, db, tmp_path, smtp):
 
 
 def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db, tmp_path):
-    """Found by `bench/faults.py smtp --full`: the relay took a retry job that a live worker had just
+    """Found by `python -m bench.faults smtp --full`: the relay took a retry job that a live worker had just
     taken off its queue (`queued`, in no list, for the moment before RQ marks it started) for
     stranded and enqueued a copy, a second retry chain that spent the delivery's attempts twice
     as fast: 2 of 500 emails failed for good during a two-minute SMTP outage."""

@@ -1,0 +1,79 @@
+"""The full path: trigger -> RQ worker -> stored -> stream, 1,000 users, 10 triggers/s for 30 s, ONE
+web worker and `--rq-workers` `python -m workers`; p50/p99 from the trigger's send to the stream.
+
+    python -m bench.streams full-path [--rq-workers 2]
+"""
+import http.client
+import time
+import uuid
+
+from bench.load import marked_title
+from bench.measure import log, percentile, trend
+from bench.rig import Bench, Target, post_json, ramp, spec_body, wait_received
+from testkit.processes import cpu_seconds
+
+
+def full_path(sizes, keep=False):
+    """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s."""
+    with Bench("full-path", keep) as bench:
+        bench.start_redis()
+        bench.start_database()
+        server = bench.start_ours(workers=1)
+        rq_workers = [bench.start_rq_worker() for _ in range(sizes.rq_workers)]
+        target = Target("ours")
+        clients = bench.start_clients(sizes.clients, server.port)
+        users = [uuid.uuid4() for _ in range(sizes.latency_streams)]
+        ramp(bench, clients, target.paths_and_tokens(users), sizes.step, progress=False)
+        status = clients.status()
+        if status["open"] != len(users):
+            raise RuntimeError(f"only {status['open']} of {len(users)} streams opened: {status}")
+        str_users = [str(u) for u in users]
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        accept_times = []
+
+        def trigger(sequence):
+            # task/task_due: in-app only, so the worker's time is the stream path, not email jobs
+            body = spec_body(str_users, marked_title(sequence), type="task", event="task_due", rec_type="tasks")
+            started = time.perf_counter()
+            post_json(conn, "/v1/notifications/trigger", body, 202)
+            accept_times.append(time.perf_counter() - started)
+
+        for i in range(3):
+            trigger(i)
+        wait_received(clients, 3 * len(users), stall=10)
+        clients.call("reset")
+        clients.call("record", True)
+        accept_times.clear()
+        cpu0, client_cpu0 = server.workers_cpu(), clients.cpu()
+        rq_cpu0 = sum(cpu_seconds(w.proc.pid) for w in rq_workers)
+        count = int(sizes.full_path_seconds * sizes.rate)
+        interval = 1.0 / sizes.rate
+        log(f"full path: {count} triggers to {len(users)} users at {sizes.rate}/s; web worker pid "
+            f"{server.worker_pids()[0]}, RQ worker pid(s) {[w.proc.pid for w in rq_workers]}")
+        started = time.monotonic()
+        for i in range(count):
+            delay = started + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            trigger(100 + i)
+        seconds = time.monotonic() - started
+        expected = count * len(users)
+        received, last_change = wait_received(clients, expected, stall=10, limit=180)
+        still_arriving = received < expected and time.monotonic() - last_change < 10
+        latencies, parts = clients.latencies()
+        conn.close()
+        result = {
+            "p50_first_tenth_ms": trend(parts)[0], "p50_last_tenth_ms": trend(parts)[1],
+            "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
+            "expected": expected, "received": received, "lost": expected - received,
+            "still_arriving_after_180s": still_arriving,
+            "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else None,
+            "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else None,
+            "max_ms": max(latencies) * 1000 if latencies else None,
+            "accept_p50_ms": percentile(accept_times, 0.5) * 1000 if accept_times else None,
+            "web_cpu": server.workers_cpu() - cpu0, "rq_cpu": sum(cpu_seconds(w.proc.pid) for w in rq_workers) - rq_cpu0,
+            "client_cpu": clients.cpu() - client_cpu0,
+        }
+        log(f"full path: {result}")
+        clients.call("close")
+        return result
