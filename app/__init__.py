@@ -3,7 +3,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, auth, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
-from . import audit, deployment, retention
+from . import deployment, retention
+from .audit import chain as audit_chain
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
 from .streams import handoff as stream_handoff
@@ -25,7 +26,7 @@ def create_app(config=None):
     migrate.init_app(app)
     channels.init_app(app)
     deliveries_cli.init_app(app)
-    audit.init_app(app)
+    audit_chain.init_app(app)
     retention.init_app(app)
     app.register_blueprint(health.blp)
     inbox_page.init_app(app)
@@ -47,7 +48,7 @@ def _trust_proxies(app, hops):
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
-    from .audit_routes import blp as audit_log
+    from .audit.routes import blp as audit_log
     from .contacts.routes import blp as contacts
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch

@@ -16,7 +16,7 @@ each other. An append is one plain INSERT, with the writing transaction's id
 commit side by side. (Chaining at append time needed a lock held from the
 append until the commit, which serialised every audited commit of the
 service: about 320 a second with 16 writers.) The **sealer**
-(app/audit_chain.py: run by every worker every `relay.interval_seconds`, and
+(app/audit/chain.py: run by every worker every `relay.interval_seconds`, and
 by `flask audit verify`) then links rows into the chain, one sealer at a
 time. It takes only rows whose transaction id is below the oldest
 transaction of this database still in progress: every transaction that could
@@ -33,7 +33,7 @@ database holds back the sealing of every row that committed after it began
 then reports the rows still unsealed; `GET /audit` shows them with
 `sealed: false`.
 
-The chain is checked by `audit_chain.verify`, row by row with `check_row`:
+The chain is checked by `chain.verify`, row by row with `check_row`:
 the first row whose content no longer matches its hash (edited) or whose
 prev_hash is not the previous row's hash (a row before it deleted, or edited
 with its hash recomputed) is named. Deleting the newest rows cannot be seen
@@ -60,14 +60,14 @@ import uuid
 import orjson
 from flask import g, has_request_context, request
 
-from . import db
-from .keyed import keyed_hash
+from .. import db
+from ..keyed import keyed_hash
 
 GENESIS = "0" * 64
 ACTOR_TYPES = ("user", "service", "operator", "system")
 BODY = ("actor_type", "actor_id", "request_id", "client_ip", "action", "target_type", "target_id", "change")
 COLUMNS = "id, at, " + ", ".join(BODY) + ", prev_hash, hash"
-# One INSERT, no lock: the row is chained later by the sealer (app/audit_chain.py); `xid` defaults to
+# One INSERT, no lock: the row is chained later by the sealer (app/audit/chain.py); `xid` defaults to
 # pg_current_xact_id(), the transaction that makes the change.
 _APPEND = (f"INSERT INTO audit_log (at, {', '.join(BODY)}) VALUES (clock_timestamp(), "
            + ", ".join(f"%({name})s" for name in BODY[:-1]) + ", %(change)s::jsonb) RETURNING id")
@@ -252,8 +252,3 @@ def public(row):
             "action": row["action"], "target_type": row["target_type"], "target_id": row["target_id"],
             "change": row["change"], "prev_hash": row["prev_hash"], "hash": row["hash"], "sealed": sealed,
             "verified": verified}
-
-
-def init_app(app):
-    from .audit_chain import group
-    app.cli.add_command(group)

@@ -4,10 +4,10 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
-from . import audit, db
-from .auth import SERVICE_SECURITY, service_required
-from .errors import ApiError, InvalidRequest
-from .notifications.schemas import StrictSchema, UtcDateTime
+from .. import audit, db
+from ..auth import SERVICE_SECURITY, service_required
+from ..errors import ApiError, InvalidRequest
+from ..notifications.schemas import StrictSchema, UtcDateTime
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/notifications",
                 description="The tamper-evident audit log (API key)")

@@ -1,6 +1,6 @@
 """Sealing audit rows into the hash chain, checking the chain, and `flask audit verify`.
 
-Rows are appended unchained (app/audit.py explains why and what the
+Rows are appended unchained (app/audit/__init__.py explains why and what the
 trade-off is); `seal` links them. Only rows whose transaction id is below the
 oldest transaction of this database still in progress at the sealer's
 snapshot (`_HORIZON`; its xmax when none is) are taken: every transaction
@@ -17,8 +17,8 @@ import click
 import psycopg2.extras
 from flask.cli import AppGroup
 
-from . import db
-from .audit import COLUMNS, GENESIS, check_row, row_hash
+from .. import db
+from . import COLUMNS, GENESIS, check_row, row_hash
 
 SEAL_LOCK = 7_245_003      # one sealer at a time, across every process
 SEAL_BATCH = 5000
@@ -144,3 +144,7 @@ def verify_command(expected_head):
         click.echo(f"audit log intact: 0 rows{tail}")
     else:
         click.echo(f"audit log intact: {checked} rows; head row {newest[0]} hash {newest[1]}{tail}")
+
+
+def init_app(app):
+    app.cli.add_command(group)
