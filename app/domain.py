@@ -42,7 +42,7 @@ class Domain:
     relay_interval: float
     relay_stale_after: float
     all_channels: dict = field(default_factory=dict)   # enabled or not
-    rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit.py)
+    rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit/)
 
     def group(self, name):
         """The canonical Group for a name or alias, or None."""
@@ -137,7 +137,7 @@ def _parse_notifications(path):
     return channels, all_channels, groups, aliases, templates
 
 
-# queue.yaml `rate_limits:` names and their defaults (app/ratelimit.py applies them).
+# queue.yaml `rate_limits:` names and their defaults (app/ratelimit/ applies them).
 RATE_LIMITS = {"trigger": "100/second", "service": "100/second", "user": "50/second",
                "stream_connect": "30/minute", "recipients": "3000000/minute"}
 

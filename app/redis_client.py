@@ -18,7 +18,7 @@ import redis as redis_lib
 from flask import current_app
 
 # pool -> (connections, seconds to wait for a free one, socket timeout). Commands: publish, tickets,
-# stream slots, idempotency, RQ. Rate limits (app/ratelimit_windows.py): a short socket timeout (a hung
+# stream slots, idempotency, RQ. Rate limits (app/ratelimit/windows.py): a short socket timeout (a hung
 # Redis costs a call 0.5 s, then the limiter counts in memory); the wait for a free connection is as
 # long as the other pool's, as under a burst a gevent worker's greenlets hold a connection for as
 # long as the CPU is busy elsewhere: with 0.5 s, 1,000 streams opened at once made the limiter fall

@@ -181,7 +181,7 @@ def bench_queue_config(workdir):
     """queue.yaml with the per-API-key trigger budget raised to what a service sending this many
     triggers would be given: 5,000/second (the default, 100/second, would refuse most of them).
 
-    The limiter stays on: it takes that budget in slices of 50 (app/ratelimit_windows.py), one Redis
+    The limiter stays on: it takes that budget in slices of 50 (app/ratelimit/windows.py), one Redis
     round trip each, and that is part of the measured path.
     """
     import yaml

@@ -1,6 +1,6 @@
 """The stream-connect budget: a token bucket per caller, in Redis, shared by every process.
 
-Why a bucket and not a window like the other budgets (app/ratelimit_windows.py): opening
+Why a bucket and not a window like the other budgets (app/ratelimit/windows.py): opening
 streams comes in bursts a person causes without abusing anything (ten tabs restored at
 once, a page reloaded a few times, every client of a server that restarted), then a
 trickle for ever (a phone that loses coverage every few seconds). A fixed window of N a

@@ -8,7 +8,7 @@ a bad one stops start-up naming `rate_limits.<name>`):
     service         every other API-key endpoint (trigger status, contacts), per API key
     user            every bearer-token endpoint, per user (`sub` of a valid token)
     stream_connect  opening GET /v1/notifications/sse, per user (bearer token or ticket): a token
-                    bucket (app/ratelimit_bucket.py), spent only once the per-user stream cap
+                    bucket (app/ratelimit/bucket.py), spent only once the per-user stream cap
                     (429 `too_many_connections`) let the stream in, so a user at the cap is told
                     so and never locked out by the budget for trying
     recipients      the users a trigger or a direct push reaches, per API key: a trigger to N
@@ -29,7 +29,7 @@ it counts the request against its one budget, keyed by the caller. We chose this
 over per-view decorators because one blueprint mixes budgets (`dispatch` holds the
 trigger and the trigger status; the GET and POST of `/sse` live in two blueprints).
 
-Counting (app/ratelimit_windows.py): fixed windows in Redis under
+Counting (app/ratelimit/windows.py): fixed windows in Redis under
 `<REDIS_PREFIX>ratelimit:`, so every gunicorn worker and every server shares the counts;
 the window starts at the first hit. One Lua round trip takes a slice of a budget at a time
 (1/100 of it, one request for budgets under 100 per window), so a busy caller costs a
@@ -55,11 +55,11 @@ import re
 from flask import current_app, g, request
 from limits import parse
 
-from . import auth
-from .errors import ConfigError, RateLimited
-from .ratelimit_bucket import Buckets
-from .ratelimit_windows import Counter
-from .redis_client import redis
+from .. import auth
+from ..errors import ConfigError, RateLimited
+from ..redis_client import redis
+from .bucket import Buckets
+from .windows import Counter
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _stream_key():
         return _user_key()
     ticket = request.args.get("ticket")
     if ticket:
-        from .streams.access import peek_ticket
+        from ..streams.access import peek_ticket
         try:
             return f"user:{peek_ticket(redis(), ticket).user.id}"
         except Exception:  # unknown, forged, or Redis down: the view answers for the ticket

@@ -33,7 +33,7 @@ import time
 import redis as redis_lib
 from limits import parse
 
-from .redis_client import make_client
+from ..redis_client import make_client
 
 log = logging.getLogger(__name__)
 LEASE_PARTS = 100
