@@ -20,10 +20,11 @@ process), and Redis is tried again after 1, 2, 4 … 32 s.
 """
 import logging
 import math
-import threading
 import time
 
 import redis as redis_lib
+
+from .windows import FailOpen
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ class Buckets:
         self.prefix = prefix
         self.script = client.register_script(_TAKE)
         self.memory = MemoryBuckets()
-        self._retry_at, self._backoff = 0.0, 1.0
-        self._lock = threading.Lock()
+        self.fail_open = FailOpen("stream connects")
 
     def take(self, caller):
         """(True, None) when a token was taken, else (False, whole seconds until one is there)."""
@@ -91,20 +91,13 @@ class Buckets:
     def _run(self, caller, spend):
         key = f"{self.prefix}:{caller}"
         allowed, wait = None, 0.0
-        if time.monotonic() >= self._retry_at:
+        if self.fail_open.redis_due():
             try:
                 allowed, wait_ms = self.script(keys=[key], args=[self.capacity, self.rate, int(spend)])
                 allowed, wait = bool(allowed), int(wait_ms) / 1000
-                self._backoff = 1.0
+                self.fail_open.succeeded()
             except redis_lib.RedisError as exc:  # fail open: this process's memory for a while
-                self._fall_back(exc)
+                self.fail_open.failed(exc)
         if allowed is None:
             allowed, wait = self.memory.take(key, self.capacity, self.rate, spend)
         return (True, None) if allowed else (False, max(1, math.ceil(wait)))
-
-    def _fall_back(self, exc):
-        with self._lock:
-            self._retry_at = time.monotonic() + self._backoff
-            log.warning("stream connects counted in memory for %.0f s: Redis failed (%s)", self._backoff,
-                        type(exc).__name__)
-            self._backoff = min(32.0, self._backoff * 2)

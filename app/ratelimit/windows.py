@@ -97,7 +97,7 @@ class Counter:
         self.limits = {name: parse(text) for name, text in budgets.items()}
         self.redis, self.memory = RedisWindows(url, prefix), MemoryWindows()
         self._slices = {}    # (budget, caller) -> _Slice, for budgets leased more than one at a time
-        self._retry_at, self._backoff = 0.0, 1.0
+        self.fail_open = FailOpen("rate limits")
         self._lock = threading.Lock()
 
     def hit(self, name, key, amount=1):
@@ -159,22 +159,38 @@ class Counter:
             self._slices = {k: v for k, v in self._slices.items() if v.ends > now or not v.refill.is_set()}
 
     def _take(self, key, amount, window_ms):
-        if time.monotonic() < self._retry_at:
+        if not self.fail_open.redis_due():
             return self.memory.take(key, amount, window_ms)
         try:
             taken = self.redis.take(key, amount, window_ms)
         except redis_lib.RedisError as exc:  # fail open: count in memory for a while
-            self._fall_back(exc)
+            self.fail_open.failed(exc)
             return self.memory.take(key, amount, window_ms)
+        self.fail_open.succeeded()
+        return taken
+
+
+class FailOpen:
+    """While Redis fails, a budget is counted in this process's memory; Redis is tried again after
+    1 s, then 2, 4 … 32 s, and used as soon as it answers (the windows' and the buckets' policy)."""
+
+    def __init__(self, what):
+        self.what = what
+        self._retry_at, self._backoff = 0.0, 1.0
+        self._lock = threading.Lock()
+
+    def redis_due(self):
+        return time.monotonic() >= self._retry_at
+
+    def failed(self, exc):
+        with self._lock:
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("%s counted in memory for %.0f s: Redis failed (%s)", self.what, self._backoff,
+                        type(exc).__name__)
+            self._backoff = min(32.0, self._backoff * 2)
+
+    def succeeded(self):
         if self._backoff > 1:
             with self._lock:
                 self._backoff = 1.0
-            log.info("rate limits counted in Redis again")
-        return taken
-
-    def _fall_back(self, exc):
-        with self._lock:
-            self._retry_at = time.monotonic() + self._backoff
-            log.warning("rate limits counted in memory for %.0f s: Redis failed (%s)", self._backoff,
-                        type(exc).__name__)
-            self._backoff = min(32.0, self._backoff * 2)
+            log.info("%s counted in Redis again", self.what)
