@@ -2,8 +2,8 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
-from . import deployment, retention
+from . import api, auth, bus, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, retention, security
+from .bus import deployment
 from .audit import chain as audit_chain
 from .channels import registry as channels
 from .deliveries import cli as deliveries_cli
@@ -22,7 +22,7 @@ def create_app(config=None):
     errors.init_app(app)
     db.init_app(app)
     deployment.init_app(app)
-    redis_client.init_app(app)
+    bus.init_app(app)
     migrate.init_app(app)
     channels.init_app(app)
     deliveries_cli.init_app(app)

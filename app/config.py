@@ -13,7 +13,7 @@ from .errors import ConfigError
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/deployment.py)
+    "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/bus/deployment.py)
     "JWT_SECRET": "",
     "JWT_PUBLIC_KEY": "",
     "JWT_ALGORITHMS": "",

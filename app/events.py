@@ -1,7 +1,7 @@
 """Inbox state shared live by every device of a user: unread counts and read/delete sync.
 
 After a change commits, the changed user's streams get named SSE events
-(published on their channel, app/pubsub_codec.py):
+(published on their channel, app/bus/codec.py):
 
     unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n}}
     read      {"ids": [...], "read": true|false}
@@ -39,8 +39,8 @@ import logging
 import uuid
 
 from .dispatch.repository import uuid_array
-from .pubsub import event_message, publisher
-from .pubsub_codec import EVERYONE
+from .bus.codec import EVERYONE, event_message
+from .bus.publisher import publisher
 
 log = logging.getLogger(__name__)
 READ_ALL_CHUNK = 500     # ids per read-all event: ~20 KB, well under the hub's message cap

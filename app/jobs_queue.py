@@ -28,7 +28,7 @@ PURPOSES = ("dispatch", "deliveries")
 
 def queue_name(purpose, app=None):
     """The deployment's RQ queue for `purpose`: queue.yaml's name under REDIS_PREFIX, so that two
-    deployments on one Redis never take each other's jobs (app/deployment.py)."""
+    deployments on one Redis never take each other's jobs (app/bus/deployment.py)."""
     app = app or current_app
     return app.config["REDIS_PREFIX"] + app.config["DOMAIN"].queues[purpose]
 

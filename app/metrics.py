@@ -32,7 +32,7 @@ DELIVERY_LATENCY = Histogram("notif_delivery_seconds", "Time from notification t
                              buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900))
 
 HUB_DROPPED = Counter("notif_hub_dropped_messages_total",
-                      "Channel messages the stream hub refused to frame (app/pubsub_codec.py)", ["reason"])
+                      "Channel messages the stream hub refused to frame (app/bus/codec.py)", ["reason"])
 HUB_RESTARTS = Counter("notif_hub_restarts_total",
                        "Stream hub reconnections to Redis: `connection` lost, or an unexpected `error`", ["cause"])
 

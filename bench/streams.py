@@ -655,7 +655,7 @@ class Target:
         """What a publisher puts on a user's channel, in each server's own format."""
         if self.kind == "ours":   # sealed as the service seals it (development SECRET_KEY: DEVELOPMENT=true)
             from app.config import DEV_SECRET_KEY
-            from app.pubsub_codec import direct_message, message_key, seal
+            from app.bus.codec import direct_message, message_key, seal
             return seal(message_key(DEV_SECRET_KEY), "*", direct_message(CUSTOMER, payload_json))
         return json.dumps({"data": json.loads(payload_json)}, separators=(",", ":"))
 
@@ -682,7 +682,7 @@ return #KEYS
 
 
 class LuaPublisher:
-    """Publishes one message per channel, 1,000 PUBLISHes per script call (as app/pubsub.py does)."""
+    """Publishes one message per channel, 1,000 PUBLISHes per script call (as app/bus/publisher.py does)."""
 
     def __init__(self, redis):
         self.script = redis.register_script(_PUBLISH_MANY)

@@ -11,7 +11,7 @@ import uuid
 import psycopg2.extras
 import yaml
 
-from app.pubsub_codec import decode, message_key
+from app.bus.codec import decode, message_key
 from conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
 from tests import fake_providers
 from tests.factories import assert_envelope

@@ -28,7 +28,7 @@ import pytest
 import redis as redis_lib
 
 from app.config import DEV_SECRET_KEY
-from app.pubsub_codec import MAX_MESSAGE, message_key
+from app.bus.codec import MAX_MESSAGE, message_key
 from conftest import SERVICE, make_token
 from processes import ProcessGroup, queue_config, wait_until
 
@@ -55,7 +55,7 @@ def rds(clean):
 
 
 def sealed(channel, rest):
-    """`rest` sealed as the service seals it (app/pubsub_codec.py), whatever it holds."""
+    """`rest` sealed as the service seals it (app/bus/codec.py), whatever it holds."""
     scope = b"*" if rest.startswith(b"d|") else channel
     return hmac.digest(KEY, scope + b"\x00" + rest, hashlib.sha256)[:16].hex().encode() + b"|" + rest
 
@@ -169,8 +169,8 @@ RECOVERY_CHILD = textwrap.dedent("""
     monkey.patch_all()
     import json, sys, time
     import gevent, redis
-    from app.pubsub_codec import message_key, notification_message, seal
-    from app.redis_client import client_name
+    from app.bus.codec import message_key, notification_message, seal
+    from app.bus import client_name
     from app.streams.hub import Hub
     from app.streams.stream import RESYNC
 

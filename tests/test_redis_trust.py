@@ -133,7 +133,7 @@ def bearer(user_id):
 
 def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean, other_database):
     from app import create_app
-    from app.deployment import derive_prefix
+    from app.bus.deployment import derive_prefix
     mine, other = derive_prefix(clean["DATABASE_URL"]), derive_prefix(other_database)
     assert mine != other and mine.startswith("notif:") and mine.endswith(":")
     assert derive_prefix(clean["DATABASE_URL"]) == mine                 # stable: web, worker, release agree
@@ -146,7 +146,7 @@ def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean,
 
 def test_two_deployments_on_one_redis_never_hear_or_take_each_others_work(clean, other_database, processes):
     """Deployment A on Redis db 0, B on db 7 of the same server, neither configures REDIS_PREFIX."""
-    from app.deployment import derive_prefix
+    from app.bus.deployment import derive_prefix
     base = {k: v for k, v in clean.items() if k != "REDIS_PREFIX"}
     redis_url = clean["REDIS_URL"].rsplit("/", 1)[0]
     env_a = dict(base, REDIS_URL=f"{redis_url}/0")
@@ -194,7 +194,7 @@ def acl_rule(prefix, password):
 
 def test_web_and_worker_run_as_the_documented_acl_user_and_it_reaches_no_other_keys(clean, processes):
     from devtools.services import redis_server
-    from app.deployment import derive_prefix
+    from app.bus.deployment import derive_prefix
     prefix, password = derive_prefix(clean["DATABASE_URL"]), uuid.uuid4().hex
     server = redis_server()
     try:

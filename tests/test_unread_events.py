@@ -14,7 +14,7 @@ import redis as redis_lib
 import requests
 
 from app.config import DEV_SECRET_KEY
-from app.pubsub_codec import decode, message_key
+from app.bus.codec import decode, message_key
 from tests.conftest import SERVICE, make_token
 from tests.factories import insert_notification
 from tests.processes import processes, queue_config  # noqa: F401  (processes: a fixture)

@@ -31,7 +31,8 @@ from ..jobs_queue import enqueue_deliveries
 from ..logs import request_id_var
 from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json_many
-from ..pubsub import notification_message, publisher
+from ..bus.codec import notification_message
+from ..bus.publisher import publisher
 from ..redact import summary
 from . import repository
 from .plan import plan_channels

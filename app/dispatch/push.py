@@ -16,7 +16,8 @@ from .. import audit, db
 from ..notifications.model import rfc3339
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
-from ..pubsub import direct_message, publisher
+from ..bus.codec import direct_message
+from ..bus.publisher import publisher
 from ..streams.access import slots
 from .plan import IN_APP
 

@@ -57,7 +57,7 @@ from limits import parse
 
 from .. import auth
 from ..errors import ConfigError, RateLimited
-from ..redis_client import redis
+from ..bus import redis
 from .bucket import Buckets
 from .windows import Counter
 

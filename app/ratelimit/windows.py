@@ -33,7 +33,7 @@ import time
 import redis as redis_lib
 from limits import parse
 
-from ..redis_client import make_client
+from ..bus import make_client
 
 log = logging.getLogger(__name__)
 LEASE_PARTS = 100
@@ -51,7 +51,7 @@ return {count, left}
 
 class RedisWindows:
     """Windows in Redis (keys `<prefix>:<budget>:<caller>:<limit>`), on the process's small
-    rate-limit pool with short timeouts (app/redis_client.py): a hung Redis or a burst that
+    rate-limit pool with short timeouts (app/bus/__init__.py): a hung Redis or a burst that
     keeps every connection busy costs one request ~0.5 s, then counts in memory."""
 
     def __init__(self, url, prefix):

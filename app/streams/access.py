@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .. import keyed
 from ..auth import User
 from ..errors import InvalidTicket, TooManyConnections
-from ..redis_client import key
+from ..bus import key
 
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])

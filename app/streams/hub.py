@@ -17,7 +17,7 @@ and, once Redis confirmed every subscription, tells every stream to catch up
 from PostgreSQL, so nothing published while it was away is lost to a client.
 
 Whoever can write to Redis can publish on these channels, so the hub frames
-only what app/pubsub_codec.py accepts (sealed by the service, of a known kind
+only what app/bus/codec.py accepts (sealed by the service, of a known kind
 and event name, an integer cursor, one line of JSON) and drops and counts the
 rest. Anything else going wrong in the hub (a reply it cannot read, a bug)
 ends that connection like a lost one: the socket is closed, the hub
@@ -34,9 +34,9 @@ import gevent.lock
 import hiredis
 from gevent.socket import wait_read
 
-from .. import pubsub_codec as codec
+from ..bus import codec
 from ..metrics import HUB_DROPPED, HUB_RESTARTS
-from ..redis_client import client_name
+from ..bus import client_name
 from . import frames
 from .stream import RESYNC, UNREAD_CHANGED
 
@@ -78,7 +78,7 @@ class Hub:
 
     # -- streams --------------------------------------------------------
     def channel(self, user_id):
-        return f"{self.prefix}user:{user_id}"
+        return codec.user_channel(self.prefix, user_id)
 
     def register(self, stream):
         """Add a stream; returns an Event to wait on for its subscription (None: it is active)."""

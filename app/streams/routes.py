@@ -11,7 +11,7 @@ import marshmallow as ma
 from .. import ratelimit
 from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
-from ..redis_client import redis
+from ..bus import redis
 from . import access, frames, handoff
 from .keeper import keeper, new_peer
 

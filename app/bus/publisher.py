@@ -1,15 +1,10 @@
 """Publishing to the stream channels: the producers' side (jobs, direct push, state events).
 
-Channels: one per user, `<REDIS_PREFIX>user:<user_id>`. A process's hub
-subscribes to the channels of the users it holds streams for, so a message
-reaches only the processes that need it, whatever the number of processes.
-
-What a message holds, and how the hub checks it, is defined once, in
-app/pubsub_codec.py; the encoders are re-exported here for the publishers.
-Every message is sealed (MAC under SECRET_KEY) as it is published.
+The channels' names and what a message holds (and how the hub checks it) are
+defined once, in app/bus/codec.py. Every message is sealed (MAC under
+SECRET_KEY) as it is published.
 """
-from .pubsub_codec import (direct_message, event_message, message_key, notification_message,  # noqa: F401
-                           seal)
+from .codec import message_key, seal, user_channel
 
 # One round trip publishes a whole batch, inside Redis; the answer is each channel's subscriber count.
 _PUBLISH_MANY = """
@@ -27,10 +22,6 @@ end
 return #KEYS
 """
 BATCH = 1000
-
-
-def user_channel(prefix, user_id):
-    return f"{prefix}user:{user_id}"
 
 
 class Publisher:

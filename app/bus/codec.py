@@ -1,4 +1,10 @@
-"""The one definition of what goes over the stream channels: encoded by publishers, checked by the hub.
+"""The one definition of the stream channels: their names, and what goes over them (encoded by
+publishers, checked by the hub).
+
+Channels: one per user, `<REDIS_PREFIX>user:<user_id>` (`user_channel`). A
+process's hub subscribes to the channels of the users it holds streams for,
+so a message reaches only the processes that need it, whatever the number of
+processes.
 
 Redis is shared infrastructure: whoever can write to it can PUBLISH on a
 user's channel. The hub turns what it reads into SSE frames, so a message it
@@ -27,7 +33,7 @@ from typing import NamedTuple
 
 import orjson
 
-from .keyed import sign
+from ..keyed import sign
 
 MAX_MESSAGE = 256 * 1024    # bytes; a stored notification at every field's limit is under 50 KiB
 ANY_CHANNEL = b"*"
@@ -54,6 +60,11 @@ class Message(NamedTuple):
     name: str | None   # an event's name
     customer: str | None   # "" (no customer) or a UUID; None: an event for every stream
     body: bytes        # compact JSON without CR or LF
+
+
+def user_channel(prefix, user_id):
+    """The channel a user's streams listen on, under the deployment's REDIS_PREFIX."""
+    return f"{prefix}user:{user_id}"
 
 
 def message_key(secret):

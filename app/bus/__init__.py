@@ -1,4 +1,7 @@
-"""The process's Redis clients (bounded pools of command connections) and key naming.
+"""Redis as every process of a deployment shares it: connections, key names, the deployment's
+prefix (deployment.py), the stream channels and their signed messages (codec.py), publishing
+(publisher.py). This module: the process's Redis clients (bounded pools of command connections)
+and key naming.
 
 Every Redis connection of a process comes from here, so the number a process
 can hold is fixed and visible in one place: `POOLS` per process plus the stream

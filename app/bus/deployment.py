@@ -16,7 +16,7 @@ import time
 
 import psycopg2
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 IDENTITY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
