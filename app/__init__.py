@@ -2,7 +2,8 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, bus, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, retention, security
+from . import api, bus, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, retention
+from .security import auth, headers
 from .bus import deployment
 from .audit import chain as audit_chain
 from .channels import registry as channels
@@ -18,7 +19,7 @@ def create_app(config=None):
     app.json.sort_keys = False
     logs.init_app(app)
     auth.init_app(app)
-    security.init_app(app)
+    headers.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     deployment.init_app(app)

@@ -6,7 +6,7 @@ from flask import request
 from flask_smorest import Api as SmorestApi
 
 from . import docs_pages, errors
-from .auth import SECURITY_SCHEMES, ScopePlugin
+from .security.auth import SECURITY_SCHEMES, ScopePlugin
 
 
 class ErrorSchema(ma.Schema):

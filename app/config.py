@@ -6,7 +6,7 @@ entry points turn into one line on stderr and a non-zero exit.
 """
 import os
 
-from . import api_keys
+from .security import api_keys
 from .domain import load_domain
 from .errors import ConfigError
 
@@ -20,7 +20,7 @@ DEFAULTS = {
     "JWT_AUDIENCE": "",
     "JWT_ISSUER": "",
     "API_KEYS": "",
-    "API_KEYS_FILE": "",                   # more API_KEYS entries, one a line (app/api_keys.py)
+    "API_KEYS_FILE": "",                   # more API_KEYS entries, one a line (app/security/api_keys.py)
     "JWT_MAX_LIFETIME_SECONDS": "86400",   # a token whose exp - (iat or now) is longer is refused
     "NOTIFICATIONS_CONFIG": "notifications.yaml",
     "QUEUE_CONFIG": "queue.yaml",
@@ -57,7 +57,7 @@ DEFAULTS = {
     # Development mode: `./dev up` and the test suite set it; a deploy never does. Outside it, start-up
     # refuses development secrets (docs/security.md).
     "DEVELOPMENT": "false",
-    # The service's own secret for keyed hashes and signatures (app/keyed.py); required outside development.
+    # The service's own secret for keyed hashes and signatures (app/security/keyed.py); required outside development.
     "SECRET_KEY": "",
     # Bearer token of the operator's diagnostics: /metrics needs it once set; /healthz?greenlets=1
     # (a scan of the heap) is served only with it (docs/security/http.md).

@@ -9,9 +9,9 @@ import uuid
 import psycopg2.extras
 import pytest
 
-from app.api_keys import plain_name
+from app.security.api_keys import plain_name
 from app.config import DEV_SECRET_KEY
-from app.keyed import keyed_hash
+from app.security.keyed import keyed_hash
 from tests.conftest import API_KEY, OTHER_API_KEY, SERVICE, make_token
 from tests.factories import insert_notification
 

@@ -13,8 +13,8 @@ import uuid
 import pytest
 from rq.job import Job
 
-from app.api_keys import plain_name
-from app.keyed import keyed_hash
+from app.security.api_keys import plain_name
+from app.security.keyed import keyed_hash
 from conftest import API_KEY, SERVICE
 from devtools.services import free_port
 from fake_providers import (FakeHTTP, FakeSMTP, FakeTwilio, channel_config, deliveries, drain, put_contact, trigger,

@@ -61,7 +61,7 @@ import orjson
 from flask import g, has_request_context, request
 
 from .. import db
-from ..keyed import keyed_hash
+from ..security.keyed import keyed_hash
 
 GENESIS = "0" * 64
 ACTOR_TYPES = ("user", "service", "operator", "system")

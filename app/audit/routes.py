@@ -5,7 +5,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
 from .. import audit, db
-from ..auth import SERVICE_SECURITY, service_required
+from ..security.auth import SERVICE_SECURITY, service_required
 from ..errors import ApiError, InvalidRequest
 from ..notifications.schemas import StrictSchema, UtcDateTime
 

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ..keyed import sign
+from ..security.keyed import sign
 
 MAX_MESSAGE = 256 * 1024    # bytes; a stored notification at every field's limit is under 50 KiB
 ANY_CHANNEL = b"*"

@@ -3,7 +3,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import audit, db
-from ..auth import SERVICE_SECURITY, service_required
+from ..security.auth import SERVICE_SECURITY, service_required
 from ..errors import ApiError, InvalidId, NotFound
 from ..notifications.model import rfc3339
 from ..notifications.routes import parse_id

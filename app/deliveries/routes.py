@@ -3,7 +3,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import db
-from ..auth import USER_SECURITY, current_user, user_required
+from ..security.auth import USER_SECURITY, current_user, user_required
 from ..dispatch.schemas import DeliveriesSchema
 from ..errors import FailedToFetchNotifications, NotFound
 from ..notifications.model import rfc3339

@@ -4,7 +4,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import db
-from ..auth import SERVICE_SECURITY, current_service, service_required
+from ..security.auth import SERVICE_SECURITY, current_service, service_required
 from ..errors import InvalidRequest, NotFound
 from ..notifications.model import rfc3339
 from ..notifications.routes import parse_id

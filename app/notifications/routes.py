@@ -7,7 +7,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from .. import audit, db, events
-from ..auth import USER_SECURITY, current_user, user_required
+from ..security.auth import USER_SECURITY, current_user, user_required
 from ..errors import (FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, InvalidGroup,
                       InvalidId, NotFound)
 from . import repository

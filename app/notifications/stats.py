@@ -22,7 +22,7 @@ from marshmallow import RAISE, fields, validate
 
 from .. import db
 from ..deliveries import in_app
-from ..auth import SERVICE_SECURITY, service_required
+from ..security.auth import SERVICE_SECURITY, service_required
 from ..errors import ApiError, InvalidEvent, InvalidGroup
 from .schemas import StrictSchema, UtcDateTime
 

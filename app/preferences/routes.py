@@ -5,7 +5,7 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from .. import audit, db
-from ..auth import USER_SECURITY, current_user, user_required
+from ..security.auth import USER_SECURITY, current_user, user_required
 from ..errors import (EventLocked, FailedToFetchPreferences, FailedToUpdatePreferences, InvalidChannel,
                       InvalidCustomerId, InvalidEvent, InvalidGroup)
 from . import repository

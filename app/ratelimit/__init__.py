@@ -55,7 +55,7 @@ import re
 from flask import current_app, g, request
 from limits import parse
 
-from .. import auth
+from ..security import auth
 from ..errors import ConfigError, RateLimited
 from ..bus import redis
 from .bucket import Buckets

@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 import marshmallow as ma
 
 from .. import ratelimit
-from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
+from ..security.auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
 from ..bus import redis
 from . import access, frames, handoff

@@ -18,7 +18,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .keyed import keyed_hash
 
 # scope -> what it grants; the endpoint of each is in docs/security/auth.md and the OpenAPI document

@@ -10,7 +10,7 @@ import click
 from flask.cli import AppGroup
 
 from . import api_keys
-from .errors import ConfigError
+from ..errors import ConfigError
 
 keys_cli = AppGroup("keys", help="Make API keys (scoped, configured by hash).")
 

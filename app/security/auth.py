@@ -3,7 +3,7 @@
 A user token is never accepted where a key is required, nor the reverse; every
 failure to identify a user is the same 401 `invalid_user_id`, so a client
 cannot probe which part of a token was wrong. A known key without the scope an
-endpoint needs is 403 `insufficient_scope` (app/api_keys.py has the scopes).
+endpoint needs is 403 `insufficient_scope` (app/security/api_keys.py has the scopes).
 """
 import functools
 import logging
@@ -16,7 +16,7 @@ from apispec import BasePlugin
 from flask import current_app, g, request
 
 from . import api_keys
-from .errors import InsufficientScope, InvalidApiKey, InvalidCustomerId, InvalidUserId
+from ..errors import InsufficientScope, InvalidApiKey, InvalidCustomerId, InvalidUserId
 
 log = logging.getLogger(__name__)
 LEEWAY_SECONDS = 30   # clock skew allowed on exp, iat and nbf (an identity provider a little ahead)
