@@ -46,12 +46,12 @@ class QueueCollector:
         self.app = app
 
     def collect(self):
-        from . import jobs_queue
+        from .queues import enqueue
         depth = GaugeMetricFamily("notif_queue_depth", "Jobs waiting per queue", labels=["queue"])
         failed = GaugeMetricFamily("notif_queue_failed_jobs", "Jobs in the failed registry", labels=["queue"])
         try:
             for purpose, name in self.app.config["DOMAIN"].queues.items():
-                queue = jobs_queue.queue(purpose, self.app)   # under the deployment's prefix
+                queue = enqueue.queue(purpose, self.app)   # under the deployment's prefix
                 depth.add_metric([name], queue.count)
                 failed.add_metric([name], queue.failed_job_registry.count)
         except Exception:  # Redis down: the scrape still answers with what it has

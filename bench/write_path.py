@@ -265,7 +265,7 @@ def run_dispatch_worker(app):
     (app/dispatch/drain.py): each stores every pending trigger, however many.
     """
     import rq
-    from app import jobs_queue
+    from app.queues import enqueue
     from workers.trust import make_worker
 
     class TimedWorker(rq.SimpleWorker):
@@ -282,7 +282,7 @@ def run_dispatch_worker(app):
                 self.jobs += 1
 
     with app.app_context():
-        queue = jobs_queue.queue("dispatch", app)
+        queue = enqueue.queue("dispatch", app)
         worker = make_worker(app, ("dispatch",), worker_class=TimedWorker)
         worker.work(burst=True, logging_level="INFO")
         failed = rq.registry.FailedJobRegistry(queue=queue).count

@@ -70,14 +70,14 @@ def test_job_stranded_by_a_kill_between_dequeue_and_start_is_relayed(app, db, de
     was marked started left the job `queued` in no queue; the relay took it for alive and the
     trigger stayed pending for good (6-7 of 10,000 per run)."""
     import uuid as uuid_
-    from app import jobs_queue
+    from app.queues import enqueue
     from workers.relay import sweep
     client = app.test_client()
     r = client.post(faults.TRIGGER, json={"type": "chat", "event": "message_received", "title": "t",
                                           "user_ids": [str(uuid_.uuid4())]}, headers=faults.SERVICE)
     assert r.status_code == 202
     redis = app.extensions["redis"]
-    queue = jobs_queue.queue("dispatch", app)
+    queue = enqueue.queue("dispatch", app)
     if dequeue == "blpop":                   # what the killed worker did, and no more
         assert redis.lpop(queue.key) is not None
     else:

@@ -199,7 +199,7 @@ def test_rq_keeps_a_failed_jobs_text_redacted(clean, processes, tmp_path):  # no
     """A job whose argument is an address (written into Redis by whoever can) fails in the real
     worker; the traceback RQ keeps for a week, and the worker's log, name no address."""
     from app import create_app
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     app = create_app(dict(clean))
     try:
         with app.app_context():

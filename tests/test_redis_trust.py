@@ -29,7 +29,7 @@ class Gadget:
 
 def attacker_queues(app, serializer=None):
     """Our queues, as seen by someone with nothing but the Redis URL and stock RQ."""
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     connection = redis_lib.Redis.from_url(app.config["REDIS_URL"])
     return [Queue(queue(p, app).name, connection=connection, serializer=serializer)
             for p in ("dispatch", "deliveries")]
@@ -79,7 +79,7 @@ def test_foreign_functions_and_pickles_never_run_and_the_worker_goes_on(app, cle
 
 def test_an_altered_job_of_ours_is_refused(app):
     """Redis written directly: a real job's hash edited to name another function, or to carry callbacks."""
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     from workers.trust import TrustedJob, refusal
     real = queue("deliveries", app).enqueue("workers.jobs.deliver", str(uuid.uuid4()))
     redis = app.extensions["redis"]
@@ -139,7 +139,7 @@ def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean,
     assert derive_prefix(clean["DATABASE_URL"]) == mine                 # stable: web, worker, release agree
     derived = create_app({k: v for k, v in clean.items() if k != "REDIS_PREFIX"})
     assert derived.config["REDIS_PREFIX"] == mine
-    from app.jobs_queue import queue_name
+    from app.queues.enqueue import queue_name
     assert queue_name("dispatch", derived) == mine + derived.config["DOMAIN"].queues["dispatch"]
     assert create_app(dict(clean, REDIS_PREFIX="acme:")).config["REDIS_PREFIX"] == "acme:"
 

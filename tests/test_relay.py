@@ -35,7 +35,7 @@ def scalar(db, sql, *args):
 
 
 def queued(app, purpose):
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     return queue(purpose, app).count
 
 
@@ -112,8 +112,8 @@ def test_relay_requeues_lost_deliveries(make_app, db, tmp_path, smtp):
     assert client.post(TRIGGER, json=body_for(users), headers=SERVICE).status_code == 202
     # run only the dispatch job, then lose the delivery jobs it enqueued
     with app.app_context():
-        from app.dispatch.fanout import dispatch_trigger
-        dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
+        from app.dispatch.drain import drain
+        drain(app)
     assert queued(app, "deliveries") == 2
     app.extensions["redis"].flushall()
     with db.cursor() as cur:
@@ -132,7 +132,7 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
     as fast: 2 of 500 emails failed for good during a two-minute SMTP outage."""
     import threading
     from rq.job import Job, JobStatus
-    from app.jobs_queue import SERIALIZER, deliver_job_id, queue
+    from app.queues.enqueue import SERIALIZER, deliver_job_id, queue
     from workers.relay import sweep
     app = make_app(QUEUE_CONFIG=write_queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
     user = uuid.uuid4()
@@ -140,8 +140,8 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (user, f"{user.hex}@example.org"))
     assert app.test_client().post(TRIGGER, json=body_for([user]), headers=SERVICE).status_code == 202
     with app.app_context():
-        from app.dispatch.fanout import dispatch_trigger
-        dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
+        from app.dispatch.drain import drain
+        drain(app)
     redis = app.extensions["redis"]
     deliveries = queue("deliveries", app)
     delivery = scalar(db, "SELECT id FROM deliveries WHERE channel = 'email'")

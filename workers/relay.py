@@ -30,7 +30,9 @@ from app import db, retention
 from app.audit import chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
-from app.jobs_queue import deliver_job_id, dispatch_in_hand, enqueue_deliveries, job_is_alive, wake_dispatcher
+from app.queues.enqueue import deliver_job_id, enqueue_deliveries
+from app.queues.liveness import dispatch_in_hand, job_is_alive
+from app.queues.waker import wake_dispatcher
 from app.redact import redact, summary
 
 log = logging.getLogger(__name__)

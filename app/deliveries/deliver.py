@@ -27,7 +27,7 @@ from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
-from ..jobs_queue import schedule_delivery
+from ..queues.enqueue import schedule_delivery
 from . import repository
 from .receipt import Receipt, record_late, unrecord
 

@@ -4,7 +4,7 @@ The 202 is sent only after the trigger row has committed in PostgreSQL, so an
 accepted trigger survives anything that happens next: the row is the outbox,
 and a drain job (app/dispatch/drain.py) takes every pending row. Waking it is
 at most one Redis round trip (`wake_dispatcher`, coalesced across the requests
-of a gevent worker by `jobs_queue.Waker`); if Redis is down, or the worker
+of a gevent worker by `queues.waker.Waker`); if Redis is down, or the worker
 dies, the relay finds the row still `pending` and wakes a drain itself. If
 PostgreSQL cannot take the row, the caller gets a 503 and knows nothing was
 accepted.
@@ -19,7 +19,7 @@ from flask import current_app, g
 
 from .. import audit, db
 from ..errors import IdempotencyConflict
-from ..jobs_queue import waker
+from ..queues.waker import waker
 from ..ratelimit import charge_recipients
 from . import repository
 

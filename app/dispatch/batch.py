@@ -27,7 +27,7 @@ import psycopg2
 import redis
 
 from .. import db, events
-from ..jobs_queue import enqueue_deliveries
+from ..queues.enqueue import enqueue_deliveries
 from ..logs import request_id_var
 from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
 from ..notifications.model import to_json_many
