@@ -2,14 +2,15 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, bus, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, retention
-from .security import auth, headers
-from .bus import deployment
+from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, retention
 from .audit import chain as audit_chain
+from .bus import deployment
 from .channels import registry as channels
-from .deliveries import cli as deliveries_cli
-from .streams import handoff as stream_handoff
 from .config import load_settings
+from .deliveries import cli as deliveries_cli
+from .notifications import inbox_page
+from .security import auth, headers
+from .streams import handoff as stream_handoff
 
 
 def create_app(config=None):

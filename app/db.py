@@ -15,6 +15,7 @@ commands opt out explicitly with `without_timeouts(conn)`.
 import contextlib
 import logging
 import threading
+import uuid
 
 import psycopg2
 import psycopg2.errors
@@ -25,6 +26,17 @@ from .errors import QueryTimeout, ServiceUnavailable
 
 psycopg2.extras.register_uuid()
 log = logging.getLogger(__name__)
+
+
+class Locks:
+    """Every PostgreSQL advisory lock the service takes, in one table: their ids are shared by
+    every process on the database, so two uses must never pick the same one."""
+
+    MIGRATIONS = 7_245_001    # one release migrates at a time (app/migrate.py)
+    SEQUENCE = 7_245_002      # notification ids committed and published in order (app/dispatch/repository.py)
+    AUDIT_SEAL = 7_245_003    # one audit sealer at a time (app/audit/chain.py)
+    RETENTION = 7_245_004     # one retention purge at a time (app/retention.py)
+    BIG_TRIGGER = 7_245_005   # with hashtext(trigger id): one job per big trigger (app/dispatch/repository.py)
 
 
 def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):
@@ -171,6 +183,16 @@ def without_timeouts(conn):
                 conn.commit()
             except psycopg2.Error:
                 conn.close()
+
+
+def uuid_array(values):
+    """A list of UUIDs (objects or canonical strings) as one `uuid[]` literal: `{a,b,...}`.
+
+    One string parameter instead of psycopg2 quoting every element: the write
+    path passes thousands per chunk. Only hex digits and dashes get in (every
+    value goes through uuid.UUID), so nothing needs escaping.
+    """
+    return "{" + ",".join(str(v if isinstance(v, uuid.UUID) else uuid.UUID(v)) for v in values) + "}"
 
 
 def cursor(conn):

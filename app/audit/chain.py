@@ -20,7 +20,6 @@ from flask.cli import AppGroup
 from .. import db
 from . import COLUMNS, GENESIS, check_row, row_hash
 
-SEAL_LOCK = 7_245_003      # one sealer at a time, across every process
 SEAL_BATCH = 5000
 # The oldest transaction that was in progress when this statement's snapshot was taken (so its rows
 # are not visible to it yet), or the snapshot's xmax when there was none. The server's xmin would do,
@@ -41,7 +40,7 @@ def seal(conn, limit=SEAL_BATCH, wait=False):
     Without `wait`, 0 when another sealer holds the lock (it is doing the work)."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)" if wait else "SELECT pg_try_advisory_xact_lock(%s)",
-                    (SEAL_LOCK,))
+                    (db.Locks.AUDIT_SEAL,))
         if not wait and not cur.fetchone()[0]:
             return 0
         cur.execute("SELECT chain, hash FROM audit_log WHERE chain IS NOT NULL ORDER BY chain DESC LIMIT 1")

@@ -5,9 +5,9 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
 from .. import audit, db
-from ..security.auth import SERVICE_SECURITY, service_required
+from ..api.schema import StrictSchema, UtcDateTime
 from ..errors import ApiError, InvalidRequest
-from ..notifications.schemas import StrictSchema, UtcDateTime
+from ..security.auth import SERVICE_SECURITY, service_required
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/notifications",
                 description="The tamper-evident audit log (API key)")

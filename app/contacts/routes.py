@@ -3,10 +3,10 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import audit, db
-from ..security.auth import SERVICE_SECURITY, service_required
-from ..errors import ApiError, InvalidId, NotFound
+from ..api.schema import parse_id
+from ..errors import ApiError, NotFound
 from ..notifications.model import rfc3339
-from ..notifications.routes import parse_id
+from ..security.auth import SERVICE_SECURITY, service_required
 from . import repository
 from .schemas import ContactOutSchema, ContactSchema
 
@@ -26,13 +26,6 @@ class FailedToUpdateContact(ApiError):
     code = "failed_to_update_contact"
 
 
-def _user_id(raw):
-    try:
-        return parse_id(raw)
-    except InvalidId:
-        raise InvalidId("Invalid user ID")
-
-
 def _public(row):
     return {"user_id": str(row["user_id"]), "email": row["email"], "phone": row["phone"],
             "locale": row["locale"], "timezone": row["timezone"], "updated_at": rfc3339(row["updated_at"])}
@@ -46,7 +39,7 @@ class Contact(MethodView):
     @blp.response(200, ContactOutSchema)
     def get(self, user_id):
         """The user's email, phone, locale and time zone"""
-        uid = _user_id(user_id)
+        uid = parse_id(user_id, "Invalid user ID")
         with db.failing_as(FailedToFetchContact):
             row = repository.get(db.get_conn(), uid)
         if row is None:
@@ -58,7 +51,7 @@ class Contact(MethodView):
     @blp.response(200, ContactOutSchema)
     def put(self, body, user_id):
         """Create or replace the user's contact (a field left out is cleared)"""
-        uid = _user_id(user_id)
+        uid = parse_id(user_id, "Invalid user ID")
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
             row = repository.upsert(conn, uid, body)
@@ -72,7 +65,7 @@ class Contact(MethodView):
     @blp.response(204)
     def delete(self, user_id):
         """Forget the user's contact (no more email or SMS)"""
-        uid = _user_id(user_id)
+        uid = parse_id(user_id, "Invalid user ID")
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
             if not repository.delete(conn, uid):

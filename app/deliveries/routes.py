@@ -3,11 +3,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import db
-from ..security.auth import USER_SECURITY, current_user, user_required
+from ..api.schema import parse_id
 from ..dispatch.schemas import DeliveriesSchema
 from ..errors import FailedToFetchNotifications, NotFound
 from ..notifications.model import rfc3339
-from ..notifications.routes import parse_id
+from ..security.auth import USER_SECURITY, current_user, user_required
 from . import repository
 
 blp = Blueprint("deliveries", __name__, url_prefix="/v1/notifications",

@@ -26,13 +26,14 @@ import uuid
 import psycopg2
 import redis
 
-from .. import db, events
-from ..queues.enqueue import enqueue_deliveries
-from ..logs import request_id_var
-from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
-from ..notifications.model import to_json_many
+from .. import db
 from ..bus.codec import notification_message
 from ..bus.publisher import publisher
+from ..logs import request_id_var
+from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
+from ..notifications import events
+from ..notifications.model import to_json_many
+from ..queues.enqueue import enqueue_deliveries
 from ..redact import summary
 from . import repository
 from .plan import plan_channels

@@ -4,11 +4,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import db
-from ..security.auth import SERVICE_SECURITY, current_service, service_required
+from ..api.schema import parse_id
 from ..errors import InvalidRequest, NotFound
 from ..notifications.model import rfc3339
-from ..notifications.routes import parse_id
 from ..ratelimit import charge_recipients
+from ..security.auth import SERVICE_SECURITY, current_service, service_required
 from . import repository
 from .accept import accept_trigger
 from .push import push

@@ -5,8 +5,8 @@ import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
+from ..api.schema import StrictSchema
 from ..errors import InvalidChannel, InvalidEvent, InvalidGroup
-from ..notifications.schemas import StrictSchema
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
 TEXT_FIELDS = ("title", "content", "link_text", "rec_type", "rec_id")   # shown to clients: cleaned

@@ -1,15 +1,14 @@
 """The inbox endpoints. Views validate, call one repository function, serialise."""
-import uuid
-
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from .. import audit, db, events
+from .. import audit, db
+from ..api.schema import parse_id
+from ..errors import FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, InvalidGroup, NotFound
 from ..security.auth import USER_SECURITY, current_user, user_required
-from ..errors import (FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, InvalidGroup,
-                      InvalidId, NotFound)
+from . import events
 from . import repository
 from .model import rfc3339, to_public
 from .schemas import (InboxQuerySchema, InboxSchema, NotificationSchema, ReadAllResultSchema, ReadAllSchema,
@@ -17,14 +16,6 @@ from .schemas import (InboxQuerySchema, InboxSchema, NotificationSchema, ReadAll
 
 blp = Blueprint("notifications", __name__, url_prefix="/v1/notifications",
                 description="A user's inbox of stored notifications")
-
-
-def parse_id(raw):
-    """A path id as UUID, or 400 invalid_id."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidId()
 
 
 @blp.route("")

@@ -21,10 +21,10 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
 from .. import db
+from ..api.schema import StrictSchema, UtcDateTime
 from ..deliveries import in_app
-from ..security.auth import SERVICE_SECURITY, service_required
 from ..errors import ApiError, InvalidEvent, InvalidGroup
-from .schemas import StrictSchema, UtcDateTime
+from ..security.auth import SERVICE_SECURITY, service_required
 
 blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
                 description="History and analytics (API key)")

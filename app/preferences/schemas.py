@@ -2,7 +2,7 @@
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from ..notifications.schemas import StrictSchema
+from ..api.schema import StrictSchema
 
 
 class PreferencesQuerySchema(StrictSchema):

@@ -1,12 +1,15 @@
-"""The flask-smorest Api, wired to our one error handler and documented security."""
+"""The HTTP API's shared layer. This module: the flask-smorest Api, wired to our one error handler
+and documented security, and the checks every JSON body passes first. Also: what every endpoint's
+schemas share (schema.py: strict schemas, UTC times, path ids) and the browsable pages (pages.py)."""
 import json
 
 import marshmallow as ma
 from flask import request
 from flask_smorest import Api as SmorestApi
 
-from . import docs_pages, errors
-from .security.auth import SECURITY_SCHEMES, ScopePlugin
+from .. import errors
+from ..security.auth import SECURITY_SCHEMES, ScopePlugin
+from . import pages
 
 
 class ErrorSchema(ma.Schema):
@@ -123,13 +126,13 @@ def init_app(app, blueprints):
     app.config.setdefault("OPENAPI_VERSION", "3.0.3")
     app.config.setdefault("OPENAPI_URL_PREFIX", "/")
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
-    docs_pages.configure(app)
+    pages.configure(app)
     api = Api(app, spec_kwargs={"extra_plugins": [ScopePlugin(app)]})
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
     for blp in blueprints:
         api.register_blueprint(blp)
     _document_probes(app, api)
-    docs_pages.init_app(app)
+    pages.init_app(app)
     app.before_request(require_json_body)
     return api

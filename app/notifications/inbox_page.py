@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response
 
-PAGE = Path(__file__).parent / "static" / "inbox.html"
+PAGE = Path(__file__).parent.parent / "static" / "inbox.html"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 
 blp = Blueprint("inbox_page", __name__)

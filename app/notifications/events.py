@@ -38,9 +38,9 @@ import json
 import logging
 import uuid
 
-from .dispatch.repository import uuid_array
-from .bus.codec import EVERYONE, event_message
-from .bus.publisher import publisher
+from ..bus.codec import EVERYONE, event_message
+from ..bus.publisher import publisher
+from ..db import uuid_array
 
 log = logging.getLogger(__name__)
 READ_ALL_CHUNK = 500     # ids per read-all event: ~20 KB, well under the hub's message cap
