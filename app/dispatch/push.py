@@ -13,13 +13,13 @@ import uuid
 import orjson
 
 from .. import audit, db
+from ..bus.codec import direct_message
+from ..bus.publisher import publisher
+from ..channels import IN_APP
 from ..notifications.model import rfc3339
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
-from ..bus.codec import direct_message
-from ..bus.publisher import publisher
 from ..streams.access import slots
-from .plan import IN_APP
 
 
 def audience(conn, event, user_ids, customer_id):

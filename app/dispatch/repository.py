@@ -7,13 +7,12 @@ import psycopg2
 from ..db import Locks, cursor, uuid_array
 from ..notifications.model import COLUMNS
 
+
 # Held from before a chunk's notifications are inserted until they are
 # published, so `seq` values are both committed and published in increasing
 # order across every dispatch worker (see migrations_sql/0001). A stream
 # drops anything at or below its cursor, so a publish overtaken by a later
 # one would be lost to it (db.Locks.SEQUENCE).
-
-
 @contextlib.contextmanager
 def sequence_lock(conn):
     """Session-level: taken in the transaction that inserts (after its other work, to hold it

@@ -6,7 +6,7 @@ from flask import current_app
 from marshmallow import fields, validate
 
 from ..api.schema import StrictSchema
-from ..errors import InvalidChannel, InvalidEvent, InvalidGroup
+from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
 TEXT_FIELDS = ("title", "content", "link_text", "rec_type", "rec_id")   # shown to clients: cleaned
@@ -115,12 +115,7 @@ def resolve_event(domain, body):
 
     These are 400s with the SPEC's own codes rather than 422 field errors.
     """
-    group = domain.group(body["type"])
-    if group is None:
-        raise InvalidGroup(f"Unknown notification group {body['type']!r}")
-    event = group.events.get(body["event"])
-    if event is None:
-        raise InvalidEvent(f"Unknown event {body['event']!r} in group {group.name!r}")
+    event = domain.known_group(body["type"]).known_event(body["event"])
     channels = event.channels
     if body.get("channels") is not None:
         for name in body["channels"]:

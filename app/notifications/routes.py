@@ -6,7 +6,7 @@ from marshmallow import RAISE
 
 from .. import audit, db
 from ..api.schema import parse_id
-from ..errors import FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, InvalidGroup, NotFound
+from ..errors import FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, NotFound
 from ..security.auth import USER_SECURITY, current_user, user_required
 from . import events
 from . import repository
@@ -109,10 +109,7 @@ class ReadAll(MethodView):
         user.check_customer(customer_id)
         group = None
         if body.get("group") is not None:
-            found = current_app.config["DOMAIN"].group(body["group"])
-            if found is None:
-                raise InvalidGroup(f"Unknown notification group {body['group']!r}")
-            group = found.name
+            group = current_app.config["DOMAIN"].known_group(body["group"]).name
         conn = db.get_conn()
         with db.failing_as(FailedToMarkAsRead), db.transaction(conn):
             changed = repository.mark_all_read(conn, user.id, customer_id=customer_id,

@@ -23,7 +23,7 @@ from marshmallow import RAISE, fields, validate
 from .. import db
 from ..api.schema import StrictSchema, UtcDateTime
 from ..deliveries import in_app
-from ..errors import ApiError, InvalidEvent, InvalidGroup
+from ..errors import ApiError, InvalidEvent
 from ..security.auth import SERVICE_SECURITY, service_required
 
 blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
@@ -88,9 +88,7 @@ def _filters(domain, customer_id, group, event):
         params["customer_id"] = customer_id
     found = None
     if group is not None:
-        found = domain.group(group)
-        if found is None:
-            raise InvalidGroup(f"Unknown notification group {group!r}")
+        found = domain.known_group(group)
         where.append("n.type = %(group)s")
         params["group"] = found.name
     if event is not None:

@@ -5,9 +5,10 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from .. import audit, db
-from ..security.auth import USER_SECURITY, current_user, user_required
+from ..channels import IN_APP
 from ..errors import (EventLocked, FailedToFetchPreferences, FailedToUpdatePreferences, InvalidChannel,
-                      InvalidCustomerId, InvalidEvent, InvalidGroup)
+                      InvalidCustomerId)
+from ..security.auth import USER_SECURITY, current_user, user_required
 from . import repository
 from .rules import resolve
 from .schemas import PreferencesQuerySchema, PreferencesSchema, PreferencesUpdateSchema
@@ -56,9 +57,9 @@ def validate_quiet_hours(domain, window):
     if window is None:
         return None
     if window["channels"] is None:
-        window["channels"] = [c for c in domain.channels if c != "system"]
+        window["channels"] = [c for c in domain.channels if c != IN_APP]
     for channel in window["channels"]:
-        if channel not in domain.channels or channel == "system":
+        if channel not in domain.channels or channel == IN_APP:
             raise InvalidChannel(f"Quiet hours cannot hold channel {channel!r}")
     return window
 
@@ -66,15 +67,9 @@ def validate_quiet_hours(domain, window):
 def validate_changes(domain, user, changes):
     """Canonical changes, or the first invalid one's 400 (then nothing is applied)."""
     for change in changes:
-        group = domain.group(change["group"])
-        if group is None:
-            raise InvalidGroup(f"Unknown notification group {change['group']!r}")
+        group = domain.known_group(change["group"])
         change["group"] = group.name
-        event = None
-        if change["event"] is not None:
-            event = group.events.get(change["event"])
-            if event is None:
-                raise InvalidEvent(f"Unknown event {change['event']!r} in group {group.name!r}")
+        event = None if change["event"] is None else group.known_event(change["event"])
         if change["channel"] is not None and change["channel"] not in domain.channels:
             raise InvalidChannel(f"Unknown or disabled channel {change['channel']!r}")
         user.check_customer(change["customer_id"])
