@@ -6,17 +6,11 @@ from marshmallow import RAISE, fields, validate
 
 from .. import audit, db
 from ..api.schema import StrictSchema, UtcDateTime
-from ..errors import ApiError, InvalidRequest
+from ..errors import FailedToFetchAudit, InvalidRequest
 from ..security.auth import SERVICE_SECURITY, service_required
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/notifications",
                 description="The tamper-evident audit log (API key)")
-
-
-class FailedToFetchAudit(ApiError):
-    """Failed to fetch the audit log"""
-
-    code = "failed_to_fetch_audit"
 
 
 class AuditQuerySchema(StrictSchema):

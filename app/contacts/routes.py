@@ -4,7 +4,7 @@ from flask_smorest import Blueprint
 
 from .. import audit, db
 from ..api.schema import parse_id
-from ..errors import ApiError, NotFound
+from ..errors import FailedToFetchContact, FailedToUpdateContact, NotFound
 from ..notifications.model import rfc3339
 from ..security.auth import SERVICE_SECURITY, service_required
 from . import repository
@@ -12,18 +12,6 @@ from .schemas import ContactOutSchema, ContactSchema
 
 blp = Blueprint("contacts", __name__, url_prefix="/v1/notifications/users",
                 description="Where users are reached outside the app (API key)")
-
-
-class FailedToFetchContact(ApiError):
-    """Failed to fetch contact"""
-
-    code = "failed_to_fetch_contact"
-
-
-class FailedToUpdateContact(ApiError):
-    """Failed to update contact"""
-
-    code = "failed_to_update_contact"
 
 
 def _public(row):

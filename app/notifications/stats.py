@@ -23,7 +23,7 @@ from marshmallow import RAISE, fields, validate
 from .. import db
 from ..api.schema import StrictSchema, UtcDateTime
 from ..deliveries import in_app
-from ..errors import ApiError, InvalidEvent
+from ..errors import FailedToFetchStats, InvalidEvent
 from ..security.auth import SERVICE_SECURITY, service_required
 
 blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
@@ -31,12 +31,6 @@ blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
 
 MAX_WINDOW = datetime.timedelta(days=366)
 STATES = ("sent", "failed", "skipped", "pending")
-
-
-class FailedToFetchStats(ApiError):
-    """Failed to fetch notification statistics"""
-
-    code = "failed_to_fetch_stats"
 
 
 class StatsQuerySchema(StrictSchema):
