@@ -235,3 +235,19 @@ def failing_as(api_error):
     except psycopg2.Error:
         log.exception("database error")
         raise api_error()
+
+
+@contextlib.contextmanager
+def reading(api_error):
+    """The request's connection for a read; a database failure is the endpoint's `api_error`."""
+    with failing_as(api_error):
+        yield get_conn()
+
+
+@contextlib.contextmanager
+def writing(api_error):
+    """The request's connection in one transaction, committed when the block succeeds; a database
+    failure is the endpoint's `api_error`."""
+    conn = get_conn()
+    with failing_as(api_error), transaction(conn):
+        yield conn

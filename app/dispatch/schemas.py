@@ -125,6 +125,27 @@ def resolve_event(domain, body):
     return event, channels
 
 
+def _no_nul(value):
+    if "\x00" in value:
+        raise ma.ValidationError("Must not contain NUL characters.")
+
+
+class IdempotencyHeaderSchema(ma.Schema):
+    """The trigger's optional `Idempotency-Key` header (the request's other headers are not ours to
+    judge); an empty one is none."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    idempotency_key = fields.String(data_key="Idempotency-Key", validate=[
+        validate.Length(max=200, error="At most 200 characters."), _no_nul],
+        metadata={"description": "repeat with the same body: same answer, nothing new"})
+
+    @ma.post_load
+    def _empty_is_none(self, data, **_):
+        return {"idempotency_key": data.get("idempotency_key") or None}
+
+
 class AcceptedSchema(ma.Schema):
     message = fields.String()
     trigger_id = fields.String(metadata={"format": "uuid"})
