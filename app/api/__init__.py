@@ -5,7 +5,9 @@ import json
 
 import marshmallow as ma
 from flask import request
+import flask_smorest
 from flask_smorest import Api as SmorestApi
+from marshmallow import RAISE
 
 from .. import errors
 from ..security.auth import SECURITY_SCHEMES, ScopePlugin
@@ -19,6 +21,21 @@ class ErrorSchema(ma.Schema):
     message = ma.fields.String(metadata={"example": "Notification not found"})
     status = ma.fields.Integer(metadata={"example": 404})
     errors = ma.fields.Dict(metadata={"description": "field -> reasons, on 422 only"})
+
+
+PREFIX = "/v1/notifications"    # every endpoint of the API is under it
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint under the API's prefix, with the one way this API reads a query string."""
+
+    def __init__(self, name, import_name, url_prefix=PREFIX, **kwargs):
+        super().__init__(name, import_name, url_prefix=url_prefix, **kwargs)
+
+    def query(self, schema):
+        """The query string's parameters as keyword arguments; one the schema does not name is a
+        422 (webargs would drop it, and a misspelt filter would go unnoticed)."""
+        return self.arguments(schema, location="query", as_kwargs=True, unknown=RAISE)
 
 
 class Api(SmorestApi):

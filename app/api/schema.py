@@ -65,3 +65,9 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+class CustomerQuerySchema(StrictSchema):
+    """`?customer_id=`: one customer's view of what the user holds (within the token's `customers`)."""
+
+    customer_id = fields.UUID(load_default=None)

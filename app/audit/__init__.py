@@ -195,32 +195,22 @@ def _split(value):
     return (kind, ident) if sep else (None, value)
 
 
+_RANGE = {"since": "at >= %(since)s", "until": "at < %(until)s"}
+
+
+def _filters(actor, action, target, since, until):
+    """(conditions, parameters) of a search; `actor` and `target` are `<type>:<id>` or `<id>`."""
+    params = {"action": action or None, "since": since, "until": until}
+    for name, value in (("actor", actor), ("target", target)):
+        kind, ident = _split(value) if value else (None, None)
+        params[f"{name}_type"], params[f"{name}_id"] = kind or None, ident
+    where = [_RANGE.get(name, f"{name} = %({name})s") for name, value in params.items() if value is not None]
+    return where, params
+
+
 def search(conn, *, actor=None, action=None, target=None, since=None, until=None, limit=100, offset=0):
     """One page of rows, newest first, each with the hash of the row before it (for checking)."""
-    where, params = [], {}
-    if actor:
-        kind, ident = _split(actor)
-        where.append("actor_id = %(actor_id)s")
-        params["actor_id"] = ident
-        if kind:
-            where.append("actor_type = %(actor_type)s")
-            params["actor_type"] = kind
-    if action:
-        where.append("action = %(action)s")
-        params["action"] = action
-    if target:
-        kind, ident = _split(target)
-        where.append("target_id = %(target_id)s")
-        params["target_id"] = ident
-        if kind:
-            where.append("target_type = %(target_type)s")
-            params["target_type"] = kind
-    if since is not None:
-        where.append("at >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        where.append("at < %(until)s")
-        params["until"] = until
+    where, params = _filters(actor, action, target, since, until)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     with db.cursor(conn) as cur:
         # The predecessor lookup runs for the page's rows only (outer query, after LIMIT).

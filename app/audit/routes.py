@@ -1,16 +1,15 @@
 """`GET /v1/notifications/audit` (API key): the audit log, filtered and paged, newest first."""
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import RAISE, fields, validate
+from marshmallow import fields, validate
 
 from .. import audit, db
+from ..api import Blueprint
 from ..api.schema import StrictSchema, UtcDateTime
 from ..errors import FailedToFetchAudit, InvalidRequest
-from ..security.auth import SERVICE_SECURITY, service_required
+from ..security.auth import service_required
 
-blp = Blueprint("audit", __name__, url_prefix="/v1/notifications",
-                description="The tamper-evident audit log (API key)")
+blp = Blueprint("audit", __name__, description="The tamper-evident audit log (API key)")
 
 
 class AuditQuerySchema(StrictSchema):
@@ -37,8 +36,10 @@ class AuditEntrySchema(ma.Schema):
     target_type = fields.String()
     target_id = fields.String(allow_none=True)
     change = fields.Dict()
-    prev_hash = fields.String(allow_none=True)
-    hash = fields.String(allow_none=True)
+    prev_hash = fields.String(allow_none=True, metadata={"description": "the hash of the row before it in the chain"
+                                                                       " (null until sealed)"})
+    hash = fields.String(allow_none=True, metadata={"description": "sha256 of prev_hash, id, at and the row's"
+                                                                  " content (null until sealed)"})
     sealed = fields.Boolean(metadata={"description": "linked into the hash chain yet (rows are sealed by the"
                                                     " workers within seconds of their commit)"})
     verified = fields.Boolean(metadata={"description": "sealed, matches its hash and follows the row before it"})
@@ -56,8 +57,7 @@ class AuditPageSchema(ma.Schema):
 class AuditLog(MethodView):
     decorators = [service_required("audit")]
 
-    @blp.doc(security=SERVICE_SECURITY)
-    @blp.arguments(AuditQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.query(AuditQuerySchema)
     @blp.response(200, AuditPageSchema)
     def get(self, actor, action, target, since, until, limit, offset):
         """Who changed what, when, from where; each row checked against the hash chain

@@ -1,16 +1,16 @@
 """Contacts endpoints (API key): services set and read where a user is reached."""
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from .. import audit, db
+from ..api import PREFIX, Blueprint
 from ..api.schema import parse_id
 from ..errors import FailedToFetchContact, FailedToUpdateContact, NotFound
 from ..notifications.model import rfc3339
-from ..security.auth import SERVICE_SECURITY, service_required
+from ..security.auth import service_required
 from . import repository
 from .schemas import ContactOutSchema, ContactSchema
 
-blp = Blueprint("contacts", __name__, url_prefix="/v1/notifications/users",
+blp = Blueprint("contacts", __name__, url_prefix=PREFIX + "/users",
                 description="Where users are reached outside the app (API key)")
 
 
@@ -23,7 +23,6 @@ def _public(row):
 class Contact(MethodView):
     decorators = [service_required("contacts")]
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.response(200, ContactOutSchema)
     def get(self, user_id):
         """The user's email, phone, locale and time zone"""
@@ -34,7 +33,6 @@ class Contact(MethodView):
             raise NotFound("Contact not found")
         return _public(row)
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(ContactSchema)
     @blp.response(200, ContactOutSchema)
     def put(self, body, user_id):
@@ -49,7 +47,6 @@ class Contact(MethodView):
                           "cleared": sorted(f for f in repository.FIELDS if body.get(f) is None)})
         return _public(row)
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.response(204)
     def delete(self, user_id):
         """Forget the user's contact (no more email or SMS)"""

@@ -1,20 +1,19 @@
 """Service endpoints: the queued trigger, the direct push, following a trigger."""
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from .. import db
+from ..api import Blueprint
 from ..api.schema import parse_id
 from ..errors import NotFound
 from ..notifications.model import rfc3339
-from ..security.auth import SERVICE_SECURITY, current_service, service_required
+from ..security.auth import current_service, service_required
 from . import repository
 from .accept import accept_trigger
 from .push import push
 from .schemas import AcceptedSchema, IdempotencyHeaderSchema, PushedSchema, TriggerSchema, TriggerStatusSchema
 
-blp = Blueprint("dispatch", __name__, url_prefix="/v1/notifications",
-                description="Services trigger notifications (API key)")
+blp = Blueprint("dispatch", __name__, description="Services trigger notifications (API key)")
 
 # One instance for every request: given the class, webargs would build (and deep-copy the fields of)
 # a new schema per request, a tenth of a trigger's CPU.
@@ -26,7 +25,6 @@ IDEMPOTENCY_HEADER = IdempotencyHeaderSchema()
 class Trigger(MethodView):
     decorators = [service_required("trigger")]
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(TRIGGER_SCHEMA)
     @blp.arguments(IDEMPOTENCY_HEADER, location="headers", as_kwargs=True)
     @blp.response(202, AcceptedSchema)
@@ -44,7 +42,6 @@ class Trigger(MethodView):
 class TriggerStatus(MethodView):
     decorators = [service_required("trigger")]
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.response(200, TriggerStatusSchema)
     def get(self, trigger_id):
         """Follow an accepted trigger: pending until every user's notification is stored"""
@@ -60,7 +57,6 @@ class TriggerStatus(MethodView):
 class DirectPush(MethodView):
     decorators = [service_required("push")]
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(TRIGGER_SCHEMA)
     @blp.response(200, PushedSchema)
     def post(self, body):

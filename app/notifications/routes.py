@@ -1,26 +1,18 @@
 """The inbox endpoints. Views validate, call one function of service.py, serialise."""
-from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import RAISE
-
-from ..api.schema import parse_id
-from ..security.auth import USER_SECURITY, current_user, user_required
+from ..api import Blueprint
+from ..api.schema import CustomerQuerySchema, parse_id
+from ..security.auth import UserView, current_user
 from . import service
 from .model import to_public
 from .schemas import (InboxQuerySchema, InboxSchema, NotificationSchema, ReadAllResultSchema, ReadAllSchema,
-                      ReadPatchSchema, UnreadCountSchema, UnreadQuerySchema)
+                      ReadPatchSchema, UnreadCountSchema)
 
-blp = Blueprint("notifications", __name__, url_prefix="/v1/notifications",
-                description="A user's inbox of stored notifications")
+blp = Blueprint("notifications", __name__, description="A user's inbox of stored notifications")
 
 
 @blp.route("")
-class Inbox(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
-    # webargs drops unknown query parameters by default; a misspelt filter must be a 422
-    @blp.arguments(InboxQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+class Inbox(UserView):
+    @blp.query(InboxQuerySchema)
     @blp.response(200, InboxSchema)
     def get(self, limit, offset, status, customer_id):
         """List the inbox, newest first"""
@@ -30,16 +22,12 @@ class Inbox(MethodView):
 
 
 @blp.route("/<notification_id>")
-class NotificationById(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
+class NotificationById(UserView):
     @blp.response(200, NotificationSchema)
     def get(self, notification_id):
         """Get one notification"""
         return to_public(service.notification(current_user(), parse_id(notification_id)))
 
-    @blp.doc(security=USER_SECURITY)
     @blp.response(204)
     def delete(self, notification_id):
         """Remove from the inbox and stream (kept for audit)"""
@@ -47,10 +35,7 @@ class NotificationById(MethodView):
 
 
 @blp.route("/<notification_id>/read")
-class NotificationRead(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
+class NotificationRead(UserView):
     @blp.arguments(ReadPatchSchema, required=False)
     @blp.response(200, NotificationSchema)
     def patch(self, body, notification_id):
@@ -59,10 +44,7 @@ class NotificationRead(MethodView):
 
 
 @blp.route("/read-all")
-class ReadAll(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
+class ReadAll(UserView):
     @blp.arguments(ReadAllSchema, required=False)
     @blp.response(200, ReadAllResultSchema)
     def post(self, body):
@@ -76,11 +58,8 @@ class ReadAll(MethodView):
 
 
 @blp.route("/unread-count")
-class UnreadCount(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
-    @blp.arguments(UnreadQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+class UnreadCount(UserView):
+    @blp.query(CustomerQuerySchema)
     @blp.response(200, UnreadCountSchema)
     def get(self, customer_id):
         """Unread notifications: in total, per customer (`none`: of no customer) and per group"""

@@ -58,10 +58,6 @@ class ReadAllResultSchema(ma.Schema):
     updated = fields.Integer()
 
 
-class UnreadQuerySchema(StrictSchema):
-    customer_id = fields.UUID(load_default=None)
-
-
 class UnreadCountSchema(ma.Schema):
     unread = fields.Integer()
     by_customer = fields.Dict(keys=fields.String(), values=fields.Integer(),

@@ -17,17 +17,16 @@ import datetime
 import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import RAISE, fields, validate
+from marshmallow import fields, validate
 
 from .. import db
+from ..api import Blueprint
 from ..api.schema import StrictSchema, UtcDateTime
 from ..deliveries import in_app
 from ..errors import FailedToFetchStats, InvalidEvent
-from ..security.auth import SERVICE_SECURITY, service_required
+from ..security.auth import service_required
 
-blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
-                description="History and analytics (API key)")
+blp = Blueprint("stats", __name__, description="History and analytics (API key)")
 
 MAX_WINDOW = datetime.timedelta(days=366)
 STATES = ("sent", "failed", "skipped", "pending")
@@ -134,8 +133,7 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
 class Stats(MethodView):
     decorators = [service_required("stats")]
 
-    @blp.doc(security=SERVICE_SECURITY)
-    @blp.arguments(StatsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.query(StatsQuerySchema)
     @blp.response(200, StatsSchema)
     def get(self, since, until, customer_id, group, event):
         """Created, read, time to read, deliveries and their latency for a window of at most 366 days"""

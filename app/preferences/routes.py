@@ -1,30 +1,17 @@
 """`GET`/`PUT /v1/notifications/preferences`: the effective preferences of the caller."""
-from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import RAISE
-
-from ..security.auth import USER_SECURITY, current_user, user_required
+from ..api import Blueprint
+from ..api.schema import CustomerQuerySchema
+from ..security.auth import UserView, current_user
 from . import service
-from .schemas import PreferencesQuerySchema, PreferencesSchema, PreferencesUpdateSchema
+from .schemas import PreferencesSchema, PreferencesUpdateSchema
 
-blp = Blueprint("preferences", __name__, url_prefix="/v1/notifications",
-                description="What a user receives, where")
+blp = Blueprint("preferences", __name__, description="What a user receives, where")
 
 
 @blp.route("/preferences")
-class Preferences(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
-    @blp.arguments(PreferencesQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
-    @blp.response(200, PreferencesSchema)
-    def get(self, customer_id):
-        """The effective preferences (defaults merged with the user's choices)"""
-        return service.preferences(current_user(), customer_id)
-
-    @blp.doc(security=USER_SECURITY)
+class Preferences(UserView):
     @blp.arguments(PreferencesUpdateSchema)
-    @blp.arguments(PreferencesQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.query(CustomerQuerySchema)
     @blp.response(200, PreferencesSchema)
     def put(self, body, customer_id):
         """Apply a list of changes at once (all or none); returns the effective preferences
@@ -37,3 +24,9 @@ class Preferences(MethodView):
         `notifications_m.invalid_customer_id`.
         """
         return service.update(current_user(), body, customer_id)
+
+    @blp.query(CustomerQuerySchema)
+    @blp.response(200, PreferencesSchema)
+    def get(self, customer_id):
+        """The effective preferences (defaults merged with the user's choices)"""
+        return service.preferences(current_user(), customer_id)

@@ -5,10 +5,6 @@ from marshmallow import fields, validate
 from ..api.schema import StrictSchema
 
 
-class PreferencesQuerySchema(StrictSchema):
-    customer_id = fields.UUID(load_default=None)
-
-
 class ChangeSchema(StrictSchema):
     group = fields.String(required=True, validate=validate.Length(min=1, max=64))
     event = fields.String(load_default=None, validate=validate.Length(min=1, max=64))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import jwt
 from apispec import BasePlugin
 from flask import current_app, g, request
+from flask.views import MethodView
 
 from . import api_keys
 from ..errors import InsufficientScope, InvalidApiKey, InvalidCustomerId, InvalidUserId
@@ -118,6 +119,12 @@ def user_required(view):
     return wrapper
 
 
+class UserView(MethodView):
+    """A resource of bearer-token users: every method runs only with a valid token."""
+
+    decorators = [user_required]
+
+
 def service_required(scope):
     """Run the view only for a valid X-API-Key that grants `scope` (401, else 403)."""
     if scope not in api_keys.SCOPES:
@@ -165,17 +172,22 @@ def warn_at_startup(app):
 
 
 class ScopePlugin(BasePlugin):
-    """Documents each service operation's scope from its `service_required`, so the OpenAPI
-    document cannot disagree with what is enforced: `x-scopes`, a line of the description
-    and the 403 `insufficient_scope` answer."""
+    """Documents each operation's credentials from its view's decorators, so the OpenAPI document
+    cannot disagree with what is enforced: the bearer token of `user_required`; the API key of
+    `service_required`, its scope (`x-scopes`, a line of the description) and the 403
+    `insufficient_scope` answer."""
 
     def __init__(self, app):
         self.app = app
 
     def operation_helper(self, path=None, operations=None, **kwargs):
         rule = kwargs.get("rule")
-        view = self.app.view_functions.get(rule.endpoint) if rule is not None else None
-        scope = scope_of(getattr(view, "view_class", None))
+        view_class = getattr(self.app.view_functions.get(rule.endpoint) if rule is not None else None,
+                             "view_class", None)
+        if user_required in (getattr(view_class, "decorators", None) or ()):
+            for operation in operations.values():
+                operation.setdefault("security", USER_SECURITY)
+        scope = scope_of(view_class)
         if scope is None:
             return
         for operation in operations.values():

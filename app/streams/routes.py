@@ -9,9 +9,9 @@ from flask_smorest import Blueprint
 import marshmallow as ma
 
 from .. import ratelimit
-from ..security.auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
-from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
 from ..bus import redis
+from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
+from ..security.auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from . import access, frames, handoff
 from .keeper import keeper, new_peer
 
