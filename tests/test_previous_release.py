@@ -15,6 +15,7 @@ a rename, a type change, a new NOT NULL...) needs a `-- contract: after <release
 the release from which on no code reads what it removes, and that release must be the previous
 release or older.
 """
+import datetime
 import io
 import os
 import re
@@ -230,11 +231,36 @@ def smoke(web, smtp, database_url, title):
     return user_id, nid
 
 
+def assert_read_by_this_release(env, since, notifications, context):
+    """This release's API over the rows the previous release wrote: each notification delivered once
+    in-app and once by email, in its deliveries and in the stats."""
+    from app import create_app
+    app = create_app(dict(env))
+    try:
+        client = app.test_client()
+        for user_id, nid in notifications.items():
+            response = client.get(f"/v1/notifications/{nid}/deliveries", headers=bearer(user_id))
+            assert response.status_code == 200, response.get_json()
+            assert sorted((d["channel"], d["status"]) for d in response.get_json()["items"]) == \
+                [("email", "sent"), ("system", "sent")], f"{context}: {response.get_json()}"
+        until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+        window = {"from": since.isoformat().replace("+00:00", "Z"), "to": until.isoformat().replace("+00:00", "Z")}
+        response = client.get("/v1/notifications/stats", headers=SERVICE, query_string=window)
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        assert body["created"] == len(notifications)
+        sent = {channel: counts["sent"] for channel, counts in body["deliveries"].items() if counts["sent"]}
+        assert sent == {"email": len(notifications), "system": len(notifications)}, f"{context}: {body}"
+    finally:
+        app.extensions["db_pool"].close()
+
+
 def test_previous_release_serves_on_this_schema(old_release, fresh_database, clean, tmp_path):
     old_tree = old_release.path
     env = dict(clean, DATABASE_URL=fresh_database, MAIL_SERVER="127.0.0.1", MAIL_TIMEOUT="5",
                MAIL_DEFAULT_SENDER="notify@bank.example")
     migrate(fresh_database, directory=str(old_tree / "migrations_sql"), echo=lambda *_: None)
+    since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
     smtp = FakeSMTP().start()
     env["MAIL_PORT"] = str(smtp.port)
     started = []
@@ -252,7 +278,7 @@ def test_previous_release_serves_on_this_schema(old_release, fresh_database, cle
 
         context = f"previous release: {old_release.why}; migrations applied under it: {applied or 'none'}"
         try:
-            smoke(web, smtp, fresh_database, "After the release")
+            after, after_id = smoke(web, smtp, fresh_database, "After the release")
             inbox = web.get("/v1/notifications", headers=bearer(before))
             assert inbox.status_code == 200, inbox.text
             assert [(i["id"], i["read"]) for i in inbox.json()["items"]] == [(before_id, True)]
@@ -261,6 +287,8 @@ def test_previous_release_serves_on_this_schema(old_release, fresh_database, cle
             raise AssertionError(f"{context}\n{exc}\n{logs}") from exc
         for process in started:
             assert process.alive, f"{context}\n{process.name} died:\n{process.output()[-3000:]}"
+        # The release's own code then takes over and reads what the previous one wrote on both schemas.
+        assert_read_by_this_release(env, since, {before: before_id, after: after_id}, context)
     finally:
         for process in reversed(started):
             process.stop()
