@@ -295,6 +295,36 @@ def test_previous_release_serves_on_this_schema(old_release, fresh_database, cle
         smtp.stop()
 
 
+MIXED_BREAK = ("3c6d551^ -> main changed both Redis formats in one release: RQ jobs are JSON instead of pickle "
+               "(app/jobs_queue.py) and stream messages carry a MAC (app/pubsub_codec.py). Measured: a trigger "
+               "accepted by one release's web waits for the other's relay (30 s) and no live event crosses "
+               "releases (the old hub frames `event: n`, the new hub drops the old format). docs/releases.md")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MIXED_BREAK)
+@pytest.mark.parametrize("old_side", ["web", "worker"])
+def test_a_rolling_deploy_mixes_both_releases(old_release, fresh_database, clean, tmp_path, old_side):
+    """During a rolling restart one node's web may be the previous release while a worker is this
+    one (or the reverse): jobs and stream messages then cross releases through Redis."""
+    env = dict(clean, DATABASE_URL=fresh_database, MAIL_SERVER="127.0.0.1", MAIL_TIMEOUT="5",
+               MAIL_DEFAULT_SENDER="notify@bank.example")
+    migrate(fresh_database, echo=lambda *_: None)
+    smtp = FakeSMTP().start()
+    env["MAIL_PORT"] = str(smtp.port)
+    with ProcessGroup(str(tmp_path)) as group:
+        try:
+            if old_side == "web":
+                group.started.append(start_old(old_release.path, OldWeb, env, str(tmp_path), workers=1, keepalive=1))
+                group.start_worker(env)
+                web = group.started[0]
+            else:
+                group.started.append(start_old(old_release.path, OldWorker, env, str(tmp_path)))
+                web = group.start_web(env, workers=1, keepalive=1)
+            smoke(web, smtp, fresh_database, f"Old {old_side}, new {'worker' if old_side == 'web' else 'web'}")
+        finally:
+            smtp.stop()
+
+
 # ------------------------------------------------------------------------------- the authors' rule
 
 # Files shipped before the rule existed (docs/releases.md tells which of them were contract steps).
