@@ -8,9 +8,13 @@ database gets THAT release's migrations; its own gunicorn and RQ worker start fr
 the current virtualenv); a user goes through the whole path; then THIS release's runner applies
 this release's migrations while those processes serve, and the path runs again on the new
 schema: trigger -> stored -> listed in the inbox -> live on a stream -> marked read -> email
-received by a real SMTP server (aiosmtpd).
+received by a real SMTP server (aiosmtpd); and this release's code reads back what the old one
+wrote (deliveries, stats).
 
-The second test guards the rule for new migration files: a contract-style statement (a drop,
+The rolling-deploy test mixes the two releases' processes (old web + new worker, and the
+reverse), so jobs and stream messages cross releases through Redis.
+
+The last tests guard the rule for new migration files: a contract-style statement (a drop,
 a rename, a type change, a new NOT NULL...) needs a `-- contract: after <release>` line naming
 the release from which on no code reads what it removes, and that release must be the previous
 release or older.
