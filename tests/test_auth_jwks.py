@@ -4,6 +4,7 @@ The identity provider is a real HTTP server on a local port serving a JWKS docum
 test changes (rotation) or stops (outage); it counts the requests it answers.
 """
 import json
+import os
 import threading
 import time
 import uuid
@@ -13,6 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from app.config import load_settings
+from app.errors import ConfigError
 from conftest import JWT_SECRET, make_token
 from factories import insert_notification
 from processes import processes, wait_until  # noqa: F401  (the fixture)
@@ -260,3 +263,38 @@ def test_previous_hs256_secrets_are_accepted_others_refused(make_app):
     assert status(client, make_token(user_id, secret=OLD_SECRETS[0], exp_in=-120)) == 401
     without = make_app(JWT_SECRET=NEW_SECRET).test_client()
     assert status(without, make_token(user_id, secret=OLD_SECRETS[0])) == 401
+
+
+# ---------------------------------------------------------------- start-up checks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "API_KEYS": "k" * 43,
+              "NOTIFICATIONS_CONFIG": os.path.join(REPO, "notifications.yaml"),
+              "QUEUE_CONFIG": os.path.join(REPO, "queue.yaml")}
+IDP = {"JWT_JWKS_URL": "https://idp.example/realms/bank/protocol/openid-connect/certs", "JWT_AUDIENCE": AUDIENCE}
+
+
+def test_a_production_jwks_deploy_starts_with_rs256_and_es256():
+    settings = load_settings(environ=dict(PRODUCTION, **IDP))
+    assert settings["JWT_ALGORITHMS"] == ["RS256", "ES256"]
+    assert settings["JWT_JWKS"].url == IDP["JWT_JWKS_URL"]
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"JWT_JWKS_URL": "http://idp.example/certs"}, "JWT_JWKS_URL"),       # a key server anyone on the path can be
+    ({"JWT_JWKS_URL": "file:///etc/keys.json"}, "JWT_JWKS_URL"),
+    ({"JWT_JWKS_URL": "idp.example/certs"}, "JWT_JWKS_URL"),
+    ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE"),                               # the IdP signs for other apps too
+    ({"JWT_SECRET": "s" * 48, "JWT_SECRET_PREVIOUS": "x" * 31}, "JWT_SECRET_PREVIOUS"),
+    ({"JWT_SECRET": "s" * 48, "JWT_SECRET_PREVIOUS": f"{'o' * 40},{JWT_SECRET}"}, "JWT_SECRET_PREVIOUS"),
+    ({"JWT_SECRET_PREVIOUS": "o" * 40}, "JWT_SECRET_PREVIOUS"),           # previous without a current one
+], ids=["http", "file", "no-scheme", "no-audience", "short-previous", "dev-previous", "previous-alone"])
+def test_bad_identity_settings_are_refused_outside_development(bad, key):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=dict(PRODUCTION, **dict(IDP, **bad)))
+    assert caught.value.key == key
+
+
+def test_development_may_use_an_http_idp_without_audience():
+    settings = load_settings(environ=dict(PRODUCTION, DEVELOPMENT="true", JWT_JWKS_URL="http://127.0.0.1:1/certs"))
+    assert settings["JWT_JWKS"] is not None
