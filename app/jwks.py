@@ -82,6 +82,7 @@ class JwksKeys:
         return True
 
     def _spend(self, reason):
+        """Spent before the fetch, so requests arriving during a slow or failing fetch never start another."""
         with self._budget_lock:
             now, last = self._clock(), self._attempts[reason]
             if last is not None and now - last < REFRESH_INTERVAL_SECONDS:
@@ -90,6 +91,7 @@ class JwksKeys:
             return True
 
     def _fetch(self):
+        """Only keys a token may name (a `kid`, use `sig`) and that cannot be a shared secret."""
         keys = self._client.get_signing_keys(refresh=True)
         usable = {key.key_id: key for key in keys if key.key_type in ASYMMETRIC_KEY_TYPES}
         if not usable:
