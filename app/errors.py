@@ -28,11 +28,15 @@ Dropped in app/bus/codec.py).
 """
 import logging
 
+from blinker import Namespace
 from flask import jsonify
 from werkzeug.exceptions import HTTPException
 
 PREFIX = "notifications_m."
 log = logging.getLogger(__name__)
+# Sent with `dependency` ("postgresql" or "redis") for each request answered 503 because it failed
+# (app/metrics.py counts them; this module knows nothing of metrics).
+dependency_failed = Namespace().signal("dependency-failed")
 
 
 class ConfigError(Exception):
@@ -276,10 +280,12 @@ def handle_unexpected(error):
     import redis
     if isinstance(error, psycopg2.errors.QueryCanceled):   # statement_timeout (app/db.py)
         log.warning("query cancelled at statement_timeout")
+        dependency_failed.send(dependency="postgresql")
         return handle_api_error(QueryTimeout())
     if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
                           redis.TimeoutError)):
         log.warning("dependency unavailable: %s", type(error).__name__)
+        dependency_failed.send(dependency="redis" if isinstance(error, redis.RedisError) else "postgresql")
         return handle_api_error(ServiceUnavailable())
     log.exception("unhandled error")
     return envelope(500, "internal_error", "Internal server error")

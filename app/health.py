@@ -5,6 +5,7 @@ import greenlet
 from flask import Blueprint, current_app, jsonify, request
 
 from . import db
+from .errors import InvalidRequest
 from .metrics import check_operator_token
 from .bus import redis
 
@@ -16,7 +17,9 @@ def healthz():
     """The process answers; once it has served a stream, also how many are open in it. With
     `?greenlets=1` also the greenlets alive in it: a scan of the whole heap, for the operator's
     leak checks, so only with the METRICS_TOKEN bearer (and never when none is configured)."""
-    scan = request.args.get("greenlets") == "1"
+    scan = "greenlets" in request.args
+    if scan and request.args["greenlets"] != "1":
+        raise InvalidRequest("greenlets: the only value is 1 (?greenlets=1 counts live greenlets)")
     if scan:
         check_operator_token(required=True)
     body = {"status": "ok"}

@@ -220,6 +220,8 @@ def test_without_metrics_token_the_heap_scan_is_refused_and_metrics_stay_open(pr
     assert web.get("/healthz").json() == {"status": "ok"}   # probes stay open (SPEC)
     for headers in ({}, {"Authorization": f"Bearer {METRICS_TOKEN}"}, {"Authorization": "Bearer "}):
         http_envelope(web.get("/healthz?greenlets=1", headers=headers), 403, "metrics_token_not_configured")
+    for other in ("", "0", "yes"):   # not a silent plain probe: the one value is documented
+        http_envelope(web.get(f"/healthz?greenlets={other}"), 422, "invalid_request")
     metrics = web.get("/metrics")
     assert metrics.status_code == 200 and "notif_open_streams" in metrics.text
 

@@ -57,12 +57,15 @@ def _command(*parts):
 
 
 class Hub:
-    def __init__(self, redis_url, prefix, key):
+    def __init__(self, redis_url, prefix, key, connect=None):
         url = urlsplit(redis_url)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 6379
         self.password = unquote(url.password) if url.password else None
         self.username = unquote(url.username) if url.username else None
         self.prefix, self.key = prefix, key
+        # Opens each connection; the unit tests (tests/streams/) hand over one end of a socket
+        # pair whose other end plays Redis, so the hub's state machine runs without a server.
+        self.connect = connect or self._connect
         self.streams = {}          # channel -> set of Stream
         self.acks = {}             # channel -> [SUBSCRIBE replies still due, Event set when none is]
         self.leaving = set()       # channels whose last stream left: UNSUBSCRIBE them
@@ -206,7 +209,7 @@ class Hub:
         while True:
             sock, started = None, time.monotonic()
             try:
-                sock = self._connect()
+                sock = self.connect()
                 self._subscribe_all(sock)
                 self._read(sock)
             except OSError as exc:
