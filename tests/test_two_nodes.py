@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVICE, make_token
-from processes import BIN, ServiceProcess, processes, queue_config, wait_until  # noqa: F401
+from processes import ServiceProcess, processes, queue_config, wait_until  # noqa: F401
 from tests.test_http_edge import http_envelope, queue_yaml
 
 STREAMS = int(os.environ.get("TWO_NODES_STREAMS", "200"))
