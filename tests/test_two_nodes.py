@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVICE, make_token
-from processes import ServiceProcess, processes, queue_config, wait_until  # noqa: F401
+from processes import ServiceProcess, SSEStream, processes, queue_config, wait_until  # noqa: F401
 from tests.test_http_edge import http_envelope, queue_yaml
 
 STREAMS = int(os.environ.get("TWO_NODES_STREAMS", "200"))
@@ -48,8 +48,9 @@ if shutil.which("haproxy") is None and not os.environ.get("CI"):   # in CI it ru
 # ------------------------------------------------------------------------------------ HAProxy
 
 
-def haproxy_config(port, nodes, socket_path, check_inter="1s"):
-    """The configuration docs/deploy.md recommends (keep the two in step); `nodes` are (name, port)."""
+def haproxy_config(port, nodes, socket_path, check_inter="1s", idle_timeout="60s"):
+    """The configuration docs/deploy.md recommends (keep the two in step); `nodes` are (name, port).
+    `idle_timeout` is only changed to show what a timeout under the keep-alive does."""
     servers = "\n".join(f"    server {name} 127.0.0.1:{node_port} check" for name, node_port in nodes)
     return f"""\
 global
@@ -64,8 +65,8 @@ defaults
     option redispatch 1
     retries 3
     timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+    timeout client {idle_timeout}
+    timeout server {idle_timeout}
     timeout tunnel 1h
     timeout http-request 10s
     timeout queue 10s
@@ -88,12 +89,12 @@ class HAProxy(ServiceProcess):
 
     name = "haproxy"
 
-    def __init__(self, nodes, log_dir):
+    def __init__(self, nodes, log_dir, **options):
         from devtools.services import free_port
         self.port = free_port()
         self.socket_path = str(Path(log_dir) / "haproxy.sock")
         self.config_path = Path(log_dir) / "haproxy.cfg"
-        self.config_path.write_text(haproxy_config(self.port, nodes, self.socket_path))
+        self.config_path.write_text(haproxy_config(self.port, nodes, self.socket_path, **options))
         super().__init__([shutil.which("haproxy"), "-db", "-f", str(self.config_path)], dict(os.environ), log_dir)
 
     def start(self, timeout=15.0):
@@ -154,18 +155,18 @@ class Answer:
         return json.loads(self.content)
 
 
-def start_nodes(processes, env, **options):
+def start_nodes(processes, env, keepalive=KEEPALIVE_SECONDS, **options):
     """Two nodes (a web master with one worker, and an RQ worker) sharing the run's stores."""
     env = dict(env, SECRET_KEY=SECRET_KEY, PROXY_HOPS="1")
     directory = processes.log_dir
     for _ in range(2):
         processes.start_worker(env, queue_config=queue_config(directory))
-    return [processes.start_web(env, workers=1, keepalive=KEEPALIVE_SECONDS, SSE_RETRY_MS=RETRY_MS, **options)
+    return [processes.start_web(env, workers=1, keepalive=keepalive, SSE_RETRY_MS=RETRY_MS, **options)
             for _ in range(2)]
 
 
-def start_proxy(processes, nodes):
-    proxy = HAProxy([("node_a", nodes[0].port), ("node_b", nodes[1].port)], processes.log_dir)
+def start_proxy(processes, nodes, **options):
+    proxy = HAProxy([("node_a", nodes[0].port), ("node_b", nodes[1].port)], processes.log_dir, **options)
     processes.started.append(proxy)
     return proxy.start()
 
@@ -405,6 +406,32 @@ def test_a_rolling_restart_behind_haproxy_loses_and_duplicates_nothing(processes
     finally:
         triggers.halt.set()
         crowd.close()
+
+
+# ------------------------------------------------------------------------------------ idle streams
+
+
+def test_an_idle_stream_lives_through_the_proxy_only_with_timeouts_above_the_keepalive(processes, clean, tmp_path):
+    """The keep-alive comment is what keeps a quiet stream open through the proxy: it passes
+    unbuffered, and resets the proxy's inactivity timeouts as long as they are longer than it.
+    Scaled down: a 1 s keep-alive against 4 s timeouts (the deploy: 15 s against 60 s), and
+    against 0.5 s timeouts, which cut the stream."""
+    nodes = start_nodes(processes, clean, keepalive=1)
+    above = start_proxy(processes, nodes, idle_timeout="4s")
+    headers = {"Authorization": f"Bearer {make_token(uuid.uuid4())}"}
+    with SSEStream(f"http://127.0.0.1:{above.port}{STREAM}", headers=headers) as stream:
+        assert stream.ok, stream.response.text
+        stream.wait_comments("keep-alive", count=8, timeout=20)        # twice the timeouts, and more
+        assert not stream.ended, stream.error
+    below_dir = tmp_path / "below"
+    below_dir.mkdir()
+    below = HAProxy([("node_a", nodes[0].port), ("node_b", nodes[1].port)], str(below_dir), idle_timeout="500ms")
+    processes.started.append(below)
+    below.start()
+    with SSEStream(f"http://127.0.0.1:{below.port}{STREAM}", headers=headers) as stream:
+        assert stream.ok, stream.response.text
+        stream.wait_ended(10)                                          # the proxy cut it
+        assert not any(comment == "keep-alive" for comment, _ in stream.comments)
 
 
 # ------------------------------------------------------------------------------------ X-Forwarded-For
