@@ -119,3 +119,26 @@ def test_release_web_and_worker_over_verify_full(clean, processes, tls_database)
         assert cur.fetchone() == (True,)
         cur.execute("SELECT count(*) FROM notifications WHERE title = 'over verify-full'")
         assert cur.fetchone() == (1,)
+
+
+
+@pytest.mark.parametrize("start", ["release", "worker", "gunicorn"])
+def test_a_wrong_root_certificate_is_refused_at_start_up(clean, tls_postgres, tls_database, start):
+    """One line naming DATABASE_URL, exit 2, before any request or job could be taken."""
+    from devtools.services import free_port
+    _, _, wrong = tls_postgres
+    url = tls_database.split("?")[0] + f"?sslmode=verify-full&sslrootcert={wrong}"
+    env = ProcessGroup.environment(dict(clean, DATABASE_URL=url, PORT=str(free_port()), HOST="127.0.0.1",
+                                        WEB_CONCURRENCY="1"))
+    command = {"release": [sys.executable, "-m", "flask", "--app", "wsgi", "migrate"],
+               "worker": [sys.executable, "-m", "workers"],
+               "gunicorn": [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "gunicorn.conf.py",
+                            "wsgi:app"]}[start]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "DATABASE_URL" in line]
+    assert len(lines) == 1 and lines[0].startswith(
+        "config error: environment: DATABASE_URL: PostgreSQL's TLS certificate is refused: "), done.stderr
+    assert "certificate verify failed" in lines[0]
+    assert "Booting worker" not in done.stderr
