@@ -256,13 +256,24 @@ class Hub:
 
     def _read(self, sock):
         """Read until Redis has nothing more for now, then flush: under load one write carries
-        many frames per stream; when idle every message goes out at once."""
+        many frames per stream; when idle every message goes out at once.
+
+        It reads beneath gevent's wrapper, whose descriptor is non-blocking: `_sock` of a plain
+        or unix socket, `_sslobj` of a TLS one, where OpenSSL wanting more bytes means nothing
+        is there yet. (A read that must first write, a TLS 1.3 key update, raises SSLError: the
+        hub reconnects and every stream catches up.)"""
         reader = hiredis.Reader()
-        recv, fd = _nonblocking_recv(sock), sock.fileno()
+        tls, fd = getattr(sock, "_sslobj", None), sock.fileno()
+        raw = sock._sock if tls is None else None
         fed = []
         replies = 0
         while True:
-            data = recv()
+            try:
+                data = raw.recv(READ_SIZE) if tls is None else tls.read(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                data = None
+            except ssl.SSLZeroReturnError:
+                data = b""
             if data is None or replies >= FLUSH_AFTER:
                 for stream in fed:
                     stream.flush()
@@ -341,34 +352,6 @@ class Hub:
             log.warning("hub: dropped %d channel message(s) that the service did not send or cannot frame"
                         " (latest: %s); see notif_hub_dropped_messages_total", self._dropped, reason)
             self._dropped, self._dropped_logged_at = 0, now
-
-
-def _nonblocking_recv(sock):
-    """A function returning what `sock` holds now: bytes, b"" at its end, None when nothing yet.
-
-    It reads beneath gevent's wrapper, whose descriptor is non-blocking: `_sock` of a plain or
-    unix socket; `_sslobj` of a TLS socket, where OpenSSL asking for more bytes means nothing
-    is there yet (a read that must first write, a TLS 1.3 key update, raises SSLError: the hub
-    reconnects and every stream catches up)."""
-    tls = getattr(sock, "_sslobj", None)
-    if tls is None:
-        raw = sock._sock
-
-        def recv():
-            try:
-                return raw.recv(READ_SIZE)
-            except BlockingIOError:
-                return None
-        return recv
-
-    def recv_tls():
-        try:
-            return tls.read(READ_SIZE)
-        except ssl.SSLWantReadError:
-            return None
-        except ssl.SSLZeroReturnError:
-            return b""
-    return recv_tls
 
 
 def hub(app):
