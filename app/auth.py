@@ -17,6 +17,7 @@ from flask import current_app, g, request
 
 from . import api_keys
 from .errors import InsufficientScope, InvalidApiKey, InvalidCustomerId, InvalidUserId
+from .jwks import UnknownKey
 
 log = logging.getLogger(__name__)
 LEEWAY_SECONDS = 30   # clock skew allowed on exp, iat and nbf (an identity provider a little ahead)
@@ -48,10 +49,7 @@ def decode_token(token, config):
         alg = header.get("alg")
         if alg not in algorithms:
             raise InvalidUserId()
-        key = config["JWT_SECRET"] if alg.startswith("HS") else config["JWT_PUBLIC_KEY"]
-        options = {"require": ["exp", "sub"], "verify_aud": bool(config["JWT_AUDIENCE"])}
-        claims = jwt.decode(token, key, algorithms=[alg], options=options, leeway=LEEWAY_SECONDS,
-                            audience=config["JWT_AUDIENCE"] or None, issuer=config["JWT_ISSUER"] or None)
+        claims = _verified_claims(token, alg, header, config)
         _check_lifetime(claims, config["JWT_MAX_LIFETIME_SECONDS"])
         user_id = uuid.UUID(str(claims["sub"]))
         customers = claims.get("customers")
@@ -59,9 +57,36 @@ def decode_token(token, config):
             if not isinstance(customers, list):
                 raise InvalidUserId()
             customers = tuple(uuid.UUID(str(c)) for c in customers)
-    except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError, UnknownKey):
         raise InvalidUserId()
     return User(user_id, customers)
+
+
+def _verified_claims(token, alg, header, config):
+    """The claims of the first candidate key whose signature matches; any other failure
+    (expired, wrong audience) is final, whichever key signed."""
+    options = {"require": ["exp", "sub"], "verify_aud": bool(config["JWT_AUDIENCE"])}
+    for key in _candidate_keys(alg, header, config):
+        try:
+            return jwt.decode(token, key, algorithms=[alg], options=options, leeway=LEEWAY_SECONDS,
+                              audience=config["JWT_AUDIENCE"] or None, issuer=config["JWT_ISSUER"] or None)
+        except jwt.InvalidSignatureError:
+            continue
+    raise InvalidUserId()
+
+
+def _candidate_keys(alg, header, config):
+    """HMAC: the current secret, then the previous ones (rotation). Public keys: the configured
+    PEM, then the identity provider's key named by `kid` (looked up, maybe fetched, only when
+    needed: a JWKS lookup can cost a request to the IdP)."""
+    if alg.startswith("HS"):
+        yield from (secret for secret in [config["JWT_SECRET"], *config["JWT_SECRET_PREVIOUS"]] if secret)
+        return
+    if config["JWT_PUBLIC_KEY"]:
+        yield config["JWT_PUBLIC_KEY"]
+    kid = header.get("kid")
+    if config["JWT_JWKS"] is not None and isinstance(kid, str) and kid:
+        yield config["JWT_JWKS"].key_for(kid)
 
 
 def _check_lifetime(claims, max_seconds):

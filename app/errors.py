@@ -166,12 +166,15 @@ def handle_unexpected(error):
     import psycopg2
     import psycopg2.errors
     import redis
+    from .metrics import DEPENDENCY_ERRORS
     if isinstance(error, psycopg2.errors.QueryCanceled):   # statement_timeout (app/db.py)
         log.warning("query cancelled at statement_timeout")
+        DEPENDENCY_ERRORS.labels("postgresql").inc()
         return handle_api_error(QueryTimeout())
     if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
                           redis.TimeoutError)):
         log.warning("dependency unavailable: %s", type(error).__name__)
+        DEPENDENCY_ERRORS.labels("redis" if isinstance(error, redis.RedisError) else "postgresql").inc()
         return handle_api_error(ServiceUnavailable())
     log.exception("unhandled error")
     return envelope(500, "internal_error", "Internal server error")

@@ -9,6 +9,10 @@ delivery (the user switched the channel off) still has its row, with the reason.
 """
 CHANNEL = "system"
 
+# A `sent` in-app row that the previous release still writes while a deploy runs (0012 removed the
+# older ones): the notification row already says it, so stats skip it rather than count it twice.
+WRITTEN_SENT_ROW = f"(d.channel = '{CHANNEL}' AND d.status = 'sent')"
+
 # For stats: the in-app deliveries of the notifications in a window, shaped like `deliveries` rows.
 SENT_ROWS = f"SELECT '{CHANNEL}'::text AS channel, 'sent'::text AS status, n.created_at AS sent_at, n.created_at" \
             " FROM notifications n WHERE n.in_app AND {window}"

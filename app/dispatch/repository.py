@@ -152,6 +152,15 @@ def stale_pending(conn, older_than_seconds):
         return cur.fetchone()[0]
 
 
+def dispatch_lag(conn):
+    """Seconds the oldest trigger due for dispatch has waited since it was accepted (0: none waits):
+    the `notif_dispatch_lag_seconds` an operator alerts on (app/metrics.py)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) FROM triggers"
+                    " WHERE status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())")
+        return float(cur.fetchone()[0])
+
+
 # ------------------------------------------------------------------------------ claiming
 
 _DUE = "status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())"

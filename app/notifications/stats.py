@@ -124,6 +124,7 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
                     " (ORDER BY extract(epoch FROM d.sent_at - d.created_at)::float8) FILTER (WHERE d.status = 'sent')"
                     " FROM (SELECT d.channel, d.status, d.sent_at, n.created_at"
                     f" FROM notifications n JOIN deliveries d ON d.notification_id = n.id WHERE {window}"
+                    f" AND NOT {in_app.WRITTEN_SENT_ROW}"
                     f" UNION ALL {in_app.SENT_ROWS.format(window=window)}) d"
                     " GROUP BY d.channel ORDER BY d.channel", params)
         per_channel = cur.fetchall()
