@@ -130,6 +130,8 @@ def load_settings(overrides=None, environ=None):
     if not settings["DEVELOPMENT"]:
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
+    from .db import check_certificate   # last, being a round trip; gunicorn's master, the worker, the release
+    check_certificate(settings["DATABASE_URL"])
     return settings
 
 

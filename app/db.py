@@ -22,7 +22,7 @@ import psycopg2.errors
 import psycopg2.extras
 from flask import current_app, g
 
-from .errors import QueryTimeout, ServiceUnavailable
+from .errors import ConfigError, QueryTimeout, ServiceUnavailable
 
 psycopg2.extras.register_uuid()
 log = logging.getLogger(__name__)
@@ -47,6 +47,26 @@ def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):
                                      f"-c statement_timeout={int(statement_ms)}",
                                      f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_ms)}"]))
     return make_dsn(dsn, options=options)
+
+
+def check_certificate(dsn):
+    """Refuse to start when DATABASE_URL asks for the server's certificate to be verified
+    (`sslmode=verify-ca` / `verify-full`) and it is not: a wrong `sslrootcert` or host name is a
+    configuration error (one line, exit 2), not a service answering 503 for ever. A server that
+    cannot be reached is not refused: it may come up after this process."""
+    from psycopg2.extensions import parse_dsn
+    try:
+        if parse_dsn(dsn).get("sslmode") not in ("verify-ca", "verify-full"):
+            return
+    except psycopg2.ProgrammingError:
+        return   # not a DSN at all: the first connection says so
+    try:
+        psycopg2.connect(dsn, connect_timeout=5).close()
+    except psycopg2.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        if "certificate" in reason or "SSL" in reason:
+            raise ConfigError("environment", "DATABASE_URL",
+                              f"PostgreSQL's TLS certificate is refused: {reason}") from None
 
 
 def broken_by(exc):

@@ -261,8 +261,7 @@ def _answers(url):
 
 
 def test_worker_and_web_enqueue_over_tls(clean, make_app, processes, tmp_path, db):
-    """The command pool and RQ over rediss:// with a private CA. (The stream hub's own connection is
-    plain TCP: see docs/security/rq.md.)"""
+    """The command pool and RQ over rediss:// with a private CA (streams over TLS: tests/test_tls.py)."""
     started = tls_redis_server(tmp_path)
     if started is None:
         pytest.skip("no TLS-capable redis-server and openssl on this machine")
