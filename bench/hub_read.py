@@ -21,7 +21,7 @@ import tempfile  # noqa: E402
 import gevent  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from app.pubsub_codec import message_key, notification_message, seal  # noqa: E402
+from app.bus.codec import message_key, notification_message, seal  # noqa: E402
 from app.streams.hub import Hub  # noqa: E402
 
 CHANNEL = "bench:user:1"

@@ -71,7 +71,7 @@ HUB_CHILD = textwrap.dedent("""
     monkey.patch_all()
     import json, sys
     import gevent, redis
-    from app.pubsub_codec import direct_message, message_key, seal
+    from app.bus.codec import direct_message, message_key, seal
     from app.streams.hub import Hub
 
     hub_url, publisher_url, channel = sys.argv[1], sys.argv[2], "probe:user:1"

@@ -40,9 +40,8 @@ from gevent.socket import wait_read
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..bus import codec
+from ..bus import client_name, codec
 from ..metrics import HUB_DROPPED, HUB_RESTARTS
-from ..bus import client_name
 from . import frames
 from .stream import RESYNC, UNREAD_CHANGED
 
