@@ -2,12 +2,15 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, db, errors, health, inbox_page, logs, metrics, migrate, ratelimit, redis_client, security
-from . import audit, deployment, retention
+from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, retention
+from .audit import chain as audit_chain
+from .bus import deployment
 from .channels import registry as channels
-from .deliveries import cli as deliveries_cli
-from .streams import handoff as stream_handoff
 from .config import load_settings
+from .deliveries import cli as deliveries_cli
+from .notifications import inbox_page
+from .security import auth, headers
+from .streams import handoff as stream_handoff
 
 
 def create_app(config=None):
@@ -17,15 +20,15 @@ def create_app(config=None):
     app.json.sort_keys = False
     logs.init_app(app)
     auth.init_app(app)
-    security.init_app(app)
+    headers.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     deployment.init_app(app)
-    redis_client.init_app(app)
+    bus.init_app(app)
     migrate.init_app(app)
     channels.init_app(app)
     deliveries_cli.init_app(app)
-    audit.init_app(app)
+    audit_chain.init_app(app)
     retention.init_app(app)
     app.register_blueprint(health.blp)
     inbox_page.init_app(app)
@@ -47,7 +50,7 @@ def _trust_proxies(app, hops):
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
-    from .audit_routes import blp as audit_log
+    from .audit.routes import blp as audit_log
     from .contacts.routes import blp as contacts
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch

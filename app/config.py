@@ -5,22 +5,25 @@ missing or malformed value raises `ConfigError` naming the variable, which the
 entry points turn into one line on stderr and a non-zero exit.
 """
 import os
+from urllib.parse import urlparse
 
-from . import api_keys
+from .security import api_keys, jwks
 from .domain import load_domain
 from .errors import ConfigError
 
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/deployment.py)
+    "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/bus/deployment.py)
     "JWT_SECRET": "",
+    "JWT_SECRET_PREVIOUS": "",             # earlier HS256 secrets still accepted, comma-separated (rotation)
     "JWT_PUBLIC_KEY": "",
+    "JWT_JWKS_URL": "",                    # an identity provider's JWKS endpoint (app/security/jwks.py)
     "JWT_ALGORITHMS": "",
     "JWT_AUDIENCE": "",
     "JWT_ISSUER": "",
     "API_KEYS": "",
-    "API_KEYS_FILE": "",                   # more API_KEYS entries, one a line (app/api_keys.py)
+    "API_KEYS_FILE": "",                   # more API_KEYS entries, one a line (app/security/api_keys.py)
     "JWT_MAX_LIFETIME_SECONDS": "86400",   # a token whose exp - (iat or now) is longer is refused
     "NOTIFICATIONS_CONFIG": "notifications.yaml",
     "QUEUE_CONFIG": "queue.yaml",
@@ -57,7 +60,7 @@ DEFAULTS = {
     # Development mode: `./dev up` and the test suite set it; a deploy never does. Outside it, start-up
     # refuses development secrets (docs/security.md).
     "DEVELOPMENT": "false",
-    # The service's own secret for keyed hashes and signatures (app/keyed.py); required outside development.
+    # The service's own secret for keyed hashes and signatures (app/security/keyed.py); required outside development.
     "SECRET_KEY": "",
     # Bearer token of the operator's diagnostics: /metrics needs it once set; /healthz?greenlets=1
     # (a scan of the heap) is served only with it (docs/security/http.md).
@@ -76,7 +79,7 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
-LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS")
+LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS")
 
 
 def _convert(name, raw):
@@ -127,6 +130,8 @@ def load_settings(overrides=None, environ=None):
     if not settings["DEVELOPMENT"]:
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
+    from .db import check_certificate   # last, being a round trip; gunicorn's master, the worker, the release
+    check_certificate(settings["DATABASE_URL"])
     return settings
 
 
@@ -142,8 +147,11 @@ def _check_streams(settings):
 
 def _check_auth(settings):
     """Refuse to start with no way to verify a token or a key."""
-    if not settings["JWT_SECRET"] and not settings["JWT_PUBLIC_KEY"]:
-        raise ConfigError("environment", "JWT_SECRET", "is required (or JWT_PUBLIC_KEY for RS256)")
+    if not settings["JWT_SECRET"] and not settings["JWT_PUBLIC_KEY"] and not settings["JWT_JWKS_URL"]:
+        raise ConfigError("environment", "JWT_SECRET", "is required (or JWT_PUBLIC_KEY or JWT_JWKS_URL)")
+    if settings["JWT_SECRET_PREVIOUS"] and not settings["JWT_SECRET"]:
+        raise ConfigError("environment", "JWT_SECRET_PREVIOUS", "needs a current JWT_SECRET")
+    settings["JWT_JWKS"] = _jwks_keys(settings)
     entries = list(settings["API_KEYS"])
     if settings["API_KEYS_FILE"]:
         entries += api_keys.read_file(settings["API_KEYS_FILE"])
@@ -160,12 +168,32 @@ def _check_auth(settings):
         algorithms = []
         if settings["JWT_SECRET"]:
             algorithms.append("HS256")
-        if settings["JWT_PUBLIC_KEY"]:
+        if settings["JWT_PUBLIC_KEY"] or settings["JWT_JWKS_URL"]:
             algorithms.append("RS256")
+        if settings["JWT_JWKS_URL"]:
+            algorithms.append("ES256")
         settings["JWT_ALGORITHMS"] = algorithms
     for alg in settings["JWT_ALGORITHMS"]:
         if alg not in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256"):
             raise ConfigError("environment", "JWT_ALGORITHMS", f"unsupported algorithm {alg!r}")
+
+
+def _jwks_keys(settings):
+    """The JWKS endpoint decides which tokens are genuine: fetched in clear, whoever sits on the
+    path could serve their own key, so https is required outside development. A set of an IdP
+    signs tokens for every application of the realm: outside development JWT_AUDIENCE is required."""
+    url = settings["JWT_JWKS_URL"]
+    if not url:
+        return None
+    parsed = urlparse(url)
+    allowed = ("https", "http") if settings["DEVELOPMENT"] else ("https",)
+    if parsed.scheme not in allowed or not parsed.hostname:
+        raise ConfigError("environment", "JWT_JWKS_URL", f"must be an https:// URL, got {url!r}"
+                          + ("" if settings["DEVELOPMENT"] else " (http:// only with DEVELOPMENT=true)"))
+    if not settings["DEVELOPMENT"] and not settings["JWT_AUDIENCE"]:
+        raise ConfigError("environment", "JWT_AUDIENCE", "is required with JWT_JWKS_URL outside development: "
+                          "the identity provider's keys also sign tokens meant for other applications")
+    return jwks.JwksKeys(url)
 
 
 def _check_secret_key(settings):
@@ -189,8 +217,9 @@ MIN_SECRET_BYTES = 32
 def _refuse_development_secrets(settings):
     """Outside development a known development value or a short secret stops start-up."""
     hmac_jwt = settings["JWT_SECRET"] and any(alg.startswith("HS") for alg in settings["JWT_ALGORITHMS"])
-    for name in ("SECRET_KEY", "JWT_SECRET"):
-        value = settings[name]
+    named = [("SECRET_KEY", settings["SECRET_KEY"]), ("JWT_SECRET", settings["JWT_SECRET"])]
+    named += [("JWT_SECRET_PREVIOUS", value) for value in settings["JWT_SECRET_PREVIOUS"]]
+    for name, value in named:
         if value in DEVELOPMENT_VALUES:
             raise ConfigError("environment", name, "is a published development value; set a secret of your own "
                               "(or DEVELOPMENT=true on a developer machine)")

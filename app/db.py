@@ -15,16 +15,28 @@ commands opt out explicitly with `without_timeouts(conn)`.
 import contextlib
 import logging
 import threading
+import uuid
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 from flask import current_app, g
 
-from .errors import QueryTimeout, ServiceUnavailable
+from .errors import ConfigError, QueryTimeout, ServiceUnavailable
 
 psycopg2.extras.register_uuid()
 log = logging.getLogger(__name__)
+
+
+class Locks:
+    """Every PostgreSQL advisory lock the service takes, in one table: their ids are shared by
+    every process on the database, so two uses must never pick the same one."""
+
+    MIGRATIONS = 7_245_001    # one release migrates at a time (app/migrate.py)
+    SEQUENCE = 7_245_002      # notification ids committed and published in order (app/dispatch/repository.py)
+    AUDIT_SEAL = 7_245_003    # one audit sealer at a time (app/audit/chain.py)
+    RETENTION = 7_245_004     # one retention purge at a time (app/retention.py)
+    BIG_TRIGGER = 7_245_005   # with hashtext(trigger id): one job per big trigger (app/dispatch/repository.py)
 
 
 def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):
@@ -35,6 +47,26 @@ def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):
                                      f"-c statement_timeout={int(statement_ms)}",
                                      f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_ms)}"]))
     return make_dsn(dsn, options=options)
+
+
+def check_certificate(dsn):
+    """Refuse to start when DATABASE_URL asks for the server's certificate to be verified
+    (`sslmode=verify-ca` / `verify-full`) and it is not: a wrong `sslrootcert` or host name is a
+    configuration error (one line, exit 2), not a service answering 503 for ever. A server that
+    cannot be reached is not refused: it may come up after this process."""
+    from psycopg2.extensions import parse_dsn
+    try:
+        if parse_dsn(dsn).get("sslmode") not in ("verify-ca", "verify-full"):
+            return
+    except psycopg2.ProgrammingError:
+        return   # not a DSN at all: the first connection says so
+    try:
+        psycopg2.connect(dsn, connect_timeout=5).close()
+    except psycopg2.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        if "certificate" in reason or "SSL" in reason:
+            raise ConfigError("environment", "DATABASE_URL",
+                              f"PostgreSQL's TLS certificate is refused: {reason}") from None
 
 
 def broken_by(exc):
@@ -173,6 +205,16 @@ def without_timeouts(conn):
                 conn.close()
 
 
+def uuid_array(values):
+    """A list of UUIDs (objects or canonical strings) as one `uuid[]` literal: `{a,b,...}`.
+
+    One string parameter instead of psycopg2 quoting every element: the write
+    path passes thousands per chunk. Only hex digits and dashes get in (every
+    value goes through uuid.UUID), so nothing needs escaping.
+    """
+    return "{" + ",".join(str(v if isinstance(v, uuid.UUID) else uuid.UUID(v)) for v in values) + "}"
+
+
 def cursor(conn):
     return conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
 
@@ -213,3 +255,19 @@ def failing_as(api_error):
     except psycopg2.Error:
         log.exception("database error")
         raise api_error()
+
+
+@contextlib.contextmanager
+def reading(api_error):
+    """The request's connection for a read; a database failure is the endpoint's `api_error`."""
+    with failing_as(api_error):
+        yield get_conn()
+
+
+@contextlib.contextmanager
+def writing(api_error):
+    """The request's connection in one transaction, committed when the block succeeds; a database
+    failure is the endpoint's `api_error`."""
+    conn = get_conn()
+    with failing_as(api_error), transaction(conn):
+        yield conn

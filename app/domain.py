@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import ConfigError
+from .channels import IN_APP
+from .errors import ConfigError, InvalidEvent, InvalidGroup
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class Group:
     events: dict
     retention_days: int | None = None
 
+    def known_event(self, name):
+        """The group's event `name`, or 400 `invalid_event`."""
+        event = self.events.get(name)
+        if event is None:
+            raise InvalidEvent(f"Unknown event {name!r} in group {self.name!r}")
+        return event
+
 
 @dataclass(frozen=True)
 class Domain:
@@ -42,12 +50,19 @@ class Domain:
     relay_interval: float
     relay_stale_after: float
     all_channels: dict = field(default_factory=dict)   # enabled or not
-    rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit.py)
+    rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit/)
 
     def group(self, name):
         """The canonical Group for a name or alias, or None."""
         canonical = self.aliases.get(name)
         return self.groups.get(canonical) if canonical else None
+
+    def known_group(self, name):
+        """The canonical Group for a name or alias, or 400 `invalid_group`."""
+        group = self.group(name)
+        if group is None:
+            raise InvalidGroup(f"Unknown notification group {name!r}")
+        return group
 
 
 def _read(path):
@@ -100,8 +115,8 @@ def _parse_notifications(path):
         if not isinstance(options, dict):
             raise ConfigError(path, f"channels.{name}", "must be a mapping")
         all_channels[str(name)] = dict(options, enabled=bool(options.get("enabled", True)))
-    if "system" not in all_channels:
-        raise ConfigError(path, "channels.system", "is missing (the in-app channel is required)")
+    if IN_APP not in all_channels:
+        raise ConfigError(path, f"channels.{IN_APP}", "is missing (the in-app channel is required)")
     channels = {n: o for n, o in all_channels.items() if o["enabled"]}
     groups, aliases = {}, {}
     for gname, graw in _need(path, data, "groups", dict).items():
@@ -137,7 +152,7 @@ def _parse_notifications(path):
     return channels, all_channels, groups, aliases, templates
 
 
-# queue.yaml `rate_limits:` names and their defaults (app/ratelimit.py applies them).
+# queue.yaml `rate_limits:` names and their defaults (app/ratelimit/ applies them).
 RATE_LIMITS = {"trigger": "100/second", "service": "100/second", "user": "50/second",
                "stream_connect": "30/minute", "recipients": "3000000/minute"}
 

@@ -12,6 +12,7 @@
     ├── InvalidId                400  a path id that is not a UUID
     ├── NotFound                 404  missing, or another user's
     ├── InvalidGroup / InvalidEvent / InvalidChannel   400
+    ├── InvalidRequest           422  a request that fails validation
     ├── EventLocked              400  a locked event cannot be switched off
     ├── IdempotencyConflict      409  same Idempotency-Key, other body
     ├── TooManyConnections       429  per-user stream limit
@@ -19,17 +20,23 @@
     ├── InvalidTicket            401  stream ticket unknown, used or expired
     ├── ServiceUnavailable       503  a dependency is down; nothing was accepted
     ├── QueryTimeout             503  the database cancelled a query at statement_timeout
-    └── (500s named by the SPEC: FailedToMarkAsRead, FailedToDelete, …)
+    └── 500s naming what failed: FailedToMarkAsRead, FailedToDelete, FailedToFetch…, FailedToUpdate…
 
-Each class's docstring is its default message.
+Each class's docstring is its default message. Exceptions no client ever sees stay with the code
+that raises and handles them (the channels' DeliveryError tree in app/channels/base.py, the hub's
+Dropped in app/bus/codec.py).
 """
 import logging
 
+from blinker import Namespace
 from flask import jsonify
 from werkzeug.exceptions import HTTPException
 
 PREFIX = "notifications_m."
 log = logging.getLogger(__name__)
+# Sent with `dependency` ("postgresql" or "redis") for each request answered 503 because it failed
+# (app/metrics.py counts them; this module knows nothing of metrics).
+dependency_failed = Namespace().signal("dependency-failed")
 
 
 class ConfigError(Exception):
@@ -53,62 +60,167 @@ class ApiError(Exception):
         super().__init__(self.message)
 
 
-def _error(name, status, code, doc):
-    return type(name, (ApiError,), {"status": status, "code": code, "__doc__": doc})
+class InvalidUserId(ApiError):
+    """Invalid or missing authenticated user ID"""
+    status, code = 401, "invalid_user_id"
 
 
-InvalidUserId = _error("InvalidUserId", 401, "invalid_user_id", "Invalid or missing authenticated user ID")
-InvalidApiKey = _error("InvalidApiKey", 401, "invalid_api_key", "Invalid or missing API key")
-InvalidCustomerId = _error("InvalidCustomerId", 403, "invalid_customer_id", "Customer is not linked to this user")
-InsufficientScope = _error("InsufficientScope", 403, "insufficient_scope",
-                           "This API key lacks the scope this endpoint requires")
-InvalidMetricsToken = _error("InvalidMetricsToken", 401, "invalid_metrics_token",
-                             "Missing or wrong metrics token (Authorization: Bearer <METRICS_TOKEN>)")
-MetricsTokenNotConfigured = _error("MetricsTokenNotConfigured", 403, "metrics_token_not_configured",
-                                   "This diagnostic is served only with METRICS_TOKEN configured")
-InvalidJson = _error("InvalidJson", 400, "invalid_json", "The request body is not valid JSON")
-InvalidId = _error("InvalidId", 400, "invalid_id", "Invalid notification ID")
-NotFound = _error("NotFound", 404, "not_found", "Notification not found")
-InvalidGroup = _error("InvalidGroup", 400, "invalid_group", "Invalid notification group")
-InvalidEvent = _error("InvalidEvent", 400, "invalid_event", "Invalid notification event")
-InvalidChannel = _error("InvalidChannel", 400, "invalid_channel", "Invalid notification channel")
-EventLocked = _error("EventLocked", 400, "event_locked", "This event cannot be switched off")
-InvalidRequest = _error("InvalidRequest", 422, "invalid_request", "The request failed validation")
-IdempotencyConflict = _error("IdempotencyConflict", 409, "idempotency_key_reused",
-                             "This Idempotency-Key was already used with a different body")
-TooManyConnections = _error("TooManyConnections", 429, "too_many_connections",
-                            "Too many open streams for this user")
-RateLimited = _error("RateLimited", 429, "rate_limited", "Too many requests")
-InvalidTicket = _error("InvalidTicket", 401, "invalid_ticket", "Stream ticket is unknown, used or expired")
-ServiceUnavailable = _error("ServiceUnavailable", 503, "service_unavailable",
-                            "A dependency is unavailable; nothing was accepted, retry later")
-QueryTimeout = _error("QueryTimeout", 503, "query_timeout",
-                      "The query took too long and was stopped; narrow it or retry later")
-FailedToMarkAsRead = _error("FailedToMarkAsRead", 500, "failed_to_mark_as_read", "Failed to mark notification as read")
-FailedToDelete = _error("FailedToDelete", 500, "failed_to_delete", "Failed to delete notification")
-FailedToFetchNotifications = _error("FailedToFetchNotifications", 500, "failed_to_fetch_notifications",
-                                    "Failed to fetch notifications")
-FailedToFetchPreferences = _error("FailedToFetchPreferences", 500, "failed_to_fetch_preferences",
-                                  "Failed to fetch notification preferences")
-FailedToUpdatePreferences = _error("FailedToUpdatePreferences", 500, "failed_to_update_preferences",
-                                   "Failed to update notification preferences")
+class InvalidApiKey(ApiError):
+    """Invalid or missing API key"""
+    status, code = 401, "invalid_api_key"
 
-# The framework's own HTTP errors, by status: (code, message).
-HTTP_CODES = {
-    400: ("bad_request", "The request could not be understood"),
-    401: ("unauthorized", "Authentication required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not_found", "Not found"),
-    405: ("method_not_allowed", "Method not allowed for this path"),
-    406: ("not_acceptable", "Not acceptable"),
-    409: ("conflict", "Conflict"),
-    413: ("payload_too_large", "Request body is too large"),
-    415: ("unsupported_media_type", "Send the body as application/json"),
-    422: ("invalid_request", "The request failed validation"),
-    429: ("rate_limited", "Too many requests"),
-    500: ("internal_error", "Internal server error"),
-    503: ("service_unavailable", "Service unavailable"),
-}
+
+class InvalidCustomerId(ApiError):
+    """Customer is not linked to this user"""
+    status, code = 403, "invalid_customer_id"
+
+
+class InsufficientScope(ApiError):
+    """This API key lacks the scope this endpoint requires"""
+    status, code = 403, "insufficient_scope"
+
+
+class InvalidMetricsToken(ApiError):
+    """Missing or wrong metrics token (Authorization: Bearer <METRICS_TOKEN>)"""
+    status, code = 401, "invalid_metrics_token"
+
+
+class MetricsTokenNotConfigured(ApiError):
+    """This diagnostic is served only with METRICS_TOKEN configured"""
+    status, code = 403, "metrics_token_not_configured"
+
+
+class InvalidJson(ApiError):
+    """The request body is not valid JSON"""
+    status, code = 400, "invalid_json"
+
+
+class InvalidId(ApiError):
+    """Invalid notification ID"""
+    status, code = 400, "invalid_id"
+
+
+class NotFound(ApiError):
+    """Notification not found"""
+    status, code = 404, "not_found"
+
+
+class InvalidGroup(ApiError):
+    """Invalid notification group"""
+    status, code = 400, "invalid_group"
+
+
+class InvalidEvent(ApiError):
+    """Invalid notification event"""
+    status, code = 400, "invalid_event"
+
+
+class InvalidChannel(ApiError):
+    """Invalid notification channel"""
+    status, code = 400, "invalid_channel"
+
+
+class EventLocked(ApiError):
+    """This event cannot be switched off"""
+    status, code = 400, "event_locked"
+
+
+class InvalidRequest(ApiError):
+    """The request failed validation"""
+    status, code = 422, "invalid_request"
+
+
+class IdempotencyConflict(ApiError):
+    """This Idempotency-Key was already used with a different body"""
+    status, code = 409, "idempotency_key_reused"
+
+
+class TooManyConnections(ApiError):
+    """Too many open streams for this user"""
+    status, code = 429, "too_many_connections"
+
+
+class RateLimited(ApiError):
+    """Too many requests"""
+    status, code = 429, "rate_limited"
+
+
+class InvalidTicket(ApiError):
+    """Stream ticket is unknown, used or expired"""
+    status, code = 401, "invalid_ticket"
+
+
+class ServiceUnavailable(ApiError):
+    """A dependency is unavailable; nothing was accepted, retry later"""
+    status, code = 503, "service_unavailable"
+
+
+class QueryTimeout(ApiError):
+    """The query took too long and was stopped; narrow it or retry later"""
+    status, code = 503, "query_timeout"
+
+
+class FailedToMarkAsRead(ApiError):
+    """Failed to mark notification as read"""
+    status, code = 500, "failed_to_mark_as_read"
+
+
+class FailedToDelete(ApiError):
+    """Failed to delete notification"""
+    status, code = 500, "failed_to_delete"
+
+
+class FailedToFetchNotifications(ApiError):
+    """Failed to fetch notifications"""
+    status, code = 500, "failed_to_fetch_notifications"
+
+
+class FailedToFetchPreferences(ApiError):
+    """Failed to fetch notification preferences"""
+    status, code = 500, "failed_to_fetch_preferences"
+
+
+class FailedToUpdatePreferences(ApiError):
+    """Failed to update notification preferences"""
+    status, code = 500, "failed_to_update_preferences"
+
+
+class FailedToFetchContact(ApiError):
+    """Failed to fetch contact"""
+    status, code = 500, "failed_to_fetch_contact"
+
+
+class FailedToUpdateContact(ApiError):
+    """Failed to update contact"""
+    status, code = 500, "failed_to_update_contact"
+
+
+class FailedToFetchStats(ApiError):
+    """Failed to fetch notification statistics"""
+    status, code = 500, "failed_to_fetch_stats"
+
+
+class FailedToFetchAudit(ApiError):
+    """Failed to fetch the audit log"""
+    status, code = 500, "failed_to_fetch_audit"
+
+
+# The framework's own HTTP errors (routing, webargs, size limits), by status: (code, message).
+HTTP_CODES = {int(status): (code, message) for status, code, message in (line.split(None, 2) for line in """
+400  bad_request             The request could not be understood
+401  unauthorized            Authentication required
+403  forbidden               Forbidden
+404  not_found               Not found
+405  method_not_allowed      Method not allowed for this path
+406  not_acceptable          Not acceptable
+409  conflict                Conflict
+413  payload_too_large       Request body is too large
+415  unsupported_media_type  Send the body as application/json
+422  invalid_request         The request failed validation
+429  rate_limited            Too many requests
+500  internal_error          Internal server error
+503  service_unavailable     Service unavailable
+""".strip().splitlines())}
 
 
 def envelope(status, code, message, errors=None, headers=None):
@@ -168,10 +280,12 @@ def handle_unexpected(error):
     import redis
     if isinstance(error, psycopg2.errors.QueryCanceled):   # statement_timeout (app/db.py)
         log.warning("query cancelled at statement_timeout")
+        dependency_failed.send(dependency="postgresql")
         return handle_api_error(QueryTimeout())
     if isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
                           redis.TimeoutError)):
         log.warning("dependency unavailable: %s", type(error).__name__)
+        dependency_failed.send(dependency="redis" if isinstance(error, redis.RedisError) else "postgresql")
         return handle_api_error(ServiceUnavailable())
     log.exception("unhandled error")
     return envelope(500, "internal_error", "Internal server error")

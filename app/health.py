@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from . import db
 from .errors import InvalidRequest
 from .metrics import check_operator_token
-from .redis_client import redis
+from .bus import redis
 
 blp = Blueprint("health", __name__)
 

@@ -9,16 +9,18 @@ With METRICS_TOKEN set, a scrape must send `Authorization: Bearer <METRICS_TOKEN
 (Prometheus: `authorization: {credentials: ...}`); without it /metrics is open, as the
 SPEC has it. The same token guards the heap scan of /healthz (app/health.py).
 """
+import datetime
 import hmac
 import os
 import time
 
 from flask import Blueprint, Response, current_app, g, request
-
-from .errors import InvalidMetricsToken, MetricsTokenNotConfigured
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess, REGISTRY)
 from prometheus_client.core import GaugeMetricFamily
+
+from .bus import codec as _codec
+from .errors import InvalidMetricsToken, MetricsTokenNotConfigured, dependency_failed
 
 REQUEST_LATENCY = Histogram("notif_http_request_duration_seconds", "REST and stream-open latency",
                             ["endpoint", "method", "status"])
@@ -26,15 +28,24 @@ OPEN_STREAMS = Gauge("notif_open_streams", "SSE streams open", multiprocess_mode
 STORED = Counter("notif_notifications_stored_total", "Notifications stored by dispatch jobs")
 PUBLISHED = Counter("notif_events_published_total", "Events published to stream channels")
 FANOUT_LATENCY = Histogram("notif_fanout_seconds", "Time from a notification's creation to its publish",
-                           buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+                           buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
 DELIVERIES = Counter("notif_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "outcome"])
 DELIVERY_LATENCY = Histogram("notif_delivery_seconds", "Time from notification to a sent delivery", ["channel"],
                              buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900))
 
 HUB_DROPPED = Counter("notif_hub_dropped_messages_total",
-                      "Channel messages the stream hub refused to frame (app/pubsub_codec.py)", ["reason"])
+                      "Channel messages the stream hub refused to frame (app/bus/codec.py)", ["reason"])
 HUB_RESTARTS = Counter("notif_hub_restarts_total",
                        "Stream hub reconnections to Redis: `connection` lost, or an unexpected `error`", ["cause"])
+DEPENDENCY_ERRORS = Counter("notif_dependency_errors_total",
+                            "Requests answered 503 because PostgreSQL or Redis failed (app/errors.py)", ["dependency"])
+# Zero series from the start, so that a rate() or an alert has a series before the first failure.
+for _cause in ("connection", "error"):
+    HUB_RESTARTS.labels(_cause)
+for _reason in _codec.REASONS:
+    HUB_DROPPED.labels(_reason)
+for _dependency in ("postgresql", "redis"):
+    DEPENDENCY_ERRORS.labels(_dependency)
 
 blp = Blueprint("metrics", __name__)
 
@@ -46,18 +57,47 @@ class QueueCollector:
         self.app = app
 
     def collect(self):
-        from . import jobs_queue
+        from .queues import enqueue
         depth = GaugeMetricFamily("notif_queue_depth", "Jobs waiting per queue", labels=["queue"])
         failed = GaugeMetricFamily("notif_queue_failed_jobs", "Jobs in the failed registry", labels=["queue"])
+        oldest = GaugeMetricFamily("notif_queue_oldest_job_age_seconds",
+                                   "Seconds the job at the head of the queue has waited (0: empty)", labels=["queue"])
         try:
             for purpose, name in self.app.config["DOMAIN"].queues.items():
-                queue = jobs_queue.queue(purpose, self.app)   # under the deployment's prefix
+                queue = enqueue.queue(purpose, self.app)   # under the deployment's prefix
                 depth.add_metric([name], queue.count)
                 failed.add_metric([name], queue.failed_job_registry.count)
+                oldest.add_metric([name], _oldest_job_age(queue))
         except Exception:  # Redis down: the scrape still answers with what it has
-            return
-        yield depth
-        yield failed
+            pass
+        else:
+            yield from (depth, failed, oldest)
+        lag = _dispatch_lag()
+        if lag is not None:
+            yield GaugeMetricFamily("notif_dispatch_lag_seconds", "Seconds the oldest trigger due for dispatch "
+                                    "has waited since it was accepted (0: none waits)", value=lag)
+
+
+def _oldest_job_age(queue):
+    """Age of the queue's head job; RQ keeps `enqueued_at` in UTC (naive in some versions)."""
+    job_ids = queue.get_job_ids(0, 1)
+    job = queue.fetch_job(job_ids[0]) if job_ids else None
+    if job is None or job.enqueued_at is None:
+        return 0.0
+    enqueued = job.enqueued_at.replace(tzinfo=datetime.timezone.utc) if job.enqueued_at.tzinfo is None \
+        else job.enqueued_at
+    return max(0.0, (datetime.datetime.now(datetime.timezone.utc) - enqueued).total_seconds())
+
+
+def _dispatch_lag():
+    """From the outbox itself (the triggers table), so a lost wake-up or a stopped worker shows."""
+    from . import db
+    from .dispatch import repository
+    try:
+        with db.connection() as conn:
+            return repository.dispatch_lag(conn)
+    except Exception:  # PostgreSQL down: left out of this scrape
+        return None
 
 
 def check_operator_token(required=False):
@@ -100,7 +140,12 @@ def _observe(response):
     return response
 
 
+def _count_dependency_error(sender, dependency):
+    DEPENDENCY_ERRORS.labels(dependency).inc()
+
+
 def init_app(app):
     app.register_blueprint(blp)
+    dependency_failed.connect(_count_dependency_error)
     app.before_request(_start_timer)
     app.after_request(_observe)

@@ -14,8 +14,9 @@ import re
 import click
 import psycopg2
 
+from .db import Locks
+
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations_sql")
-LOCK_ID = 7_245_001  # any constant shared by every release of this service
 FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -37,7 +38,7 @@ def migrate(dsn, directory=MIGRATIONS_DIR, echo=print):
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
-            cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+            cur.execute("SELECT pg_advisory_lock(%s)", (Locks.MIGRATIONS,))
         conn.autocommit = False
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -60,7 +61,7 @@ def migrate(dsn, directory=MIGRATIONS_DIR, echo=print):
         conn.rollback()
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
+            cur.execute("SELECT pg_advisory_unlock(%s)", (Locks.MIGRATIONS,))
         conn.close()
     return applied_now
 

@@ -29,7 +29,6 @@ from .redact import summary
 
 log = logging.getLogger(__name__)
 BATCH = 5000
-LOCK = 7_245_004               # session-level pg_try_advisory_lock: one purge at a time
 INTERVAL_SECONDS = 3600
 
 
@@ -88,7 +87,7 @@ def purge_exclusive(app, **options):
     free of the pool's statement timeout (app/db.py), each batch still its own short transaction."""
     with app.app_context(), db.connection() as conn, db.without_timeouts(conn):
         with conn.cursor() as cur:  # a session-level lock: it outlives the commits of the batches
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,))
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (db.Locks.RETENTION,))
             got = cur.fetchone()[0]
         conn.commit()
         if not got:
@@ -98,7 +97,7 @@ def purge_exclusive(app, **options):
         finally:
             conn.rollback()
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK,))
+                cur.execute("SELECT pg_advisory_unlock(%s)", (db.Locks.RETENTION,))
             conn.commit()
     if any(deleted.values()):
         log.info("retention purge deleted %s", deleted)

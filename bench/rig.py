@@ -4,7 +4,7 @@
                  DATABASE_URL's server, our gunicorn or the peer's, RQ workers, load clients),
                  all stopped when its `with` block ends, also on Ctrl-C, SIGTERM or an error
     Target       how to open a stream on, and publish to, ours or the peer (Flask-SSE 1.0.0)
-    LuaPublisher one message per channel, 1,000 PUBLISHes per script call, as app/pubsub.py does
+    LuaPublisher one message per channel, 1,000 PUBLISHes per script call, as app/bus/publisher.py does
     ramp         open streams step by step until the server subscribed their channels
     Sizes        FULL and QUICK sizes of the stream scenarios
 
@@ -180,7 +180,7 @@ class Target:
         """What a publisher puts on a user's channel, in each server's own format."""
         if self.kind == "ours":   # sealed as the service seals it (development SECRET_KEY: DEVELOPMENT=true)
             from app.config import DEV_SECRET_KEY
-            from app.pubsub_codec import direct_message, message_key, seal
+            from app.bus.codec import direct_message, message_key, seal
             return seal(message_key(DEV_SECRET_KEY), "*", direct_message(CUSTOMER, payload_json))
         return json.dumps({"data": json.loads(payload_json)}, separators=(",", ":"))
 
@@ -218,7 +218,7 @@ return #KEYS
 
 
 class LuaPublisher:
-    """Publishes one message per channel, 1,000 PUBLISHes per script call (as app/pubsub.py does)."""
+    """Publishes one message per channel, 1,000 PUBLISHes per script call (as app/bus/publisher.py does)."""
 
     def __init__(self, redis):
         self.script = redis.register_script(_PUBLISH_MANY)

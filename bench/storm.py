@@ -22,7 +22,7 @@ stream must get it; restart every web worker (`--restart hup`: SIGHUP to gunicor
 starts new workers and stops the old ones, whose streams close; `kill`: SIGKILL each
 worker, gunicorn forks replacements); every client reconnects; a second push, each stream
 must get it. Throughout, a watcher reads CLIENT LIST every 0.1 s and groups Redis
-connections by name (`notifications:<pid>:<pool>`, app/redis_client.py); connections
+connections by name (`notifications:<pid>:<pool>`, app/bus/__init__.py); connections
 without a name are reported apart. At the two checkpoints the kernel's socket table of each
 worker is read too (psutil), which counts a connection whatever its name.
 
@@ -47,7 +47,7 @@ from bench.rig import STREAM_PATH, Bench, wait_received
 from testkit.api import trigger_body
 from testkit.identity import SERVICE
 
-LIMIT = 12          # Redis connections a web process may hold (app/redis_client.py MAX_CONNECTIONS)
+LIMIT = 12          # Redis connections a web process may hold (app/bus/__init__.py MAX_CONNECTIONS)
 WATCHER_NAME = "bench-storm-watch"
 
 

@@ -58,7 +58,7 @@ def bench_queue_config(workdir):
     """queue.yaml with the per-API-key trigger budget raised to what a service sending this many
     triggers would be given: 5,000/second (the default, 100/second, would refuse most of them).
 
-    The limiter stays on: it takes that budget in slices of 50 (app/ratelimit_windows.py), one Redis
+    The limiter stays on: it takes that budget in slices of 50 (app/ratelimit/windows.py), one Redis
     round trip each, and that is part of the measured path.
     """
     return queue_yaml(workdir, rate_limits={"trigger": "5000/second"})
@@ -79,7 +79,7 @@ def run_dispatch_worker(app):
     (app/dispatch/drain.py): each stores every pending trigger, however many.
     """
     import rq
-    from app import jobs_queue
+    from app.queues import enqueue
     from workers.trust import make_worker
 
     class TimedWorker(rq.SimpleWorker):
@@ -96,7 +96,7 @@ def run_dispatch_worker(app):
                 self.jobs += 1
 
     with app.app_context():
-        queue = jobs_queue.queue("dispatch", app)
+        queue = enqueue.queue("dispatch", app)
         worker = make_worker(app, ("dispatch",), worker_class=TimedWorker)
         worker.work(burst=True, logging_level="INFO")
         failed = rq.registry.FailedJobRegistry(queue=queue).count

@@ -30,7 +30,7 @@ def run_jobs(app, purposes=None):
 
 def queued(app, purpose):
     """Jobs waiting in the queue of `purpose` ("dispatch", "deliveries")."""
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     return queue(purpose, app).count
 
 

@@ -8,7 +8,6 @@ from flask import current_app
 
 from app.deliveries.deliver import deliver as _deliver
 from app.dispatch.drain import drain
-from app.dispatch.fanout import dispatch_trigger as _dispatch
 
 # Set when this worker was asked to stop (SIGTERM: RQ's warm shutdown): a drain hands over
 # between batches instead of running on (workers/relay.py LeasedWorker sets it).
@@ -18,11 +17,6 @@ SHUTDOWN = threading.Event()
 def drain_triggers():
     """Store, publish and enqueue deliveries for every pending trigger (app/dispatch/drain.py)."""
     return drain(current_app._get_current_object(), should_stop=SHUTDOWN.is_set)
-
-
-def dispatch_trigger(trigger_id):
-    """One trigger: a job enqueued by a version that had a dispatch job per trigger."""
-    return _dispatch(trigger_id)
 
 
 def deliver(delivery_id):
@@ -38,4 +32,4 @@ def purge_expired():
 
 
 # The only functions a worker runs, by the name a job carries (workers/trust.py refuses any other).
-JOBS = {f"{__name__}.{job.__name__}": job for job in (drain_triggers, dispatch_trigger, deliver, purge_expired)}
+JOBS = {f"{__name__}.{job.__name__}": job for job in (drain_triggers, deliver, purge_expired)}

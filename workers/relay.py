@@ -11,7 +11,7 @@ The jobs are idempotent, so a spurious one costs a little work, never a
 duplicate.
 
 The same thread seals the audit rows written since its last pass into the
-hash chain (app/audit_chain.py), one worker at a time.
+hash chain (app/audit/chain.py), one worker at a time.
 
 A job counts as alive while the RQ worker that started it is registered in
 Redis. RQ keeps a worker's key for the job's timeout plus a minute (11
@@ -26,10 +26,13 @@ import threading
 
 from rq import SimpleWorker
 
-from app import audit_chain, db, retention
+from app import db, retention
+from app.audit import chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
-from app.jobs_queue import deliver_job_id, dispatch_in_hand, enqueue_deliveries, job_is_alive, wake_dispatcher
+from app.queues.enqueue import deliver_job_id, enqueue_deliveries
+from app.queues.liveness import dispatch_in_hand, job_is_alive
+from app.queues.waker import wake_dispatcher
 from app.redact import redact, summary
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ its payload (a pickle runs code as it loads), import whatever function it names,
 and call the callbacks and webhooks it lists, in the process that holds the
 database, SMTP and SMS credentials. Here:
 
-- every queue and the worker speak RQ's JSONSerializer (app/jobs_queue.py): a
+- every queue and the worker speak RQ's JSONSerializer (app/queues/enqueue.py): a
   payload that is not JSON, such as a pickle, fails to load and is never run;
 - `TrustedJob` looks a job's function up in `workers.jobs.JOBS` by name, never by
   import; a job that names anything else, is bound to an instance, carries
@@ -25,7 +25,7 @@ from rq import SimpleWorker
 from rq.exceptions import DeserializationError
 from rq.job import Job
 
-from app.jobs_queue import PURPOSES, SERIALIZER, queue
+from app.queues.enqueue import PURPOSES, SERIALIZER, queue
 
 log = logging.getLogger(__name__)
 

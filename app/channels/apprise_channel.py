@@ -29,10 +29,9 @@ import apprise
 from apprise.manager_plugins import NotificationManager
 
 from ..errors import ConfigError
-from .base import Channel, RetryableError
+from .base import Channel, RetryableError, expand_env
 from .email_render import absolute_link
 from .templates import render
-from .webhook import expand_env
 
 N_MGR = NotificationManager()   # Apprise's plugin registry (a shared singleton)
 

@@ -35,6 +35,7 @@ Users read it in GET /v1/notifications/{id}/deliveries and operators in
 `flask deliveries failed`; logs and RQ's failed-job text get the class only,
 so nothing a provider echoes (an address, a body) reaches them.
 """
+import os
 import smtplib
 import socket
 import ssl
@@ -46,6 +47,14 @@ import requests
 from ..redact import redact
 
 ERROR_LENGTH = 500
+
+
+def expand_env(value):
+    """An option written whole as `${NAME}`: the environment's NAME ("" when unset), so secrets stay
+    out of notifications.yaml; anything else as it is."""
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+        return os.environ.get(value[2:-1], "")
+    return value
 
 
 class DeliveryError(Exception):

@@ -45,9 +45,8 @@ from flask_mail import BadHeaderError, Mail, Message, sanitize_address, sanitize
 from ..contacts.addresses import email_problem
 from ..errors import ConfigError
 from ..sanitize import CONTROLS
-from .base import Channel, PermanentError, RetryableError
+from .base import Channel, PermanentError, RetryableError, expand_env
 from .email_render import render_email, unsubscribe_targets
-from .webhook import expand_env
 
 
 class _SubmitHook:

@@ -22,10 +22,10 @@ and error code (e.g. 21211 "The 'To' number is not a valid phone number").
 """
 import requests
 
-from .base import Channel, RetryableError
+from .base import Channel, RetryableError, expand_env
 from .sms_segments import fit
 from .templates import render
-from .webhook import check_response, expand_env
+from .webhook import check_response
 
 
 class TwilioChannel(Channel):

@@ -13,19 +13,10 @@ A 2xx answer is success (its JSON `id`, if any, is the provider id);
 429 and 5xx, timeouts and connection errors are retried; any other 4xx, or
 a redirect, is a permanent refusal recorded with the provider's reason.
 """
-import os
-
 import requests
 
-from .base import Channel, PermanentError, RetryableError, http_kind
+from .base import Channel, PermanentError, RetryableError, expand_env, http_kind
 from .templates import render
-
-
-def expand_env(value):
-    """`${NAME}` -> the environment's NAME ("" when unset); anything else as it is."""
-    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
-        return os.environ.get(value[2:-1], "")
-    return value
 
 
 def render_tree(template, values, max_length=None):

@@ -1,36 +1,17 @@
 """Contacts endpoints (API key): services set and read where a user is reached."""
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from .. import audit, db
-from ..auth import SERVICE_SECURITY, service_required
-from ..errors import ApiError, InvalidId, NotFound
+from ..api import PREFIX, Blueprint
+from ..api.schema import parse_id
+from ..errors import FailedToFetchContact, FailedToUpdateContact, NotFound
 from ..notifications.model import rfc3339
-from ..notifications.routes import parse_id
+from ..security.auth import service_required
 from . import repository
 from .schemas import ContactOutSchema, ContactSchema
 
-blp = Blueprint("contacts", __name__, url_prefix="/v1/notifications/users",
+blp = Blueprint("contacts", __name__, url_prefix=PREFIX + "/users",
                 description="Where users are reached outside the app (API key)")
-
-
-class FailedToFetchContact(ApiError):
-    """Failed to fetch contact"""
-
-    code = "failed_to_fetch_contact"
-
-
-class FailedToUpdateContact(ApiError):
-    """Failed to update contact"""
-
-    code = "failed_to_update_contact"
-
-
-def _user_id(raw):
-    try:
-        return parse_id(raw)
-    except InvalidId:
-        raise InvalidId("Invalid user ID")
 
 
 def _public(row):
@@ -42,23 +23,21 @@ def _public(row):
 class Contact(MethodView):
     decorators = [service_required("contacts")]
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.response(200, ContactOutSchema)
     def get(self, user_id):
         """The user's email, phone, locale and time zone"""
-        uid = _user_id(user_id)
+        uid = parse_id(user_id, "Invalid user ID")
         with db.failing_as(FailedToFetchContact):
             row = repository.get(db.get_conn(), uid)
         if row is None:
             raise NotFound("Contact not found")
         return _public(row)
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.arguments(ContactSchema)
     @blp.response(200, ContactOutSchema)
     def put(self, body, user_id):
         """Create or replace the user's contact (a field left out is cleared)"""
-        uid = _user_id(user_id)
+        uid = parse_id(user_id, "Invalid user ID")
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
             row = repository.upsert(conn, uid, body)
@@ -68,11 +47,10 @@ class Contact(MethodView):
                           "cleared": sorted(f for f in repository.FIELDS if body.get(f) is None)})
         return _public(row)
 
-    @blp.doc(security=SERVICE_SECURITY)
     @blp.response(204)
     def delete(self, user_id):
         """Forget the user's contact (no more email or SMS)"""
-        uid = _user_id(user_id)
+        uid = parse_id(user_id, "Invalid user ID")
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
             if not repository.delete(conn, uid):

@@ -20,7 +20,7 @@ import zoneinfo
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from ..notifications.schemas import StrictSchema
+from ..api.schema import StrictSchema
 from .addresses import email_problem, phone_problem
 
 LOCALE = re.compile(r"^(?P<lang>[a-z]{2,3})(?:[-_](?P<script>[a-z]{4}))?(?:[-_](?P<region>[a-z]{2}|\d{3}))?\Z",

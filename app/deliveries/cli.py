@@ -17,7 +17,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .. import audit, db
-from ..jobs_queue import enqueue_deliveries
+from ..queues.enqueue import enqueue_deliveries
 from ..redact import redact
 from . import repository
 

@@ -20,14 +20,14 @@ from flask import current_app
 
 from .. import db
 from ..channels import registry
-from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..channels.base import Outbound, PermanentError, describe, label
 from ..channels.templates import event_templates, shown
+from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
-from ..jobs_queue import schedule_delivery
+from ..queues.enqueue import schedule_delivery
 from . import repository
 from .receipt import Receipt, record_late, unrecord
 

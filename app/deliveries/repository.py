@@ -1,8 +1,9 @@
 """SQL of delivery state. A delivery is claimed (leased) before it is sent, so two
 jobs for the same delivery never send it twice at the same time."""
+from ..channels import IN_APP
 from ..db import cursor
-from . import in_app
 from ..notifications.model import COLUMNS
+from . import in_app
 
 N_COLUMNS = ", ".join(f"n.{c.strip()}" for c in COLUMNS.split(","))
 
@@ -62,7 +63,7 @@ def for_notification(conn, user_id, notification_id, customers=None):
         attempts = cur.fetchall()
     for delivery in deliveries:
         delivery["history"] = [a for a in attempts if a["delivery_id"] == delivery["id"]]
-    if not any(d["channel"] == in_app.CHANNEL for d in deliveries):   # (0012 removed the old rows)
+    if not any(d["channel"] == IN_APP for d in deliveries):   # (0012 removed the old rows)
         deliveries.append(in_app.delivered(found["created_at"]))
     return sorted(deliveries, key=lambda d: d["channel"])
 

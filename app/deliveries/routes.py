@@ -1,17 +1,14 @@
 """A user reads back what happened to each channel of their notification."""
-from flask.views import MethodView
-from flask_smorest import Blueprint
-
 from .. import db
-from ..auth import USER_SECURITY, current_user, user_required
+from ..api import Blueprint
+from ..api.schema import parse_id
 from ..dispatch.schemas import DeliveriesSchema
 from ..errors import FailedToFetchNotifications, NotFound
 from ..notifications.model import rfc3339
-from ..notifications.routes import parse_id
+from ..security.auth import UserView, current_user
 from . import repository
 
-blp = Blueprint("deliveries", __name__, url_prefix="/v1/notifications",
-                description="Delivery status per channel")
+blp = Blueprint("deliveries", __name__, description="Delivery status per channel")
 
 
 def _public(delivery):
@@ -25,10 +22,7 @@ def _public(delivery):
 
 
 @blp.route("/<notification_id>/deliveries")
-class Deliveries(MethodView):
-    decorators = [user_required]
-
-    @blp.doc(security=USER_SECURITY)
+class Deliveries(UserView):
     @blp.response(200, DeliveriesSchema)
     def get(self, notification_id):
         """Each channel's status, attempts and last error"""

@@ -4,7 +4,7 @@ The 202 is sent only after the trigger row has committed in PostgreSQL, so an
 accepted trigger survives anything that happens next: the row is the outbox,
 and a drain job (app/dispatch/drain.py) takes every pending row. Waking it is
 at most one Redis round trip (`wake_dispatcher`, coalesced across the requests
-of a gevent worker by `jobs_queue.Waker`); if Redis is down, or the worker
+of a gevent worker by `queues.waker.Waker`); if Redis is down, or the worker
 dies, the relay finds the row still `pending` and wakes a drain itself. If
 PostgreSQL cannot take the row, the caller gets a 503 and knows nothing was
 accepted.
@@ -19,9 +19,10 @@ from flask import current_app, g
 
 from .. import audit, db
 from ..errors import IdempotencyConflict
-from ..jobs_queue import waker
+from ..queues.waker import waker
 from ..ratelimit import charge_recipients
 from . import repository
+from .schemas import resolve_event
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,14 @@ def _jsonable(body):
             for k, v in body.items()}
 
 
-def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
-    """Store the trigger durably and wake the dispatcher; return (response, first_time).
+def accept_trigger(body, raw_body, api_key_id, idempotency_key):
+    """Check the trigger against the domain, store it durably and wake the dispatcher; returns the
+    202's body (a repeat's: the first one's).
 
     raw_body: a callable returning the request's JSON as sent, called only with an idempotency key:
     only then can the body's hash ever be compared (a trigger without a key stores "")."""
     domain = current_app.config["DOMAIN"]
+    canonical_type = resolve_event(domain, body)[0].group
     ttl = domain.idempotency_ttl_seconds
     digest = body_hash(raw_body()) if idempotency_key else ""
     conn = db.get_conn()
@@ -49,7 +52,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
         if idempotency_key:
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
             if previous is not None:
-                return _replay(previous, digest), False
+                return _replay(previous, digest)
         users = len(body["user_ids"])
         charge_recipients(api_key_id, users)   # after the replay check: a repeat costs nothing
         trigger_id = uuid.uuid4()
@@ -69,13 +72,13 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key, canonical_type):
         except psycopg2.errors.UniqueViolation:
             # Two requests with one key raced; the other one won and is the answer.
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
-            return _replay(previous, digest), False
+            return _replay(previous, digest)
     try:
         waker().wake()
     except Exception as exc:  # Redis down: the relay will wake a drain
         log.warning("trigger %s accepted but the dispatcher not woken (%s); the relay will", trigger_id,
                     type(exc).__name__)
-    return response, True
+    return response
 
 
 def _replay(previous, digest):

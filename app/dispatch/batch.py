@@ -26,12 +26,14 @@ import uuid
 import psycopg2
 import redis
 
-from .. import db, events
-from ..jobs_queue import enqueue_deliveries
+from .. import db
+from ..bus.codec import notification_message
+from ..bus.publisher import publisher
 from ..logs import request_id_var
 from ..metrics import DELIVERIES, FANOUT_LATENCY, PUBLISHED, STORED
+from ..notifications import events
 from ..notifications.model import to_json_many
-from ..pubsub import notification_message, publisher
+from ..queues.enqueue import enqueue_deliveries
 from ..redact import summary
 from . import repository
 from .plan import plan_channels

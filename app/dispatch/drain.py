@@ -2,7 +2,7 @@
 
 The trigger rows are the outbox, so nothing is enqueued per trigger. An
 accepted trigger only makes sure a drain job will run after its commit
-(`jobs_queue.wake_dispatcher`: a flag set with SET NX, and one RQ job
+(`queues.waker.wake_dispatcher`: a flag set with SET NX, and one RQ job
 enqueued when the flag was absent). The job clears the flag first thing and
 then drains until nothing is due: a trigger committed before the flag was
 cleared is seen by the drain, one committed after sets the flag again and
@@ -23,7 +23,7 @@ import logging
 import time
 
 from .. import db
-from ..jobs_queue import clear_wake, wake_dispatcher
+from ..queues.waker import clear_wake, wake_dispatcher
 from ..redact import summary
 from . import repository
 from .batch import INFRASTRUCTURE_ERRORS, BatchFailed, store_batch

@@ -1,4 +1,4 @@
-"""A big trigger (more users than one chunk) stored chunk by chunk, and dispatching one trigger now.
+"""A big trigger (more users than one chunk) stored chunk by chunk.
 
 Per chunk of users (queue.yaml `batch.users_per_chunk`): one transaction
 stores the notifications (never twice: unique per trigger and user), their
@@ -15,12 +15,11 @@ import logging
 import uuid
 
 import psycopg2
-from flask import current_app
 
 from .. import db
 from ..logs import request_id_var
 from . import repository
-from .batch import after_publish, publish_stored, store_batch
+from .batch import after_publish, publish_stored
 from .plan import plan_channels
 from .schemas import resolve_event
 
@@ -85,19 +84,3 @@ def _chunks(app, conn, trigger_id, should_stop):
             repository.advance_trigger(conn, trigger_id, 0, True)
     log.info("trigger %s dispatched to %d users", trigger_id, len(users))
     return len(users)
-
-
-def dispatch_trigger(trigger_id):
-    """Store one accepted trigger now, whatever its size; returns the users done (0: nothing to do).
-
-    For a dispatch job enqueued by an earlier version (one job per trigger) and for tests; the
-    drain (app/dispatch/drain.py) is what normally runs."""
-    app = current_app._get_current_object()
-    with db.connection() as conn:
-        trigger = repository.get_trigger(conn, trigger_id)
-        conn.commit()
-        if trigger is None or trigger["status"] == "dispatched":
-            return 0
-        if trigger["users_total"] <= app.config["DOMAIN"].users_per_chunk:
-            return trigger["users_total"] if store_batch(app, conn, only=[trigger_id]) else 0
-        return dispatch_big(app, conn, trigger_id) or 0

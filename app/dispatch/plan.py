@@ -14,10 +14,10 @@ delivery was most of the fan-out's cost.
 """
 from dataclasses import dataclass, field
 
+from ..channels import IN_APP
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
 
-IN_APP = "system"
 OFF = "switched off in the user's preferences"
 
 

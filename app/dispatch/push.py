@@ -13,12 +13,15 @@ import uuid
 import orjson
 
 from .. import audit, db
+from ..bus.codec import direct_message
+from ..bus.publisher import publisher
+from ..channels import IN_APP
 from ..notifications.model import rfc3339
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
-from ..pubsub import direct_message, publisher
+from ..ratelimit import charge_recipients
 from ..streams.access import slots
-from .plan import IN_APP
+from .schemas import resolve_event
 
 
 def audience(conn, event, user_ids, customer_id):
@@ -31,14 +34,13 @@ def audience(conn, event, user_ids, customer_id):
     return wanted, skipped
 
 
-def push(app, body, event):
-    """Audit, then publish to the users who want it; returns the answer's counts."""
+def push(app, body, api_key_id):
+    """Check the event, spend the key's recipients budget, audit, then publish to the users who want
+    it; returns the answer's counts."""
+    event, _ = resolve_event(app.config["DOMAIN"], body)
+    charge_recipients(api_key_id, len(body["user_ids"]))
     customer = str(body["customer_id"]) if body.get("customer_id") else None
-    public = {"id": str(uuid.uuid4()), "customer_id": customer, "type": event.group, "event": event.name,
-              "title": body["title"], "content": body.get("content") or "",
-              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
-              "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
-              "read": False, "read_at": None, "created_at": rfc3339(datetime.datetime.now(datetime.timezone.utc))}
+    public = _public(body, event, customer)
     conn = db.get_conn()
     with db.autocommit(conn):  # audited before it goes out: no push is ever unrecorded (one round trip)
         wanted, skipped = audience(conn, event, body["user_ids"], body.get("customer_id"))
@@ -51,3 +53,12 @@ def push(app, body, event):
         streams = slots(app).open_streams(wanted, customer or "")
     return {"message": f"Pushed to {streams} open stream(s) of {len(wanted)} user(s)",
             "users": len(wanted), "skipped_by_preference": len(skipped), "delivered_streams": streams}
+
+
+def _public(body, event, customer):
+    """The push as a client sees a notification (it has no row: its id is made up here)."""
+    return {"id": str(uuid.uuid4()), "customer_id": customer, "type": event.group, "event": event.name,
+            "title": body["title"], "content": body.get("content") or "",
+            "link_url": body.get("link_url"), "link_text": body.get("link_text"),
+            "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
+            "read": False, "read_at": None, "created_at": rfc3339(datetime.datetime.now(datetime.timezone.utc))}

@@ -1,27 +1,24 @@
 """SQL of the write path: triggers, notifications in batches, deliveries."""
 import contextlib
 import json
-import uuid
 
 import psycopg2
 
-from ..db import cursor
+from ..db import Locks, cursor, uuid_array
 from ..notifications.model import COLUMNS
+
 
 # Held from before a chunk's notifications are inserted until they are
 # published, so `seq` values are both committed and published in increasing
 # order across every dispatch worker (see migrations_sql/0001). A stream
 # drops anything at or below its cursor, so a publish overtaken by a later
-# one would be lost to it.
-SEQ_LOCK = 7_245_002
-
-
+# one would be lost to it (db.Locks.SEQUENCE).
 @contextlib.contextmanager
 def sequence_lock(conn):
     """Session-level: taken in the transaction that inserts (after its other work, to hold it
     briefly), it outlives that commit and covers the publish after it."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(%s)", (SEQ_LOCK,))
+        cur.execute("SELECT pg_advisory_lock(%s)", (Locks.SEQUENCE,))
     try:
         yield
     finally:
@@ -29,20 +26,10 @@ def sequence_lock(conn):
             try:
                 conn.rollback()
                 with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (SEQ_LOCK,))
+                    cur.execute("SELECT pg_advisory_unlock(%s)", (Locks.SEQUENCE,))
                 conn.commit()
             except psycopg2.Error:
                 conn.close()   # a session lock dies with its connection
-
-
-def uuid_array(values):
-    """A list of UUIDs (objects or canonical strings) as one `uuid[]` literal: `{a,b,...}`.
-
-    One string parameter instead of psycopg2 quoting every element: the write
-    path passes thousands per chunk. Only hex digits and dashes get in (every
-    value goes through uuid.UUID), so nothing needs escaping.
-    """
-    return "{" + ",".join(str(v if isinstance(v, uuid.UUID) else uuid.UUID(v)) for v in values) + "}"
 
 
 def find_by_idempotency_key(conn, api_key_id, key, ttl_seconds):
@@ -152,6 +139,15 @@ def stale_pending(conn, older_than_seconds):
         return cur.fetchone()[0]
 
 
+def dispatch_lag(conn):
+    """Seconds the oldest trigger due for dispatch has waited since it was accepted (0: none waits):
+    the `notif_dispatch_lag_seconds` an operator alerts on (app/metrics.py)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) FROM triggers"
+                    " WHERE status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())")
+        return float(cur.fetchone()[0])
+
+
 # ------------------------------------------------------------------------------ claiming
 
 _DUE = "status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())"
@@ -180,19 +176,16 @@ def big_candidates(conn, min_users, limit=20):
         return [row[0] for row in cur.fetchall()]
 
 
-TRIGGER_LOCK = 7_245_005   # with hashtext(trigger id): one session lock per big trigger being dispatched
-
-
 def try_lock(conn, trigger_id):
     """Session-level: held across the trigger's chunk transactions, gone with the connection."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s::text))", (TRIGGER_LOCK, str(trigger_id)))
+        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s::text))", (Locks.BIG_TRIGGER, str(trigger_id)))
         return cur.fetchone()[0]
 
 
 def unlock(conn, trigger_id):
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s::text))", (TRIGGER_LOCK, str(trigger_id)))
+        cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s::text))", (Locks.BIG_TRIGGER, str(trigger_id)))
 
 
 def store_triggers(conn, triggers, hidden):

@@ -5,8 +5,8 @@ import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
-from ..errors import InvalidChannel, InvalidEvent, InvalidGroup
-from ..notifications.schemas import StrictSchema
+from ..api.schema import StrictSchema
+from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
 TEXT_FIELDS = ("title", "content", "link_text", "rec_type", "rec_id")   # shown to clients: cleaned
@@ -115,12 +115,7 @@ def resolve_event(domain, body):
 
     These are 400s with the SPEC's own codes rather than 422 field errors.
     """
-    group = domain.group(body["type"])
-    if group is None:
-        raise InvalidGroup(f"Unknown notification group {body['type']!r}")
-    event = group.events.get(body["event"])
-    if event is None:
-        raise InvalidEvent(f"Unknown event {body['event']!r} in group {group.name!r}")
+    event = domain.known_group(body["type"]).known_event(body["event"])
     channels = event.channels
     if body.get("channels") is not None:
         for name in body["channels"]:
@@ -128,6 +123,27 @@ def resolve_event(domain, body):
                 raise InvalidChannel(f"Unknown or disabled channel {name!r}")
         channels = tuple(c for c in event.channels if c in body["channels"])
     return event, channels
+
+
+def _no_nul(value):
+    if "\x00" in value:
+        raise ma.ValidationError("Must not contain NUL characters.")
+
+
+class IdempotencyHeaderSchema(ma.Schema):
+    """The trigger's optional `Idempotency-Key` header (the request's other headers are not ours to
+    judge); an empty one is none."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    idempotency_key = fields.String(data_key="Idempotency-Key", validate=[
+        validate.Length(max=200, error="At most 200 characters."), _no_nul],
+        metadata={"description": "repeat with the same body: same answer, nothing new"})
+
+    @ma.post_load
+    def _empty_is_none(self, data, **_):
+        return {"idempotency_key": data.get("idempotency_key") or None}
 
 
 class AcceptedSchema(ma.Schema):

@@ -17,26 +17,19 @@ import datetime
 import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import RAISE, fields, validate
+from marshmallow import fields, validate
 
 from .. import db
+from ..api import Blueprint
+from ..api.schema import StrictSchema, UtcDateTime
 from ..deliveries import in_app
-from ..auth import SERVICE_SECURITY, service_required
-from ..errors import ApiError, InvalidEvent, InvalidGroup
-from .schemas import StrictSchema, UtcDateTime
+from ..errors import FailedToFetchStats, InvalidEvent
+from ..security.auth import service_required
 
-blp = Blueprint("stats", __name__, url_prefix="/v1/notifications",
-                description="History and analytics (API key)")
+blp = Blueprint("stats", __name__, description="History and analytics (API key)")
 
 MAX_WINDOW = datetime.timedelta(days=366)
 STATES = ("sent", "failed", "skipped", "pending")
-
-
-class FailedToFetchStats(ApiError):
-    """Failed to fetch notification statistics"""
-
-    code = "failed_to_fetch_stats"
 
 
 class StatsQuerySchema(StrictSchema):
@@ -88,9 +81,7 @@ def _filters(domain, customer_id, group, event):
         params["customer_id"] = customer_id
     found = None
     if group is not None:
-        found = domain.group(group)
-        if found is None:
-            raise InvalidGroup(f"Unknown notification group {group!r}")
+        found = domain.known_group(group)
         where.append("n.type = %(group)s")
         params["group"] = found.name
     if event is not None:
@@ -124,6 +115,7 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
                     " (ORDER BY extract(epoch FROM d.sent_at - d.created_at)::float8) FILTER (WHERE d.status = 'sent')"
                     " FROM (SELECT d.channel, d.status, d.sent_at, n.created_at"
                     f" FROM notifications n JOIN deliveries d ON d.notification_id = n.id WHERE {window}"
+                    f" AND NOT {in_app.WRITTEN_SENT_ROW}"
                     f" UNION ALL {in_app.SENT_ROWS.format(window=window)}) d"
                     " GROUP BY d.channel ORDER BY d.channel", params)
         per_channel = cur.fetchall()
@@ -142,8 +134,7 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
 class Stats(MethodView):
     decorators = [service_required("stats")]
 
-    @blp.doc(security=SERVICE_SECURITY)
-    @blp.arguments(StatsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.query(StatsQuerySchema)
     @blp.response(200, StatsSchema)
     def get(self, since, until, customer_id, group, event):
         """Created, read, time to read, deliveries and their latency for a window of at most 366 days"""

@@ -10,7 +10,7 @@ ambiguous one to its first occurrence).
 import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-IN_APP = "system"
+from ..channels import IN_APP
 
 
 def zone(name):

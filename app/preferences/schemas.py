@@ -2,11 +2,7 @@
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from ..notifications.schemas import StrictSchema
-
-
-class PreferencesQuerySchema(StrictSchema):
-    customer_id = fields.UUID(load_default=None)
+from ..api.schema import StrictSchema
 
 
 class ChangeSchema(StrictSchema):

@@ -6,7 +6,7 @@ ticket is consumed atomically (GETDEL), so a leaked URL is useless once used.
 Redis is shared infrastructure, not trusted to say who a ticket is for: it
 holds the ticket's id and its payload (user, customers, the token's `exp`),
 and the string handed to the client is `<id>.<HMAC of id and payload>` under
-SECRET_KEY (app/keyed.py). An entry written or altered in Redis has no valid
+SECRET_KEY (app/security/keyed.py). An entry written or altered in Redis has no valid
 signature, and Redis never holds the signature, so reading it opens nothing.
 The per-user limit counts streams in Redis across every worker and server;
 each entry expires unless its stream refreshes it, so a crashed process
@@ -18,10 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .. import keyed
-from ..auth import User
+from ..security import keyed
+from ..security.auth import User
 from ..errors import InvalidTicket, TooManyConnections
-from ..redis_client import key
+from ..bus import key
 
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])

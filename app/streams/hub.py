@@ -1,6 +1,9 @@
 """The per-process hub: one Redis pub/sub connection feeding every local stream.
 
-One greenlet owns a raw socket to Redis, parsed with hiredis. It subscribes
+One greenlet owns a socket to Redis, parsed with hiredis. redis-py opens it
+(`_connect`): TCP, `rediss://` with its certificate checks and URL options,
+`unix://`, AUTH with user and password, CLIENT SETNAME; the hub then reads
+that socket itself, without redis-py's per-reply overhead. It subscribes
 to the channel of each user that has at least one stream in this process
 (and unsubscribes when the last one leaves), frames each incoming event once
 and offers it to each of that user's streams; after every read from the
@@ -17,7 +20,7 @@ and, once Redis confirmed every subscription, tells every stream to catch up
 from PostgreSQL, so nothing published while it was away is lost to a client.
 
 Whoever can write to Redis can publish on these channels, so the hub frames
-only what app/pubsub_codec.py accepts (sealed by the service, of a known kind
+only what app/bus/codec.py accepts (sealed by the service, of a known kind
 and event name, an integer cursor, one line of JSON) and drops and counts the
 rest. Anything else going wrong in the hub (a reply it cannot read, a bug)
 ends that connection like a lost one: the socket is closed, the hub
@@ -25,18 +28,20 @@ reconnects and every stream catches up, so no stream is left without events.
 """
 import logging
 import socket
+import ssl
 import time
-from urllib.parse import unquote, urlsplit
 
 import gevent
 import gevent.event
 import gevent.lock
 import hiredis
+import redis as redis_lib
 from gevent.socket import wait_read
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from .. import pubsub_codec as codec
+from ..bus import client_name, codec
 from ..metrics import HUB_DROPPED, HUB_RESTARTS
-from ..redis_client import client_name
 from . import frames
 from .stream import RESYNC, UNREAD_CHANGED
 
@@ -46,6 +51,7 @@ FLUSH_AFTER = 20_000      # messages read before the streams are flushed even if
 HEALTHY_SESSION = 10.0    # seconds a connection must last for the next reconnect to come at once
 MAX_DELAY = 5.0           # longest pause between two connection attempts
 DROP_LOG_EVERY = 60.0     # seconds between two log lines about dropped messages
+READ_SIZE = 262144        # bytes asked for per read
 
 
 def _command(*parts):
@@ -58,10 +64,7 @@ def _command(*parts):
 
 class Hub:
     def __init__(self, redis_url, prefix, key, connect=None):
-        url = urlsplit(redis_url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 6379
-        self.password = unquote(url.password) if url.password else None
-        self.username = unquote(url.username) if url.username else None
+        self.redis_url = redis_url
         self.prefix, self.key = prefix, key
         # Opens each connection; the unit tests (tests/streams/) hand over one end of a socket
         # pair whose other end plays Redis, so the hub's state machine runs without a server.
@@ -81,7 +84,7 @@ class Hub:
 
     # -- streams --------------------------------------------------------
     def channel(self, user_id):
-        return f"{self.prefix}user:{user_id}"
+        return codec.user_channel(self.prefix, user_id)
 
     def register(self, stream):
         """Add a stream; returns an Event to wait on for its subscription (None: it is active)."""
@@ -176,31 +179,20 @@ class Hub:
             pass
 
     def _connect(self):
-        """A socket to Redis, authenticated and named after this process (CLIENT LIST shows whose)."""
-        sock = socket.create_connection((self.host, self.port), timeout=5)
+        """A socket to Redis opened by redis-py from REDIS_URL (TLS with the URL's `ssl_*` options,
+        unix socket, AUTH, database), named after this process (CLIENT LIST shows whose), and
+        detached from redis-py: the hub alone reads, writes and closes it from here on."""
+        options = dict(socket_connect_timeout=5, client_name=client_name("hub"),
+                       retry=Retry(NoBackoff(), 0))   # _run has the back-off
+        if not self.redis_url.startswith("unix:"):
+            options["socket_keepalive"] = True        # a peer gone silently is noticed
+        connection = redis_lib.ConnectionPool.from_url(self.redis_url, **options).make_connection()
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            commands = [("CLIENT", "SETNAME", client_name("hub"))]
-            if self.password:
-                auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                commands.insert(0, auth)
-            sock.sendall(b"".join(_command(*c) for c in commands))
-            reader = hiredis.Reader()
-            for _ in commands:
-                reply = reader.gets()
-                while reply is False:
-                    data = sock.recv(4096)
-                    if not data:
-                        raise ConnectionResetError("Redis closed the connection")
-                    reader.feed(data)
-                    reply = reader.gets()
-                if isinstance(reply, Exception):
-                    raise ConnectionError(f"Redis refused the hub's set-up: {reply}")
-            sock.settimeout(None)
-        except BaseException:
-            sock.close()
-            raise
+            connection.connect()
+        except redis_lib.RedisError as exc:   # refused AUTH, a failed handshake: retried like a lost socket
+            raise ConnectionError(f"Redis refused the hub's connection: {exc}") from exc
+        sock, connection._sock = connection._sock, None
+        sock.settimeout(None)
         return sock
 
     def _run(self):
@@ -263,17 +255,24 @@ class Hub:
 
     def _read(self, sock):
         """Read until Redis has nothing more for now, then flush: under load one write carries
-        many frames per stream; when idle every message goes out at once. (`sock._sock` is the
-        non-blocking socket under gevent's wrapper.)"""
+        many frames per stream; when idle every message goes out at once.
+
+        It reads beneath gevent's wrapper, whose descriptor is non-blocking: `_sock` of a plain
+        or unix socket, `_sslobj` of a TLS one, where OpenSSL wanting more bytes means nothing
+        is there yet. (A read that must first write, a TLS 1.3 key update, raises SSLError: the
+        hub reconnects and every stream catches up.)"""
         reader = hiredis.Reader()
-        raw, fd = sock._sock, sock.fileno()
+        tls, fd = getattr(sock, "_sslobj", None), sock.fileno()
+        raw = sock._sock if tls is None else None
         fed = []
         replies = 0
         while True:
             try:
-                data = raw.recv(262144)
-            except BlockingIOError:
+                data = raw.recv(READ_SIZE) if tls is None else tls.read(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
                 data = None
+            except ssl.SSLZeroReturnError:
+                data = b""
             if data is None or replies >= FLUSH_AFTER:
                 for stream in fed:
                     stream.flush()

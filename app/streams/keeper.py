@@ -32,9 +32,9 @@ import gevent
 import gevent.event
 import gevent.queue
 
-from .. import events
 from ..errors import ServiceUnavailable
 from ..metrics import OPEN_STREAMS
+from ..notifications import events
 from . import access, frames, replay
 from .hub import hub as process_hub
 from .stream import RESYNC, Stream

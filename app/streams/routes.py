@@ -9,9 +9,9 @@ from flask_smorest import Blueprint
 import marshmallow as ma
 
 from .. import ratelimit
-from ..auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
+from ..bus import redis
 from ..errors import InvalidRequest, InvalidTicket, InvalidUserId
-from ..redis_client import redis
+from ..security.auth import USER_SECURITY, bearer_token, current_user, decode_token, user_required
 from . import access, frames, handoff
 from .keeper import keeper, new_peer
 

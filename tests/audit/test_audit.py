@@ -9,9 +9,9 @@ import uuid
 import psycopg2.extras
 import pytest
 
-from app.api_keys import plain_name
+from app.security.api_keys import plain_name
 from app.config import DEV_SECRET_KEY
-from app.keyed import keyed_hash
+from app.security.keyed import keyed_hash
 from testkit.identity import API_KEY, make_token, OTHER_API_KEY, SERVICE
 from testkit.rows import insert_notification
 

@@ -51,7 +51,7 @@ def statuses(db):
 
 
 def enqueued(app):
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     return {uuid.UUID(job_id.removeprefix("deliver-")) for job_id in queue("deliveries", app).get_job_ids()}
 
 

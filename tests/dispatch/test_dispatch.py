@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 
-from app.pubsub_codec import decode, message_key
+from app.bus.codec import decode, message_key
 from testkit import api
 from testkit.api import assert_envelope, post_trigger, trigger_body
 from testkit.config_files import queue_yaml
@@ -237,7 +237,8 @@ def test_oversized_idempotency_key_is_refused(client, db):
 
 
 def test_drain_job_enqueued_twice_stores_once(app, client, db):
-    from app.jobs_queue import queue, wake_dispatcher
+    from app.queues.enqueue import queue
+    from app.queues.waker import wake_dispatcher
     users = [uuid.uuid4() for _ in range(5)]
     post_trigger(client, body=body_for(users))
     with app.app_context():
@@ -255,17 +256,16 @@ def test_drain_job_enqueued_twice_stores_once(app, client, db):
 
 
 def test_dispatch_function_called_twice_even_from_scratch_stores_once(app, client, db):
-    from app.dispatch.fanout import dispatch_trigger
+    from app.dispatch.drain import drain
     users = [uuid.uuid4() for _ in range(7)]
-    trigger_id = uuid.UUID(post_trigger(client, body=body_for(users, type="payment", event="payment_failed"))
-                           .get_json()["trigger_id"])
+    post_trigger(client, body=body_for(users, type="payment", event="payment_failed"))
     with app.app_context():
-        assert dispatch_trigger(trigger_id) == 7
-        assert dispatch_trigger(trigger_id) == 0          # already dispatched: nothing to do
+        assert drain(app) == 1
+        assert drain(app) == 0          # already dispatched: nothing to do
         # as if the first run had died before marking the trigger: everything is redone
         with db.cursor() as cur:
             cur.execute("UPDATE triggers SET status = 'pending', users_done = 0, dispatched_at = NULL")
-        assert dispatch_trigger(trigger_id) == 7
+        assert drain(app) == 1
     stored = rows(db, "SELECT id, user_id FROM notifications")
     assert len(stored) == 7 and {r["user_id"] for r in stored} == set(users)
     deliveries = rows(db, "SELECT notification_id, channel, status FROM deliveries")

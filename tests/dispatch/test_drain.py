@@ -51,7 +51,7 @@ def test_many_triggers_wake_one_drain_job_and_are_stored_in_acceptance_order(app
 
 
 def test_a_trigger_accepted_once_the_drain_has_started_wakes_the_next_job(app, client, db):
-    from app.jobs_queue import clear_wake
+    from app.queues.waker import clear_wake
     accept(client, 1)
     with app.app_context():
         clear_wake(app)                              # what a drain job does first
@@ -100,7 +100,7 @@ def test_a_failing_trigger_is_deferred_and_does_not_hold_up_the_others(app, clie
         cur.execute("UPDATE triggers SET body = jsonb_set(body, '{event}', '\"message_received\"'),"
                     " dispatch_after = now() WHERE id = %s", (ids[2],))
     with app.app_context():
-        from app.jobs_queue import wake_dispatcher
+        from app.queues.waker import wake_dispatcher
         wake_dispatcher(force=True)
     run_jobs(app)
     assert_each_stored_once(db, 5)

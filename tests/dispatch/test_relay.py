@@ -82,8 +82,8 @@ def test_relay_requeues_lost_deliveries(make_app, db, tmp_path, smtp):
     assert client.post(TRIGGER, json=trigger_body(users), headers=SERVICE).status_code == 202
     # run only the dispatch job, then lose the delivery jobs it enqueued
     with app.app_context():
-        from app.dispatch.fanout import dispatch_trigger
-        dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
+        from app.dispatch.drain import drain
+        drain(app)
     assert queued(app, "deliveries") == 2
     app.extensions["redis"].flushall()
     with db.cursor() as cur:
@@ -102,7 +102,7 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
     as fast: 2 of 500 emails failed for good during a two-minute SMTP outage."""
     import threading
     from rq.job import Job, JobStatus
-    from app.jobs_queue import SERIALIZER, deliver_job_id, queue
+    from app.queues.enqueue import SERIALIZER, deliver_job_id, queue
     from workers.relay import sweep
     app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"stale_after_seconds": 1}))
     user = uuid.uuid4()
@@ -110,8 +110,8 @@ def test_relay_leaves_alone_a_delivery_job_a_live_worker_is_taking(make_app, db,
         cur.execute("INSERT INTO contacts (user_id, email) VALUES (%s, %s)", (user, f"{user.hex}@example.org"))
     assert app.test_client().post(TRIGGER, json=trigger_body([user]), headers=SERVICE).status_code == 202
     with app.app_context():
-        from app.dispatch.fanout import dispatch_trigger
-        dispatch_trigger(scalar(db, "SELECT id FROM triggers"))
+        from app.dispatch.drain import drain
+        drain(app)
     redis = app.extensions["redis"]
     deliveries = queue("deliveries", app)
     delivery = scalar(db, "SELECT id FROM deliveries WHERE channel = 'email'")

@@ -38,7 +38,7 @@ def nothing_accepted(clean, db, app):
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM triggers")
         assert cur.fetchone()[0] == 0, "a refused trigger left a row"
-    from app.jobs_queue import queue_name
+    from app.queues.enqueue import queue_name
     queue = queue_name("dispatch", app)
     assert app.extensions["redis"].llen(f"rq:queue:{queue}") == 0, "a refused trigger was enqueued"
 

@@ -50,11 +50,11 @@ def test_job_stranded_by_a_kill_between_dequeue_and_start_is_relayed(app, db, de
     off its queue (BLPOP with several queues, LMOVE to the intermediate list with one) and before it
     was marked started left the job `queued` in no queue; the relay took it for alive and the
     trigger stayed pending for good (6-7 of 10,000 per run)."""
-    from app import jobs_queue
+    from app.queues import enqueue
     from workers.relay import sweep
     trigger(app.test_client(), title="t")
     redis = app.extensions["redis"]
-    queue = jobs_queue.queue("dispatch", app)
+    queue = enqueue.queue("dispatch", app)
     if dequeue == "blpop":                   # what the killed worker did, and no more
         assert redis.lpop(queue.key) is not None
     else:

@@ -120,18 +120,18 @@ def test_dry_run_counts_and_keeps_everything(app, db, aged):
 
 def test_one_purge_at_a_time(app, db, clean, aged):
     """A purge already running elsewhere (its lock held by another session): this one skips its turn."""
-    from app import retention
+    from app.db import Locks
     other = psycopg2.connect(clean["DATABASE_URL"])
     try:
         with other.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (retention.LOCK,))
+            cur.execute("SELECT pg_advisory_lock(%s)", (Locks.RETENTION,))
         assert run_job(app) is None
         result = app.test_cli_runner().invoke(args=["retention", "purge"])
         assert result.exit_code == 1
         assert "another purge is running" in result.stderr
         assert aged["expired"] <= ids(db)
         with other.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(%s)", (retention.LOCK,))
+            cur.execute("SELECT pg_advisory_unlock(%s)", (Locks.RETENTION,))
     finally:
         other.close()
     assert run_job(app) == {"task": 3}

@@ -14,7 +14,7 @@ import redis as redis_lib
 import requests
 
 from app.config import DEV_SECRET_KEY
-from app.pubsub_codec import decode, message_key
+from app.bus.codec import decode, message_key
 from testkit.config_files import queue_config
 from testkit.identity import SERVICE, bearer, make_token
 from testkit.jobs import run_jobs
@@ -176,7 +176,7 @@ def test_dispatch_publishes_each_users_counts_after_the_notification(app, client
 def test_dispatch_counts_the_online_users_of_a_chunk_in_one_query(app, client, db, channel, monkeypatch):
     """A chunk costs one count query and one publish for the users with a stream open (the others
     could not hear it; a stream that opens later counts for itself), whatever the chunk's size."""
-    from app import events
+    from app.notifications import events
     calls = []
     original = events.unread_counts_many
     monkeypatch.setattr(events, "unread_counts_many", lambda conn, ids, domain: calls.append(sorted(map(str, ids))) or

@@ -1,4 +1,4 @@
-"""Rate limits (app/ratelimit.py): per API key, per user, per stream connect; counted in Redis.
+"""Rate limits (app/ratelimit/): per API key, per user, per stream connect; counted in Redis.
 
 The other test modules run with RATE_LIMITS_ENABLED=false (tests/conftest.py); here every app
 turns them on, with small limits from a queue.yaml copy so a test needs only a few requests.
@@ -123,7 +123,7 @@ def test_a_large_budget_is_leased_in_slices_and_never_exceeded(limited_app, clea
 def test_concurrent_requests_of_one_caller_share_slices_without_losing_any(clean):
     """Requests that find the slice used up wait for the one taking the next slice, rather than
     each taking a slice of its own (which would spend the budget on slices nobody uses)."""
-    from app.ratelimit_windows import Counter
+    from app.ratelimit.windows import Counter
     counter = Counter(clean["REDIS_URL"], clean["REDIS_PREFIX"] + "ratelimit", {"trigger": "1000/minute"})
 
     def caller(_):

@@ -26,8 +26,8 @@ import uuid
 import psycopg2.extras
 import pytest
 
-from app.api_keys import SCOPES, config_line
-from app.auth import scope_of
+from app.security.api_keys import SCOPES, config_line
+from app.security.auth import scope_of
 from testkit.identity import API_KEY, make_token, OTHER_API_KEY, SERVICE
 from testkit.rows import fetch_row, insert_notification
 
@@ -63,7 +63,7 @@ ACCESS = {
     ("GET", "/v1/notifications/audit"): SERVICE_ONLY,
 }
 
-# The API-key scope of every service endpoint (app/api_keys.py SCOPES; enforced by service_required).
+# The API-key scope of every service endpoint (app/security/api_keys.py SCOPES; enforced by service_required).
 SCOPE = {
     ("POST", "/v1/notifications/trigger"): "trigger",
     ("GET", "/v1/notifications/triggers/<trigger_id>"): "trigger",

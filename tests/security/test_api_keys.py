@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from app.api_keys import SCOPES, config_line, plain_name
+from app.security.api_keys import SCOPES, config_line, plain_name
 from app.config import DEV_SECRET_KEY
 from testkit.api import post_trigger
 from testkit.identity import API_KEY
@@ -109,14 +109,14 @@ def test_two_keys_under_one_name_rotate_without_downtime(client):
 
 
 def test_refusal_is_logged_with_the_key_name_only(client, caplog):
-    caplog.set_level("WARNING", logger="app.auth")
+    caplog.set_level("WARNING", logger="app.security.auth")
     assert client.get("/v1/notifications/audit", headers=key(TRIGGER_KEY)).status_code == 403
     assert "api key billing refused: it lacks the audit scope" in caplog.text
     assert TRIGGER_KEY not in caplog.text
 
 
 def test_start_up_warns_that_plain_keys_are_kept_in_clear(make_app, caplog):
-    caplog.set_level("WARNING", logger="app.auth")
+    caplog.set_level("WARNING", logger="app.security.auth")
     make_app(API_KEYS=KEYS)
     warnings = [r.getMessage() for r in caplog.records if "in clear" in r.getMessage()]
     assert len(warnings) == 1 and plain_name(API_KEY, DEV_SECRET_KEY) in warnings[0]

@@ -243,7 +243,7 @@ def test_audience_only(make_app):
 @pytest.fixture
 def service_client(make_app):
     """A test app with one service-only route (the real ones come with dispatch)."""
-    from app.auth import current_service, service_required
+    from app.security.auth import current_service, service_required
     application = make_app()
 
     @application.get("/_test/service")

@@ -3,7 +3,7 @@
 1. A time with an offset PostgreSQL refuses (beyond ±15:59, e.g. `-22:16`) reached SQL and
    answered 500 (`GET /audit?from=`, `GET /stats?from=`, `POST /read-all {"before"}`); a time
    that cannot be shifted to UTC inside the years 1..9999 was a 500 too. Now such times are
-   loaded as UTC (app/notifications/schemas.py `UtcDateTime`) and the impossible ones are a 422.
+   loaded as UTC (app/api/schema.py `UtcDateTime`) and the impossible ones are a 422.
 2. `GET`/`PUT /preferences` silently ignored an unknown query parameter, while the inbox and
    the unread count refuse one with a 422 (a misspelt `customer_id` would widen the answer).
 3. A NUL character (U+0000), which no PostgreSQL text value can hold, reached SQL and answered

@@ -13,8 +13,8 @@ import uuid
 import pytest
 from rq.job import Job
 
-from app.api_keys import plain_name
-from app.keyed import keyed_hash
+from app.security.api_keys import plain_name
+from app.security.keyed import keyed_hash
 from testkit.api import deliveries, put_contact, trigger
 from testkit.config_files import channel_config
 from testkit.identity import API_KEY, SERVICE
@@ -175,7 +175,7 @@ def test_the_drain_logs_a_database_error_without_the_rows_values(app, client, db
 def test_rq_keeps_a_failed_jobs_text_redacted(app, clean, processes, tmp_path):
     """A job whose argument is an address (written into Redis by whoever can) fails in the real
     worker; the traceback RQ keeps for a week, and the worker's log, name no address."""
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     with app.app_context():
         q = queue("deliveries", app)
         job = q.enqueue("workers.jobs.deliver", CAROL, job_id="deliver-poison", failure_ttl=600)

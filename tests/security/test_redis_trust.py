@@ -29,7 +29,7 @@ class Gadget:
 
 def attacker_queues(app, serializer=None):
     """Our queues, as seen by someone with nothing but the Redis URL and stock RQ."""
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     connection = redis_lib.Redis.from_url(app.config["REDIS_URL"])
     return [Queue(queue(p, app).name, connection=connection, serializer=serializer)
             for p in ("dispatch", "deliveries")]
@@ -81,7 +81,7 @@ def test_foreign_functions_and_pickles_never_run_and_the_worker_goes_on(app, cle
 @pytest.mark.slow
 def test_an_altered_job_of_ours_is_refused(app):
     """Redis written directly: a real job's hash edited to name another function, or to carry callbacks."""
-    from app.jobs_queue import queue
+    from app.queues.enqueue import queue
     from workers.trust import TrustedJob, refusal
     real = queue("deliveries", app).enqueue("workers.jobs.deliver", str(uuid.uuid4()))
     redis = app.extensions["redis"]
@@ -109,13 +109,13 @@ def test_an_altered_job_of_ours_is_refused(app):
 
 def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean, other_database):
     from app import create_app
-    from app.deployment import derive_prefix
+    from app.bus.deployment import derive_prefix
     mine, other = derive_prefix(clean["DATABASE_URL"]), derive_prefix(other_database)
     assert mine != other and mine.startswith("notif:") and mine.endswith(":")
     assert derive_prefix(clean["DATABASE_URL"]) == mine                 # stable: web, worker, release agree
     derived = create_app({k: v for k, v in clean.items() if k != "REDIS_PREFIX"})
     assert derived.config["REDIS_PREFIX"] == mine
-    from app.jobs_queue import queue_name
+    from app.queues.enqueue import queue_name
     assert queue_name("dispatch", derived) == mine + derived.config["DOMAIN"].queues["dispatch"]
     assert create_app(dict(clean, REDIS_PREFIX="acme:")).config["REDIS_PREFIX"] == "acme:"
 
@@ -123,7 +123,7 @@ def test_the_default_prefix_is_the_databases_own_and_an_explicit_one_wins(clean,
 @pytest.mark.slow
 def test_two_deployments_on_one_redis_never_hear_or_take_each_others_work(clean, other_database, processes):
     """Deployment A on Redis db 0, B on db 7 of the same server, neither configures REDIS_PREFIX."""
-    from app.deployment import derive_prefix
+    from app.bus.deployment import derive_prefix
     base = {k: v for k, v in clean.items() if k != "REDIS_PREFIX"}
     redis_url = clean["REDIS_URL"].rsplit("/", 1)[0]
     env_a = dict(base, REDIS_URL=f"{redis_url}/0")
@@ -172,7 +172,7 @@ def acl_rule(prefix, password):
 @pytest.mark.slow
 def test_web_and_worker_run_as_the_documented_acl_user_and_it_reaches_no_other_keys(clean, processes):
     from devtools.services import redis_server
-    from app.deployment import derive_prefix
+    from app.bus.deployment import derive_prefix
     prefix, password = derive_prefix(clean["DATABASE_URL"]), uuid.uuid4().hex
     server = redis_server()
     try:
@@ -240,8 +240,7 @@ def _answers(url):
 
 @pytest.mark.slow
 def test_worker_and_web_enqueue_over_tls(clean, make_app, processes, tmp_path, db):
-    """The command pool and RQ over rediss:// with a private CA. (The stream hub's own connection is
-    plain TCP: see docs/security/rq.md.)"""
+    """The command pool and RQ over rediss:// with a private CA (streams over TLS: tests/test_tls.py)."""
     started = tls_redis_server(tmp_path)
     if started is None:
         pytest.skip("no TLS-capable redis-server and openssl on this machine")

@@ -44,7 +44,7 @@ def _path_of(rule):
 
 def _credentials(app, rule):
     """The caller each endpoint expects: an API key (every scope) for a service endpoint, else a user."""
-    from app.auth import scope_of
+    from app.security.auth import scope_of
     view = app.view_functions[rule.endpoint]
     if scope_of(getattr(view, "view_class", None)):
         return dict(SERVICE)

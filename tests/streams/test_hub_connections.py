@@ -4,7 +4,7 @@ A burst of streams opened at once, with the shipped rate limits on, against a
 real gunicorn (two gevent workers): each opening is a rate-limit call, a slot
 call and a subscription, hundreds at the same moment. Redis's own CLIENT LIST
 and the kernel's table of each worker's sockets must show at most
-redis_client.MAX_CONNECTIONS (12) connections per process, all named for
+bus.MAX_CONNECTIONS (12) connections per process, all named for
 that process. (The load and the figures at 10,000 streams: bench/storm.py.)
 """
 import threading
@@ -15,7 +15,7 @@ import psutil
 import pytest
 import redis as redis_lib
 
-from app.redis_client import MAX_CONNECTIONS
+from app.bus import MAX_CONNECTIONS
 from testkit.identity import make_token
 from testkit.processes import ProcessGroup
 

@@ -27,7 +27,7 @@ import gevent.socket
 import hiredis
 import pytest
 
-from app import pubsub_codec as codec
+from app.bus import codec
 from app.errors import TooManyConnections
 from app.streams import access, frames, handoff
 from app.streams import keeper as keeper_module

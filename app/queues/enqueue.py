@@ -1,0 +1,58 @@
+"""Putting work on the RQ queues: names, job ids and retry policy in one place.
+
+Delivery job ids are derived from what the job works on (`deliver-<delivery>`),
+so the relay can ask RQ whether a job is still alive before enqueuing it
+again (app/queues/liveness.py). Dispatch has no job per trigger: the waker
+(app/queues/waker.py) makes sure one drain job (app/dispatch/drain.py) runs
+after the caller's commit.
+
+Every queue here speaks RQ's JSONSerializer: a job read back from Redis is data,
+never a pickle (workers/trust.py says what the worker then agrees to run).
+"""
+from flask import current_app
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+SERIALIZER = JSONSerializer      # pickle would run code from whoever can write to Redis
+PURPOSES = ("dispatch", "deliveries")
+
+
+def queue_name(purpose, app=None):
+    """The deployment's RQ queue for `purpose`: queue.yaml's name under REDIS_PREFIX, so that two
+    deployments on one Redis never take each other's jobs (app/bus/deployment.py)."""
+    app = app or current_app
+    return app.config["REDIS_PREFIX"] + app.config["DOMAIN"].queues[purpose]
+
+
+def queue(purpose, app=None, job_class=None):
+    app = app or current_app
+    return Queue(queue_name(purpose, app), connection=app.extensions["redis"], serializer=SERIALIZER,
+                 **({"job_class": job_class} if job_class else {}))
+
+
+def deliver_job_id(delivery_id):
+    return f"deliver-{delivery_id}"
+
+
+def enqueue_deliveries(delivery_ids, app=None):
+    """One job per delivery, retried with the back-off of queue.yaml."""
+    app = app or current_app
+    domain = app.config["DOMAIN"]
+    q = queue("deliveries", app)
+    retry = None
+    if domain.retry_attempts > 1:
+        retry = Retry(max=domain.retry_attempts - 1, interval=list(domain.retry_backoff) or 0)
+    jobs = [Queue.prepare_data("workers.jobs.deliver", (str(d),), job_id=deliver_job_id(d), retry=retry,
+                               timeout=120, result_ttl=60, failure_ttl=7 * 86400)
+            for d in delivery_ids]
+    if jobs:
+        q.enqueue_many(jobs)
+    return len(jobs)
+
+
+def schedule_delivery(delivery_id, at, app=None):
+    """Run a held delivery at `at` (RQ's scheduler). Its own job id, so it cannot
+    collide with the job that is holding it right now."""
+    return queue("deliveries", app).enqueue_at(at, "workers.jobs.deliver", str(delivery_id),
+                                               job_id=f"{deliver_job_id(delivery_id)}-at-{int(at.timestamp())}",
+                                               job_timeout=120, result_ttl=60, failure_ttl=7 * 86400)
