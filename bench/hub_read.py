@@ -1,6 +1,6 @@
 """The stream hub's read path alone: CPU to take N sealed notifications off one Redis connection.
 
-    python bench/hub_read.py REDIS_URL [N]     # e.g. redis://127.0.0.1:6379/0, rediss://…?ssl_ca_certs=…
+    python -m bench.hub_read REDIS_URL [N]     # e.g. redis://127.0.0.1:6379/0, rediss://…?ssl_ca_certs=…
 
 A gevent process runs one Hub (app/streams/hub.py) with one stand-in stream; a separate process
 PUBLISHes N notifications sealed as the service seals them; prints the hub process's CPU seconds
@@ -11,7 +11,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
-import os  # noqa: E402
 import pickle  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
@@ -20,7 +19,6 @@ import tempfile  # noqa: E402
 
 import gevent  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app.bus.codec import message_key, notification_message, seal  # noqa: E402
 from app.streams.hub import Hub  # noqa: E402
 

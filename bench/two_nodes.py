@@ -1,10 +1,10 @@
 """Two web nodes behind HAProxy, one restarted under 1,000 streams (issue 19 point 3).
 
-    python bench/two_nodes.py                 # 1,000 streams
-    python bench/two_nodes.py --streams 3000
+    python -m bench.two_nodes                 # 1,000 streams
+    python -m bench.two_nodes --streams 3000
 
-The scenario is tests/test_two_nodes.py's rolling-restart test at a larger size (its servers, its
-HAProxy configuration, its checks: a run that loses or duplicates a notification fails), so the
+The scenario is tests/deploy/test_two_nodes.py's rolling-restart test at a larger size (its servers,
+its HAProxy configuration, its checks: a run that loses or duplicates a notification fails), so the
 benchmark and the test cannot drift apart. It runs that test under pytest with
 TWO_NODES_STREAMS and prints the figures from the `two-nodes:` line the test writes:
 streams, lost, duplicated, and the seconds from the SIGTERM until every cut client had its stream
@@ -17,7 +17,9 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from devtools.services import REPO_ROOT
+
+ROOT = REPO_ROOT
 LABELS = [("streams", "streams"), ("on_node_a", "streams on the stopped node"), ("cut", "streams cut by its SIGTERM"),
           ("triggers", "triggers sent during the run"), ("notifications", "notifications expected"),
           ("lost", "lost"), ("duplicated", "duplicated"),
@@ -37,7 +39,7 @@ def main():
     parser.add_argument("--streams", type=int, default=1000)
     args = parser.parse_args()
     env = dict(os.environ, TWO_NODES_STREAMS=str(args.streams))
-    command = [sys.executable, "-m", "pytest", "tests/test_two_nodes.py", "-q", "-s", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", "tests/deploy/test_two_nodes.py", "-q", "-s", "-p", "no:cacheprovider",
                "-k", "rolling_restart"]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     line = next((l for l in run.stdout.splitlines() if l.startswith("two-nodes:")), None)

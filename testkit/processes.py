@@ -328,3 +328,39 @@ def ready(services, idle=True):
     if idle:
         wait_until(lambda: services.web.open_streams() == 0, 10, message="streams of an earlier test to close")
     return services.web
+
+
+# ------------------------------------------------------------------------------------ Redis over TLS
+
+
+def tls_redis_server(directory):
+    """A redis-server speaking only TLS on a free port, with its own CA: (its process, its rediss://
+    URL naming the CA), or None where the machine has no TLS-capable redis-server or no openssl."""
+    import shutil
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("openssl") is None:
+        return None
+    cert, key = directory / "redis.pem", directory / "redis-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                    "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    proc = spawn([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+                  "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+                  "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        wait_until(lambda: _answers(url), 10, message="the TLS redis-server")
+    except AssertionError:
+        proc.kill()
+        return None          # a redis-server built without TLS
+    return proc, url
+
+
+def _answers(url):
+    import redis as redis_lib
+    try:
+        return redis_lib.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except (redis_lib.RedisError, OSError):
+        return False

@@ -12,7 +12,7 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from testkit.identity import SERVICE, bearer
-from testkit.processes import wait_until
+from testkit.processes import tls_redis_server, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -205,42 +205,9 @@ def test_web_and_worker_run_as_the_documented_acl_user_and_it_reaches_no_other_k
 # ------------------------------------------------------------------ TLS (rediss://)
 
 
-def tls_redis_server(directory):
-    """A redis-server speaking only TLS on a free port, with its own CA; None where none can."""
-    import shutil
-    import subprocess
-    from devtools.services import free_port, spawn
-    binary = shutil.which("redis-server")
-    if binary is None or shutil.which("openssl") is None:
-        return None
-    cert, key = directory / "redis.pem", directory / "redis-key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
-                    "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    port = free_port()
-    proc = spawn([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
-                  "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-                  "--save", "", "--appendonly", "no", "--dir", str(directory)],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-    try:
-        wait_until(lambda: _answers(url), 10, message="the TLS redis-server")
-    except AssertionError:
-        proc.kill()
-        return None          # a redis-server built without TLS
-    return proc, url
-
-
-def _answers(url):
-    try:
-        return redis_lib.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except (redis_lib.RedisError, OSError):
-        return False
-
-
 @pytest.mark.slow
 def test_worker_and_web_enqueue_over_tls(clean, make_app, processes, tmp_path, db):
-    """The command pool and RQ over rediss:// with a private CA (streams over TLS: tests/test_tls.py)."""
+    """The command pool and RQ over rediss:// with a private CA (streams over TLS: tests/deploy/test_tls.py)."""
     started = tls_redis_server(tmp_path)
     if started is None:
         pytest.skip("no TLS-capable redis-server and openssl on this machine")

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVICE, make_token
-from processes import ServiceProcess, SSEStream, processes, queue_config, wait_until  # noqa: F401
-from tests.test_http_edge import http_envelope, queue_yaml
+from testkit.api import assert_envelope
+from testkit.config_files import queue_config, queue_yaml
+from testkit.identity import make_token, SERVICE
+from testkit.processes import ServiceProcess, wait_until
+from testkit.sse import SSEStream
 
 STREAMS = int(os.environ.get("TWO_NODES_STREAMS", "200"))
 SECRET_KEY = "two-nodes-share-this-secret-key-0123456789abcdef"
@@ -38,7 +40,7 @@ KEEPALIVE_SECONDS = 15          # the service's default SSE_KEEPALIVE_SECONDS (t
 RETRY_MS = 1000                 # the `retry:` the clients honour (EventSource waits that long to reconnect)
 STREAM = "/v1/notifications/sse"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 if shutil.which("haproxy") is None and not os.environ.get("CI"):   # in CI it runs: .ci/run installs it
     pytest.skip("the two-node tests need Debian's haproxy (apt-get install haproxy); CI installs it",
@@ -144,7 +146,7 @@ class Via:
 
 
 class Answer:
-    """Enough of a `requests` response for tests/test_http_edge.py's http_envelope."""
+    """Enough of a `requests` response for testkit.api's assert_envelope."""
 
     def __init__(self, status, content, headers):
         self.status_code, self.content = status, content
@@ -473,12 +475,12 @@ class ForwardedFor:
 
 
 def test_rate_limits_count_the_client_behind_haproxy_on_every_node(processes, clean, tmp_path):
-    env = dict(clean, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue_yaml(tmp_path, user="2/minute"))
+    env = dict(clean, RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"user": "2/minute"}))
     nodes = start_nodes(processes, env)
     proxy = start_proxy(processes, nodes)
     first, second = Via(proxy, "127.0.0.2"), Via(proxy, "127.0.0.3")
     for _ in range(2):                                     # leastconn: either node; the bucket is in Redis
-        http_envelope(first.request("GET", "/v1/notifications"), 401, "invalid_user_id")
-    http_envelope(first.request("GET", "/v1/notifications"), 429, "rate_limited")
-    http_envelope(second.request("GET", "/v1/notifications"), 401, "invalid_user_id")
-    http_envelope(ForwardedFor(first, "127.0.0.4").request("GET", "/v1/notifications"), 429, "rate_limited")
+        assert_envelope(first.request("GET", "/v1/notifications"), 401, "invalid_user_id")
+    assert_envelope(first.request("GET", "/v1/notifications"), 429, "rate_limited")
+    assert_envelope(second.request("GET", "/v1/notifications"), 401, "invalid_user_id")
+    assert_envelope(ForwardedFor(first, "127.0.0.4").request("GET", "/v1/notifications"), 429, "rate_limited")

@@ -13,6 +13,8 @@ import secrets
 import subprocess
 import sys
 
+import pytest
+
 from app.security import api_keys
 from app.config import DEFAULTS
 from devtools.services import REPO_ROOT
@@ -49,6 +51,7 @@ def test_addons_provide_the_database_and_redis_urls():
     assert re.search(r"^release: ", procfile, re.M), "the release phase runs the migrations"
 
 
+@pytest.mark.slow
 def test_every_variable_required_outside_development_is_declared_required(base_env):
     base = {k: v for k, v in os.environ.items() if k not in DEFAULTS and k != "PROMETHEUS_MULTIPROC_DIR"}
     env = dict(base, DATABASE_URL=base_env["DATABASE_URL"], REDIS_URL=base_env["REDIS_URL"])

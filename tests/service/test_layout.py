@@ -1,13 +1,14 @@
 """The layout of app/ stays navigable: no import cycle among its modules, few top-level modules;
 and what was removed with the layout work stays removed."""
 import ast
-import pathlib
 import re
 import uuid
 
 from rq.serializers import JSONSerializer
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from devtools.services import REPO_ROOT
+
+ROOT = REPO_ROOT
 MAX_TOP_LEVEL_MODULES = 16
 
 

@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from app.config import load_settings
 from app.errors import ConfigError
-from conftest import JWT_SECRET, make_token
-from factories import insert_notification
-from processes import processes, wait_until  # noqa: F401  (the fixture)
+from testkit.identity import JWT_SECRET, make_token
+from testkit.processes import wait_until
+from testkit.rows import insert_notification
+from devtools.services import REPO_ROOT
 
 AUDIENCE = "notifications"
 ISSUER = "https://idp.example/realms/bank"
@@ -222,6 +223,7 @@ def test_es256_keys_work_and_an_algorithm_must_match_its_key(make_app, idp, keys
     assert status(client, hs) == 401
 
 
+@pytest.mark.slow
 def test_a_gevent_worker_keeps_serving_while_the_idp_hangs(processes, clean, idp, keys):  # noqa: F811
     """The fetch has a timeout and yields to other requests: a hung IdP costs the request that
     needed it a 401 after the timeout, never a 500, and the worker's other requests go on."""
@@ -267,7 +269,7 @@ def test_previous_hs256_secrets_are_accepted_others_refused(make_app):
 
 # ---------------------------------------------------------------- start-up checks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(REPO_ROOT)
 PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "API_KEYS": "k" * 43,
               "NOTIFICATIONS_CONFIG": os.path.join(REPO, "notifications.yaml"),
               "QUEUE_CONFIG": os.path.join(REPO, "queue.yaml")}

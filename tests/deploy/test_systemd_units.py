@@ -18,7 +18,7 @@ UNITS = ("notifications-web.service", "notifications-worker.service", "notificat
 INSTALL_PATH = "/opt/notifications"
 SECURITY_THRESHOLD = 20  # exposure 2.0 of 10 (the option counts tenths); systemd calls < 5 "OK"
 
-pytestmark = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")]
 
 
 @pytest.fixture

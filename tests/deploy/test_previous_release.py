@@ -36,10 +36,11 @@ import pytest
 import requests
 
 from app.migrate import MIGRATIONS_DIR, migrate, migration_files
-from conftest import SERVICE, _admin_url, make_token
+from testkit.database import with_dbname
+from testkit.identity import make_token, SERVICE
+from testkit.processes import ProcessGroup, RQWorker, ServiceProcess, wait_until, WebServer
+from testkit.providers import FakeSMTP
 from devtools.services import spawn
-from fake_providers import FakeSMTP
-from processes import ProcessGroup, RQWorker, ServiceProcess, WebServer, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -107,11 +108,11 @@ def old_release():
 def fresh_database(pg_server):
     """A database of this test's own: it starts at the previous release's schema, not at ours."""
     name = f"notif_prev_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(_admin_url(pg_server, "postgres"))
+    admin = psycopg2.connect(with_dbname(pg_server, "postgres"))
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    yield _admin_url(pg_server, name)
+    yield with_dbname(pg_server, name)
     with admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -305,6 +306,7 @@ MIXED_BREAK = ("3c6d551^ -> main changed both Redis formats in one release: RQ j
                "releases (the old hub frames `event: n`, the new hub drops the old format). docs/releases.md")
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=MIXED_BREAK)
 @pytest.mark.parametrize("old_side", ["web", "worker"])
 def test_a_rolling_deploy_mixes_both_releases(old_release, fresh_database, clean, tmp_path, old_side):
@@ -413,6 +415,7 @@ def test_the_guard_flags_contract_steps_without_a_marker():
                                 lambda release, previous: False)
 
 
+@pytest.mark.slow
 def test_new_migrations_mark_their_contract_steps():
     previous = None
     try:

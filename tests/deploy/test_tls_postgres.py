@@ -15,12 +15,12 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import SERVICE
-from processes import ProcessGroup, processes, wait_until  # noqa: F401  (the fixture)
-from test_redis_trust import bearer
+from testkit.identity import SERVICE, bearer
+from testkit.processes import ProcessGroup
+from devtools.services import REPO_ROOT
 
-pytestmark = [pytest.mark.timeout(180)]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+ROOT = str(REPO_ROOT)
 
 
 def openssl(*args):

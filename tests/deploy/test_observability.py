@@ -16,9 +16,9 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SERVICE
+from testkit.identity import SERVICE
+from testkit.processes import wait_until
 from devtools.services import REPO_ROOT
-from processes import processes, wait_until  # noqa: F401  (the fixture)
 
 PROMTOOL = shutil.which("promtool")
 RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -50,12 +50,14 @@ def promtool(*args):
     return subprocess.run([PROMTOOL, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @needs_promtool
 def test_promtool_checks_the_rules():
     result = promtool("check", "rules", RULES.name)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @needs_promtool
 def test_each_alert_fires_on_its_state_and_not_below():
     result = promtool("test", "rules", RULE_TESTS.name)
@@ -80,6 +82,7 @@ def scrape(web):
     return {sample.name for family in text_string_to_metric_families(response.text) for sample in family.samples}
 
 
+@pytest.mark.slow
 def test_every_metric_the_dashboard_and_rules_name_is_exported(clean, db, processes):
     web = processes.start_web(clean, workers=1)
     processes.start_worker(dict(clean, PROMETHEUS_MULTIPROC_DIR=web.env["PROMETHEUS_MULTIPROC_DIR"]))

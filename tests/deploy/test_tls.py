@@ -1,12 +1,11 @@
 """TLS everywhere (issue 19 point 1): the stream hub over `rediss://` (and `unix://`), and the whole
 service against a Redis that speaks only TLS, with certificate checks on.
 
-The TLS-only redis-server and its private CA come from tests/test_redis_trust.py. The hub's own
-connection is driven in a gevent child process (as tests/test_hub.py does) so that what it
+The TLS-only redis-server and its private CA come from testkit/processes.py (tls_redis_server). The hub's own
+connection is driven in a gevent child process (as tests/streams/test_hub.py does) so that what it
 refuses can be seen without a gunicorn in between.
 """
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,12 +16,13 @@ import uuid
 import pytest
 import redis as redis_lib
 
-from conftest import SERVICE
-from processes import processes, wait_until  # noqa: F401  (the fixture)
-from test_redis_trust import bearer, stored, tls_redis_server
+from testkit.identity import SERVICE, bearer
+from testkit.processes import tls_redis_server, wait_until
+from testkit.rows import scalar
+from devtools.services import REPO_ROOT
 
-pytestmark = pytest.mark.timeout(120)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+ROOT = str(REPO_ROOT)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_streams_triggers_and_the_worker_over_a_tls_only_redis(clean, processes,
         assert web.post("/v1/notifications/sse", headers=SERVICE, json=dict(body, title="pushed over TLS")).ok
         stream.wait_events(2, timeout=20)
     assert [e.json()["title"] for e in stream.events] == ["over TLS", "pushed over TLS"]
-    assert stored(db) == 1                                              # the worker took the trigger
+    assert scalar(db, "SELECT count(*) FROM notifications") == 1      # the worker took the trigger
     names = [c.get("name", "") for c in redis_lib.Redis.from_url(tls_redis, decode_responses=True).client_list()]
     assert any(name.endswith(":hub") for name in names), names          # the hub's own TLS connection
     assert "Traceback" not in web.output()
