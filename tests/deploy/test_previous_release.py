@@ -36,7 +36,6 @@ import pytest
 import requests
 
 from app.migrate import MIGRATIONS_DIR, migrate, migration_files
-from testkit.database import with_dbname
 from testkit.identity import make_token, SERVICE
 from testkit.processes import ProcessGroup, RQWorker, ServiceProcess, wait_until, WebServer
 from testkit.providers import FakeSMTP
@@ -102,21 +101,6 @@ def old_release():
         yield Release(export(revision, directory), git("rev-parse", f"{revision}^{{commit}}"), why)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh_database(pg_server):
-    """A database of this test's own: it starts at the previous release's schema, not at ours."""
-    name = f"notif_prev_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(with_dbname(pg_server, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield with_dbname(pg_server, name)
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
 
 
 # ------------------------------------------------------------------------------- its processes
@@ -260,11 +244,12 @@ def assert_read_by_this_release(env, since, notifications, context):
         app.extensions["db_pool"].close()
 
 
-def test_previous_release_serves_on_this_schema(old_release, fresh_database, clean, tmp_path):
+@pytest.mark.slow
+def test_previous_release_serves_on_this_schema(old_release, empty_database, clean, tmp_path):
     old_tree = old_release.path
-    env = dict(clean, DATABASE_URL=fresh_database, MAIL_SERVER="127.0.0.1", MAIL_TIMEOUT="5",
+    env = dict(clean, DATABASE_URL=empty_database, MAIL_SERVER="127.0.0.1", MAIL_TIMEOUT="5",
                MAIL_DEFAULT_SENDER="notify@bank.example")
-    migrate(fresh_database, directory=str(old_tree / "migrations_sql"), echo=lambda *_: None)
+    migrate(empty_database, directory=str(old_tree / "migrations_sql"), echo=lambda *_: None)
     since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
     smtp = FakeSMTP().start()
     env["MAIL_PORT"] = str(smtp.port)
@@ -276,14 +261,14 @@ def test_previous_release_serves_on_this_schema(old_release, fresh_database, cle
         assert imported_from(old_tree, "app") and imported_from(old_tree, "workers"), \
             f"the processes did not run the tree of {old_release.why}"
 
-        before, before_id = smoke(web, smtp, fresh_database, "Before the release")
+        before, before_id = smoke(web, smtp, empty_database, "Before the release")
 
-        applied = migrate(fresh_database, echo=lambda *_: None)      # the release phase, old code serving
-        assert applied_versions(fresh_database) == [v for v, _ in migration_files()]
+        applied = migrate(empty_database, echo=lambda *_: None)      # the release phase, old code serving
+        assert applied_versions(empty_database) == [v for v, _ in migration_files()]
 
         context = f"previous release: {old_release.why}; migrations applied under it: {applied or 'none'}"
         try:
-            after, after_id = smoke(web, smtp, fresh_database, "After the release")
+            after, after_id = smoke(web, smtp, empty_database, "After the release")
             inbox = web.get("/v1/notifications", headers=bearer(before))
             assert inbox.status_code == 200, inbox.text
             assert [(i["id"], i["read"]) for i in inbox.json()["items"]] == [(before_id, True)]
@@ -309,12 +294,12 @@ MIXED_BREAK = ("3c6d551^ -> main changed both Redis formats in one release: RQ j
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=MIXED_BREAK)
 @pytest.mark.parametrize("old_side", ["web", "worker"])
-def test_a_rolling_deploy_mixes_both_releases(old_release, fresh_database, clean, tmp_path, old_side):
+def test_a_rolling_deploy_mixes_both_releases(old_release, empty_database, clean, tmp_path, old_side):
     """During a rolling restart one node's web may be the previous release while a worker is this
     one (or the reverse): jobs and stream messages then cross releases through Redis."""
-    env = dict(clean, DATABASE_URL=fresh_database, MAIL_SERVER="127.0.0.1", MAIL_TIMEOUT="5",
+    env = dict(clean, DATABASE_URL=empty_database, MAIL_SERVER="127.0.0.1", MAIL_TIMEOUT="5",
                MAIL_DEFAULT_SENDER="notify@bank.example")
-    migrate(fresh_database, echo=lambda *_: None)
+    migrate(empty_database, echo=lambda *_: None)
     smtp = FakeSMTP().start()
     env["MAIL_PORT"] = str(smtp.port)
     with ProcessGroup(str(tmp_path)) as group:
@@ -326,7 +311,7 @@ def test_a_rolling_deploy_mixes_both_releases(old_release, fresh_database, clean
             else:
                 group.started.append(start_old(old_release.path, OldWorker, env, str(tmp_path)))
                 web = group.start_web(env, workers=1, keepalive=1)
-            smoke(web, smtp, fresh_database, f"Old {old_side}, new {'worker' if old_side == 'web' else 'web'}")
+            smoke(web, smtp, empty_database, f"Old {old_side}, new {'worker' if old_side == 'web' else 'web'}")
         finally:
             smtp.stop()
 
