@@ -174,7 +174,10 @@ class Target:
         return [stream_request(f"/stream?channel={uid}", token) for uid in user_ids]
 
     def channel(self, uid):
-        return f"{PREFIX}user:{uid}" if self.kind == "ours" else str(uid)
+        if self.kind != "ours":
+            return str(uid)
+        from app.bus.codec import user_channel
+        return user_channel(PREFIX, uid)
 
     def message(self, payload_json):
         """What a publisher puts on a user's channel, in each server's own format."""

@@ -1,10 +1,13 @@
 """The one definition of the stream channels: their names, and what goes over them (encoded by
 publishers, checked by the hub).
 
-Channels: one per user, `<REDIS_PREFIX>user:<user_id>` (`user_channel`). A
+Channels: one per user, `<REDIS_PREFIX>user2:<user_id>` (`user_channel`). A
 process's hub subscribes to the channels of the users it holds streams for,
 so a message reaches only the processes that need it, whatever the number of
-processes.
+processes. The `2` is the message format's version: a format change gets a new
+channel name, so during a rolling deploy a hub of the other release never reads
+(and frames) messages it cannot parse; a stream catches up by cursor instead
+(docs/releases.md).
 
 Redis is shared infrastructure: whoever can write to it can PUBLISH on a
 user's channel. The hub turns what it reads into SSE frames, so a message it
@@ -62,9 +65,12 @@ class Message(NamedTuple):
     body: bytes        # compact JSON without CR or LF
 
 
+CHANNEL_KIND = "user2"   # "user": the unsigned format of the releases before signed messages
+
+
 def user_channel(prefix, user_id):
     """The channel a user's streams listen on, under the deployment's REDIS_PREFIX."""
-    return f"{prefix}user:{user_id}"
+    return f"{prefix}{CHANNEL_KIND}:{user_id}"
 
 
 def message_key(secret):

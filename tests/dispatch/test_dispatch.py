@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 
-from app.bus.codec import decode, message_key
+from app.bus.codec import decode, message_key, user_channel
 from testkit import api
 from testkit.api import assert_envelope, post_trigger, trigger_body
 from testkit.config_files import queue_yaml
@@ -34,7 +34,7 @@ def listening(app, user_id):
     """Subscribed to the user's stream channel; yields next_message(): the next message published
     there, decoded, or None after 5 s."""
     pubsub = app.extensions["redis"].pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(f"{app.config['REDIS_PREFIX']}user:{user_id}")
+    pubsub.subscribe(user_channel(app.config["REDIS_PREFIX"], user_id))
 
     def next_message():
         deadline = time.monotonic() + 5

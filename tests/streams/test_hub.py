@@ -27,7 +27,7 @@ import pytest
 import redis as redis_lib
 
 from app.config import DEV_SECRET_KEY
-from app.bus.codec import MAX_MESSAGE, message_key
+from app.bus.codec import MAX_MESSAGE, message_key, user_channel
 from testkit.api import IN_APP, trigger
 from testkit.identity import bearer
 from testkit.processes import wait_until, web_and_worker
@@ -95,8 +95,8 @@ def forged_messages(channel, other_channel):
     ]
 
 
-WRONG_CHANNELS = ["notif:user:", "notif:user:*", "notif:users:{uid}", "notif:user:{uid}:x", "{uid}",
-                  "notif:user:{uid}\n", "NOTIF:USER:{uid}"]
+WRONG_CHANNELS = ["notif:user2:", "notif:user2:*", "notif:users:{uid}", "notif:user2:{uid}:x", "{uid}",
+                  "notif:user2:{uid}\n", "NOTIF:USER2:{uid}", "notif:user:{uid}"]   # the last: the old format's
 
 
 def dropped(web):
@@ -125,8 +125,8 @@ def test_forged_and_malformed_messages_never_reach_a_stream(services, clean, rds
 
         shapes = 0
         for index, user_id in enumerate(users):
-            channel = f"notif:user:{user_id}".encode()
-            other = f"notif:user:{users[index - 1]}".encode()
+            channel = user_channel("notif:", user_id).encode()
+            other = user_channel("notif:", users[index - 1]).encode()
             messages = forged_messages(channel, other)
             shapes = len(messages)
             for _, message in messages:
