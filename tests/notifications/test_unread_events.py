@@ -14,7 +14,7 @@ import redis as redis_lib
 import requests
 
 from app.config import DEV_SECRET_KEY
-from app.bus.codec import decode, message_key
+from app.bus.codec import decode, message_key, user_channel
 from testkit.config_files import queue_config
 from testkit.identity import SERVICE, bearer, make_token
 from testkit.jobs import run_jobs
@@ -31,7 +31,7 @@ class Channel:
     def __init__(self, redis_url, user_id):
         self.client = redis_lib.Redis.from_url(redis_url)
         self.pubsub = self.client.pubsub()
-        self.pubsub.subscribe(f"notif:user:{user_id}")
+        self.pubsub.subscribe(user_channel("notif:", user_id))
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:   # wait for Redis to confirm the subscription
             message = self.pubsub.get_message(timeout=0.1)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from app.bus.codec import user_channel
 from testkit import api
 from testkit.api import IN_APP, assert_error
 from testkit.identity import SERVICE, bearer
@@ -457,7 +458,7 @@ def test_a_hundred_clients_leave_nothing_behind(web, streams, rds, redis_proc):
     (worker_pid,) = web.worker_pids()
     process = psutil.Process(worker_pid)
     users = [uuid.uuid4() for _ in range(50)]
-    channels = [f"notif:user:{u}" for u in users]
+    channels = [user_channel("notif:", u) for u in users]
 
     def one_round():
         with ThreadPoolExecutor(25) as pool:
@@ -474,7 +475,7 @@ def test_a_hundred_clients_leave_nothing_behind(web, streams, rds, redis_proc):
         wait_until(lambda: all(n == 0 for _, n in rds.pubsub_numsub(*channels)), 5,
                    message="every channel unsubscribed")
         wait_until(lambda: rds.keys("notif:streams:*") == [], 5, message="every slot released")
-        assert rds.pubsub_channels("notif:user:*") == []
+        assert rds.pubsub_channels(user_channel("notif:", "*")) == []
 
     def resources():
         """(descriptors other than network sockets, client connections, Redis connections).
@@ -546,7 +547,7 @@ def test_several_rq_workers_keep_the_stream_gap_free(web, clean, processes, stre
     user_id = uuid.uuid4()
     stream = streams(web, user_id)
     listener = rds.pubsub()
-    listener.subscribe(f"notif:user:{user_id}")
+    listener.subscribe(user_channel("notif:", user_id))
     senders = [threading.Thread(target=lambda k=k: [trigger(web, [user_id], title=f"{k}-{n}") for n in range(50)])
                for k in range(6)]
     for sender in senders:
