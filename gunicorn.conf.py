@@ -41,11 +41,13 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-requ
 
 
 def on_starting(server):
-    """Refuse to start the master on a bad configuration: one line, exit 2."""
+    """Refuse to start the master on a bad configuration, or as a database role that could rewrite
+    the audit: one line, exit 2."""
+    from app.audit.guard import refuse_audit_rewriters
     from app.config import load_settings
     from app.errors import ConfigError
     try:
-        load_settings()
+        refuse_audit_rewriters(load_settings())
     except ConfigError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         os._exit(2)

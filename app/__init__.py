@@ -3,7 +3,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, retention
-from .audit import chain as audit_chain
+from .audit import cli as audit_cli
 from .bus import deployment
 from .channels import registry as channels
 from .config import load_settings
@@ -28,7 +28,7 @@ def create_app(config=None):
     migrate.init_app(app)
     channels.init_app(app)
     deliveries_cli.init_app(app)
-    audit_chain.init_app(app)
+    audit_cli.init_app(app)
     retention.init_app(app)
     app.register_blueprint(health.blp)
     inbox_page.init_app(app)

@@ -146,6 +146,8 @@ def load_settings(overrides=None, environ=None):
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
     from .db import check_certificate   # last, being a round trip; gunicorn's master, the worker, the release
     check_certificate(settings["DATABASE_URL"])
+    if settings["MIGRATION_DATABASE_URL"] != settings["DATABASE_URL"]:
+        check_certificate(settings["MIGRATION_DATABASE_URL"], "MIGRATION_DATABASE_URL")
     return settings
 
 

@@ -49,7 +49,7 @@ def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):
     return make_dsn(dsn, options=options)
 
 
-def check_certificate(dsn):
+def check_certificate(dsn, name="DATABASE_URL"):
     """Refuse to start when DATABASE_URL asks for the server's certificate to be verified
     (`sslmode=verify-ca` / `verify-full`) and it is not: a wrong `sslrootcert` or host name is a
     configuration error (one line, exit 2), not a service answering 503 for ever. A server that
@@ -65,8 +65,7 @@ def check_certificate(dsn):
     except psycopg2.OperationalError as exc:
         reason = " ".join(str(exc).split())
         if "certificate" in reason or "SSL" in reason:
-            raise ConfigError("environment", "DATABASE_URL",
-                              f"PostgreSQL's TLS certificate is refused: {reason}") from None
+            raise ConfigError("environment", name, f"PostgreSQL's TLS certificate is refused: {reason}") from None
 
 
 def broken_by(exc):

@@ -18,7 +18,7 @@ from tests.faults.rig import Rig
 
 
 def run(name, env, redis, params):
-    clean(env["DATABASE_URL"], redis)
+    clean(env["MIGRATION_DATABASE_URL"], redis)
     rig = Rig(env, redis, tempfile.mkdtemp(prefix=f"faults-{name}-"))
     try:
         result = SCENARIOS[name](rig, **params)

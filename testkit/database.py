@@ -80,6 +80,12 @@ class Database:
         self.drop()
 
 
+def deployment_urls(owner_url):
+    """DATABASE_URL and MIGRATION_DATABASE_URL of a deploy on the database of `owner_url`: the
+    service as the application role, the release as the owner (it creates and grants the role)."""
+    return {"DATABASE_URL": as_app_role(owner_url), "MIGRATION_DATABASE_URL": owner_url}
+
+
 def service_env(database_url, redis_url, **overrides):
     """The environment a service process of a run gets (web, worker): this run's database (the
     owner's URL given; the service connects as the application role) and Redis, the keys of

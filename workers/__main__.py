@@ -20,7 +20,7 @@ log = logging.getLogger("workers")
 
 def main():
     from app.startup import create_app_or_exit
-    app = create_app_or_exit()
+    app = create_app_or_exit(check_role=True)
     with app.app_context():
         connection = app.extensions["redis"]
         from workers.relay import LeasedWorker, start_relay, worker_lease

@@ -283,6 +283,16 @@ def check_row(row, expected_prev, previous_id, keys, keyed_seen=False):
     return None
 
 
+json_value = _plain   # for json.dumps(default=...) of rows read from any table
+
+
+def exported(row):
+    """A row as an export or evidence bundle carries it: every column that is hashed, in the form
+    that is hashed (`at` as text), so `chain.verify_rows` checks it offline."""
+    return {"id": row["id"], "at": _time_text(row["at"]), **{name: row[name] for name in BODY},
+            "chain": row["chain"], "prev_hash": row["prev_hash"], "hash": row["hash"], "key_id": row["key_id"]}
+
+
 def public(row):
     """A row as the API shows it, with `sealed` (linked into the chain yet) and `verified`: sealed, and
     its hash and its link to the row before it hold."""

@@ -1,6 +1,9 @@
 """Roles the service cannot escape (issue 20, point 1): web and worker connect as an application
 role that may read and append the audit but never update, delete, truncate, alter it or disable
 its triggers; the release (as the owner) creates and grants that role."""
+import os
+import subprocess
+import sys
 import uuid
 
 import psycopg2
@@ -8,6 +11,7 @@ import pytest
 from psycopg2 import errors
 
 from app.migrate import RoleError, release
+from devtools.services import free_port
 from testkit.database import APP_ROLE, with_dbname
 from testkit.identity import make_token
 from testkit.rows import insert_notification
@@ -141,3 +145,28 @@ def test_the_release_refuses_a_superuser_as_the_application_role(empty_database)
             cur.execute(f'DROP OWNED BY "{owner}"')
             cur.execute(f'DROP ROLE "{owner}"')
         admin.close()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "JWT_SECRET": "s" * 48, "API_KEYS": "k" * 43,
+              "AUDIT_HMAC_KEY": "prod:" + "a" * 48}
+
+
+def test_the_guard_passes_the_application_role(clean):
+    from app.audit.guard import refuse_audit_rewriters
+    refuse_audit_rewriters(dict(clean, DEVELOPMENT=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "workers"],
+                                     [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c",
+                                      "gunicorn.conf.py", "wsgi:app"]], ids=["worker", "web"])
+def test_web_and_worker_refuse_to_run_as_the_owner_outside_development(clean, command):
+    """A deploy that forgot MIGRATION_DATABASE_URL runs the service as the owner: it does not start."""
+    env = {**os.environ, **clean, **PRODUCTION, "DATABASE_URL": clean["MIGRATION_DATABASE_URL"],
+           "PORT": str(free_port()), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if "DATABASE_URL" in line]
+    assert line.startswith("config error: environment: DATABASE_URL: its role") and "is a superuser" in line
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr

@@ -15,6 +15,7 @@ import uuid
 import psycopg2
 import pytest
 
+from testkit.database import deployment_urls
 from testkit.identity import SERVICE, bearer
 from testkit.processes import ProcessGroup
 from devtools.services import REPO_ROOT
@@ -101,7 +102,7 @@ def release(env):
 
 
 def test_release_web_and_worker_over_verify_full(clean, processes, tls_database):
-    env = dict(clean, DATABASE_URL=tls_database)
+    env = dict(clean, **deployment_urls(tls_database))
     done = release(env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "migration(s) applied" in done.stdout

@@ -270,7 +270,7 @@ def test_previous_hs256_secrets_are_accepted_others_refused(make_app):
 # ---------------------------------------------------------------- start-up checks
 
 REPO = str(REPO_ROOT)
-PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "API_KEYS": "k" * 43,
+PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "API_KEYS": "k" * 43, "AUDIT_HMAC_KEY": "prod:" + "a" * 48,
               "NOTIFICATIONS_CONFIG": os.path.join(REPO, "notifications.yaml"),
               "QUEUE_CONFIG": os.path.join(REPO, "queue.yaml")}
 IDP = {"JWT_JWKS_URL": "https://idp.example/realms/bank/protocol/openid-connect/certs", "JWT_AUDIENCE": AUDIENCE}

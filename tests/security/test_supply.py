@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from testkit.database import deployment_urls
 from testkit.identity import make_token, SERVICE
 from testkit.processes import ProcessGroup, RQWorker, wait_until, WebServer
 from devtools.services import REPO_ROOT
@@ -176,7 +177,7 @@ def test_runtime_lock_alone_runs_every_procfile_process(runtime_venv, empty_data
     assert absent.returncode != 0 and "No module named 'pytest'" in absent.stderr
 
     group = ProcessGroup(str(tmp_path))
-    env = group.environment(dict(clean, DATABASE_URL=empty_database))
+    env = group.environment(dict(clean, **deployment_urls(empty_database)))
     release = subprocess.run([str(bin_dir / "flask"), "--app", "wsgi", "migrate"], cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True, timeout=300)  # the Procfile's `release`
     assert release.returncode == 0, release.stdout + release.stderr

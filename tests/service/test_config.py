@@ -248,7 +248,7 @@ def test_gunicorn_refuses_to_start_on_bad_config(base_env, tmp_path):
 STRONG_SECRET = "s" * 48
 STRONG_KEY = "k" * 43
 PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "p" * 48, "JWT_SECRET": STRONG_SECRET,
-              "API_KEYS": STRONG_KEY}
+              "API_KEYS": STRONG_KEY, "AUDIT_HMAC_KEY": "prod:" + "a" * 48}
 
 
 def run_flask(env, *args):
@@ -275,8 +275,11 @@ def test_production_secrets_start(base_env):
     ({"SECRET_KEY": "x" * 31}, "SECRET_KEY"),
     ({"SECRET_KEY": "dev-only-secret-key-never-use-in-production-0123456789"}, "SECRET_KEY"),
     ({"SECRET_KEY": ""}, "SECRET_KEY"),
+    ({"AUDIT_HMAC_KEY": ""}, "AUDIT_HMAC_KEY"),
+    ({"AUDIT_HMAC_KEY": "prod:" + "a" * 31}, "AUDIT_HMAC_KEY"),
+    ({"AUDIT_HMAC_KEY": "dev:dev-only-audit-hmac-key-never-use-in-production-0123"}, "AUDIT_HMAC_KEY"),
 ], ids=["dev-jwt", "test-jwt", "short-jwt", "dev-key", "test-key", "short-key", "hashed-dev-key", "short-secret",
-        "dev-secret-key", "no-secret-key"])
+        "dev-secret-key", "no-secret-key", "no-audit-key", "short-audit-key", "dev-audit-key"])
 def test_development_secrets_are_refused_outside_development(base_env, bad, key):
     """`flask --app wsgi` (the release step) and a plain import: one line naming the variable, exit 2."""
     env = start_env(base_env, **dict(PRODUCTION, **bad))

@@ -116,8 +116,8 @@ def test_migrate_opts_out(clean):
     """The release runs on its own connection: its session has no limit even where the URL sets one."""
     from psycopg2.extensions import make_dsn
     from app.migrate import migrate
-    limited = make_dsn(clean["DATABASE_URL"], options="-c statement_timeout=1")
-    lock = TableLock(clean["DATABASE_URL"], "schema_migrations", hold=1.0)
+    limited = make_dsn(clean["MIGRATION_DATABASE_URL"], options="-c statement_timeout=1")
+    lock = TableLock(clean["MIGRATION_DATABASE_URL"], "schema_migrations", hold=1.0)
     try:
         assert migrate(limited, echo=lambda *_: None) == []
     finally:
@@ -126,7 +126,7 @@ def test_migrate_opts_out(clean):
 
 def test_audit_verify_opts_out(make_app, clean):
     app = make_app(DB_STATEMENT_TIMEOUT_MS=200)
-    lock = TableLock(clean["DATABASE_URL"], "audit_log", hold=1.0)
+    lock = TableLock(clean["MIGRATION_DATABASE_URL"], "audit_log", hold=1.0)     # the owner's lock
     try:
         result = app.test_cli_runner().invoke(args=["audit", "verify"])
     finally:

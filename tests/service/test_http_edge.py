@@ -229,7 +229,8 @@ def test_with_metrics_token_both_need_its_bearer(processes, clean):
 def test_a_short_metrics_token_stops_start_up_outside_development(clean):
     from app.config import load_settings
     from app.errors import ConfigError
-    production = dict(clean, DEVELOPMENT="false", SECRET_KEY="s" * 48, JWT_SECRET="j" * 48, API_KEYS="k" * 48)
+    production = dict(clean, DEVELOPMENT="false", SECRET_KEY="s" * 48, JWT_SECRET="j" * 48, API_KEYS="k" * 48,
+                      AUDIT_HMAC_KEY="prod:" + "a" * 48)
     with pytest.raises(ConfigError, match="METRICS_TOKEN"):
         load_settings(dict(production, METRICS_TOKEN="short"))
     assert load_settings(dict(production, METRICS_TOKEN=METRICS_TOKEN))["METRICS_TOKEN"] == METRICS_TOKEN
@@ -298,7 +299,8 @@ def test_the_audit_records_the_client_behind_the_proxies(processes, clean, hops)
 # ------------------------------------------------------------------------------------ docs pages
 
 
-PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "s" * 48, "JWT_SECRET": "j" * 48, "API_KEYS": "k" * 48}
+PRODUCTION = {"DEVELOPMENT": "false", "SECRET_KEY": "s" * 48, "JWT_SECRET": "j" * 48, "API_KEYS": "k" * 48,
+              "AUDIT_HMAC_KEY": "prod:" + "a" * 48}
 
 
 def referenced(html):
