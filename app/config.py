@@ -7,12 +7,16 @@ entry points turn into one line on stderr and a non-zero exit.
 import os
 from urllib.parse import urlparse
 
+from .audit import keys as audit_keys
 from .security import api_keys, jwks
 from .domain import load_domain
 from .errors import ConfigError
 
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
+    # The release's connection, as the owner of the schema (default: DATABASE_URL, for development).
+    # With it set, DATABASE_URL names the application role the release creates and grants (docs/audit.md).
+    "MIGRATION_DATABASE_URL": "",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/bus/deployment.py)
     "JWT_SECRET": "",
@@ -62,6 +66,15 @@ DEFAULTS = {
     "DEVELOPMENT": "false",
     # The service's own secret for keyed hashes and signatures (app/security/keyed.py); required outside development.
     "SECRET_KEY": "",
+    # The audit chain's HMAC key, `<key id>:<secret>`, never stored in the database; required outside
+    # development. Earlier keys, comma-separated, still verify the rows they sealed (app/audit/keys.py).
+    "AUDIT_HMAC_KEY": "",
+    "AUDIT_HMAC_KEYS_PREVIOUS": "",
+    # Where the chain's head is anchored outside the database (app/audit/anchor.py), and how often the
+    # worker does it.
+    "AUDIT_ANCHOR_PATH": "",
+    "AUDIT_ANCHOR_URL": "",
+    "AUDIT_ANCHOR_SECONDS": "300",
     # Bearer token of the operator's diagnostics: /metrics needs it once set; /healthz?greenlets=1
     # (a scan of the heap) is served only with it (docs/security/http.md).
     "METRICS_TOKEN": "",
@@ -76,10 +89,10 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
         "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS",
         "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE",
-        "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES")
+        "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES", "AUDIT_ANCHOR_SECONDS")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
-LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS")
+LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS")
 
 
 def _convert(name, raw):
@@ -125,6 +138,7 @@ def load_settings(overrides=None, environ=None):
     _check_secret_key(settings)
     _check_streams(settings)
     _check_auth(settings)
+    _check_audit(settings)
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
     if not settings["DEVELOPMENT"]:
@@ -194,6 +208,22 @@ def _jwks_keys(settings):
         raise ConfigError("environment", "JWT_AUDIENCE", "is required with JWT_JWKS_URL outside development: "
                           "the identity provider's keys also sign tokens meant for other applications")
     return jwks.JwksKeys(url)
+
+
+def _check_audit(settings):
+    """The chain's keys, and where its head is anchored (docs/audit.md)."""
+    settings["AUDIT_KEYS"] = audit_keys.from_settings(settings)
+    if settings["AUDIT_ANCHOR_SECONDS"] < 1:
+        raise ConfigError("environment", "AUDIT_ANCHOR_SECONDS", "must be at least 1")
+    url = settings["AUDIT_ANCHOR_URL"]
+    if url:
+        parsed = urlparse(url)
+        allowed = ("https", "http") if settings["DEVELOPMENT"] else ("https",)
+        if parsed.scheme not in allowed or not parsed.hostname:
+            raise ConfigError("environment", "AUDIT_ANCHOR_URL", f"must be an https:// URL, got {url!r}"
+                              + ("" if settings["DEVELOPMENT"] else " (http:// only with DEVELOPMENT=true)"))
+    if not settings["MIGRATION_DATABASE_URL"]:
+        settings["MIGRATION_DATABASE_URL"] = settings["DATABASE_URL"]
 
 
 def _check_secret_key(settings):

@@ -15,10 +15,25 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from testkit.identity import API_KEY, JWT_SECRET, OTHER_API_KEY
 
 
+# The role web and worker connect as in every run (app/migrate.py creates and grants it): the tests
+# prove the service works with the rights a deploy gives it, and no more. One name for the server
+# (roles are shared by its databases), granted on each run's database.
+APP_ROLE = "notifications_app"
+
+
 def with_dbname(url, dbname):
     """The same server and credentials, another database."""
     params = parse_dsn(url)
     params["dbname"] = dbname
+    return make_dsn(**params)
+
+
+def as_app_role(url):
+    """The same server and database, as the application role (no password: local trust, as the
+    run's own server; a password in the owner URL is not the role's)."""
+    params = parse_dsn(url)
+    params.pop("password", None)
+    params["user"] = APP_ROLE
     return make_dsn(**params)
 
 
@@ -31,10 +46,11 @@ class Database:
         self.admin = psycopg2.connect(with_dbname(server_url, "postgres"))
         self.admin.autocommit = True
         self._run(f'CREATE DATABASE "{self.name}"')
-        self.url = with_dbname(server_url, self.name)
+        self.url = with_dbname(server_url, self.name)          # the owner's: migrations, cleaning, tampering
+        self.app_url = as_app_role(self.url)                    # the service's
         if migrated:
-            from app.migrate import migrate
-            migrate(self.url, echo=lambda *_: None)
+            from app.migrate import release
+            release(self.url, self.app_url, echo=lambda *_: None)
 
     def _run(self, sql, *args):
         with self.admin.cursor() as cur:
@@ -65,10 +81,12 @@ class Database:
 
 
 def service_env(database_url, redis_url, **overrides):
-    """The environment a service process of a run gets (web, worker): this run's database and Redis,
-    the keys of testkit.identity, development values allowed, rate limits off unless turned on (the
-    load of tests and scenarios exceeds them; the limits have tests of their own)."""
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_PREFIX": "notif:",
+    """The environment a service process of a run gets (web, worker): this run's database (the
+    owner's URL given; the service connects as the application role) and Redis, the keys of
+    testkit.identity, development values allowed, rate limits off unless turned on (the load of
+    tests and scenarios exceeds them; the limits have tests of their own)."""
+    env = {"DATABASE_URL": as_app_role(database_url), "MIGRATION_DATABASE_URL": database_url,
+           "REDIS_URL": redis_url, "REDIS_PREFIX": "notif:",
            "JWT_SECRET": JWT_SECRET, "API_KEYS": f"{API_KEY},{OTHER_API_KEY}",
            "RATE_LIMITS_ENABLED": "false", "DEVELOPMENT": "true"}
     env.update(overrides)
@@ -81,7 +99,7 @@ def _truncate(cur, tables, attempts=20):
     PostgreSQL then aborts one side: ours is simply tried again."""
     for attempt in range(attempts):
         try:
-            cur.execute("SET lock_timeout = '5s'")
+            cur.execute("SET lock_timeout = '5s'; SET session_replication_role = replica")
             cur.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
             return
         except (psycopg2.errors.DeadlockDetected, psycopg2.errors.LockNotAvailable):
@@ -91,7 +109,9 @@ def _truncate(cur, tables, attempts=20):
 
 
 def empty_tables(database_url):
-    """Every table but the migration ledger emptied. Only the tables holding rows are truncated (one
+    """Every table but the migration ledger emptied, as the owner (a superuser here: the audit's
+    triggers refuse TRUNCATE to anyone, and `session_replication_role = replica` is how a test run
+    steps past them). Only the tables holding rows are truncated (one
     query finds them): TRUNCATE gives each table and index a new file, which costs more than the
     look (measured in docs/testing.md), and most tests write to a few tables."""
     conn = psycopg2.connect(database_url)

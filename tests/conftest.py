@@ -64,7 +64,7 @@ def base_env(database_url, redis_proc):
 @pytest.fixture
 def clean(base_env, redis_proc):
     """Empty tables and an empty, running Redis before the test."""
-    database.clean(base_env["DATABASE_URL"], redis_proc)
+    database.clean(base_env["MIGRATION_DATABASE_URL"], redis_proc)
     return base_env
 
 
@@ -111,6 +111,16 @@ def client(app):
 def db(clean):
     """A direct connection for asserting on stored rows (autocommit)."""
     conn = psycopg2.connect(clean["DATABASE_URL"])
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def owner_db(clean):
+    """A connection as the owner of the schema (autocommit): for what the service's own role may not
+    do (tampering with the audit, altering tables)."""
+    conn = psycopg2.connect(clean["MIGRATION_DATABASE_URL"])
     conn.autocommit = True
     yield conn
     conn.close()

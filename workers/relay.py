@@ -11,7 +11,9 @@ The jobs are idempotent, so a spurious one costs a little work, never a
 duplicate.
 
 The same thread seals the audit rows written since its last pass into the
-hash chain (app/audit/chain.py), one worker at a time.
+hash chain (app/audit/chain.py), one worker at a time, and every
+AUDIT_ANCHOR_SECONDS one worker anchors the chain's head outside the database
+(app/audit/anchor.py).
 
 A job counts as alive while the RQ worker that started it is registered in
 Redis. RQ keeps a worker's key for the job's timeout plus a minute (11
@@ -27,7 +29,7 @@ import threading
 from rq import SimpleWorker
 
 from app import db, retention
-from app.audit import chain as audit_chain
+from app.audit import anchor as audit_anchor, chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
 from app.queues.enqueue import deliver_job_id, enqueue_deliveries
@@ -60,10 +62,15 @@ def seal_audit(app):
         return audit_chain.seal_all(conn)
 
 
+def anchor_audit(app):
+    """Every AUDIT_ANCHOR_SECONDS one worker writes the chain's head outside the database."""
+    return audit_anchor.periodic(app)
+
+
 def _loop(app, stop):
     interval = app.config["DOMAIN"].relay_interval
     while not stop.wait(interval):
-        for step in (sweep, seal_audit):
+        for step in (sweep, seal_audit, anchor_audit):
             try:
                 step(app)
             except Exception as exc:  # PostgreSQL or Redis down: try again next tick

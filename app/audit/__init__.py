@@ -2,13 +2,24 @@
 
 Every state-changing operation calls `record(conn, action, target, change)`
 inside the transaction that makes the change, so the row exists exactly when
-the change does. Rows form one hash chain, in the order of `chain`:
+the change does. Rows form one chain, in the order of `chain` (the row's
+position, from 1); each sealed row's hash is an HMAC under a key the database
+never sees (app/audit/keys.py), so whoever can write the table cannot
+recompute the chain after editing it:
 
-    hash = sha256(prev_hash | id | at | body)      ("|"-joined text, hex digest)
+    hash = hex(HMAC-SHA256(key[key_id], "v2|key_id|chain|prev_hash|id|at|body"))
 
 where `at` is `YYYY-MM-DDTHH:MM:SS.ffffffZ` and `body` the canonical JSON
 (sorted keys, no spaces, ASCII) of the other columns: actor, request id, client
-(its address as a keyed hash, `client_hash`), action, target, change. The first row's prev_hash is 64 zeros.
+(its address as a keyed hash, `client_hash`), action, target, change, with a
+user's id (the actor of type user, the target of type user) replaced by its
+pseudonym `pseud:` + hex(HMAC-SHA256(key, "audit-subject\0" + id)). Hashing the
+pseudonym rather than the id is what lets `flask users forget` replace the id
+in the row by the pseudonym and leave the chain verifiable. The first row's
+prev_hash is 64 zeros. docs/audit.md specifies it for an auditor byte for byte.
+Rows sealed before keyed hashing (key_id NULL) keep their plain SHA-256:
+
+    hash = sha256(prev_hash|id|at|body)       (body with the ids as stored)
 
 Appending and sealing are two steps, so that audited writes never wait for
 each other. An append is one plain INSERT, with the writing transaction's id
@@ -26,39 +37,37 @@ with a place before a sealed one, and each pass appends the finished rows in
 back never become visible and are never sealed.
 
 The trade-off: a row is tamper-evident only once sealed, normally within a
-couple of seconds. Until then someone with the table owner's rights could
-change or delete it unseen; and a write transaction left open in this
-database holds back the sealing of every row that committed after it began
-(the sealer waits, it never skips). `flask audit verify` seals what it can,
-then reports the rows still unsealed; `GET /audit` shows them with
-`sealed: false`.
+couple of seconds; and a write transaction left open in this database holds
+back the sealing of every row that committed after it began (the sealer
+waits, it never skips). `flask audit verify` seals what it can, then reports
+the rows still unsealed; `GET /audit` shows them with `sealed: false`.
 
-The chain is checked by `chain.verify`, row by row with `check_row`:
-the first row whose content no longer matches its hash (edited) or whose
-prev_hash is not the previous row's hash (a row before it deleted, or edited
-with its hash recomputed) is named. Deleting the newest rows cannot be seen
-from the chain alone: the command prints the head hash for the operator to
-keep elsewhere, and `--head` checks that a hash noted earlier is still in the
-chain.
+The chain is checked by `chain.verify`, row by row with `check_row`: the
+first row whose content no longer matches its hash (edited), whose place or
+prev_hash does not follow the row before it (a row deleted, or edited with
+its hash recomputed) is named. Deleting the newest rows cannot be seen from
+the chain alone: the head is anchored outside the database
+(app/audit/anchor.py) and `verify` compares the chain with the latest anchor.
 
 The log never holds secrets (API keys appear as their key id) nor personal
-data that might have to be erased later (contact changes name the fields,
-not the addresses; a direct push records how many users and a keyed hash of
-their ids, `push_change`; the client's address is a keyed hash, so requests
-from one address can still be grouped and an address an investigator names
-can be checked with `client_hash(address)`): its rows can never be changed
-(sealing, which fills in a row's place and hashes once, is the one UPDATE the
-table allows). Rows written before these hashes keep what they recorded.
+data other than user ids (contact changes name the fields, not the addresses;
+a direct push records how many users and a keyed hash of their ids,
+`push_change`; the client's address is a keyed hash, so requests from one
+address can still be grouped and an address an investigator names can be
+checked with `client_hash(address)`). The service's database role may only
+insert rows (migrations_sql/0013): sealing and pseudonymising go through
+functions that change nothing else.
 """
 import datetime
 import getpass
 import hashlib
+import hmac
 import json
 import os
 import uuid
 
 import orjson
-from flask import g, has_request_context, request
+from flask import current_app, g, has_request_context, request
 
 from .. import db
 from ..security.keyed import keyed_hash
@@ -66,7 +75,7 @@ from ..security.keyed import keyed_hash
 GENESIS = "0" * 64
 ACTOR_TYPES = ("user", "service", "operator", "system")
 BODY = ("actor_type", "actor_id", "request_id", "client_ip", "action", "target_type", "target_id", "change")
-COLUMNS = "id, at, " + ", ".join(BODY) + ", prev_hash, hash"
+COLUMNS = "id, at, " + ", ".join(BODY) + ", chain, prev_hash, hash, key_id"
 # One INSERT, no lock: the row is chained later by the sealer (app/audit/chain.py); `xid` defaults to
 # pg_current_xact_id(), the transaction that makes the change.
 _APPEND = (f"INSERT INTO audit_log (at, {', '.join(BODY)}) VALUES (clock_timestamp(), "
@@ -94,20 +103,50 @@ def _plain(value):
 
 
 def _time_text(moment):
+    if isinstance(moment, str):     # already in the hashed form (a row read back from an exported bundle)
+        return moment
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical_body(row):
-    """The row's columns other than id, time and hashes, as the exact JSON text that is hashed."""
-    return json.dumps({name: row[name] for name in BODY}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, default=_plain)
+def canonical_body(row, subjects=None):
+    """The row's columns other than id, time and hashes, as the exact JSON text that is hashed;
+    with `subjects` (a function), a user's id in actor_id / target_id is replaced by what it returns."""
+    values = {name: row[name] for name in BODY}
+    if subjects is not None:
+        if values["actor_type"] == "user":
+            values["actor_id"] = subjects(values["actor_id"])
+        if values["target_type"] == "user" and values["target_id"] is not None:
+            values["target_id"] = subjects(values["target_id"])
+    return json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_plain)
+
+
+PSEUDONYM_PREFIX = "pseud:"
+
+
+def pseudonym(secret, user_id):
+    """The keyed pseudonym of a user's id under one chain key (an id already pseudonymised stays)."""
+    if user_id.startswith(PSEUDONYM_PREFIX):
+        return user_id
+    return PSEUDONYM_PREFIX + hmac.new(secret, b"audit-subject\x00" + user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def keyed_hash_of(row, position, prev_hash, key_id, secret):
+    """The HMAC a row sealed at `position` after `prev_hash` under key `key_id` must carry."""
+    body = canonical_body(row, lambda user_id: pseudonym(secret, user_id))
+    text = f"v2|{key_id}|{position}|{prev_hash}|{row['id']}|{_time_text(row['at'])}|{body}"
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 def row_hash(row, prev_hash=None):
-    """What the row's hash must be (after `prev_hash`, by default its own)."""
+    """What a row sealed before keyed hashing (key_id NULL) must carry: plain SHA-256."""
     prev_hash = row["prev_hash"] if prev_hash is None else prev_hash
     text = f"{prev_hash}|{row['id']}|{_time_text(row['at'])}|{canonical_body(row)}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def keyring():
+    """The running app's audit keys (app/audit/keys.py)."""
+    return current_app.config["AUDIT_KEYS"]
 
 
 # ------------------------------------------------------------------------------ actors
@@ -215,20 +254,32 @@ def search(conn, *, actor=None, action=None, target=None, since=None, until=None
     with db.cursor(conn) as cur:
         # The predecessor lookup runs for the page's rows only (outer query, after LIMIT).
         cur.execute(f"SELECT page.*, (SELECT p.hash FROM audit_log p WHERE p.chain < page.chain"
-                    f" ORDER BY p.chain DESC LIMIT 1) AS predecessor_hash FROM (SELECT {COLUMNS}, chain FROM audit_log {clause}"
+                    f" ORDER BY p.chain DESC LIMIT 1) AS predecessor_hash FROM (SELECT {COLUMNS} FROM audit_log {clause}"
                     f" ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s) page ORDER BY page.id DESC",
                     dict(params, limit=limit, offset=offset))
         return cur.fetchall()
 
 
-def check_row(row, expected_prev, previous_id):
-    """Why this sealed row breaks the chain after the row (`previous_id`, hash `expected_prev`), or None."""
+def check_row(row, expected_prev, previous_id, keys, keyed_seen=False):
+    """Why this sealed row breaks the chain after the row (`previous_id`, hash `expected_prev`), or None.
+
+    `keyed_seen`: a row before it was sealed with a key, so an unkeyed row here is a downgrade."""
     if row["prev_hash"] != expected_prev:
         after = f"row {previous_id}" if previous_id is not None else "the start of the log"
         return (f"its prev_hash does not match the hash of {after}: a row between them was deleted,"
                 f" or {after} was changed")
-    if row_hash(row) != row["hash"]:
-        return "its content does not match its hash: the row was edited"
+    if row["key_id"] is None:
+        if keyed_seen:
+            return "it carries no key id after rows sealed with a key: its hash was recomputed without the key"
+        if row_hash(row) != row["hash"]:
+            return "its content does not match its hash: the row was edited"
+        return None
+    secret = keys.secret(row["key_id"])
+    if secret is None:
+        return (f"it was sealed with key id {row['key_id']!r}, which this service does not hold"
+                " (add it to AUDIT_HMAC_KEYS_PREVIOUS), or its key id was changed")
+    if not hmac.compare_digest(keyed_hash_of(row, row["chain"], row["prev_hash"], row["key_id"], secret), row["hash"]):
+        return "its content does not match its HMAC: the row was edited, or its hash recomputed without the key"
     return None
 
 
@@ -236,9 +287,10 @@ def public(row):
     """A row as the API shows it, with `sealed` (linked into the chain yet) and `verified`: sealed, and
     its hash and its link to the row before it hold."""
     sealed = row["hash"] is not None
-    verified = sealed and check_row(row, row["predecessor_hash"] or GENESIS, None) is None
+    verified = sealed and check_row(row, row["predecessor_hash"] or GENESIS, None, keyring()) is None
     return {"id": row["id"], "at": _time_text(row["at"]), "actor_type": row["actor_type"],
             "actor_id": row["actor_id"], "request_id": row["request_id"], "client_ip": row["client_ip"],
             "action": row["action"], "target_type": row["target_type"], "target_id": row["target_id"],
-            "change": row["change"], "prev_hash": row["prev_hash"], "hash": row["hash"], "sealed": sealed,
+            "change": row["change"], "position": row["chain"], "prev_hash": row["prev_hash"], "hash": row["hash"],
+            "key_id": row["key_id"], "sealed": sealed,
             "verified": verified}

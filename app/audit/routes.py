@@ -36,10 +36,15 @@ class AuditEntrySchema(ma.Schema):
     target_type = fields.String()
     target_id = fields.String(allow_none=True)
     change = fields.Dict()
+    position = fields.Integer(allow_none=True, metadata={"description": "the row's place in the chain, from 1"
+                                                                       " (null until sealed)"})
     prev_hash = fields.String(allow_none=True, metadata={"description": "the hash of the row before it in the chain"
                                                                        " (null until sealed)"})
-    hash = fields.String(allow_none=True, metadata={"description": "sha256 of prev_hash, id, at and the row's"
-                                                                  " content (null until sealed)"})
+    hash = fields.String(allow_none=True, metadata={"description": "HMAC-SHA256 under key `key_id` of the row's"
+                                                                  " place, prev_hash, id, time and content"
+                                                                  " (docs/audit.md; null until sealed)"})
+    key_id = fields.String(allow_none=True, metadata={"description": "the chain key that sealed the row (null until"
+                                                                    " sealed, and for rows sealed before keyed hashing)"})
     sealed = fields.Boolean(metadata={"description": "linked into the hash chain yet (rows are sealed by the"
                                                     " workers within seconds of their commit)"})
     verified = fields.Boolean(metadata={"description": "sealed, matches its hash and follows the row before it"})

@@ -31,9 +31,9 @@ def only_row(db):
     return found[0]
 
 
-def tamper(db, sql, params=()):
+def tamper(owner_db, sql, params=()):
     """Change the log behind the service's back, as someone with the table owner's rights could."""
-    with db.cursor() as cur:
+    with owner_db.cursor() as cur:
         cur.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
         cur.execute(sql, params)
         cur.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
@@ -248,57 +248,60 @@ def test_verify_passes_on_an_intact_log(app, client, db):
     result = verify(app)                                   # it seals first
     assert result.exit_code == 0, result.output
     head = chain(db)[-1]
-    assert result.output.strip() == f"audit log intact: 5 rows; head row {head['id']} hash {head['hash']}"
+    assert result.output.strip() == (f"audit log intact: 5 rows; head position 5 hash {head['hash']}; no anchor to"
+                                     " check against (set AUDIT_ANCHOR_PATH or pass --head)")
 
 
-def test_the_service_cannot_update_or_delete_rows(app, client, db):
+def test_even_the_owner_cannot_update_or_delete_rows_while_the_trigger_stands(app, client, db, owner_db):
+    """The service's role has no UPDATE or DELETE at all (tests/audit/test_roles.py); the table's
+    trigger refuses them to its owner too, unless the owner disables it (which the chain shows)."""
     make_history(client, db, 2)
     first = rows(db)[0]
     with pytest.raises(psycopg2.Error, match="append-only"):    # not even a row still unsealed
-        with db.cursor() as cur:
+        with owner_db.cursor() as cur:
             cur.execute("UPDATE audit_log SET actor_id = 'someone-else' WHERE id = %s", (first["id"],))
     with pytest.raises(psycopg2.Error, match="append-only"):    # sealing may not change the content
-        with db.cursor() as cur:
+        with owner_db.cursor() as cur:
             cur.execute("UPDATE audit_log SET chain = 1, prev_hash = repeat('0', 64), hash = repeat('a', 64),"
                         " actor_id = 'mallory' WHERE id = %s", (first["id"],))
     seal(app)
     with pytest.raises(psycopg2.Error, match="append-only"):    # nor be done twice
-        with db.cursor() as cur:
+        with owner_db.cursor() as cur:
             cur.execute("UPDATE audit_log SET hash = repeat('a', 64) WHERE id = %s", (first["id"],))
-    for sql in ("UPDATE audit_log SET actor_id = 'someone-else'", "DELETE FROM audit_log"):
+    for sql in ("UPDATE audit_log SET actor_id = 'someone-else'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
         with pytest.raises(psycopg2.Error, match="append-only"):
-            with db.cursor() as cur:
+            with owner_db.cursor() as cur:
                 cur.execute(sql)
 
 
 @pytest.mark.parametrize("tampering, victim, broken", [
     ("UPDATE audit_log SET change = '{\"read\": false}' WHERE id = %s", 2,
-     "BROKEN at row {2}: its content does not match its hash"),
+     "BROKEN at position 3 (row {2}): its content does not match its HMAC"),
     ("DELETE FROM audit_log WHERE id = %s", 2,
-     "BROKEN at row {3}: its prev_hash does not match the hash of row {1}"),
+     "BROKEN at position 3 (row {3}): the row here has position 4"),
     ("UPDATE audit_log SET actor_id = 'mallory', hash = repeat('a', 64) WHERE id = %s", 1,
-     "BROKEN at row {1}"),
+     "BROKEN at position 2 (row {1})"),
 ], ids=["an_edited_row", "the_row_after_a_deleted_one", "an_edit_whose_hash_was_recomputed"])
-def test_verify_names_the_first_broken_row(app, client, db, tampering, victim, broken):
+def test_verify_names_the_first_broken_row(app, client, db, owner_db, tampering, victim, broken):
     make_history(client, db, 5)
     seal(app)
-    ids = [row["id"] for row in rows(db)]
-    tamper(db, tampering, (ids[victim],))
+    ids = [row["id"] for row in chain(db)]
+    tamper(owner_db, tampering, (ids[victim],))
     result = verify(app)
     assert result.exit_code == 1
     assert broken.format(*ids) in result.output
 
 
-def test_verify_head_sees_rows_removed_from_the_end(app, client, db):
+def test_verify_head_sees_rows_removed_from_the_end(app, client, db, owner_db):
     make_history(client, db, 3)
     seal(app)
-    head = rows(db)[-1]
-    assert verify(app, "--head", head["hash"]).exit_code == 0
-    tamper(db, "DELETE FROM audit_log WHERE id = %s", (head["id"],))
+    head = chain(db)[-1]
+    assert verify(app, "--head", f"3:{head['hash']}").exit_code == 0
+    tamper(owner_db, "DELETE FROM audit_log WHERE id = %s", (head["id"],))
     assert verify(app).exit_code == 0                  # the chain alone cannot see it ...
-    result = verify(app, "--head", head["hash"])       # ... the head noted earlier can
+    result = verify(app, "--head", f"3:{head['hash']}")       # ... the head noted earlier can
     assert result.exit_code == 1
-    assert f"hash {head['hash']} is no longer in the chain" in result.output
+    assert "BROKEN at position 3: the chain ends at position 2" in result.output
 
 
 def _record(conn, n):
@@ -419,7 +422,7 @@ def test_endpoint_lists_newest_first_and_verifies_each_row(app, client, db):
     assert [item["target_id"] for item in body["items"]] == [str(i) for i in reversed(ids)]
     item = body["items"][0]
     assert set(item) == {"id", "at", "actor_type", "actor_id", "request_id", "client_ip", "action", "target_type",
-                         "target_id", "change", "prev_hash", "hash", "sealed", "verified"}
+                         "target_id", "change", "position", "prev_hash", "hash", "key_id", "sealed", "verified"}
     assert (item["actor_type"], item["actor_id"], item["action"]) == ("user", str(user_id), "notification.read")
     assert item["sealed"] is True and item["verified"] is True
 
@@ -453,12 +456,12 @@ def test_endpoint_pages(client, db):
     assert [i["id"] for i in last["items"]] == found[4:] and last["has_more"] is False
 
 
-def test_endpoint_marks_an_edited_row_and_the_row_after_a_deleted_one(app, client, db):
+def test_endpoint_marks_an_edited_row_and_the_row_after_a_deleted_one(app, client, db, owner_db):
     make_history(client, db, 5)
     seal(app)
     found = rows(db)
-    tamper(db, "UPDATE audit_log SET actor_id = 'mallory' WHERE id = %s", (found[1]["id"],))
-    tamper(db, "DELETE FROM audit_log WHERE id = %s", (found[3]["id"],))
+    tamper(owner_db, "UPDATE audit_log SET actor_id = 'mallory' WHERE id = %s", (found[1]["id"],))
+    tamper(owner_db, "DELETE FROM audit_log WHERE id = %s", (found[3]["id"],))
     body = audit_page(client)
     assert body["verified"] is False
     flags = {item["id"]: item["verified"] for item in body["items"]}
