@@ -4,6 +4,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, retention
 from .audit import chain as audit_chain
+from .audit import evidence as audit_evidence
 from .bus import deployment
 from .channels import registry as channels
 from .config import load_settings
@@ -29,6 +30,7 @@ def create_app(config=None):
     channels.init_app(app)
     deliveries_cli.init_app(app)
     audit_chain.init_app(app)
+    audit_evidence.init_app(app)
     retention.init_app(app)
     app.register_blueprint(health.blp)
     inbox_page.init_app(app)
@@ -50,6 +52,7 @@ def _trust_proxies(app, hops):
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .audit.evidence_routes import blp as evidence
     from .audit.routes import blp as audit_log
     from .consent.routes import blp as consent
     from .contacts.routes import blp as contacts
@@ -59,4 +62,4 @@ def _blueprints():
     from .notifications.stats import blp as stats
     from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
-    return [streams, dispatch, preferences, consent, notifications, deliveries, contacts, stats, audit_log]
+    return [streams, dispatch, preferences, consent, notifications, deliveries, contacts, stats, audit_log, evidence]
