@@ -13,13 +13,15 @@
 ALTER TABLE audit_log ADD COLUMN key_id text;
 
 -- 2. What an UPDATE may do: seal an unsealed row (chain, prev_hash, hash and
--- key_id from NULL, nothing else), or replace a user's id in actor_id /
+-- key_id from NULL, nothing else; with a key id: from this release on no row is
+-- sealed with plain SHA-256, not even by a previous release's sealer still
+-- running during the deploy), or replace a user's id in actor_id /
 -- target_id by a pseudonym ('pseud:' + hex), nothing else. Anything else is
 -- refused, whoever asks, while the trigger is enabled.
 CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND OLD.hash IS NULL AND OLD.chain IS NULL AND NEW.hash IS NOT NULL
-       AND NEW.prev_hash IS NOT NULL AND NEW.chain IS NOT NULL
+       AND NEW.prev_hash IS NOT NULL AND NEW.chain IS NOT NULL AND NEW.key_id IS NOT NULL
        AND (NEW.id, NEW.at, NEW.xid, NEW.actor_type, NEW.actor_id, NEW.request_id, NEW.client_ip, NEW.action,
             NEW.target_type, NEW.target_id, NEW.change)
            IS NOT DISTINCT FROM
