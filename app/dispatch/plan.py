@@ -18,6 +18,8 @@ Each decision carries the resolution it was made on (enabled, locked, the
 source of the choice, and for a consent group whether consent is on record),
 stored on the delivery row as the evidence of what dispatch decided.
 """
+import functools
+import json
 from dataclasses import dataclass, field
 
 from .. import consent
@@ -30,7 +32,7 @@ OFF = "switched off in the user's preferences"
 
 @dataclass
 class Plan:
-    # user id (str) -> [(channel, status, reason, tried, resolution)]
+    # user id (str) -> [(channel, status, reason, tried, resolution as JSON text)]
     decisions: dict = field(default_factory=dict)
 
     def hidden_users(self):
@@ -62,23 +64,35 @@ def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=N
         decisions = []
         for channel in candidates:
             enabled, locked, source = resolve(event, channel, mine, customer_id)
-            seen = {"enabled": enabled, "locked": locked, "source": source}
+            if not enabled:
+                if channel in event.channels:
+                    decisions.append((channel, "skipped", OFF, False, _resolution(False, locked, source)))
+                continue
             field_name = needs.get(channel)
-            if enabled and granted is not None and field_name and contact.get(field_name):
-                seen["consent"] = consent.allows(granted, uid, channel, contact[field_name])
-            if enabled:
-                if channel == IN_APP:
-                    decisions.append((channel, "sent", None, False, seen))
-                elif field_name and not contact.get(field_name):
-                    decisions.append((channel, "skipped", f"no {field_name} on file for this user", True, seen))
-                elif seen.get("consent") is False:
-                    decisions.append((channel, "skipped", consent.NO_CONSENT, True, seen))
-                else:
-                    decisions.append((channel, "pending", None, False, seen))
-            elif channel in event.channels:
-                decisions.append((channel, "skipped", OFF, False, seen))
+            address = contact.get(field_name) if field_name else None
+            allowed = (consent.allows(granted, uid, channel, address)
+                       if granted is not None and address else None)
+            seen = _resolution(True, locked, source, allowed)
+            if channel == IN_APP:
+                decisions.append((channel, "sent", None, False, seen))
+            elif field_name and not address:
+                decisions.append((channel, "skipped", f"no {field_name} on file for this user", True, seen))
+            elif allowed is False:
+                decisions.append((channel, "skipped", consent.NO_CONSENT, True, seen))
+            else:
+                decisions.append((channel, "pending", None, False, seen))
         plan.decisions[str(uid)] = decisions
     return plan
+
+
+@functools.lru_cache(maxsize=64)
+def _resolution(enabled, locked, source, consent_on_record=None):
+    """A decision's resolution as the JSON text its delivery row keeps (a handful of distinct values,
+    each serialised once: the fan-out makes one per delivery row)."""
+    seen = {"enabled": enabled, "locked": locked, "source": source}
+    if consent_on_record is not None:
+        seen["consent"] = consent_on_record
+    return json.dumps(seen)
 
 
 def _contacts(conn, user_ids, fields):

@@ -97,7 +97,7 @@ def insert_deliveries(conn, rows):
     """rows: (notification_id, user_id, channel, status, reason, tried, resolution); existing ones are kept.
 
     A row decided with `tried` (skipped for want of an address or of consent) gets its one attempt
-    recorded; `resolution` (what the plan decided on, a dict) is stored with the row as evidence."""
+    recorded; `resolution` (what the plan decided on, JSON text) is stored with the row as evidence."""
     if not rows:
         return
     notification_ids, user_ids, channels, statuses, reasons, tried, resolutions = zip(*rows)
@@ -113,7 +113,7 @@ def insert_deliveries(conn, rows):
                     " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at, resolution)"
                     " SELECT id, 1, status, reason, now(), resolution FROM ins WHERE attempts = 1",
                     (uuid_array(notification_ids), uuid_array(user_ids), list(channels), list(statuses),
-                     list(reasons), list(tried), [json.dumps(r) for r in resolutions]))
+                     list(reasons), list(tried), list(resolutions)))
 
 
 def pending_deliveries(conn, notification_ids):

@@ -44,6 +44,10 @@ def test_marketing_email_needs_consent_on_record_for_the_address(mail_app, smtp,
     email = send_offer(mail_app, client, user_id, headers)
     assert email["status"] == "skipped" and email["reason"].startswith("no_consent"), email
     assert smtp.messages == []
+    evidence = json_of(client.get(f"/v1/notifications/{notification_id(client, headers)}/evidence", headers=SERVICE))
+    assert evidence["consent"]["required"] is True
+    decided = next(d for d in evidence["deliveries"] if d["channel"] == "email")["resolution_at_dispatch"]
+    assert decided == {"enabled": True, "locked": False, "source": "default", "consent": False}
 
     # consent must name the text the user was shown
     assert_error(set_marketing_email(client, headers, True), 422, "consent_text_version_required")
@@ -120,3 +124,20 @@ def test_history_shows_each_change_with_its_actor_and_consent_text(mail_app, use
                  401, "invalid_api_key")
     assert_error(client.get("/v1/notifications/users/nope/preferences/history", headers=SERVICE), 400, "invalid_id")
     assert_error(client.get(PREFS + "/history?limit=0", headers=headers), 422, "invalid_request")
+
+
+def test_the_delivery_job_checks_consent_again_before_sending(mail_app, smtp, user):
+    """Consent on record at dispatch, the address changed before the job ran: not sent to the new one."""
+    user_id, headers = user
+    client = mail_app.test_client()
+    put_contact(client, user_id, email=f"old-{user_id.hex[:8]}@example.org")
+    assert set_marketing_email(client, headers, True, consent_text_version="marketing-2026-11").status_code == 200
+    trigger(client, [user_id], type="marketing", event="offer", title="A better rate")
+    run_jobs(mail_app, ["dispatch"])
+    assert deliveries(client, headers)["email"]["status"] == "pending"
+    put_contact(client, user_id, email=f"new-{user_id.hex[:8]}@example.org")
+    run_jobs(mail_app)
+
+    email = deliveries(client, headers)["email"]
+    assert email["status"] == "skipped" and email["reason"].startswith("no_consent"), email
+    assert smtp.messages == []
