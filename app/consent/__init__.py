@@ -7,7 +7,7 @@ Each record names its actor (the user, or a service key id), the request, the cu
 event and channel, the old and new values of what changed, and the `consent_text_version` the
 caller sent. Addresses are never stored: a record holds a keyed hash of the address on file
 (`address_hash`, under SECRET_KEY), which is enough to answer "is consent on record for THIS
-address" and leaves nothing to erase. Records are numbered 1, 2, 3… per user (`version`) under a
+address" and keeps no address to erase. Records are numbered 1, 2, 3… per user (`version`) under a
 per-user transaction lock, taken before the change's old values are read.
 
 The rule: a change to a group that requires consent, on a channel that needs an address (email,

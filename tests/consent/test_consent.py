@@ -1,6 +1,8 @@
 """The consent ledger over HTTP: every contact and preference change is a versioned record with its
 actor and consent text version, and a `requires_consent` group's email goes only to an address whose
 consent is on record (trigger -> RQ worker -> a real SMTP server)."""
+import uuid
+
 import pytest
 
 from testkit.api import assert_error, deliveries, json_of, notification_id, put_contact, trigger
@@ -141,3 +143,18 @@ def test_the_delivery_job_checks_consent_again_before_sending(mail_app, smtp, us
     email = deliveries(client, headers)["email"]
     assert email["status"] == "skipped" and email["reason"].startswith("no_consent"), email
     assert smtp.messages == []
+
+
+def test_consent_given_for_one_customer_covers_that_customer_only(mail_app, smtp, user):
+    user_id, headers = user
+    client = mail_app.test_client()
+    mine, other = uuid.uuid4(), uuid.uuid4()
+    put_contact(client, user_id, email=f"c-{user_id.hex[:8]}@example.org")
+    given = client.put(PREFS, headers=headers, json={"consent_text_version": "marketing-2026-11", "changes": [
+        {"group": "marketing", "channel": "email", "customer_id": str(mine), "enabled": True}]})
+    assert given.status_code == 200, given.get_data(as_text=True)
+    for customer in (mine, other):
+        trigger(client, [user_id], type="marketing", event="offer", title=f"For {customer}", customer_id=str(customer))
+    run_jobs(mail_app)
+
+    assert [m["message"]["Subject"] for m in smtp.messages] == [f"For {mine}"]
