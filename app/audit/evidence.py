@@ -108,7 +108,7 @@ def _trigger(trigger, rows):
         return None
     audit_id = next((r["id"] for r in rows if r["target_type"] == "trigger" and r["action"] == "notification.trigger"),
                     None)
-    return dict(_plain(trigger), api_key_id=trigger["api_key_id"], audit_id=audit_id)
+    return dict(_plain(trigger), audit_id=audit_id)
 
 
 def _deliveries(notification, deliveries, attempts):
@@ -117,8 +117,8 @@ def _deliveries(notification, deliveries, attempts):
     for delivery in deliveries:
         mine = [_plain({k: v for k, v in a.items() if k != "delivery_id"})
                 for a in attempts if a["delivery_id"] == delivery["id"]]
-        out.append(dict(_plain(delivery), resolution_at_dispatch=delivery["resolution"], attempts=mine))
-        out[-1].pop("resolution")
+        shown = _plain({k: v for k, v in delivery.items() if k != "resolution"})
+        out.append(dict(shown, resolution_at_dispatch=delivery["resolution"], attempts=mine))
     if notification["in_app"] and not any(d["channel"] == IN_APP for d in deliveries):
         # the in-app delivery is the notification row itself (app/deliveries/in_app.py)
         out.append({"id": None, "channel": IN_APP, "status": "sent", "reason": None, "attempts": [],
