@@ -50,7 +50,9 @@ def _trust_proxies(app, hops):
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .audit.evidence_routes import blp as evidence
     from .audit.routes import blp as audit_log
+    from .consent.routes import blp as consent
     from .contacts.routes import blp as contacts
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch
@@ -58,4 +60,4 @@ def _blueprints():
     from .notifications.stats import blp as stats
     from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
-    return [streams, dispatch, preferences, notifications, deliveries, contacts, stats, audit_log]
+    return [streams, dispatch, preferences, consent, notifications, deliveries, contacts, stats, audit_log, evidence]

@@ -37,6 +37,7 @@ class Locks:
     AUDIT_SEAL = 7_245_003    # one audit sealer at a time (app/audit/chain.py)
     RETENTION = 7_245_004     # one retention purge at a time (app/retention.py)
     BIG_TRIGGER = 7_245_005   # with hashtext(trigger id): one job per big trigger (app/dispatch/repository.py)
+    CONSENT = 7_245_020       # with hashtext(user id): one writer of a user's consent ledger (app/consent/)
 
 
 def with_timeouts(dsn, statement_ms, idle_in_transaction_ms):

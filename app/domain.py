@@ -18,6 +18,7 @@ class Event:
     channels: tuple
     locked: bool = False
     urgent: bool = False
+    requires_consent: bool = False   # the group's: email/SMS only to an address with consent on record
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Group:
     aliases: tuple
     events: dict
     retention_days: int | None = None
+    requires_consent: bool = False
 
     def known_event(self, name):
         """The group's event `name`, or 400 `invalid_event`."""
@@ -123,6 +125,9 @@ def _parse_notifications(path):
         where = f"groups.{gname}"
         if not isinstance(graw, dict):
             raise ConfigError(path, where, "must be a mapping")
+        consent = graw.get("requires_consent", False)
+        if not isinstance(consent, bool):
+            raise ConfigError(path, f"{where}.requires_consent", "must be true or false")
         events = {}
         for ename, eraw in _need(path, graw, "events", dict, where).items():
             ewhere = f"{where}.events.{ename}"
@@ -133,15 +138,18 @@ def _parse_notifications(path):
             for chan in chans:
                 if chan not in all_channels:
                     raise ConfigError(path, f"{ewhere}.channels", f"names unknown channel {chan!r}")
+            if consent and eraw.get("locked"):
+                # consent can always be withdrawn; a locked event could not be switched off
+                raise ConfigError(path, f"{ewhere}.locked", "a group with requires_consent cannot lock an event")
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)))
+                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)), consent)
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
         group_aliases = graw.get("aliases", []) or []
         if not isinstance(group_aliases, list):
             raise ConfigError(path, f"{where}.aliases", "must be a list")
-        groups[str(gname)] = Group(str(gname), tuple(group_aliases), events, retention)
+        groups[str(gname)] = Group(str(gname), tuple(group_aliases), events, retention, consent)
         for name in (gname, *group_aliases):
             if name in aliases:
                 raise ConfigError(path, f"{where}.aliases", f"name {name!r} is used by two groups")

@@ -14,6 +14,7 @@
     ├── InvalidGroup / InvalidEvent / InvalidChannel   400
     ├── InvalidRequest           422  a request that fails validation
     ├── EventLocked              400  a locked event cannot be switched off
+    ├── ConsentTextRequired      422  consent given without `consent_text_version`
     ├── IdempotencyConflict      409  same Idempotency-Key, other body
     ├── TooManyConnections       429  per-user stream limit
     ├── RateLimited              429
@@ -123,6 +124,21 @@ class InvalidChannel(ApiError):
 class EventLocked(ApiError):
     """This event cannot be switched off"""
     status, code = 400, "event_locked"
+
+
+class ConsentTextRequired(ApiError):
+    """Giving consent needs `consent_text_version`: the version of the consent text the user was shown"""
+    status, code = 422, "consent_text_version_required"
+
+
+class FailedToFetchConsent(ApiError):
+    """Failed to fetch the consent history"""
+    status, code = 500, "failed_to_fetch_consent"
+
+
+class FailedToFetchEvidence(ApiError):
+    """Failed to gather the notification's evidence"""
+    status, code = 500, "failed_to_fetch_evidence"
 
 
 class InvalidRequest(ApiError):

@@ -1,4 +1,5 @@
-"""`flask audit verify` and `flask audit anchor`; `flask users` (app/audit/subjects.py).
+"""`flask audit verify` and `flask audit anchor`, with `export` and `verify-bundle` from
+app/audit/evidence.py; `flask users` (app/audit/subjects.py).
 
 The commands live apart from the chain (app/audit/chain.py) and the anchors (app/audit/anchor.py)
 so that both stay free of the CLI and of each other: the anchor writes the chain's head, the
@@ -11,7 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .. import db
-from . import anchor as anchors, subjects
+from . import anchor as anchors, evidence, subjects
 from .chain import Finding, seal_all, unsealed, verify
 
 
@@ -26,6 +27,8 @@ def parse_head(value):
 # ------------------------------------------------------------------------------ `flask audit`
 
 group = AppGroup("audit", help="Check the tamper-evident audit log.")
+group.add_command(evidence.export_command)
+group.add_command(evidence.verify_bundle_command)
 
 
 @group.command("verify")

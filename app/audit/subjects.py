@@ -4,7 +4,9 @@ Export gathers everything the service holds about one user. Forget erases what
 identifies them or what they were told, and keeps what the bank must still be
 able to prove:
 
-- contacts, preferences and quiet hours are deleted;
+- contacts, preferences and quiet hours are deleted; the consent ledger is kept
+  (what was consented to, when, under which text: it holds keyed hashes of
+  addresses, never addresses) under the pseudonymous UUID;
 - their notifications keep their id, group, event and times (that a notice was
   sent, and when, stays provable) but lose title, content, link and reference,
   and are deleted from the inbox; their user id, there and on deliveries,
@@ -31,7 +33,7 @@ import uuid
 import click
 from flask.cli import AppGroup
 
-from .. import audit, db
+from .. import audit, consent, db
 
 TABLES_BY_USER = ("contacts", "preferences", "quiet_hours")
 
@@ -66,6 +68,7 @@ def export(conn, user_id):
         bundle["delivery_attempts"] = _rows(cur, "SELECT a.* FROM delivery_attempts a JOIN deliveries d"
                                                  " ON d.id = a.delivery_id WHERE d.user_id = %s"
                                                  " ORDER BY a.delivery_id, a.attempt", (user_id,))
+        bundle["consent_records"] = [dict(row) for row in consent.all_records(conn, user_id)]
         bundle["audit"] = [audit.exported(row) for row in _subject_rows(cur, user_id)]
     return bundle
 
@@ -86,6 +89,12 @@ def forget(conn, user_id, keys):
         counts["notifications"] = cur.rowcount
         cur.execute("UPDATE deliveries SET user_id = %s WHERE user_id = %s", (stand_in, user_id))
         counts["deliveries"] = cur.rowcount
+        # The consent ledger stays as evidence of what was consented to, when (it holds no address, only
+        # keyed hashes): under the pseudonymous id, the user as actor by their pseudonym.
+        cur.execute("UPDATE consent_records SET user_id = %(p)s, actor_id = CASE WHEN actor_type = 'user' AND"
+                    " actor_id = %(u)s THEN %(s)s ELSE actor_id END WHERE user_id = %(u)s::uuid",
+                    {"p": stand_in, "u": user_id, "s": subject})
+        counts["consent_records"] = cur.rowcount
         # A trigger's user_ids as the caller sent them (any case): the id becomes the pseudonym there.
         cur.execute("UPDATE triggers SET body = jsonb_set(body, '{user_ids}', (SELECT jsonb_agg(CASE WHEN lower(u) ="
                     " %(u)s THEN %(s)s ELSE u END) FROM jsonb_array_elements_text(body->'user_ids') u))"

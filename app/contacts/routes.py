@@ -1,7 +1,8 @@
 """Contacts endpoints (API key): services set and read where a user is reached."""
+from flask import current_app
 from flask.views import MethodView
 
-from .. import audit, db
+from .. import audit, consent, db
 from ..api import PREFIX, Blueprint
 from ..api.schema import parse_id
 from ..errors import FailedToFetchContact, FailedToUpdateContact, NotFound
@@ -40,7 +41,11 @@ class Contact(MethodView):
         uid = parse_id(user_id, "Invalid user ID")
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
+            consent.lock(conn, uid)
+            old = repository.get(conn, uid)
             row = repository.upsert(conn, uid, body)
+            consent.append(conn, uid, consent.contact_records(consent.channel_needs(current_app), old, row),
+                           body.get("consent_text_version"))
             # field names only: the audit log is immutable, so it must hold no address to erase later
             audit.record(conn, "contact.update", ("user", uid),
                          {"set": sorted(f for f in repository.FIELDS if body.get(f) is not None),
@@ -53,7 +58,10 @@ class Contact(MethodView):
         uid = parse_id(user_id, "Invalid user ID")
         conn = db.get_conn()
         with db.failing_as(FailedToUpdateContact), db.transaction(conn):
+            consent.lock(conn, uid)
+            old = repository.get(conn, uid)
             if not repository.delete(conn, uid):
                 raise NotFound("Contact not found")
+            consent.append(conn, uid, consent.contact_records(consent.channel_needs(current_app), old, None))
             audit.record(conn, "contact.delete", ("user", uid), {"deleted": True})
         return None

@@ -8,6 +8,8 @@
   `zh-Hant-TW`, `es-419`; `en_gb` is accepted and stored as `en-GB`.
 - `timezone`: an IANA zone name known to zoneinfo (`Europe/Paris`, `UTC`),
   matched case-insensitively and stored in its canonical spelling.
+- `consent_text_version`: not stored on the contact; the consent ledger records it
+  with the change (app/consent/).
 
 Every field may be null or left out (PUT replaces the whole contact, so a
 field left out is cleared). Spaces around a value are dropped; any other
@@ -58,6 +60,10 @@ class ContactSchema(StrictSchema):
                            metadata={"example": "en-GB", "description": "BCP 47 language tag"})
     timezone = fields.String(load_default=None, allow_none=True,
                              metadata={"example": "Europe/London", "description": "IANA time zone"})
+    consent_text_version = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=64),
+        metadata={"example": "marketing-2026-11",
+                  "description": "the consent text shown when the address was collected; kept in the consent ledger"})
 
     @ma.pre_load
     def _strip(self, data, **_):

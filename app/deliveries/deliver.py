@@ -6,9 +6,15 @@ says why); a channel that does not call it is recorded as soon as `send`
 returns. Anything that goes wrong after the provider accepted (a failed
 goodbye, a job timeout) no longer makes it a retry.
 
+Each attempt row keeps what the attempt was decided on (`resolution`: the
+preference resolved, the quiet hours and whether they applied, and for a group
+that requires consent whether consent is on record for the address): the
+evidence of app/audit/evidence.py.
+
 Outcomes: `held` (quiet hours: waits, without spending an attempt, and is
 scheduled for the window's end); `sent`; `skipped` (no address for the channel, the notification
-was deleted, the channel is no longer configured) and never retried;
+was deleted, the channel is no longer configured, no consent on record for the address of a group
+that requires it) and never retried;
 `failed` at once for a permanent provider error or after the last attempt;
 otherwise back to `pending` and `RetryLater` is raised, so RQ schedules the
 next attempt with the back-off of queue.yaml.
@@ -18,7 +24,7 @@ import logging
 
 from flask import current_app
 
-from .. import db
+from .. import consent, db
 from ..channels import registry
 from ..channels.base import Outbound, PermanentError, describe, label
 from ..channels.templates import event_templates, shown
@@ -50,6 +56,11 @@ def deliver(delivery_id):
                 claimed["choices"] = preferences.choices(conn, claimed["user_id"], claimed["row"]["customer_id"],
                                                          claimed["row"]["type"])
                 claimed["quiet"] = preferences.quiet_hours(conn, claimed["user_id"])
+                event = _event(domain, claimed["row"])
+                if event is not None and event.requires_consent:
+                    claimed["granted"] = consent.consented(conn, [claimed["user_id"]], event,
+                                                           claimed["row"]["customer_id"])
+                claimed["resolution"] = resolution(app, event, claimed)
         if claimed is None:
             return "not-claimable"
         with Receipt(conn, claimed) as accepted:
@@ -76,6 +87,32 @@ def deliver(delivery_id):
     return status
 
 
+def _event(domain, row):
+    group = domain.groups.get(row["type"])
+    return group.events.get(row["event"]) if group else None
+
+
+def resolution(app, event, claimed):
+    """What this attempt is decided on, kept on its attempt row: the preference as resolved now, the
+    quiet hours and whether they apply to it, and (a group that requires consent) whether consent is
+    on record for the address on file now."""
+    row, quiet = claimed["row"], claimed.get("quiet")
+    seen = {"quiet_hours": None if quiet is None else {
+        "start": quiet["start_time"].strftime("%H:%M"), "end": quiet["end_time"].strftime("%H:%M"),
+        "channels": list(quiet["channels"]), "timezone": row["timezone"] or "UTC"}}
+    if event is None:
+        return seen
+    enabled, locked, source = resolve(event, claimed["channel"], claimed["choices"], row["customer_id"])
+    seen.update(enabled=enabled, locked=locked, source=source,
+                quiet_hours_apply=bool(applies(quiet, claimed["channel"], event)))
+    if "granted" in claimed:
+        channel = registry.get(app, claimed["channel"])
+        address = channel.address({k: row[k] for k in ("email", "phone")}) if channel and channel.needs else None
+        seen["consent"] = bool(address) and consent.allows(claimed["granted"], claimed["user_id"],
+                                                           claimed["channel"], address)
+    return seen
+
+
 def _attempt(app, domain, claimed, accepted):
     """(status, finish kwargs, retry?) for one attempt of the claimed delivery."""
     row = claimed["row"]
@@ -84,10 +121,11 @@ def _attempt(app, domain, claimed, accepted):
         return "skipped", {"reason": "notification deleted before delivery"}, False
     if channel is None:
         return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
-    group = domain.groups.get(row["type"])
-    event = group.events.get(row["event"]) if group else None
-    if event is not None and not resolve(event, claimed["channel"], claimed["choices"], row["customer_id"])[0]:
+    event = _event(domain, row)
+    if event is not None and not claimed["resolution"]["enabled"]:
         return "skipped", {"reason": "switched off in the user's preferences"}, False
+    if claimed["resolution"].get("consent") is False and channel.address(row):
+        return "skipped", {"reason": consent.NO_CONSENT}, False
     if applies(claimed.get("quiet"), claimed["channel"], event):
         until = held_until(datetime.datetime.now(datetime.timezone.utc), claimed["quiet"], row["timezone"])
         if until is not None:

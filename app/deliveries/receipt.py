@@ -21,6 +21,7 @@ changes nothing), so a record whose connection broke on the way, when we
 cannot know whether it committed, is simply run again (`record_late`).
 """
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -38,13 +39,19 @@ SENT_SQL = (
     " provider_message_id = coalesce(%(pid)s, provider_message_id), sent_at = now()"
     " WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM delivery_attempts"
     " WHERE delivery_id = %(id)s AND attempt = %(attempt)s AND outcome = 'sent') RETURNING id)"
-    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, started_at)"
-    " SELECT id, %(attempt)s, 'sent', %(pid)s, %(started_at)s FROM sent")
+    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, started_at, resolution)"
+    " SELECT id, %(attempt)s, 'sent', %(pid)s, %(started_at)s, %(resolution)s::jsonb FROM sent")
 
 
 def _params(claimed, provider_id):
     return {"id": claimed["id"], "attempt": claimed["attempts"], "started_at": claimed["started_at"],
-            "pid": provider_id}
+            "pid": provider_id, "resolution": resolution_json(claimed)}
+
+
+def resolution_json(claimed):
+    """What the attempt was decided on (deliver.py's `resolution`), as JSON text for its attempt row."""
+    resolution = claimed.get("resolution")
+    return None if resolution is None else json.dumps(resolution, sort_keys=True)
 
 
 def record_sent(conn, claimed, provider_id):

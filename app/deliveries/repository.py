@@ -4,6 +4,7 @@ from ..channels import IN_APP
 from ..db import cursor
 from ..notifications.model import COLUMNS
 from . import in_app
+from .receipt import resolution_json
 
 N_COLUMNS = ", ".join(f"n.{c.strip()}" for c in COLUMNS.split(","))
 
@@ -38,9 +39,9 @@ def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, 
             " sent_at = CASE WHEN %(status)s = 'sent' THEN now() ELSE sent_at END WHERE id = %(id)s",
             {"status": status, "error": error, "reason": reason, "pid": provider_id, "id": claimed["id"]})
         cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider_message_id,"
-                    " started_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    " started_at, resolution) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)",
                     (claimed["id"], claimed["attempts"], outcome or status, error or reason, provider_id,
-                     claimed["started_at"]))
+                     claimed["started_at"], resolution_json(claimed)))
 
 
 def for_notification(conn, user_id, notification_id, customers=None):
@@ -118,6 +119,6 @@ def hold(conn, claimed, until, reason):
     with conn.cursor() as cur:
         cur.execute("UPDATE deliveries SET status = 'pending', attempts = attempts - 1, reason = %s,"
                     " locked_until = %s, updated_at = now() WHERE id = %s", (reason, until, claimed["id"]))
-        cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at)"
-                    " VALUES (%s, %s, 'held', %s, %s)", (claimed["id"], claimed["attempts"], reason,
-                                                       claimed["started_at"]))
+        cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at, resolution)"
+                    " VALUES (%s, %s, 'held', %s, %s, %s::jsonb)", (claimed["id"], claimed["attempts"], reason,
+                                                                   claimed["started_at"], resolution_json(claimed)))

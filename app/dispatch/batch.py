@@ -156,7 +156,7 @@ def after_publish(app, conn, rows, online, deliveries, pending):
     visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
     STORED.inc(len(rows))
     PUBLISHED.inc(len(visible))
-    for _, _, channel, status, _, tried in deliveries:
+    for _, _, channel, status, _, tried, _ in deliveries:
         if tried:   # decided here rather than by a job: counted as that job would have
             DELIVERIES.labels(channel, status).inc()
     if visible:

@@ -10,10 +10,19 @@ enabled channel gets a `pending` row and a job; a default channel switched
 off gets a `skipped` row saying why. A channel that needs an address the
 user does not have (no email, no phone) is `skipped` here, with its one
 attempt recorded, exactly as its job would have ended: a job per such
-delivery was most of the fan-out's cost.
+delivery was most of the fan-out's cost. So is an email or SMS of a group
+that `requires_consent` to an address without consent on record
+(`consent.NO_CONSENT`; the delivery job checks again before sending).
+
+Each decision carries the resolution it was made on (enabled, locked, the
+source of the choice, and for a consent group whether consent is on record),
+stored on the delivery row as the evidence of what dispatch decided.
 """
+import functools
+import json
 from dataclasses import dataclass, field
 
+from .. import consent
 from ..channels import IN_APP
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
@@ -23,12 +32,13 @@ OFF = "switched off in the user's preferences"
 
 @dataclass
 class Plan:
-    decisions: dict = field(default_factory=dict)   # user id (str) -> [(channel, status, reason, tried)]
+    # user id (str) -> [(channel, status, reason, tried, resolution as JSON text)]
+    decisions: dict = field(default_factory=dict)
 
     def hidden_users(self):
         """Users whose notification stays out of the inbox and stream."""
         return [uid for uid, decisions in self.decisions.items()
-                if not any(c == IN_APP and status == "sent" for c, status, _, _ in decisions)]
+                if not any(c == IN_APP and status == "sent" for c, status, *_ in decisions)]
 
     def delivery_rows(self, rows):
         """Rows for `deliveries`: every decision but the in-app `sent` one, which `in_app` records."""
@@ -46,24 +56,43 @@ def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=N
     choices = choices_for_users(conn, user_ids, event.group, customer_id)
     fields = sorted({needs[c] for c in candidates if needs.get(c)})
     contacts = _contacts(conn, user_ids, fields) if fields else {}
+    granted = consent.consented(conn, user_ids, event, customer_id) if event.requires_consent else None
     plan = Plan()
     for uid in user_ids:
         key = _uuid(uid)
         mine, contact = choices.get(key, []), contacts.get(key, {})
         decisions = []
         for channel in candidates:
-            if resolve(event, channel, mine, customer_id)[0]:
-                field_name = needs.get(channel)
-                if channel == IN_APP:
-                    decisions.append((channel, "sent", None, False))
-                elif field_name and not contact.get(field_name):
-                    decisions.append((channel, "skipped", f"no {field_name} on file for this user", True))
-                else:
-                    decisions.append((channel, "pending", None, False))
-            elif channel in event.channels:
-                decisions.append((channel, "skipped", OFF, False))
+            enabled, locked, source = resolve(event, channel, mine, customer_id)
+            if not enabled:
+                if channel in event.channels:
+                    decisions.append((channel, "skipped", OFF, False, _resolution(False, locked, source)))
+                continue
+            field_name = needs.get(channel)
+            address = contact.get(field_name) if field_name else None
+            allowed = (consent.allows(granted, uid, channel, address)
+                       if granted is not None and address else None)
+            seen = _resolution(True, locked, source, allowed)
+            if channel == IN_APP:
+                decisions.append((channel, "sent", None, False, seen))
+            elif field_name and not address:
+                decisions.append((channel, "skipped", f"no {field_name} on file for this user", True, seen))
+            elif allowed is False:
+                decisions.append((channel, "skipped", consent.NO_CONSENT, True, seen))
+            else:
+                decisions.append((channel, "pending", None, False, seen))
         plan.decisions[str(uid)] = decisions
     return plan
+
+
+@functools.lru_cache(maxsize=64)
+def _resolution(enabled, locked, source, consent_on_record=None):
+    """A decision's resolution as the JSON text its delivery row keeps (a handful of distinct values,
+    each serialised once: the fan-out makes one per delivery row)."""
+    seen = {"enabled": enabled, "locked": locked, "source": source}
+    if consent_on_record is not None:
+        seen["consent"] = consent_on_record
+    return json.dumps(seen)
 
 
 def _contacts(conn, user_ids, fields):

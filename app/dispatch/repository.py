@@ -94,24 +94,26 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
 
 
 def insert_deliveries(conn, rows):
-    """rows: (notification_id, user_id, channel, status, reason, tried); existing ones are kept.
+    """rows: (notification_id, user_id, channel, status, reason, tried, resolution); existing ones are kept.
 
-    A row decided with `tried` (skipped for want of an address) gets its one attempt recorded."""
+    A row decided with `tried` (skipped for want of an address or of consent) gets its one attempt
+    recorded; `resolution` (what the plan decided on, JSON text) is stored with the row as evidence."""
     if not rows:
         return
-    notification_ids, user_ids, channels, statuses, reasons, tried = zip(*rows)
+    notification_ids, user_ids, channels, statuses, reasons, tried, resolutions = zip(*rows)
     with conn.cursor() as cur:
         cur.execute("WITH d AS (SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],"
-                    " %s::boolean[]) AS d(nid, uid, channel, status, reason, tried)),"
+                    " %s::boolean[], %s::jsonb[]) AS d(nid, uid, channel, status, reason, tried, resolution)),"
                     " ins AS (INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason,"
-                    " attempts, sent_at)"
+                    " attempts, sent_at, resolution)"
                     " SELECT gen_random_uuid(), d.nid, d.uid, d.channel, d.status, d.reason, d.tried::int,"
-                    " CASE WHEN d.status = 'sent' THEN now() END FROM d"
-                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id, attempts, status, reason)"
-                    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at)"
-                    " SELECT id, 1, status, reason, now() FROM ins WHERE attempts = 1",
+                    " CASE WHEN d.status = 'sent' THEN now() END, d.resolution FROM d"
+                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id, attempts, status, reason,"
+                    " resolution)"
+                    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at, resolution)"
+                    " SELECT id, 1, status, reason, now(), resolution FROM ins WHERE attempts = 1",
                     (uuid_array(notification_ids), uuid_array(user_ids), list(channels), list(statuses),
-                     list(reasons), list(tried)))
+                     list(reasons), list(tried), list(resolutions)))
 
 
 def pending_deliveries(conn, notification_ids):

@@ -26,6 +26,11 @@ class PreferencesUpdateSchema(StrictSchema):
     changes = fields.List(fields.Nested(ChangeSchema), load_default=list, validate=validate.Length(max=200))
     quiet_hours = fields.Nested(QuietHoursSchema, allow_none=True,
                                 metadata={"description": "set, or null to remove; omit to keep"})
+    consent_text_version = fields.String(
+        load_default=None, validate=validate.Length(min=1, max=64),
+        metadata={"example": "marketing-2026-11",
+                  "description": "the version of the consent text the user was shown; required when a change "
+                                 "gives consent (a group with requires_consent), kept in the consent ledger"})
 
     @ma.validates_schema
     def _something(self, data, **_):

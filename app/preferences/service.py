@@ -2,9 +2,10 @@
 changes at once (all or none, audited), within what the caller's token may change."""
 from flask import current_app
 
-from .. import audit, db
+from .. import audit, consent, db
 from ..channels import IN_APP
-from ..errors import EventLocked, FailedToFetchPreferences, FailedToUpdatePreferences, InvalidChannel, InvalidCustomerId
+from ..errors import (ConsentTextRequired, EventLocked, FailedToFetchPreferences, FailedToUpdatePreferences,
+                      InvalidChannel, InvalidCustomerId)
 from . import repository
 from .rules import resolve
 
@@ -25,13 +26,42 @@ def update(user, body, customer_id):
     changes = within_token(user, validate_changes(domain, user, body["changes"]), body)
     quiet = validate_quiet_hours(domain, body.get("quiet_hours"))
     with db.writing(FailedToUpdatePreferences) as conn:
+        consent.lock(conn, user.id)
+        records = _ledger(conn, domain, user.id, changes, body, quiet)
         if changes:
             repository.upsert(conn, user.id, changes)
         if "quiet_hours" in body:
             repository.set_quiet_hours(conn, user.id, quiet)
+        consent.append(conn, user.id, records, body.get("consent_text_version"))
         audit.record(conn, "preferences.update", ("user", user.id),
                      {"changes": changes, **({"quiet_hours": quiet} if "quiet_hours" in body else {})})
     return preferences(user, customer_id)
+
+
+def _ledger(conn, domain, user_id, changes, body, quiet):
+    """The consent ledger's records of this update (read before it is applied); consent given without
+    the version of the text shown is refused (422), since it could not be proven later."""
+    old = {(c["customer_id"], c["group_name"], c["event"], c["channel"]): c["enabled"]
+           for c in repository.choices(conn, user_id)}
+    with conn.cursor() as cur:
+        cur.execute("SELECT email, phone FROM contacts WHERE user_id = %s", (user_id,))
+        found = cur.fetchone()
+    contact = dict(zip(("email", "phone"), found)) if found else {}
+    records = consent.preference_records(domain, consent.channel_needs(current_app), contact, changes, old)
+    if consent.grants(records) and not body.get("consent_text_version"):
+        raise ConsentTextRequired()
+    if "quiet_hours" in body:
+        before = repository.quiet_hours(conn, user_id)
+        records.append({"source": "quiet_hours", "change": {"quiet_hours": {
+            "old": _window(before and {"start": before["start_time"], "end": before["end_time"],
+                                       "channels": before["channels"]}),
+            "new": _window(quiet)}}})
+    return records
+
+
+def _window(window):
+    return None if window is None else {"start": window["start"].strftime("%H:%M"),
+                                        "end": window["end"].strftime("%H:%M"), "channels": list(window["channels"])}
 
 
 def effective(domain, choices, customer_id):

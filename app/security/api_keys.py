@@ -26,7 +26,8 @@ SCOPES = {
     "trigger": "queue notifications (POST /v1/notifications/trigger) and follow them (GET .../triggers/{id})",
     "push": "push straight to open streams (POST /v1/notifications/sse)",
     "contacts": "read, set and forget users' contacts (GET/PUT/DELETE .../users/{user_id}/contact)",
-    "audit": "read the audit log (GET /v1/notifications/audit)",
+    "audit": "read the audit log (GET /v1/notifications/audit), a notification's evidence (GET .../{id}/evidence)"
+             " and a user's consent ledger (GET .../users/{user_id}/preferences/history)",
     "stats": "read statistics over every customer (GET /v1/notifications/stats)",
     "deliveries": "reserved for service reads of delivery status (no service endpoint yet; "
                   "users read their own with a token)",

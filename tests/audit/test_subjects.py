@@ -48,6 +48,7 @@ def test_export_writes_everything_held_about_the_user(app, client, db, tmp_path)
     assert result.exit_code == 0, result.output
     bundle = json.loads(out.read_text())
     assert bundle["contacts"][0]["email"] == "ada@example.com"
+    assert {r["source"] for r in bundle["consent_records"]} == {"contact", "quiet_hours"}
     assert bundle["quiet_hours"][0]["start_time"] == "22:00:00"
     assert [n["id"] for n in bundle["notifications"]] == [str(n["id"]) for n in notes]
     actions = sorted(row["action"] for row in bundle["audit"])
@@ -68,6 +69,9 @@ def test_forget_erases_the_user_and_keeps_the_chain_verifiable(app, client, db):
 
     assert one(db, "SELECT * FROM contacts WHERE user_id = %s", user_id) == []
     assert one(db, "SELECT * FROM quiet_hours WHERE user_id = %s", user_id) == []
+    assert one(db, "SELECT * FROM consent_records WHERE user_id = %s OR actor_id = %s", user_id, user_id) == []
+    assert len(one(db, "SELECT * FROM consent_records WHERE actor_id = %s", audit.pseudonym(
+        app.config["AUDIT_KEYS"].current[1], user_id))) == 1          # the quiet hours the user set
     assert client.get("/v1/notifications", headers=headers).get_json()["items"] == []
     kept = one(db, "SELECT * FROM notifications WHERE id = ANY(%s::uuid[])", [str(n["id"]) for n in notes])
     assert [(n["title"], n["content"], n["event"] == notes[0]["event"]) for n in kept] == [("", "", True)] * 2

@@ -28,7 +28,7 @@ def put(client, headers, *changes, query=""):
 def test_defaults_listed_for_every_group_and_event(client, user):
     _, headers = user
     body = client.get("/v1/notifications/preferences", headers=headers).get_json()
-    assert [g["group"] for g in body["groups"]] == ["chat", "task", "payment", "security"]
+    assert [g["group"] for g in body["groups"]] == ["chat", "task", "payment", "security", "marketing"]
     chat = channels_of(body, "chat", "message_received")
     assert chat["system"] == {"enabled": True, "locked": False, "source": "default"}
     assert chat["email"] == {"enabled": True, "locked": False, "source": "default"}

@@ -61,6 +61,9 @@ ACCESS = {
     ("DELETE", "/v1/notifications/users/<user_id>/contact"): SERVICE_ONLY,
     ("GET", "/v1/notifications/stats"): SERVICE_ONLY,
     ("GET", "/v1/notifications/audit"): SERVICE_ONLY,
+    ("GET", "/v1/notifications/<notification_id>/evidence"): SERVICE_ONLY,
+    ("GET", "/v1/notifications/preferences/history"): USER,
+    ("GET", "/v1/notifications/users/<user_id>/preferences/history"): SERVICE_ONLY,
 }
 
 # The API-key scope of every service endpoint (app/security/api_keys.py SCOPES; enforced by service_required).
@@ -73,13 +76,15 @@ SCOPE = {
     ("DELETE", "/v1/notifications/users/<user_id>/contact"): "contacts",
     ("GET", "/v1/notifications/stats"): "stats",
     ("GET", "/v1/notifications/audit"): "audit",
+    ("GET", "/v1/notifications/<notification_id>/evidence"): "audit",
+    ("GET", "/v1/notifications/users/<user_id>/preferences/history"): "audit",
 }
 
 # What each path parameter names, and so which "another caller's object" test covers it.
 PATH_OBJECTS = {
     "notification_id": "a user's notification: another user's answers exactly as a missing one",
     "trigger_id": "an API key's trigger: another key's answers exactly as a missing one",
-    "user_id": "the subject of a contact: service-only, every service key may read and set it",
+    "user_id": "the subject of a contact or consent history: service-only, every key with the scope may read it",
     "filename": "a static file: public",
 }
 
@@ -283,7 +288,8 @@ def test_stream_ticket_is_single_use(client):
 
 
 def _notification_routes():
-    return sorted(k for k in ACCESS if "<notification_id>" in k[1])
+    """A user's routes to one notification (the evidence route is an audit key's, over every user)."""
+    return sorted(k for k, kind in ACCESS.items() if "<notification_id>" in k[1] and kind == USER)
 
 
 def _same_answer(foreign, missing):

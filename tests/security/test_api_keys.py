@@ -152,6 +152,8 @@ def test_openapi_names_the_scope_of_every_service_operation(client):
         ("DELETE", "/v1/notifications/users/{user_id}/contact"): ["contacts"],
         ("GET", "/v1/notifications/audit"): ["audit"],
         ("GET", "/v1/notifications/stats"): ["stats"],
+        ("GET", "/v1/notifications/{notification_id}/evidence"): ["audit"],
+        ("GET", "/v1/notifications/users/{user_id}/preferences/history"): ["audit"],
     }
     described = spec["components"]["securitySchemes"]["apiKeyAuth"]["description"]
     assert all(f"`{scope}`" in described for scope in SCOPES)

@@ -68,6 +68,9 @@ def test_default_files_make_spec_examples_valid():
     assert {"system", "email", "sms"} <= set(domain.channels)
     # security alerts may not be switched off
     assert domain.groups["security"].events and all(e.locked for e in domain.groups["security"].events.values())
+    # only marketing asks for consent before an email or SMS
+    assert [g.name for g in domain.groups.values() if g.requires_consent] == ["marketing"]
+    assert all(e.requires_consent for e in domain.groups["marketing"].events.values())
     assert domain.retry_attempts >= 1 and domain.queues["dispatch"] and domain.queues["deliveries"]
 
 
@@ -102,6 +105,10 @@ def test_good_tmp_files_load(tmp_path):
      "  task:\n    aliases: [x]\n    events: {}\n", "groups.task.aliases", "two groups"),
     ("channels:\n  system: {}\ngroups:\n  chat:\n    retention_days: -1\n    events: {}\n",
      "groups.chat.retention_days", "days"),
+    ("channels:\n  system: {}\ngroups:\n  ads:\n    requires_consent: yes please\n    events: {}\n",
+     "groups.ads.requires_consent", "true or false"),
+    ("channels:\n  system: {}\ngroups:\n  ads:\n    requires_consent: true\n    events:\n      offer:\n"
+     "        channels: [system]\n        locked: true\n", "groups.ads.events.offer.locked", "requires_consent"),
 ])
 def test_broken_notifications_yaml_names_file_and_key(tmp_path, content, key, problem):
     with pytest.raises(ConfigError) as caught:

@@ -145,6 +145,11 @@ def personal_calls(db):
         ("GET", "/v1/notifications/stats", "/v1/notifications/stats",
          {"headers": SERVICE, "query_string": {"from": "2024-03-01T00:00:00Z", "to": "2024-03-02T00:00:00Z"}}),
         ("GET", "/v1/notifications/audit", "/v1/notifications/audit", {"headers": SERVICE}),
+        ("GET", "/v1/notifications/<notification_id>/evidence", f"/v1/notifications/{note['id']}/evidence",
+         {"headers": SERVICE}),
+        ("GET", "/v1/notifications/preferences/history", "/v1/notifications/preferences/history", {"headers": me}),
+        ("GET", "/v1/notifications/users/<user_id>/preferences/history",
+         f"/v1/notifications/users/{user_id}/preferences/history", {"headers": SERVICE}),
     ]
     return calls
 
