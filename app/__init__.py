@@ -2,7 +2,7 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, retention
+from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, replica, retention
 from .audit import cli as audit_cli
 from .bus import deployment
 from .channels import registry as channels
@@ -23,6 +23,7 @@ def create_app(config=None):
     headers.init_app(app)
     errors.init_app(app)
     db.init_app(app)
+    replica.init_app(app)
     deployment.init_app(app)
     bus.init_app(app)
     migrate.init_app(app)

@@ -17,6 +17,9 @@ DEFAULTS = {
     # The release's connection, as the owner of the schema (default: DATABASE_URL, for development).
     # With it set, DATABASE_URL names the application role the release creates and grants (docs/audit.md).
     "MIGRATION_DATABASE_URL": "",
+    # A streaming replica for inbox lists, counts, stats and stream replays (app/replica.py); empty: none.
+    "DATABASE_REPLICA_URL": "",
+    "REPLICA_MAX_LAG_SECONDS": "5",        # a replica further behind gets no reads until it catches up
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/bus/deployment.py)
     "JWT_SECRET": "",
@@ -90,7 +93,7 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS",
         "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE",
         "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES", "AUDIT_ANCHOR_SECONDS")
-FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
+FLOATS = ("DB_POOL_TIMEOUT", "REPLICA_MAX_LAG_SECONDS", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS")
 
@@ -148,6 +151,8 @@ def load_settings(overrides=None, environ=None):
     check_certificate(settings["DATABASE_URL"])
     if settings["MIGRATION_DATABASE_URL"] != settings["DATABASE_URL"]:
         check_certificate(settings["MIGRATION_DATABASE_URL"], "MIGRATION_DATABASE_URL")
+    if settings["DATABASE_REPLICA_URL"]:
+        check_certificate(settings["DATABASE_REPLICA_URL"], "DATABASE_REPLICA_URL")
     return settings
 
 

@@ -78,8 +78,8 @@ def broken_by(exc):
 class Pool:
     """At most `size` connections; `get` waits up to `timeout` seconds for one."""
 
-    def __init__(self, dsn, size=10, timeout=5.0):
-        self.dsn, self.size, self.timeout = dsn, size, timeout
+    def __init__(self, dsn, size=10, timeout=5.0, connect_timeout=5):
+        self.dsn, self.size, self.timeout, self.connect_timeout = dsn, size, timeout, connect_timeout
         self._idle = []
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
@@ -91,7 +91,7 @@ class Pool:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None or conn.closed:
-                conn = psycopg2.connect(self.dsn, connect_timeout=5)
+                conn = psycopg2.connect(self.dsn, connect_timeout=self.connect_timeout)
             return conn
         except Exception:
             self._slots.release()

@@ -39,6 +39,10 @@ HUB_RESTARTS = Counter("notif_hub_restarts_total",
                        "Stream hub reconnections to Redis: `connection` lost, or an unexpected `error`", ["cause"])
 DEPENDENCY_ERRORS = Counter("notif_dependency_errors_total",
                             "Requests answered 503 because PostgreSQL or Redis failed (app/errors.py)", ["dependency"])
+REPLICA_READS = Counter("notif_replica_reads_total", "Reads that could go to DATABASE_REPLICA_URL, by where they "
+                        "went and why (app/replica.py)", ["target", "reason"])
+REPLICA_LAG = Gauge("notif_replica_lag_seconds", "The replica's lag at the process's last probe (1e9: down)",
+                    multiprocess_mode="livemax")
 # Zero series from the start, so that a rate() or an alert has a series before the first failure.
 for _cause in ("connection", "error"):
     HUB_RESTARTS.labels(_cause)

@@ -38,6 +38,7 @@ import json
 import logging
 import uuid
 
+from .. import replica
 from ..bus.codec import EVERYONE, event_message
 from ..bus.publisher import publisher
 from ..db import uuid_array
@@ -143,8 +144,10 @@ def after_change(app, conn, user_id, *events):
     user's fresh `unread` counts.
 
     Call after the transaction committed, on the same connection: the counts
-    include the change.
+    include the change. First the user's reads are pinned to the primary until a replica has the
+    change (app/replica.py), so a client that refetches on the event sees it.
     """
+    replica.wrote(conn, user_id)
     messages = [(user_id, name, customer, payload) for name, customer, payload in events]
     try:
         messages.append((user_id, "unread", EVERYONE, unread_counts(conn, user_id, app.config["DOMAIN"])))

@@ -6,7 +6,7 @@ change has committed, tell every device of the user (events.py).
 """
 from flask import current_app
 
-from .. import audit, db
+from .. import audit, db, replica
 from ..errors import FailedToDelete, FailedToFetchNotifications, FailedToMarkAsRead, NotFound
 from . import events, repository
 from .model import rfc3339
@@ -15,23 +15,23 @@ from .model import rfc3339
 def inbox(user, customer_id, status, limit, offset):
     """(rows, total, unread) of one page of the user's inbox, newest first."""
     user.check_customer(customer_id)
-    with db.reading(FailedToFetchNotifications) as conn:
-        return repository.list_inbox(conn, user.id, customer_id=customer_id, customers=user.visible_customers(),
-                                     status=status, limit=limit, offset=offset)
+    return replica.read(FailedToFetchNotifications, lambda conn: repository.list_inbox(
+        conn, user.id, customer_id=customer_id, customers=user.visible_customers(), status=status, limit=limit,
+        offset=offset), user.id)
 
 
 def unread(user, customer_id):
     """The user's unread counts: in total, per customer and per group."""
     user.check_customer(customer_id)
-    with db.reading(FailedToFetchNotifications) as conn:
-        return events.unread_counts(conn, user.id, current_app.config["DOMAIN"], customer_id=customer_id,
-                                    customers=user.visible_customers())
+    return replica.read(FailedToFetchNotifications, lambda conn: events.unread_counts(
+        conn, user.id, current_app.config["DOMAIN"], customer_id=customer_id, customers=user.visible_customers()),
+        user.id)
 
 
 def notification(user, notification_id):
     """One of the user's notifications, or 404."""
-    with db.reading(FailedToFetchNotifications) as conn:
-        row = repository.get(conn, user.id, notification_id, user.visible_customers())
+    row = replica.read(FailedToFetchNotifications,
+                       lambda conn: repository.get(conn, user.id, notification_id, user.visible_customers()), user.id)
     if row is None:
         raise NotFound()
     return row

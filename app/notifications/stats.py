@@ -19,7 +19,7 @@ from flask import current_app
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from .. import db
+from .. import replica
 from ..api import Blueprint
 from ..api.schema import StrictSchema, UtcDateTime
 from ..deliveries import in_app
@@ -138,6 +138,7 @@ class Stats(MethodView):
     @blp.response(200, StatsSchema)
     def get(self, since, until, customer_id, group, event):
         """Created, read, time to read, deliveries and their latency for a window of at most 366 days"""
-        with db.failing_as(FailedToFetchStats):
-            return stats(db.get_conn(), current_app.config["DOMAIN"], since, until, customer_id, group, event)
+        domain = current_app.config["DOMAIN"]
+        return replica.read(FailedToFetchStats,
+                            lambda conn: stats(conn, domain, since, until, customer_id, group, event))
 

@@ -32,6 +32,7 @@ import gevent
 import gevent.event
 import gevent.queue
 
+from .. import replica
 from ..errors import ServiceUnavailable
 from ..metrics import OPEN_STREAMS
 from ..notifications import events
@@ -55,6 +56,7 @@ class Keeper:
     def __init__(self, app, hub, slots, pool):
         config = app.config
         self.hub, self.slots, self.pool = hub, slots, pool
+        self.replica = replica.router(app)   # replays from a replica that has what preceded them
         self.domain = config["DOMAIN"]
         self.keepalive = config["SSE_KEEPALIVE_SECONDS"]
         self.queue_size = config["SSE_QUEUE_SIZE"]
@@ -100,14 +102,20 @@ class Keeper:
     def first_frames(self, stream, cursor):
         """What a new stream starts with: everything after its cursor (a new one starts at the
         newest stored notification) and the user's unread counts. Sets the stream's cursor."""
-        with self.pool.connection() as conn:
+        def read(conn):
             if cursor is None:
                 # Nothing to replay: the subscription came first and `seq` is commit- and
                 # publish-ordered, so whatever is stored after this read reaches it live.
-                stream.last = replay.latest_seq(conn, stream.user_id)
-                return [self._counts(conn, stream)]
-            out, stream.last = self._missed(conn, stream, cursor)
+                newest = replay.latest_seq(conn, stream.user_id)
+                return [self._counts(conn, stream)], newest
+            return self._missed(conn, stream, cursor)
+        out, stream.last = self._read(read)
         return out
+
+    def _read(self, fn):
+        """fn(conn) on the replica once it has everything committed before now (so before the
+        stream subscribed), else on the primary (app/replica.py)."""
+        return replica.run(self.replica, fn, self.pool.connection, since=time.monotonic())
 
     def _missed(self, conn, stream, after):
         out, last = replay.missed(conn, stream.user_id, stream.customers, after, self.replay_limit,
@@ -129,11 +137,10 @@ class Keeper:
                 continue
             marker = stream.queue.popleft()
             try:
-                with self.pool.connection() as conn:
-                    if marker is RESYNC:
-                        out, last = self._missed(conn, stream, stream.last)
-                    else:
-                        out, last = [self._counts(conn, stream)], None
+                if marker is RESYNC:
+                    out, last = self._read(lambda conn: self._missed(conn, stream, stream.last))
+                else:
+                    out, last = self._read(lambda conn: ([self._counts(conn, stream)], None))
             except Exception as exc:  # PostgreSQL down: the client reconnects with its cursor later
                 log.warning("stream catch-up failed (%s); closing the stream", type(exc).__name__)
                 stream.close("catch-up failed")
