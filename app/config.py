@@ -21,6 +21,9 @@ DEFAULTS = {
     "DATABASE_REPLICA_URL": "",
     "REPLICA_MAX_LAG_SECONDS": "5",        # a replica further behind gets no reads until it catches up
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # The stream channels' Redis (default: REDIS_URL); a node of a Redis Cluster spreads them over its
+    # masters with sharded pub/sub (app/streams/hub.py). RQ, tickets and limits stay on REDIS_URL.
+    "PUBSUB_URL": "",
     "REDIS_PREFIX": "",                    # empty: notif:<hash of the database's identity>: (app/bus/deployment.py)
     "JWT_SECRET": "",
     "JWT_SECRET_PREVIOUS": "",             # earlier HS256 secrets still accepted, comma-separated (rotation)
@@ -142,6 +145,7 @@ def load_settings(overrides=None, environ=None):
     _check_streams(settings)
     _check_auth(settings)
     _check_audit(settings)
+    settings["PUBSUB_URL"] = settings["PUBSUB_URL"] or settings["REDIS_URL"]
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
     if not settings["DEVELOPMENT"]:

@@ -138,13 +138,13 @@ class Bench(contextlib.ExitStack):
         self.callback(clients.stop)
         return clients
 
-    def serve(self, kind, workers, clients):
-        """Redis, then ours (with its database) or the peer on `workers` workers, and `clients` load
-        processes aimed at it: (server, Target, Clients)."""
+    def serve(self, kind, workers, clients, **settings):
+        """Redis, then ours (with its database and `settings`) or the peer on `workers` workers, and
+        `clients` load processes aimed at it: (server, Target, Clients)."""
         self.start_redis()
         if kind == "ours":
             self.start_database()
-            server = self.start_ours(workers=workers)
+            server = self.start_ours(workers=workers, **settings)
         else:
             server = self.start_peer(workers=workers)
         return server, Target(kind), self.start_clients(clients, server.port)
@@ -230,6 +230,21 @@ class LuaPublisher:
         for start in range(0, len(channels), 1000):
             chunk = channels[start:start + 1000]
             self.script(keys=chunk, args=[message] * len(chunk))
+
+
+class ShardedPublisher:
+    """The same on a Redis Cluster: SPUBLISH, 1,000 a pipeline, split by master (as
+    app/bus/publisher.py does with PUBSUB_URL on a cluster)."""
+
+    def __init__(self, url):
+        self.client = redis_lib.RedisCluster.from_url(url)
+
+    def publish(self, channels, message):
+        for start in range(0, len(channels), 1000):
+            pipe = self.client.pipeline(transaction=False)
+            for channel in channels[start:start + 1000]:
+                pipe.spublish(channel, message)
+            pipe.execute()
 
 
 def ramp(bench, clients, requests, step, checkpoints=(), stall=30.0, progress=True, retries=5):

@@ -4,7 +4,7 @@ prints the table):
     python -m bench.streams held --streams 15000 [--peer] [--keep]
     python -m bench.streams latency [--peer] [--seconds 30]
     python -m bench.streams full-path [--rq-workers 2]
-    python -m bench.streams saturation --streams 10000 [--peer] [--window 8]
+    python -m bench.streams saturation --streams 10000 [--peer] [--window 8] [--masters 3]
     python -m bench.streams memory --streams 3000
 
 The scenarios are bench/held.py, latency.py, full_path.py, saturation.py and memory.py; their
@@ -34,6 +34,8 @@ def main():
     parser.add_argument("--seconds", type=float, help="duration (latency, full-path, saturation)")
     parser.add_argument("--rq-workers", type=int, default=1, help="full-path: RQ worker processes")
     parser.add_argument("--window", type=int, default=FULL.window, help="saturation: broadcasts in flight")
+    parser.add_argument("--masters", type=int, default=0,
+                        help="saturation: the stream channels on a local Redis Cluster of this many masters")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args()
@@ -54,7 +56,7 @@ def main():
     elif args.scenario == "full-path":
         result = full_path(sizes, args.keep)
     else:
-        result = saturation(kind, args.streams or sizes.saturation_streams, sizes, args.keep)
+        result = saturation(kind, args.streams or sizes.saturation_streams, sizes, args.keep, masters=args.masters)
     print(json.dumps(result, indent=2, default=str))
 
 

@@ -118,11 +118,17 @@ def main():
     parser.add_argument("--warmup", type=int, default=500, help="untimed requests before (a)")
     parser.add_argument("--parts", default="abc", help="which figures to measure, e.g. b (c needs a)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
+    parser.add_argument("--private-postgres", action="store_true",
+                        help="a PostgreSQL server of its own (devtools/postgres_server.py): the WAL measured is ours alone")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="bench-write-")
     redis = redis_server()
-    database = Database(os.environ.get("DATABASE_URL", SERVER_URL), prefix="bench_write")
+    private = None
+    if args.private_postgres:
+        from devtools.postgres_server import PostgresServer
+        private = PostgresServer().start()
+    database = Database(private.url() if private else os.environ.get("DATABASE_URL", SERVER_URL), prefix="bench_write")
     # the limiter stays on (with the raised budget); a trigger to 10,000 users is ~390 KB of JSON,
     # above the default 256 KiB body limit
     env = service_env(database.url, redis.url, REDIS_PREFIX="bench:", RATE_LIMITS_ENABLED="true",
@@ -157,8 +163,16 @@ def main():
         else:
             database.drop()
             shutil.rmtree(workdir, ignore_errors=True)
+        if private is not None:
+            private.destroy()
 
     print_table(results, args)
+
+
+# notifications and deliveries with their indexes and TOAST (the size grows by whole pages: measure
+# thousands of rows); the WAL is the server's (every database's: --private-postgres for ours alone)
+STORAGE = ("SELECT sum(pg_total_relation_size(t))::bigint FROM unnest(ARRAY['notifications', 'deliveries',"
+           " 'delivery_attempts', 'triggers']::regclass[]) AS t")
 
 
 def measure_big_trigger(args, web, app, database, results, in_app_only=False):
@@ -167,7 +181,10 @@ def measure_big_trigger(args, web, app, database, results, in_app_only=False):
     status, accepted = post(web, trigger_body([uuid.uuid4() for _ in range(args.users)], *event))
     if status != 202:
         raise RuntimeError(f"big trigger refused: {status} {accepted}")
+    wal0, size0 = database.scalar("SELECT pg_current_wal_lsn()::text"), database.scalar(STORAGE)
     seconds, _, cpu = run_dispatch_worker(app)
+    wal = database.scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint", wal0)
+    size = database.scalar(STORAGE) - size0
     stored = database.scalar("SELECT count(*) FROM notifications WHERE trigger_id = %s", accepted["trigger_id"])
     if stored != args.users or database.scalar("SELECT status FROM triggers WHERE id = %s",
                                                accepted["trigger_id"]) != "dispatched":
@@ -175,7 +192,8 @@ def measure_big_trigger(args, web, app, database, results, in_app_only=False):
     name = f"(b) stored/s, 1 RQ worker, 1 trigger to {args.users} users"
     if in_app_only:
         name = f"(b') same, in-app only event ({event[0]}/{event[1]}: no email jobs)"
-    results.append((name, stored / seconds, TARGET_STORED, f"{stored} in {seconds:.2f} s, worker CPU {cpu:.2f} s"))
+    results.append((name, stored / seconds, TARGET_STORED, f"{stored} in {seconds:.2f} s, worker CPU {cpu:.2f} s;"
+                    f" per notification: {wal / stored:.0f} B of WAL, {size / stored:.0f} B stored (with indexes)"))
     print(f"{name}: {stored} in {seconds:.2f} s", file=sys.stderr)
 
 

@@ -6,11 +6,19 @@ and key naming.
 Every Redis connection of a process comes from here, so the number a process
 can hold is fixed and visible in one place: `POOLS` per process plus the stream
 hub's one pub/sub socket (app/streams/hub.py) — at most 12 for a web process,
-whatever the load. A burst of requests waits briefly for a free connection
+whatever the load. (With PUBSUB_URL on a Redis Cluster: the hub holds one socket per master,
+and publishing a pool of `POOLS["commands"]` per master.) A burst of requests waits briefly for a free connection
 (each call takes ~0.1 ms) instead of opening hundreds: at 50 workers a
 reconnect storm after a deploy would otherwise reach Redis's `maxclients`.
 Every connection is named `notifications:<pid>:<pool>` (CLIENT LIST shows who
 holds what).
+
+The stream channels may live elsewhere: PUBSUB_URL (default REDIS_URL) may name any node of a
+Redis Cluster, whose sharded pub/sub spreads the channels over its masters (`pubsub_client`;
+the hub's side is app/streams/hub.py). Everything else — RQ, stream tickets and slots, rate
+limits, idempotency — stays on REDIS_URL, one Redis: RQ moves a job between keys of several
+queues and registries in one MULTI or script, which a cluster refuses unless every key hashes to
+one slot, and tickets and limits are small and hot, and gain nothing from being spread.
 
 Every key and channel this service owns starts with REDIS_PREFIX so that
 several deployments or test runs can share one Redis.
@@ -52,6 +60,35 @@ def redis():
 def key(*parts):
     """A namespaced key or channel name."""
     return current_app.config["REDIS_PREFIX"] + ":".join(str(p) for p in parts)
+
+
+def is_cluster(url):
+    """Is this Redis a cluster's node (`cluster_enabled` of INFO cluster, which a Redis without
+    cluster support answers 0, where CLUSTER INFO is an error)?"""
+    client = redis_lib.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    finally:
+        client.close()
+
+
+def pubsub_client(app):
+    """(client, is it a cluster) for publishing on the stream channels: REDIS_URL's own client
+    when PUBSUB_URL is REDIS_URL; a RedisCluster client (pools of `POOLS["commands"]` per node,
+    following MOVED and failovers) when PUBSUB_URL names a cluster's node. Decided on first use
+    (after gunicorn forked), so a cluster not up yet fails that publish, not the start-up."""
+    found = app.extensions.get("pubsub")
+    if found is None:
+        url = app.config["PUBSUB_URL"]
+        if url == app.config["REDIS_URL"] or not is_cluster(url):
+            found = (app.extensions["redis"] if url == app.config["REDIS_URL"] else make_client(url), False)
+        else:
+            size, _, socket_timeout = POOLS["commands"]
+            found = (redis_lib.RedisCluster.from_url(url, max_connections=size, socket_timeout=socket_timeout,
+                                                     socket_connect_timeout=5.0, client_name=client_name("pubsub")),
+                     True)
+        app.extensions["pubsub"] = found
+    return found
 
 
 def init_app(app):

@@ -25,12 +25,23 @@ BATCH = 1000
 
 
 class Publisher:
-    """Publishes (channel, message) pairs in batches with one script call each."""
+    """Publishes (channel, message) pairs in batches with one script call each; on a Redis
+    Cluster (`cluster`), with one pipeline of SPUBLISH each, which redis-py splits by master
+    (a script may not touch channels of several slots)."""
 
-    def __init__(self, client, prefix, key):
-        self.client, self.prefix, self.key = client, prefix, key
-        self._script = client.register_script(_PUBLISH_MANY)
-        self._same = client.register_script(_PUBLISH_SAME)
+    def __init__(self, client, prefix, key, cluster=False):
+        self.client, self.prefix, self.key, self.cluster = client, prefix, key, cluster
+        if cluster:
+            self._script = self._same = None
+        else:
+            self._script = client.register_script(_PUBLISH_MANY)
+            self._same = client.register_script(_PUBLISH_SAME)
+
+    def _sharded(self, channels, messages):
+        pipe = self.client.pipeline(transaction=False)
+        for channel, message in zip(channels, messages):
+            pipe.spublish(channel, message)
+        return pipe.execute()
 
     def publish(self, pairs, heard=None):
         """pairs: iterable of (user_id, message); returns how many were sent. A `heard` list
@@ -39,8 +50,8 @@ class Publisher:
         for start in range(0, len(pairs), BATCH):
             chunk = pairs[start:start + BATCH]
             channels = [user_channel(self.prefix, uid) for uid, _ in chunk]
-            counts = self._script(keys=channels,
-                                  args=[seal(self.key, channel, message) for channel, (_, message) in zip(channels, chunk)])
+            sealed = [seal(self.key, channel, message) for channel, (_, message) in zip(channels, chunk)]
+            counts = self._sharded(channels, sealed) if self.cluster else self._script(keys=channels, args=sealed)
             if heard is not None:
                 heard.extend(uid for (uid, _), count in zip(chunk, counts) if count)
         return len(pairs)
@@ -52,13 +63,19 @@ class Publisher:
         sealed = seal(self.key, "*", message)
         user_ids = list(user_ids)
         for start in range(0, len(user_ids), BATCH):
-            self._same(keys=[user_channel(self.prefix, uid) for uid in user_ids[start:start + BATCH]], args=[sealed])
+            channels = [user_channel(self.prefix, uid) for uid in user_ids[start:start + BATCH]]
+            if self.cluster:
+                self._sharded(channels, [sealed] * len(channels))
+            else:
+                self._same(keys=channels, args=[sealed])
         return len(user_ids)
 
 
 def publisher(app):
     """The app's publisher, built once per process."""
     if "publisher" not in app.extensions:
-        app.extensions["publisher"] = Publisher(app.extensions["redis"], app.config["REDIS_PREFIX"],
-                                                message_key(app.config["SECRET_KEY"]))
+        from . import pubsub_client
+        client, cluster = pubsub_client(app)
+        app.extensions["publisher"] = Publisher(client, app.config["REDIS_PREFIX"], message_key(app.config["SECRET_KEY"]),
+                                                cluster)
     return app.extensions["publisher"]

@@ -19,6 +19,16 @@ When the connection drops the hub reconnects with back-off, subscribes again
 and, once Redis confirmed every subscription, tells every stream to catch up
 from PostgreSQL, so nothing published while it was away is lost to a client.
 
+With PUBSUB_URL naming a node of a Redis Cluster (seen by `CLUSTER INFO` at each connection),
+the hub uses sharded pub/sub instead: each channel belongs to the master serving its hash slot,
+so the hub holds one connection per master (CLUSTER SLOTS says which), SSUBSCRIBEs each channel
+on its master (one slot per command, as Redis requires) and reads every connection from a
+greenlet of its own. Whatever changes the map — a connection lost (a master killed, its replica
+promoted), a `MOVED` or `CLUSTERDOWN` answer, a `sunsubscribe` Redis sends unasked (its slot
+migrated) — ends the whole session like a lost connection: the hub reads the map again from any
+node it knows, subscribes everything again and every stream catches up from PostgreSQL. A
+failover is rare; a resync of every stream is what a Redis restart costs already.
+
 Whoever can write to Redis can publish on these channels, so the hub frames
 only what app/bus/codec.py accepts (sealed by the service, of a known kind
 and event name, an integer cursor, one line of JSON) and drops and counts the
@@ -38,6 +48,7 @@ import hiredis
 import redis as redis_lib
 from gevent.socket import wait_read
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from ..bus import client_name, codec
@@ -62,9 +73,18 @@ def _command(*parts):
     return b"".join(out)
 
 
+class MapChanged(ConnectionError):
+    """The cluster's slot map is not what this session subscribed by: start a new session."""
+
+
 class Hub:
     def __init__(self, redis_url, prefix, key, connect=None):
         self.redis_url = redis_url
+        self.cluster = False       # this session's mode: sharded pub/sub over a Redis Cluster
+        self.owners = {}           # cluster: slot -> (host, port) of its master, this session's map
+        self.nodes = {}            # cluster: (host, port) -> socket of this session
+        self.known = []            # cluster: every node's (host, port) last seen, to read the map from
+        self.unsubscribing = {}    # cluster: channel -> SUNSUBSCRIBE replies this hub asked for
         self.prefix, self.key = prefix, key
         # Opens each connection; the unit tests (tests/streams/) hand over one end of a socket
         # pair whose other end plays Redis, so the hub's state machine runs without a server.
@@ -97,7 +117,7 @@ class Hub:
             return entry[1] if entry else None
         self.streams[channel] = {stream}
         event = self._expect_ack(channel)
-        self._send(_command("SUBSCRIBE", channel))
+        self._send(channel, _command("SSUBSCRIBE" if self.cluster else "SUBSCRIBE", channel))
         return event
 
     def forget(self, stream):
@@ -132,8 +152,13 @@ class Hub:
         if self.unsubscriber is None or self.unsubscriber.dead:
             self.unsubscriber = gevent.spawn(self._unsubscribe_loop)
 
-    def _send(self, data):
-        sock = self.sock
+    def _sock_for(self, channel):
+        if not self.cluster:
+            return self.sock
+        return self.nodes.get(self.owners.get(key_slot(channel.encode())))
+
+    def _send(self, channel, data):
+        sock = self._sock_for(channel)
         if sock is None:
             return  # the (re)connect subscribes every channel anyway
         try:
@@ -158,16 +183,36 @@ class Hub:
             with self.write_lock:
                 channels = [c for c in self.leaving if c not in self.streams]
                 self.leaving.clear()
-                sock = self.sock
-                if sock is None:
-                    continue
-                try:
-                    for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                        sock.sendall(_command("UNSUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
-                except Exception as exc:  # the reader reconnects, and subscribes only what is open
-                    if not isinstance(exc, OSError):
-                        log.exception("hub: UNSUBSCRIBE failed")
-                    self._hang_up(sock)
+                if self.cluster:   # the replies asked for, told from those Redis sends unasked
+                    for channel in channels:
+                        if self._sock_for(channel) is not None:
+                            self.unsubscribing[channel] = self.unsubscribing.get(channel, 0) + 1
+                for sock, commands in self._commands("UNSUBSCRIBE", channels):
+                    try:
+                        sock.sendall(b"".join(commands))
+                    except Exception as exc:  # the reader reconnects, and subscribes only what is open
+                        if not isinstance(exc, OSError):
+                            log.exception("hub: UNSUBSCRIBE failed")
+                        self._hang_up(sock)
+
+    def _commands(self, verb, channels):
+        """[(socket, [command, ...])]: `verb` for the channels, on their connection. One Redis:
+        SUBSCRIBE_BATCH channels a command. A cluster: S<verb>, on the master of each channel's
+        slot, one slot a command (Redis refuses channels of several slots in one)."""
+        if not self.cluster:
+            if self.sock is None:
+                return []
+            return [(self.sock, [_command(verb, *channels[start:start + SUBSCRIBE_BATCH])
+                                 for start in range(0, len(channels), SUBSCRIBE_BATCH)])]
+        by_slot = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
+        out = {}
+        for slot, group in by_slot.items():
+            sock = self.nodes.get(self.owners.get(slot))
+            if sock is not None:
+                out.setdefault(sock, []).append(_command("S" + verb, *group))
+        return list(out.items())
 
     def _drop(self, sock):
         if self.sock is sock:
@@ -178,7 +223,7 @@ class Hub:
         except OSError:
             pass
 
-    def _connect(self):
+    def _connect(self, node=None):
         """A socket to Redis opened by redis-py from REDIS_URL (TLS with the URL's `ssl_*` options,
         unix socket, AUTH, database), named after this process (CLIENT LIST shows whose), and
         detached from redis-py: the hub alone reads, writes and closes it from here on."""
@@ -186,7 +231,10 @@ class Hub:
                        retry=Retry(NoBackoff(), 0))   # _run has the back-off
         if not self.redis_url.startswith("unix:"):
             options["socket_keepalive"] = True        # a peer gone silently is noticed
-        connection = redis_lib.ConnectionPool.from_url(self.redis_url, **options).make_connection()
+        pool = redis_lib.ConnectionPool.from_url(self.redis_url, **options)
+        if node is not None:   # a cluster's node: the URL's credentials and TLS, that node's address
+            pool.connection_kwargs.update(host=node[0], port=node[1])
+        connection = pool.make_connection()
         try:
             connection.connect()
         except redis_lib.RedisError as exc:   # refused AUTH, a failed handshake: retried like a lost socket
@@ -201,9 +249,13 @@ class Hub:
         while True:
             sock, started = None, time.monotonic()
             try:
-                sock = self.connect()
-                self._subscribe_all(sock)
-                self._read(sock)
+                if self.connect == self._connect and self._cluster_map():
+                    sock = True
+                    self._run_cluster()
+                else:
+                    sock = self.connect()
+                    self._subscribe_all(sock)
+                    self._read(sock)
             except OSError as exc:
                 if sock is None:
                     log.warning("hub: cannot reach Redis (%s); retrying in %.1fs", exc, delay)
@@ -213,16 +265,83 @@ class Hub:
             except Exception:  # a reply it cannot read, or a bug: never leave the streams without a hub
                 log.exception("hub: unexpected error; reconnecting, every stream catches up from PostgreSQL")
                 HUB_RESTARTS.labels("error").inc()
-            if sock is not None:
+            if self.cluster:
+                self._drop_cluster()
+            elif sock is not None:
                 self._drop(sock)
             if time.monotonic() - started >= HEALTHY_SESSION:
                 delay = 0.1
             gevent.sleep(delay)
             delay = min(delay * 2, MAX_DELAY)
 
+    # -- a Redis Cluster ----------------------------------------------------------------------------
+    def _cluster_map(self):
+        """Is PUBSUB_URL's Redis a cluster? If so, read its slot map (from any node known, the URL's
+        first) into `owners`; raises OSError when no node answers."""
+        nodes = [None] + [node for node in self.known]
+        last = None
+        for node in nodes:
+            try:
+                sock = self._connect(node)
+            except OSError as exc:
+                last = exc
+                continue
+            try:
+                sock.settimeout(5)
+                reader = hiredis.Reader()
+                sock.sendall(_command("CLUSTER", "INFO") + _command("CLUSTER", "SLOTS"))
+                info, slots = _replies(sock, reader, 2)
+            finally:
+                sock.close()
+            if isinstance(info, Exception):   # "cluster support disabled": one Redis
+                self.cluster = False
+                return False
+            if isinstance(slots, Exception):
+                last = ConnectionError(f"CLUSTER SLOTS: {slots}")
+                continue
+            owners, known = {}, set()
+            for entry in slots:
+                start, end, master = entry[0], entry[1], (entry[2][0].decode(), int(entry[2][1]))
+                known.update((n[0].decode(), int(n[1])) for n in entry[2:])
+                for slot in range(start, end + 1):
+                    owners[slot] = master
+            if len(owners) < 16384:
+                last = ConnectionError("the cluster does not serve every slot yet")
+                continue
+            self.cluster, self.owners, self.known = True, owners, sorted(known)
+            return True
+        raise last or ConnectionError("no node of the cluster answered")
+
+    def _run_cluster(self):
+        """One session: a connection to every master, everything subscribed, one reader each;
+        returns (raising) when any of them ends."""
+        for master in sorted(set(self.owners.values())):
+            self.nodes[master] = self._connect(master)
+        self._subscribe_all(None)
+        readers = [gevent.spawn(self._read, sock) for sock in self.nodes.values()]
+        try:
+            done = gevent.wait(readers, count=1)
+            for reader in done:
+                reader.get()    # raises what ended it
+            raise ConnectionResetError("a cluster node's connection ended")
+        finally:
+            gevent.killall(readers)
+
+    def _drop_cluster(self):
+        with self.write_lock:
+            nodes, self.nodes = self.nodes, {}
+            self.unsubscribing.clear()
+        self.connected.clear()
+        for sock in nodes.values():
+            try:
+                sock.close()
+            except OSError:
+                pass
+
     def _subscribe_all(self, sock):
         with self.write_lock:
-            self.sock = sock
+            if not self.cluster:
+                self.sock = sock
             channels = list(self.streams)
             for channel in channels:   # replies due on the old connection will never come
                 entry = self.acks.get(channel)
@@ -230,8 +349,8 @@ class Hub:
                     entry[0] = 0
                 self._expect_ack(channel)
             self.leaving.clear()
-            for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                sock.sendall(_command("SUBSCRIBE", *channels[start:start + SUBSCRIBE_BATCH]))
+            for target, commands in self._commands("SUBSCRIBE", channels):
+                target.sendall(b"".join(commands))
         if self.reconnects:
             self._resync_all()
         self.reconnects += 1
@@ -293,12 +412,23 @@ class Hub:
 
     def _handle(self, reply, fed):
         if not isinstance(reply, list) or len(reply) != 3:   # an error reply, or not pub/sub at all
+            if self.cluster and isinstance(reply, Exception):   # MOVED, CLUSTERDOWN, ...: a new map
+                raise MapChanged(f"the cluster answered: {reply}")
             self._drop_message("reply")
             return
         kind = reply[0]
-        if kind == b"message":
+        if kind == b"message" or kind == b"smessage":
             self._deliver(reply[1], reply[2], fed)
-        elif kind == b"subscribe":
+        elif kind == b"sunsubscribe":
+            channel = reply[1].decode()
+            due = self.unsubscribing.get(channel, 0)
+            if due > 1:
+                self.unsubscribing[channel] = due - 1
+            elif due == 1:
+                del self.unsubscribing[channel]
+            elif channel in self.streams:   # unasked: its slot moved to another master
+                raise MapChanged(f"Redis unsubscribed {channel}: its slot moved")
+        elif kind == b"subscribe" or kind == b"ssubscribe":
             entry = self.acks.get(reply[1].decode())
             if entry is not None:
                 entry[0] -= 1
@@ -353,10 +483,25 @@ class Hub:
             self._dropped, self._dropped_logged_at = 0, now
 
 
+def _replies(sock, reader, count):
+    """`count` replies read (blocking) from a socket used for plain commands."""
+    out = []
+    while len(out) < count:
+        reply = reader.gets()
+        if reply is False:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            reader.feed(data)
+            continue
+        out.append(reply)
+    return out
+
+
 def hub(app):
     """The process's hub, created on first use (after gunicorn forked the worker)."""
     instance = app.extensions.get("stream_hub")
     if instance is None:
-        instance = app.extensions["stream_hub"] = Hub(app.config["REDIS_URL"], app.config["REDIS_PREFIX"],
+        instance = app.extensions["stream_hub"] = Hub(app.config["PUBSUB_URL"], app.config["REDIS_PREFIX"],
                                                       codec.message_key(app.config["SECRET_KEY"]))
     return instance
