@@ -46,7 +46,7 @@ class RedisCluster:
             self.procs[port] = spawn(
                 ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
                  "--cluster-config-file", f"{self.dir}/nodes-{port}.conf", "--cluster-node-timeout",
-                 str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no", "--dir", self.dir,
+                 str(NODE_TIMEOUT_MS), "--repl-diskless-sync-delay", "0", "--save", "", "--appendonly", "no", "--dir", self.dir,
                  "--loglevel", "warning", "--logfile", f"{self.dir}/redis-{port}.log"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports:
@@ -57,8 +57,16 @@ class RedisCluster:
             subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
                             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                            check=True, capture_output=True, timeout=timeout)
-        self._wait(self.healthy, timeout)
+        self._wait(lambda: self.healthy() and self.replicas_synced(), timeout)
         return self
+
+    def replicas_synced(self):
+        """Every replica has its master's data (a replica never synced cannot be promoted)."""
+        for port in self.ports:
+            info = self.client(port).info("replication")
+            if info["role"] == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
 
     def client(self, port):
         return redis_lib.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True)
