@@ -70,6 +70,7 @@ class Bench(contextlib.ExitStack):
         self.group = ProcessGroup(self.workdir)
         self.callback(self.group.stop_all)
         self.redis_server = self.redis = self.database_url = None
+        self.cluster = None   # a testkit RedisCluster carrying the stream channels (PUBSUB_URL)
 
     def _cleanup_workdir(self):
         if self.keep:
@@ -151,6 +152,9 @@ class Bench(contextlib.ExitStack):
 
     # -- Redis measures -----------------------------------------------------------------------
     def pubsub_channels(self):
+        if self.cluster is not None:   # sharded channels, each on its master
+            return sum(len(self.cluster.client(port).execute_command("PUBSUB", "SHARDCHANNELS"))
+                       for port in self.cluster.master_ports())
         return int(self.redis.info("stats")["pubsub_channels"])
 
     def server_redis_clients(self):

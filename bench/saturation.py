@@ -26,7 +26,7 @@ def saturation(kind, streams, sizes, keep=False, masters=0):
         settings, cluster = {}, None
         if masters:
             from testkit.redis_cluster import RedisCluster
-            cluster = bench.enter_context(RedisCluster(masters=masters, replicas=0))
+            cluster = bench.cluster = bench.enter_context(RedisCluster(masters=masters, replicas=0))
             settings["PUBSUB_URL"] = cluster.url
         server, target, clients = bench.serve(kind, 2, sizes.clients, **settings)
         redis_pids = [p.pid for p in cluster.procs.values()] if cluster else [bench.redis_server.proc.pid]

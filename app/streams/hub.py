@@ -287,6 +287,7 @@ class Hub:
                 last = exc
                 continue
             try:
+                asked = sock.getpeername()[0]   # a node that does not know its address says ""
                 sock.settimeout(5)
                 reader = hiredis.Reader()
                 sock.sendall(_command("CLUSTER", "INFO") + _command("CLUSTER", "SLOTS"))
@@ -301,8 +302,10 @@ class Hub:
                 continue
             owners, known = {}, set()
             for entry in slots:
-                start, end, master = entry[0], entry[1], (entry[2][0].decode(), int(entry[2][1]))
-                known.update((n[0].decode(), int(n[1])) for n in entry[2:])
+                start, end = entry[0], entry[1]
+                nodes_of_range = [(n[0].decode() or asked, int(n[1])) for n in entry[2:]]
+                master = nodes_of_range[0]
+                known.update(nodes_of_range)
                 for slot in range(start, end + 1):
                     owners[slot] = master
             if len(owners) < 16384:
