@@ -28,19 +28,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
-import uuid
 
-import psycopg2
-import psycopg2.extras
-
-from devtools.services import postgres_url, redis_server
 from testkit.api import trigger
-from testkit.config_files import channel_config
-from testkit.database import Database, service_env
 from testkit.jobs import run_jobs
-from testkit.providers import SMTPProcess
 from tests.faults.crash import quantiles
 
 RECORDS = []   # time.time() at which a "sent" record was handed over to be committed
@@ -96,33 +87,16 @@ def stamping_connect():
 
 
 def run(n):
-    from app import create_app, db as app_db
-    server_url, stop_postgres = postgres_url()
-    redis = redis_server()
-    database = Database(server_url, prefix="notif_window")
-    env = service_env(database.url, redis.url)
-    smtp = SMTPProcess().start()
-    try:
-        config = channel_config(tempfile.mkdtemp(prefix="accept-window-"), {"email": {"enabled": True}})
-        app_db.psycopg2.connect = stamping_connect()
-        stamping_smtp()
-        app = create_app(dict(env, **config, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
-                              MAIL_DEFAULT_SENDER="notify@bank.example", MAIL_TIMEOUT="5"))
-        users = [(str(uuid.uuid4()), f"u{i}@example.com") for i in range(n)]
-        with psycopg2.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
-            psycopg2.extras.execute_values(cur, "INSERT INTO contacts (user_id, email) VALUES %s", users)
-        conn.close()
+    from app import db as app_db
+    from bench.emails import email_service
+    app_db.psycopg2.connect = stamping_connect()
+    stamping_smtp()
+    with email_service(n, "notif_window") as (app, smtp, users):
         client = app.test_client()
-        for user_id, _ in users:
+        for user_id in users:
             trigger(client, [user_id], title="window")
         run_jobs(app)
-        app.extensions["db_pool"].close()
         messages = list(smtp.messages)
-    finally:
-        smtp.stop()
-        database.drop()
-        redis.stop()
-        stop_postgres()
     accepted = [m["at"] for m in messages]
     messages = len(messages)
     return accepted, messages

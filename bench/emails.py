@@ -10,6 +10,8 @@ one job per delivery: claim, preferences, render, SMTP, receipt) run against tes
 per email. Own database (on DATABASE_URL's server, else the embedded one) and Redis.
 """
 import argparse
+import contextlib
+import os
 import tempfile
 import time
 import uuid
@@ -26,16 +28,19 @@ from testkit.processes import cpu_seconds
 from testkit.providers import SMTPProcess
 
 
-def run(n):
-    import os
+@contextlib.contextmanager
+def email_service(n, prefix):
+    """(app, SMTP server, user ids): an app with the email channel on, on a database (DATABASE_URL's
+    server, else the embedded one) and a Redis of its own, sending to testkit's `SMTPProcess`, and
+    `n` users who each have an address. Everything is stopped and dropped at the end."""
     from app import create_app
     server_url, stop_postgres = postgres_url()
     redis = redis_server()
-    database = Database(server_url, prefix="bench_emails")
+    database = Database(server_url, prefix=prefix)
     env = service_env(database.url, redis.url)
     smtp = SMTPProcess().start()
     try:
-        config = channel_config(tempfile.mkdtemp(prefix="bench-emails-"), {"email": {"enabled": True}})
+        config = channel_config(tempfile.mkdtemp(prefix=f"{prefix}-"), {"email": {"enabled": True}})
         app = create_app(dict(env, **config, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
                               MAIL_DEFAULT_SENDER="notify@bank.example", MAIL_TIMEOUT="5",
                               MAX_CONTENT_LENGTH=str(2 * 1024 * 1024)))
@@ -43,18 +48,23 @@ def run(n):
         with psycopg2.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
             psycopg2.extras.execute_values(cur, "INSERT INTO contacts (user_id, email) VALUES %s", users)
         conn.close()
-        trigger(app.test_client(), [user_id for user_id, _ in users], title="bench")
-        run_jobs(app, ["dispatch"])
-        cpu0, started = cpu_seconds(os.getpid()), time.monotonic()
-        run_jobs(app, ["deliveries"])
-        seconds, cpu = time.monotonic() - started, cpu_seconds(os.getpid()) - cpu0
-        sent = len(smtp.messages)
+        yield app, smtp, [user_id for user_id, _ in users]
         app.extensions["db_pool"].close()
     finally:
         smtp.stop()
         database.drop()
         redis.stop()
         stop_postgres()
+
+
+def run(n):
+    with email_service(n, "bench_emails") as (app, smtp, users):
+        trigger(app.test_client(), users, title="bench")
+        run_jobs(app, ["dispatch"])
+        cpu0, started = cpu_seconds(os.getpid()), time.monotonic()
+        run_jobs(app, ["deliveries"])
+        seconds, cpu = time.monotonic() - started, cpu_seconds(os.getpid()) - cpu0
+        sent = len(smtp.messages)
     if sent != n:
         raise RuntimeError(f"{sent} of {n} emails sent")
     return {"emails": sent, "seconds": round(seconds, 2), "emails_per_second": round(sent / seconds, 1),
