@@ -15,6 +15,8 @@
     ├── InvalidRequest           422  a request that fails validation
     ├── EventLocked              400  a locked event cannot be switched off
     ├── IdempotencyConflict      409  same Idempotency-Key, other body
+    ├── TriggerNotCancellable    409  the trigger is not scheduled any more (due, dispatched) or never was
+    ├── AckNotRequired           409  acknowledging a notification that needs no acknowledgement
     ├── TooManyConnections       429  per-user stream limit
     ├── RateLimited              429
     ├── InvalidTicket            401  stream ticket unknown, used or expired
@@ -133,6 +135,16 @@ class InvalidRequest(ApiError):
 class IdempotencyConflict(ApiError):
     """This Idempotency-Key was already used with a different body"""
     status, code = 409, "idempotency_key_reused"
+
+
+class TriggerNotCancellable(ApiError):
+    """Only a scheduled trigger can be cancelled, before its send_at"""
+    status, code = 409, "trigger_not_cancellable"
+
+
+class AckNotRequired(ApiError):
+    """This notification needs no acknowledgement"""
+    status, code = 409, "ack_not_required"
 
 
 class TooManyConnections(ApiError):

@@ -51,7 +51,7 @@ def _chunks(app, conn, trigger_id, should_stop):
     domain = app.config["DOMAIN"]
     trigger = repository.get_trigger(conn, trigger_id)
     conn.commit()
-    if trigger is None or trigger["status"] == "dispatched":
+    if trigger is None or trigger["status"] != "pending":   # dispatched, or cancelled before it was due
         return 0
     request_id_var.set(trigger["request_id"])   # log under the id of the request that accepted it
     body = trigger["body"]

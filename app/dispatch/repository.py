@@ -47,18 +47,20 @@ def release_expired_key(api_key_id, key, ttl_seconds):
             (api_key_id, key, ttl_seconds))
 
 
-def insert_trigger(trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id):
-    """(sql, params): the outbox row (accept.py sends it with its audit row in one round trip)."""
+def insert_trigger(trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id,
+                   scheduled=False):
+    """(sql, params): the outbox row (accept.py sends it with its audit row in one round trip);
+    `scheduled` until its send_at when that is still to come (migrations_sql/0015)."""
     return ("INSERT INTO triggers (id, api_key_id, idempotency_key, body_hash, body, response,"
-            " users_total, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            " users_total, request_id, status, send_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (trigger_id, api_key_id, idempotency_key, body_hash, json.dumps(body), json.dumps(response),
-             len(body["user_ids"]), request_id))
+             len(body["user_ids"]), request_id, "scheduled" if scheduled else "pending", body.get("send_at")))
 
 
 def get_trigger(conn, trigger_id, api_key_id=None):
     with cursor(conn) as cur:
         cur.execute("SELECT id, api_key_id, body, status, users_total, users_done, request_id, created_at,"
-                    " dispatched_at FROM triggers WHERE id = %s"
+                    " dispatched_at, send_at, cancelled_at FROM triggers WHERE id = %s"
                     + (" AND api_key_id = %s" if api_key_id else ""),
                     (trigger_id, api_key_id) if api_key_id else (trigger_id,))
         return cur.fetchone()
@@ -131,19 +133,21 @@ def advance_trigger(conn, trigger_id, users_done, finished):
 
 
 def stale_pending(conn, older_than_seconds):
-    """Whether a trigger due for dispatch has waited longer than it should have."""
+    """Whether a trigger due for dispatch has waited longer than it should have (a scheduled one:
+    since its send_at)."""
     with conn.cursor() as cur:
         cur.execute("SELECT EXISTS (SELECT 1 FROM triggers WHERE status = 'pending'"
-                    " AND created_at < now() - make_interval(secs => %s)"
+                    " AND coalesce(send_at, created_at) < now() - make_interval(secs => %s)"
                     " AND (dispatch_after IS NULL OR dispatch_after <= now()))", (older_than_seconds,))
         return cur.fetchone()[0]
 
 
 def dispatch_lag(conn):
-    """Seconds the oldest trigger due for dispatch has waited since it was accepted (0: none waits):
-    the `notif_dispatch_lag_seconds` an operator alerts on (app/metrics.py)."""
+    """Seconds the oldest trigger due for dispatch has waited since it was accepted or, scheduled,
+    since its send_at (0: none waits): the `notif_dispatch_lag_seconds` an operator alerts on."""
     with conn.cursor() as cur:
-        cur.execute("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) FROM triggers"
+        cur.execute("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(greatest(created_at, coalesce(send_at,"
+                    " created_at)))), 0) FROM triggers"
                     " WHERE status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())")
         return float(cur.fetchone()[0])
 

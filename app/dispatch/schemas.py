@@ -1,11 +1,12 @@
 """The trigger body (shared by the queued trigger and the direct push)."""
+import datetime
 import re
 
 import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
-from ..api.schema import StrictSchema
+from ..api.schema import StrictSchema, UtcDateTime
 from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
@@ -91,6 +92,31 @@ class TriggerSchema(StrictSchema):
         return data
 
 
+MAX_SCHEDULE = datetime.timedelta(days=366)   # "at most one year ahead", leap years included
+
+
+class QueuedTriggerSchema(TriggerSchema):
+    """The queued trigger's body: the direct push's, plus the times only a stored trigger can keep
+    (a push with them is a 422: it is never stored, so it could never honour them)."""
+
+    send_at = UtcDateTime(load_default=None, allow_none=True, metadata={
+        "description": "RFC 3339; stored, streamed and delivered at this time (at most one year ahead)"})
+    expires_at = UtcDateTime(load_default=None, allow_none=True, metadata={
+        "description": "RFC 3339; never delivered on any channel after it, hidden from the inbox after it"})
+
+    @ma.validates_schema
+    def _times(self, data, **_):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        send_at, expires_at = data.get("send_at"), data.get("expires_at")
+        if send_at is not None and send_at > now + MAX_SCHEDULE:
+            raise ma.ValidationError("Must be at most one year (366 days) ahead.", "send_at")
+        if expires_at is not None:
+            if expires_at <= now:
+                raise ma.ValidationError("Must be in the future.", "expires_at")
+            if send_at is not None and expires_at <= send_at:
+                raise ma.ValidationError("Must be after send_at.", "expires_at")
+
+
 def accept_text(value, multiline=False):
     """The text as it will be stored, or a ValidationError saying precisely why it cannot be.
 
@@ -151,11 +177,15 @@ class AcceptedSchema(ma.Schema):
     trigger_id = fields.String(metadata={"format": "uuid"})
     users = fields.Integer()
     status_url = fields.String()
+    send_at = fields.String(metadata={"description": "present when the trigger was scheduled"})
 
 
 class TriggerStatusSchema(ma.Schema):
     trigger_id = fields.String()
-    status = fields.String()
+    status = fields.String(metadata={"description": "scheduled, pending, dispatched or cancelled"})
+    send_at = fields.String(allow_none=True)
+    expires_at = fields.String(allow_none=True)
+    cancelled_at = fields.String(allow_none=True)
     users_total = fields.Integer()
     users_done = fields.Integer()
     created_at = fields.String()
