@@ -6,7 +6,8 @@ says why); a channel that does not call it is recorded as soon as `send`
 returns. Anything that goes wrong after the provider accepted (a failed
 goodbye, a job timeout) no longer makes it a retry.
 
-Outcomes: `held` (quiet hours: waits, without spending an attempt, and is
+Outcomes: `expired` (the notification's `expires_at` has passed: never sent, never retried,
+whatever attempt it was); `held` (quiet hours: waits, without spending an attempt, and is
 scheduled for the window's end); `sent`; `skipped` (no address for the channel, the notification
 was deleted, the channel is no longer configured) and never retried;
 `failed` at once for a permanent provider error or after the last attempt;
@@ -82,6 +83,8 @@ def _attempt(app, domain, claimed, accepted):
     channel = registry.get(app, claimed["channel"])
     if row is None or row["deleted_at"] is not None:
         return "skipped", {"reason": "notification deleted before delivery"}, False
+    if _expires_by(row, datetime.datetime.now(datetime.timezone.utc)):
+        return "expired", {"reason": f"expired at {rfc3339(row['expires_at'])} before it could be sent"}, False
     if channel is None:
         return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
     group = domain.groups.get(row["type"])
@@ -90,6 +93,8 @@ def _attempt(app, domain, claimed, accepted):
         return "skipped", {"reason": "switched off in the user's preferences"}, False
     if applies(claimed.get("quiet"), claimed["channel"], event):
         until = held_until(datetime.datetime.now(datetime.timezone.utc), claimed["quiet"], row["timezone"])
+        if until is not None and _expires_by(row, until):
+            return "expired", {"reason": f"quiet hours last past its expiry ({rfc3339(row['expires_at'])})"}, False
         if until is not None:
             return "held", {"until": until, "reason": f"held by quiet hours until {rfc3339(until)}"}, False
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
@@ -119,5 +124,15 @@ def _failure(domain, claimed, exc):
     # retryable by default: timeouts, 5xx, SDK bugs
     if claimed["tries"] >= domain.retry_attempts:
         return "failed", {"error": error, "reason": f"gave up after {claimed['tries']} attempts"}, False
+    backoff = domain.retry_backoff[min(claimed["tries"], len(domain.retry_backoff)) - 1] \
+        if domain.retry_backoff else 0
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if _expires_by(claimed["row"], now + datetime.timedelta(seconds=backoff)):
+        return "expired", {"error": error, "reason": "its next attempt would come after it expires"}, False
     log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], label(exc))
     return "pending", {"error": error, "outcome": "retry"}, True
+
+
+def _expires_by(row, moment):
+    """Whether the notification has expired by `moment` (then no attempt may be made after it)."""
+    return row["expires_at"] is not None and row["expires_at"] <= moment

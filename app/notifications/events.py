@@ -48,8 +48,13 @@ READ_ALL_CHUNK = 500     # ids per read-all event: ~20 KB, well under the hub's 
 # Ids come back as text: the fan-out reads thousands of rows, and parsing each into uuid.UUID
 # (psycopg2's uuid adapter) would cost more than the query.
 # Zero rows are kept by the triggers (see 0011) and skipped here; each key is one row.
+# Less the expired unread ones (migrations_sql/0018: read from the index of the expiring ones), which
+# the counters still hold: they change with rows, and an expiry is no change of a row.
 _UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, unread"
-           " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}")
+           " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}"
+           " UNION ALL SELECT user_id::text, coalesce(customer_id::text, 'none'), type, -count(*)::integer"
+           " FROM notifications WHERE {users} AND expires_at IS NOT NULL AND expires_at <= now()"
+           " AND read_at IS NULL AND deleted_at IS NULL AND in_app{scope} GROUP BY 1, 2, 3")
 
 
 def _payloads(rows, user_ids, groups):
@@ -62,6 +67,8 @@ def _payloads(rows, user_ids, groups):
         by_customer, by_group = payload["by_customer"], payload["by_group"]
         by_customer[customer] = by_customer.get(customer, 0) + count
         by_group[group] = by_group.get(group, 0) + count
+    for payload in out.values():   # a customer whose unread ones all expired is no longer listed
+        payload["by_customer"] = {k: n for k, n in payload["by_customer"].items() if n > 0}
     return out
 
 

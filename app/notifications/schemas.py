@@ -21,6 +21,8 @@ class NotificationSchema(ma.Schema):
     read = fields.Boolean()
     read_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     created_at = fields.String(metadata={"format": "date-time"})
+    expires_at = fields.String(allow_none=True, metadata={
+        "format": "date-time", "description": "after it: delivered on no channel, out of the inbox and counts"})
 
 
 class InboxQuerySchema(StrictSchema):
@@ -28,6 +30,8 @@ class InboxQuerySchema(StrictSchema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=1_000_000))
     status = fields.String(load_default="all", validate=validate.OneOf(["read", "unread", "all"]))
     customer_id = fields.UUID(load_default=None)
+    include_expired = fields.Boolean(load_default=False, truthy={"true"}, falsy={"false"}, metadata={
+        "description": "also list notifications past their expires_at (history)"})
 
 
 class InboxSchema(ma.Schema):
