@@ -50,6 +50,7 @@ def _trust_proxies(app, hops):
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .acks.routes import blp as acks
     from .audit.routes import blp as audit_log
     from .contacts.routes import blp as contacts
     from .deliveries.routes import blp as deliveries
@@ -58,4 +59,4 @@ def _blueprints():
     from .notifications.stats import blp as stats
     from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
-    return [streams, dispatch, preferences, notifications, deliveries, contacts, stats, audit_log]
+    return [streams, dispatch, preferences, notifications, acks, deliveries, contacts, stats, audit_log]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .acks import policy as ack_policy
 from .channels import IN_APP
 from .errors import ConfigError, InvalidEvent, InvalidGroup
 
@@ -18,6 +19,7 @@ class Event:
     channels: tuple
     locked: bool = False
     urgent: bool = False
+    ack: ack_policy.AckPolicy = ack_policy.NONE   # `ack:` defaults (app/acks/policy.py)
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,13 @@ def _parse_notifications(path):
             for chan in chans:
                 if chan not in all_channels:
                     raise ConfigError(path, f"{ewhere}.channels", f"names unknown channel {chan!r}")
+            try:
+                ack = ack_policy.build(eraw["ack"], all_channels) if eraw.get("ack") is not None else ack_policy.NONE
+            except ValueError as error:
+                key, problem = error.args[0]
+                raise ConfigError(path, f"{ewhere}.{key}", problem)
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)))
+                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)), ack)
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")

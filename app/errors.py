@@ -22,7 +22,7 @@
     ├── InvalidTicket            401  stream ticket unknown, used or expired
     ├── ServiceUnavailable       503  a dependency is down; nothing was accepted
     ├── QueryTimeout             503  the database cancelled a query at statement_timeout
-    └── 500s naming what failed: FailedToMarkAsRead, FailedToDelete, FailedToFetch…, FailedToUpdate…
+    └── 500s naming what failed: FailedToMarkAsRead, FailedToAcknowledge, FailedToDelete, FailedToFetch…, FailedToUpdate…
 
 Each class's docstring is its default message. Exceptions no client ever sees stay with the code
 that raises and handles them (the channels' DeliveryError tree in app/channels/base.py, the hub's
@@ -175,6 +175,11 @@ class QueryTimeout(ApiError):
 class FailedToMarkAsRead(ApiError):
     """Failed to mark notification as read"""
     status, code = 500, "failed_to_mark_as_read"
+
+
+class FailedToAcknowledge(ApiError):
+    """Failed to acknowledge the notification"""
+    status, code = 500, "failed_to_acknowledge"
 
 
 class FailedToDelete(ApiError):

@@ -6,6 +6,13 @@ says why); a channel that does not call it is recorded as soon as `send`
 returns. Anything that goes wrong after the provider accepted (a failed
 goodbye, a job timeout) no longer makes it a retry.
 
+A delivery of an escalation step (app/acks/service.py) follows the rules of
+docs/acknowledgements.md: skipped once the notice is acknowledged; sent on
+its channel even where the event's defaults leave that channel out, unless
+the user switched it off for the event or its group (a locked event: sent
+all the same); held by quiet hours like any other (never an urgent or locked
+event's).
+
 Outcomes: `expired` (the notification's `expires_at` has passed: never sent, never retried,
 whatever attempt it was); `held` (quiet hours: waits, without spending an attempt, and is
 scheduled for the window's end); `sent`; `skipped` (no address for the channel, the notification
@@ -14,6 +21,7 @@ was deleted, the channel is no longer configured) and never retried;
 otherwise back to `pending` and `RetryLater` is raised, so RQ schedules the
 next attempt with the back-off of queue.yaml.
 """
+import dataclasses
 import datetime
 import logging
 
@@ -89,6 +97,13 @@ def _attempt(app, domain, claimed, accepted):
         return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
     group = domain.groups.get(row["type"])
     event = group.events.get(row["event"]) if group else None
+    escalation = claimed.get("escalation_step") is not None
+    if escalation and row["acked_at"] is not None:
+        return "skipped", {"reason": "acknowledged before this escalation step was sent"}, False
+    if escalation and event is not None and claimed["channel"] not in event.channels:
+        # an escalation's channel is sent even where the event's defaults leave it out; only the
+        # user's explicit choice switches it off (never for a locked event)
+        event = dataclasses.replace(event, channels=event.channels + (claimed["channel"],))
     if event is not None and not resolve(event, claimed["channel"], claimed["choices"], row["customer_id"])[0]:
         return "skipped", {"reason": "switched off in the user's preferences"}, False
     if applies(claimed.get("quiet"), claimed["channel"], event):

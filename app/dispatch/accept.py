@@ -53,7 +53,8 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
     raw_body: a callable returning the request's JSON as sent, called only with an idempotency key:
     only then can the body's hash ever be compared (a trigger without a key stores "")."""
     domain = current_app.config["DOMAIN"]
-    canonical_type = resolve_event(domain, body)[0].group
+    event = resolve_event(domain, body)[0]
+    canonical_type = event.group
     ttl = domain.idempotency_ttl_seconds
     digest = body_hash(raw_body()) if idempotency_key else ""
     conn = db.get_conn()
@@ -71,15 +72,18 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
                     "status_url": f"/v1/notifications/triggers/{trigger_id}"}
         if scheduled:
             response["send_at"] = rfc3339(body["send_at"])
-        stored = dict(_jsonable(body), type=canonical_type)
+        ack = body.get("ack") or event.ack   # the trigger's replaces the event's default
+        stored = dict(_jsonable({k: v for k, v in body.items() if k != "ack"}), type=canonical_type)
+        if ack.required:
+            stored["ack"] = ack.stored()
         statements = [repository.release_expired_key(api_key_id, idempotency_key, ttl)] if idempotency_key else []
         statements.append(repository.insert_trigger(trigger_id, api_key_id, idempotency_key, digest, stored,
                                                     response, g.get("request_id"), scheduled))
-        statements.append(audit.append_statement(
-            "notification.trigger", ("trigger", trigger_id),
-            {"type": canonical_type, "event": body["event"], "customer_id": body.get("customer_id"),
-             "users": users, "idempotency_key": idempotency_key, "send_at": stored.get("send_at"),
-             "expires_at": stored.get("expires_at")}, actor=("service", api_key_id)))
+        change = {"type": canonical_type, "event": body["event"], "customer_id": body.get("customer_id"),
+                  "users": users, "idempotency_key": idempotency_key}
+        change.update((k, stored[k]) for k in ("send_at", "expires_at") if stored.get(k))
+        statements.append(audit.append_statement("notification.trigger", ("trigger", trigger_id), change,
+                                                 actor=("service", api_key_id)))
         try:
             db.one_transaction(conn, statements)
         except psycopg2.errors.UniqueViolation:

@@ -27,6 +27,7 @@ import psycopg2
 import redis
 
 from .. import db
+from ..acks import repository as acks
 from ..bus.codec import notification_message
 from ..bus.publisher import publisher
 from ..logs import request_id_var
@@ -72,6 +73,7 @@ def store_batch(app, conn, only=None):
                 rows = repository.store_triggers(conn, claimed, hidden)
                 deliveries = [d for r in rows for d in plans[r["trigger_id"]].delivery_rows([r])]
                 repository.insert_deliveries(conn, deliveries)
+                acks.insert_escalations(conn, rows)
                 repository.mark_dispatched(conn, [t["id"] for t in claimed])
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
             committed = True

@@ -76,9 +76,10 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id, expires_at, in_app)"
+            " link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app)"
             " SELECT gen_random_uuid(), %(trigger)s, ids.user_id, %(customer)s, %(type)s, %(event)s, %(title)s,"
             " %(content)s, %(link_url)s, %(link_text)s, %(rec_type)s, %(rec_id)s, %(expires_at)s::timestamptz,"
+            " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8),"
             " NOT (ids.user_id = ANY(%(hidden)s::uuid[]))"
             " FROM unnest(%(users)s::uuid[]) WITH ORDINALITY AS ids(user_id, n)"
             " ORDER BY ids.n ON CONFLICT (trigger_id, user_id) DO NOTHING",
@@ -86,7 +87,8 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
              "event": body["event"], "title": body["title"], "content": body.get("content") or "",
              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
              "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"), "expires_at": body.get("expires_at"),
-             "users": users, "hidden": uuid_array(hidden_users)})
+             "ack_required": bool((body.get("ack") or {}).get("required")),
+             "ack_deadline": (body.get("ack") or {}).get("deadline_seconds"), "users": users, "hidden": uuid_array(hidden_users)})
     with conn.cursor() as cur:
         cur.execute(f"SELECT {COLUMNS}, deleted_at, in_app FROM notifications WHERE trigger_id = %s"
                     " AND user_id = ANY(%s::uuid[]) ORDER BY seq", (trigger_id, users))
@@ -210,12 +212,14 @@ def store_triggers(conn, triggers, hidden):
             " tr.body->>'type' AS type, tr.body->>'event' AS event, tr.body->>'title' AS title,"
             " coalesce(tr.body->>'content', '') AS content, tr.body->>'link_url' AS link_url,"
             " tr.body->>'link_text' AS link_text, tr.body->>'rec_type' AS rec_type, tr.body->>'rec_id' AS rec_id,"
-            " (tr.body->>'expires_at')::timestamptz AS expires_at, tr.body->'user_ids' AS user_ids"
+            " (tr.body->>'expires_at')::timestamptz AS expires_at, tr.body->'user_ids' AS user_ids,"
+            " coalesce((tr.body->'ack'->>'required')::boolean, false) AS ack_required,"
+            " now() + make_interval(secs => (tr.body->'ack'->>'deadline_seconds')::float8) AS ack_deadline"
             " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers tr ON tr.id = b.id)"
             " INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id, expires_at, in_app)"
+            " link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app)"
             " SELECT gen_random_uuid(), t.id, u.user_id::uuid, t.customer_id, t.type, t.event, t.title, t.content,"
-            " t.link_url, t.link_text, t.rec_type, t.rec_id, t.expires_at,"
+            " t.link_url, t.link_text, t.rec_type, t.rec_id, t.expires_at, t.ack_required, t.ack_deadline,"
             " (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[]))"
             " FROM t CROSS JOIN LATERAL jsonb_array_elements_text(t.user_ids) WITH ORDINALITY AS u(user_id, k)"
             f" ORDER BY t.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",

@@ -11,6 +11,7 @@ from ..security.auth import current_service, service_required
 from . import repository
 from .accept import accept_trigger
 from .push import push
+from ..acks.repository import trigger_ack_state
 from .schedule import cancel
 from .schemas import (AcceptedSchema, IdempotencyHeaderSchema, PushedSchema, QueuedTriggerSchema, TriggerSchema,
                       TriggerStatusSchema)
@@ -53,10 +54,13 @@ class TriggerStatus(MethodView):
         row = repository.get_trigger(db.get_conn(), parse_id(trigger_id), current_service())
         if row is None:
             raise NotFound("Trigger not found")
-        return {"trigger_id": str(row["id"]), "status": row["status"], "users_total": row["users_total"],
+        view = {"trigger_id": str(row["id"]), "status": row["status"], "users_total": row["users_total"],
                 "users_done": row["users_done"], "created_at": rfc3339(row["created_at"]),
                 "dispatched_at": rfc3339(row["dispatched_at"]), "send_at": rfc3339(row["send_at"]),
                 "expires_at": row["body"].get("expires_at"), "cancelled_at": rfc3339(row["cancelled_at"])}
+        if row["body"].get("ack"):
+            view["ack"] = ack_view(db.get_conn(), row["id"])
+        return view
 
     @blp.response(204)
     def delete(self, trigger_id):
@@ -69,6 +73,16 @@ class TriggerStatus(MethodView):
         with db.transaction(conn):
             cancel(conn, parse_id(trigger_id), current_service())
         return None
+
+
+def ack_view(conn, trigger_id):
+    """Each user's acknowledgement state (acknowledged, pending, overdue) and their counts."""
+    counts, users = trigger_ack_state(conn, trigger_id, ACK_USERS_SHOWN)
+    return dict(counts, users=[{"user_id": str(u["user_id"]), "state": u["state"], "acked_at": rfc3339(u["acked_at"])}
+                               for u in users])
+
+
+ACK_USERS_SHOWN = 1000   # the first users, by id; the counts cover them all
 
 
 @blp.route("/sse")

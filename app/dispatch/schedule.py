@@ -1,4 +1,5 @@
-"""Scheduled triggers: kept as `scheduled` outbox rows until their send_at, then made due.
+"""Scheduled triggers: kept as `scheduled` outbox rows until their send_at, then made due; and
+the thread that also runs due escalation steps (app/acks/service.py).
 
 A trigger accepted with a future `send_at` is a durable row with status
 `scheduled` (migrations_sql/0015); nothing about it lives in Redis, so a
@@ -67,8 +68,12 @@ def cancel(conn, trigger_id, api_key_id):
 
 
 def tick(app):
-    """One pass: make due what is due, wake a drain for it; returns seconds to sleep."""
+    """One pass: make due what is due, wake a drain for it, run the escalation steps due
+    (app/acks/service.py); returns seconds to sleep."""
+    from ..acks.service import STEPS_PER_PASS, run_due_steps
     with app.app_context(), db.connection() as conn:
+        if run_due_steps(app, conn) >= STEPS_PER_PASS:
+            return 0
         made_due = make_due(conn)
         conn.commit()
         if made_due:

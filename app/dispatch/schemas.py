@@ -6,6 +6,7 @@ import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
+from ..acks import policy as ack_policy
 from ..api.schema import StrictSchema, UtcDateTime
 from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
@@ -103,6 +104,9 @@ class QueuedTriggerSchema(TriggerSchema):
         "description": "RFC 3339; stored, streamed and delivered at this time (at most one year ahead)"})
     expires_at = UtcDateTime(load_default=None, allow_none=True, metadata={
         "description": "RFC 3339; never delivered on any channel after it, hidden from the inbox after it"})
+    ack = fields.Dict(load_default=None, allow_none=True, metadata={
+        "description": 'acknowledgement, replacing the event\'s default: {"required": true, "deadline": "PT24H",'
+                       ' "escalate": [{"after": "PT1H", "channels": ["email"]}]} (ISO 8601 durations)'})
 
     @ma.validates_schema
     def _times(self, data, **_):
@@ -115,6 +119,12 @@ class QueuedTriggerSchema(TriggerSchema):
                 raise ma.ValidationError("Must be in the future.", "expires_at")
             if send_at is not None and expires_at <= send_at:
                 raise ma.ValidationError("Must be after send_at.", "expires_at")
+        if data.get("ack") is not None:
+            try:
+                data["ack"] = ack_policy.build(data["ack"], current_app.config["DOMAIN"].channels)
+            except ValueError as error:
+                where, problem = error.args[0]
+                raise ma.ValidationError({where: [problem]})
 
 
 def accept_text(value, multiline=False):
@@ -186,6 +196,8 @@ class TriggerStatusSchema(ma.Schema):
     send_at = fields.String(allow_none=True)
     expires_at = fields.String(allow_none=True)
     cancelled_at = fields.String(allow_none=True)
+    ack = fields.Dict(metadata={"description": "for notices needing acknowledgement: acknowledged, pending and "
+                                               "overdue counts, and `users` (the first 1,000 by id) with each state"})
     users_total = fields.Integer()
     users_done = fields.Integer()
     created_at = fields.String()

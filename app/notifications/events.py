@@ -3,7 +3,9 @@
 After a change commits, the changed user's streams get named SSE events
 (published on their channel, app/bus/codec.py):
 
-    unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n}}
+    unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n},
+               "ack_pending": N}
+    ack       {"ids": [...], "acked_at": "..."}   (acknowledged on some device: app/acks/service.py)
     read      {"ids": [...], "read": true|false}
               read-all: {"all": true, "read": true, "customer_id": ..., "group": ..., "before": ...,
                          "ids": [...]}
@@ -54,15 +56,23 @@ _UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, unr
            " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}"
            " UNION ALL SELECT user_id::text, coalesce(customer_id::text, 'none'), type, -count(*)::integer"
            " FROM notifications WHERE {users} AND expires_at IS NOT NULL AND expires_at <= now()"
-           " AND read_at IS NULL AND deleted_at IS NULL AND in_app{scope} GROUP BY 1, 2, 3")
+           " AND read_at IS NULL AND deleted_at IS NULL AND in_app{scope} GROUP BY 1, 2, 3"
+           # and the notices awaiting acknowledgement (no customer: the row that says so; 0019's index)
+           " UNION ALL SELECT user_id::text, NULL, NULL, count(*)::integer FROM notifications WHERE {users}"
+           " AND ack_required AND acked_at IS NULL AND deleted_at IS NULL AND in_app"
+           " AND (expires_at IS NULL OR expires_at > now()){scope} GROUP BY 1")
 
 
 def _payloads(rows, user_ids, groups):
     """{user id (str): payload} for every user asked about, from (user, customer, group, count) rows."""
     empty_groups = dict.fromkeys(groups, 0)
-    out = {uid: {"unread": 0, "by_customer": {}, "by_group": dict(empty_groups)} for uid in user_ids}
+    out = {uid: {"unread": 0, "by_customer": {}, "by_group": dict(empty_groups), "ack_pending": 0}
+           for uid in user_ids}
     for user_id, customer, group, count in rows:
         payload = out[user_id]
+        if customer is None:
+            payload["ack_pending"] = count
+            continue
         payload["unread"] += count
         by_customer, by_group = payload["by_customer"], payload["by_group"]
         by_customer[customer] = by_customer.get(customer, 0) + count

@@ -5,7 +5,7 @@ import orjson
 
 # Columns every reader selects, in the order `to_public` expects.
 COLUMNS = ("id, seq, user_id, customer_id, type, event, title, content, link_url, link_text,"
-           " rec_type, rec_id, read_at, created_at, expires_at")
+           " rec_type, rec_id, read_at, created_at, expires_at, ack_required, ack_deadline, acked_at")
 
 
 def rfc3339(moment):
@@ -33,6 +33,9 @@ def to_public(row):
         "read_at": rfc3339(row["read_at"]),
         "created_at": rfc3339(row["created_at"]),
         "expires_at": rfc3339(row.get("expires_at")),
+        "ack_required": bool(row.get("ack_required")),
+        "ack_deadline": rfc3339(row.get("ack_deadline")),
+        "acked_at": rfc3339(row.get("acked_at")),
     }
 
 
@@ -52,7 +55,7 @@ def to_json_many(rows):
     for row in rows:
         key = (row["customer_id"], row["type"], row["event"], row["title"], row["content"], row["link_url"],
                row["link_text"], row["rec_type"], row["rec_id"], row["read_at"], row["created_at"],
-               row.get("expires_at"))
+               row.get("expires_at"), row.get("ack_required"), row.get("ack_deadline"), row.get("acked_at"))
         template = templates.get(key)
         if template is None:
             template = templates[key] = to_json(dict(row, id=_ID)).split('"\\u0000"', 1)

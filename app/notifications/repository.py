@@ -10,9 +10,11 @@ NOT_EXPIRED = ("seq NOT IN (SELECT seq FROM notifications WHERE user_id = %(user
                " AND expires_at IS NOT NULL AND expires_at <= now())")
 
 
-def _scope(user_id, customer_id, customers, status, include_expired=False):
+def _scope(user_id, customer_id, customers, status, include_expired=False, ack=None):
     """WHERE clause and parameters shared by the list and its counts."""
     where = ["user_id = %(user_id)s", "deleted_at IS NULL", "in_app"]
+    if ack == "pending":   # notifications_ack_pending (0019)
+        where += ["ack_required", "acked_at IS NULL"]
     if not include_expired:
         where.append(NOT_EXPIRED)
     params = {"user_id": user_id}
@@ -30,7 +32,7 @@ def _scope(user_id, customer_id, customers, status, include_expired=False):
 
 
 def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all", limit=50, offset=0,
-               include_expired=False):
+               include_expired=False, ack=None):
     """One page of the inbox, newest first, with the filter's total and unread counts.
 
     The page's `seq` values come from an index alone (notifications_inbox_covering, or the unread
@@ -39,7 +41,7 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     costs a page read per notification in the inbox, thousands per request for a heavy user
     (docs/inbox.md, "The inbox at 10 M rows").
     """
-    where, params = _scope(user_id, customer_id, customers, status, include_expired)
+    where, params = _scope(user_id, customer_id, customers, status, include_expired, ack)
     with conn.cursor() as cur:   # plain rows made dicts here: half the cost of RealDictCursor's
         cur.execute(f"SELECT n.* FROM (SELECT seq FROM notifications WHERE {where}"
                     "                  ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s) page"

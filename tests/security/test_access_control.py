@@ -44,6 +44,7 @@ ACCESS = {
     ("GET", "/docs/assets/<filename>"): OPEN,
     ("GET", "/v1/notifications/sse"): STREAM,
     ("POST", "/v1/notifications/sse/ticket"): USER,
+    ("POST", "/v1/notifications/<notification_id>/ack"): USER,
     ("POST", "/v1/notifications/trigger"): SERVICE_ONLY,
     ("GET", "/v1/notifications/triggers/<trigger_id>"): SERVICE_ONLY,
     ("DELETE", "/v1/notifications/triggers/<trigger_id>"): SERVICE_ONLY,
@@ -340,7 +341,8 @@ def test_a_notification_of_no_customer_is_visible_to_a_limited_token(client, db,
     own = insert_notification(db, user_id, customer_id=None)
     response = call(client, method, concrete(rule, notification_id=own["id"]),
                     bearer(make_token(user_id, customers=[uuid.uuid4()])))
-    assert response.status_code in (200, 204), response.get_data(as_text=True)
+    # (found: acknowledging it is a 409 only because it needs no acknowledgement)
+    assert response.status_code in ((409,) if rule.endswith("/ack") else (200, 204)), response.get_data(as_text=True)
 
 
 def test_a_deleted_notification_answers_as_missing(client, db, user):
