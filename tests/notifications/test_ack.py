@@ -162,6 +162,27 @@ def test_the_services_view_shows_each_users_state(app, client, db):
         (str(users[0]), "acknowledged"), (str(users[1]), "pending"), (str(users[2]), "overdue")]
 
 
+def test_stats_give_the_ack_rate_and_time_to_ack_per_event(app, client, db):
+    users = [uuid.uuid4() for _ in range(4)]
+    trigger(client, users, **TERMS)
+    run_jobs(app)
+    for user_id in users[:2]:
+        nid = client.get("/v1/notifications", headers=bearer(user_id)).get_json()["items"][0]["id"]
+        assert ack(client, user_id, nid).status_code == 200
+    with db.cursor() as cur:   # one took 10 minutes, the other 30; one of the others is past its deadline
+        cur.execute("UPDATE notifications SET acked_at = created_at + interval '10 minutes' WHERE user_id = %s",
+                    (users[0],))
+        cur.execute("UPDATE notifications SET acked_at = created_at + interval '30 minutes' WHERE user_id = %s",
+                    (users[1],))
+        cur.execute("UPDATE notifications SET ack_deadline = now() - interval '1 second' WHERE user_id = %s",
+                    (users[2],))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    window = {"from": (now - datetime.timedelta(hours=1)).isoformat(), "to": (now + datetime.timedelta(hours=1)).isoformat()}
+    body = client.get("/v1/notifications/stats", headers=SERVICE, query_string=window).get_json()
+    assert body["acknowledgements"] == {"security.terms_updated": {
+        "required": 4, "acknowledged": 2, "ack_rate": 0.5, "median_seconds_to_ack": 1200.0, "overdue": 1}}
+
+
 # ---------------------------------------------------------------- escalation
 
 
