@@ -34,3 +34,25 @@ CREATE INDEX escalations_due ON escalations (due_at) WHERE status = 'pending';
 -- event's default channels do not name it (the user's explicit opt-out still
 -- holds, unless the event is locked).
 ALTER TABLE deliveries ADD COLUMN escalation_step integer;
+
+-- The triggering service's callbacks (`callback_url`, hosts in ACK_CALLBACK_HOSTS
+-- only): one row per notice and event, signed and POSTed by the callback thread
+-- of a worker (app/acks/callbacks.py), retried with queue.yaml's back-off. The
+-- `ack_overdue` row is written with the notice, due at its deadline; an
+-- acknowledgement cancels it and writes the `ack` row, due at once.
+CREATE TABLE ack_callbacks (
+    id               uuid PRIMARY KEY,
+    notification_id  uuid NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+    event            text NOT NULL CHECK (event IN ('ack', 'ack_overdue')),
+    url              text NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'cancelled')),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_at          timestamptz NOT NULL DEFAULT now(),
+    locked_until     timestamptz,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    sent_at          timestamptz,
+    UNIQUE (notification_id, event)
+);
+CREATE INDEX ack_callbacks_due ON ack_callbacks (next_at) WHERE status IN ('pending', 'sending');

@@ -31,6 +31,7 @@ from app import db, retention
 from app.audit import chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
+from app.acks import callbacks as ack_callbacks
 from app.dispatch import schedule
 from app.queues.enqueue import deliver_job_id, enqueue_deliveries
 from app.queues.liveness import dispatch_in_hand, job_is_alive
@@ -120,5 +121,6 @@ def start_relay(app, worker_key=None):
                          daemon=True).start()
     threading.Thread(target=_loop, args=(app, stop), name="relay", daemon=True).start()
     threading.Thread(target=schedule.run, args=(app, stop), name="scheduler", daemon=True).start()
+    threading.Thread(target=ack_callbacks.run, args=(app, stop), name="ack-callbacks", daemon=True).start()
     retention.schedule(app, stop)  # the periodic purge (app/retention.py), its own thread
     return stop

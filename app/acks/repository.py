@@ -2,11 +2,13 @@
 from ..db import cursor, uuid_array
 from ..notifications.model import COLUMNS
 from ..notifications.repository import visible
+from . import callbacks
 
 
 def insert_escalations(conn, rows):
     """The escalation steps of the stored rows that need an acknowledgement, read from their trigger's
-    resolved `ack` (app/acks/policy.py); none twice (a re-run of a chunk inserts nothing)."""
+    resolved `ack` (app/acks/policy.py), and their `ack_overdue` callback when the trigger names a
+    callback_url; none twice (a re-run of a chunk inserts nothing)."""
     ids = [r["id"] for r in rows if r.get("ack_required") and r["in_app"] and r["deleted_at"] is None]
     if not ids:
         return
@@ -17,6 +19,7 @@ def insert_escalations(conn, rows):
                     " FROM notifications n JOIN triggers t ON t.id = n.trigger_id"
                     " CROSS JOIN LATERAL jsonb_array_elements(t.body->'ack'->'escalate') WITH ORDINALITY AS s(step, n)"
                     " WHERE n.id = ANY(%s::uuid[]) ON CONFLICT DO NOTHING", (uuid_array(ids),))
+    callbacks.schedule_overdue(conn, ids)
 
 
 def acknowledge(conn, user_id, notification_id, customers=None):

@@ -24,7 +24,7 @@ from ..errors import AckNotRequired, FailedToAcknowledge, NotFound
 from ..notifications import events
 from ..notifications.model import rfc3339
 from ..queues.enqueue import enqueue_deliveries
-from . import repository
+from . import callbacks, repository
 
 log = logging.getLogger(__name__)
 STEPS_PER_PASS = 500
@@ -41,6 +41,7 @@ def acknowledge(user, notification_id):
             raise AckNotRequired()
         if first:
             cancelled = repository.cancel_escalations(conn, notification_id, "acknowledged")
+            callbacks.on_ack(conn, notification_id)
             audit.record(conn, "notification.ack", ("notification", notification_id),
                          {"acked_at": rfc3339(row["acked_at"]), "escalations_cancelled": cancelled,
                           "user_agent": (request.headers.get("User-Agent") or "")[:200]})

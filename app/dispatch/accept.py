@@ -19,7 +19,7 @@ import psycopg2
 from flask import current_app, g
 
 from .. import audit, db
-from ..errors import IdempotencyConflict
+from ..errors import IdempotencyConflict, InvalidRequest
 from ..notifications.model import rfc3339
 from ..queues.waker import waker
 from ..ratelimit import charge_recipients
@@ -55,6 +55,9 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
     domain = current_app.config["DOMAIN"]
     event = resolve_event(domain, body)[0]
     canonical_type = event.group
+    ack = body.get("ack") or event.ack   # the trigger's replaces the event's default
+    if body.get("callback_url") and not ack.required:
+        raise InvalidRequest(errors={"callback_url": ["Only a notice needing acknowledgement has callbacks."]})
     ttl = domain.idempotency_ttl_seconds
     digest = body_hash(raw_body()) if idempotency_key else ""
     conn = db.get_conn()
@@ -72,7 +75,6 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
                     "status_url": f"/v1/notifications/triggers/{trigger_id}"}
         if scheduled:
             response["send_at"] = rfc3339(body["send_at"])
-        ack = body.get("ack") or event.ack   # the trigger's replaces the event's default
         stored = dict(_jsonable({k: v for k, v in body.items() if k != "ack"}), type=canonical_type)
         if ack.required:
             stored["ack"] = ack.stored()

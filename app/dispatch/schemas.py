@@ -6,6 +6,7 @@ import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
+from ..acks import callbacks as ack_callbacks
 from ..acks import policy as ack_policy
 from ..api.schema import StrictSchema, UtcDateTime
 from ..errors import InvalidChannel
@@ -104,6 +105,9 @@ class QueuedTriggerSchema(TriggerSchema):
         "description": "RFC 3339; stored, streamed and delivered at this time (at most one year ahead)"})
     expires_at = UtcDateTime(load_default=None, allow_none=True, metadata={
         "description": "RFC 3339; never delivered on any channel after it, hidden from the inbox after it"})
+    callback_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2048), metadata={
+        "description": "receives signed `ack` and `ack_overdue` events of this trigger's notices (a host of "
+                       "ACK_CALLBACK_HOSTS; needs an acknowledgement)"})
     ack = fields.Dict(load_default=None, allow_none=True, metadata={
         "description": 'acknowledgement, replacing the event\'s default: {"required": true, "deadline": "PT24H",'
                        ' "escalate": [{"after": "PT1H", "channels": ["email"]}]} (ISO 8601 durations)'})
@@ -119,6 +123,9 @@ class QueuedTriggerSchema(TriggerSchema):
                 raise ma.ValidationError("Must be in the future.", "expires_at")
             if send_at is not None and expires_at <= send_at:
                 raise ma.ValidationError("Must be after send_at.", "expires_at")
+        if data.get("callback_url") is not None and not ack_callbacks.allowed(
+                data["callback_url"], current_app.config["ACK_CALLBACK_HOSTS"]):
+            raise ma.ValidationError("Must be an http(s) URL of a host in ACK_CALLBACK_HOSTS.", "callback_url")
         if data.get("ack") is not None:
             try:
                 data["ack"] = ack_policy.build(data["ack"], current_app.config["DOMAIN"].channels)
