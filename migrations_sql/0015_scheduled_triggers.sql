@@ -8,6 +8,9 @@
 -- time has come `pending`, in one statement, and wakes a drain; from there a
 -- scheduled trigger is an ordinary one. `cancelled` is the end of a scheduled
 -- trigger its service withdrew before that (DELETE /v1/notifications/triggers/{id}).
+-- A wider CHECK (more statuses) is an expand, not a contract: the previous release writes only
+-- values it already allowed. The guard counts every DROP CONSTRAINT, so the marker says so:
+-- contract: after d91dae9
 ALTER TABLE triggers ADD COLUMN send_at timestamptz,
                      ADD COLUMN cancelled_at timestamptz;
 ALTER TABLE triggers DROP CONSTRAINT triggers_status_check,

@@ -2,6 +2,9 @@
 -- of its notifications. After it the notification is delivered on no channel
 -- (a delivery still queued or retrying ends `expired`) and is left out of the
 -- inbox, its counts and the stream's replay (GET ?include_expired=true shows it).
+-- A wider CHECK (more statuses) is an expand, not a contract: the previous release writes only
+-- values it already allowed. The guard counts every DROP CONSTRAINT, so the marker says so:
+-- contract: after d91dae9
 ALTER TABLE notifications ADD COLUMN expires_at timestamptz;
 
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_status_check,
