@@ -1,5 +1,6 @@
-"""The inbox page's banner of notices to acknowledge (issue 21), in the real headless Chromium of
-test_inbox_page.py (its fixtures, a browser and services of this module's own).
+"""The inbox page's banner of notices to acknowledge, and expiring notifications leaving the page
+(issue 21), in the real headless Chromium of test_inbox_page.py (its fixtures, a browser and
+services of this module's own).
 
 A notice that requires acknowledgement shows in a banner above the inbox that stays until it is
 acknowledged: reading it is not enough; acknowledging it in another tab (or device) removes it
@@ -62,3 +63,18 @@ def test_a_notice_stays_in_the_banner_until_acknowledged_in_any_tab(page, servic
     assert result["acked_at"] and result["read"] is True and result["ids"] == [notice["id"]], result
     wait_until(lambda: banner(page) == {"hidden": True, "titles": []}, 10,
                message=lambda: f"the banner gone ({banner(page)})")
+
+
+def test_an_expiring_notification_leaves_the_page_at_its_time(page, services):  # noqa: F811
+    import datetime
+    user_id, token = new_user()
+    page.open(token)
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
+    api.trigger(services.web, [user_id], type="task", event="task_due", title="Code 123456",
+                expires_at=expires.isoformat())
+    api.trigger(services.web, [user_id], type="task", event="task_due", title="Stays")
+    page.wait_titles("Code 123456", "Stays")
+    page.wait_badge(2)
+    wait_until(lambda: page.titles() == ["Stays"], 10, message=lambda: f"the expired one gone ({page.titles()})")
+    assert datetime.datetime.now(datetime.timezone.utc) >= expires
+    page.wait_badge(1)
