@@ -40,6 +40,9 @@ def _jsonable(body):
             for k, v in body.items()}
 
 
+TIME_FIELDS = ("send_at", "expires_at", "callback_url")
+
+
 def _scheduled(body):
     """A send_at still to come (the trigger waits, `scheduled`); one already past is due now."""
     send_at = body.get("send_at")
@@ -75,7 +78,9 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
                     "status_url": f"/v1/notifications/triggers/{trigger_id}"}
         if scheduled:
             response["send_at"] = rfc3339(body["send_at"])
-        stored = dict(_jsonable({k: v for k, v in body.items() if k != "ack"}), type=canonical_type)
+        # (issue 21's optional fields only when given: the stored body of a plain trigger is as before)
+        stored = dict(_jsonable({k: v for k, v in body.items()
+                                 if k != "ack" and not (k in TIME_FIELDS and v is None)}), type=canonical_type)
         if ack.required:
             stored["ack"] = ack.stored()
         statements = [repository.release_expired_key(api_key_id, idempotency_key, ttl)] if idempotency_key else []

@@ -3,6 +3,7 @@ from flask import current_app, request
 from flask.views import MethodView
 
 from .. import db
+from ..acks.repository import trigger_ack_state
 from ..api import Blueprint
 from ..api.schema import parse_id
 from ..errors import NotFound
@@ -11,7 +12,6 @@ from ..security.auth import current_service, service_required
 from . import repository
 from .accept import accept_trigger
 from .push import push
-from ..acks.repository import trigger_ack_state
 from .schedule import cancel
 from .schemas import (AcceptedSchema, IdempotencyHeaderSchema, PushedSchema, QueuedTriggerSchema, TriggerSchema,
                       TriggerStatusSchema)
