@@ -181,7 +181,7 @@ def test_over_http_a_scheduled_trigger_appears_at_its_time_and_a_cancelled_one_n
     user_id = uuid.uuid4()
     stream = web.stream(headers=bearer(user_id))
     try:
-        send_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=4)
+        send_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=6)
         body = trigger_body([user_id], **IN_APP, title="At nine", send_at=send_at.isoformat())
         kept = web.post("/v1/notifications/trigger", json=body, headers=SERVICE).json()
         body = dict(body, title="Withdrawn")

@@ -303,7 +303,7 @@ def test_over_http_an_unacknowledged_notice_escalates_to_email_and_an_acknowledg
     for user_id in (waiting, acknowledging):
         assert requests.put(f"{web.url}/v1/notifications/users/{user_id}/contact", headers=SERVICE, timeout=10,
                             json={"email": f"{user_id.hex[:8]}@example.org"}).status_code == 200
-    step = {"required": True, "deadline": "PT1H", "escalate": [{"after": "PT3S", "channels": ["email"]}]}
+    step = {"required": True, "deadline": "PT1H", "escalate": [{"after": "PT6S", "channels": ["email"]}]}
     r = web.post("/v1/notifications/trigger", headers=SERVICE,
                  json=dict(TERMS, user_ids=[str(waiting), str(acknowledging)], ack=step))
     assert r.status_code == 202
