@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .acks import policy as ack_policy
 from .channels import IN_APP
 from .errors import ConfigError, InvalidEvent, InvalidGroup
 
@@ -19,6 +20,7 @@ class Event:
     locked: bool = False
     urgent: bool = False
     requires_consent: bool = False   # the group's: email/SMS only to an address with consent on record
+    ack: ack_policy.AckPolicy = ack_policy.NONE   # `ack:` defaults (app/acks/policy.py)
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,14 @@ def _parse_notifications(path):
             if consent and eraw.get("locked"):
                 # consent can always be withdrawn; a locked event could not be switched off
                 raise ConfigError(path, f"{ewhere}.locked", "a group with requires_consent cannot lock an event")
+            try:
+                ack = ack_policy.build(eraw["ack"], all_channels) if eraw.get("ack") is not None else ack_policy.NONE
+            except ValueError as error:
+                key, problem = error.args[0]
+                raise ConfigError(path, f"{ewhere}.{key}", problem)
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)), consent)
+                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)),
+                                       requires_consent=consent, ack=ack)
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
