@@ -96,6 +96,20 @@ class RedisCluster:
         slot = self.client(self.master_ports()[0]).execute_command("CLUSTER KEYSLOT", channel)
         return next(port for (start, end), port in self.slot_ranges().items() if start <= slot <= end)
 
+    def node_id(self, port):
+        return self.client(port).execute_command("CLUSTER MYID")
+
+    def move_slot(self, slot, target):
+        """Migrate `slot` to the master on port `target` (it holds no keys: channels are not keys)."""
+        source = next(port for (start, end), port in self.slot_ranges().items() if start <= slot <= end)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        self.client(target).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        self.client(source).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        for port in self.master_ports():
+            self.client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        self._wait(lambda: self.slot_ranges() and all(
+            port == target for (start, end), port in self.slot_ranges().items() if start <= slot <= end), 10)
+
     def kill(self, port):
         self.procs[port].kill()
         self.procs[port].wait()

@@ -240,3 +240,22 @@ def test_a_stream_replays_exactly_whether_or_not_the_replica_has_caught_up(
     text = web.get("/metrics").text
     assert re.search(r'notif_replica_reads_total{reason="catching_up",target="primary"} [1-9]', text), text
     assert re.search(r'notif_replica_reads_total{reason="ok",target="replica"} [1-9]', text), text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_bad_lag_bound_stops_start_up_naming_it(value):
+    from app.config import load_settings
+    from app.errors import ConfigError
+    from testkit.identity import API_KEY, JWT_SECRET
+    with pytest.raises(ConfigError, match="REPLICA_MAX_LAG_SECONDS"):
+        load_settings(environ={"JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY, "DEVELOPMENT": "true",
+                               "REPLICA_MAX_LAG_SECONDS": value})
+
+
+def test_without_a_replica_or_a_pubsub_url_nothing_changes():
+    """A fresh `./dev up` sets neither: every read is the primary's, pub/sub is REDIS_URL's."""
+    from app.config import load_settings
+    from testkit.identity import API_KEY, JWT_SECRET
+    settings = load_settings(environ={"JWT_SECRET": JWT_SECRET, "API_KEYS": API_KEY, "DEVELOPMENT": "true",
+                                      "REDIS_URL": "redis://127.0.0.1:6390/0"})
+    assert settings["DATABASE_REPLICA_URL"] == "" and settings["PUBSUB_URL"] == "redis://127.0.0.1:6390/0"

@@ -79,6 +79,23 @@ def test_streams_and_replays_are_exact_over_every_shard(web, streams, db, cluste
     assert events[-1].json()["title"] == "after"
 
 
+def test_a_slot_migrated_to_another_master_is_followed(web, streams, db, cluster):
+    user = uuid.uuid4()
+    stream = streams(web, user)
+    trigger(web, [user], title="before")
+    stream.wait_events(1)
+    channel = user_channel("notif:", user)
+    slot = cluster.client(cluster.master_ports()[0]).execute_command("CLUSTER KEYSLOT", channel)
+    target = next(port for port in cluster.master_ports() if port != cluster.master_of(channel))
+    cluster.move_slot(slot, target)              # Redis unsubscribes the channel on its old master
+    wait_until(lambda: channel in cluster.client(target).execute_command("PUBSUB", "SHARDCHANNELS"), 20,
+               message="the hub subscribed on the slot's new master")
+    trigger(web, [user], title="after")
+    events = stream.wait_events(2)
+    assert [e.json()["title"] for e in events] == ["before", "after"]
+    assert [e.seq for e in events] == stored_seqs(db, user)
+
+
 def test_a_master_killed_costs_no_notification(web, db, cluster):
     users = [uuid.uuid4() for _ in range(USERS)]
     clients = {user: ResumingStream(web, headers=bearer(user)) for user in users}
