@@ -287,11 +287,15 @@ class Hub:
                 last = exc
                 continue
             try:
-                asked = sock.getpeername()[0]   # a node that does not know its address says ""
+                peer = sock.getpeername()       # a node that does not know its address says ""
+                asked = peer[0] if isinstance(peer, tuple) else ""
                 sock.settimeout(5)
                 reader = hiredis.Reader()
                 sock.sendall(_command("CLUSTER", "INFO") + _command("CLUSTER", "SLOTS"))
                 info, slots = _replies(sock, reader, 2)
+            except OSError as exc:   # this node went away or hangs: ask the next one
+                last = exc
+                continue
             finally:
                 sock.close()
             if isinstance(info, Exception):   # "cluster support disabled": one Redis
