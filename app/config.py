@@ -11,6 +11,7 @@ from .audit import keys as audit_keys
 from .security import api_keys, jwks
 from .domain import load_domain
 from .errors import ConfigError
+from .webpush import keys as webpush_keys
 
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
@@ -81,6 +82,15 @@ DEFAULTS = {
     # Proxies in front of the service whose X-Forwarded-For / -Proto are believed (0: none, the
     # peer's address is the client's).
     "PROXY_HOPS": "0",
+    # Web Push (app/webpush/): the VAPID key pair as base64url (`flask webpush keys`) and the contact
+    # push services may write to (mailto: or https:). None set: the channel is off; some: ConfigError.
+    "VAPID_PUBLIC_KEY": "",
+    "VAPID_PRIVATE_KEY": "",
+    "VAPID_SUBJECT": "",
+    # A private CA for push services (tests); and, in development only, `host=ip` pairs to connect
+    # to instead of resolving (the only private addresses the sender will reach: transport.py).
+    "WEBPUSH_CA_FILE": "",
+    "WEBPUSH_RESOLVE": "",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
@@ -92,7 +102,8 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES", "AUDIT_ANCHOR_SECONDS")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
-LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS")
+LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS",
+         "WEBPUSH_RESOLVE")
 
 
 def _convert(name, raw):
@@ -139,6 +150,7 @@ def load_settings(overrides=None, environ=None):
     _check_streams(settings)
     _check_auth(settings)
     _check_audit(settings)
+    webpush_keys.check_settings(settings)
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
     if not settings["DEVELOPMENT"]:

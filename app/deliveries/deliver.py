@@ -131,8 +131,9 @@ def _attempt(app, domain, claimed, accepted):
         if until is not None:
             return "held", {"until": until, "reason": f"held by quiet hours until {rfc3339(until)}"}, False
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
+    contact["user_id"] = str(row["user_id"])   # a channel addressed by the user's own rows (webpush)
     if not channel.address(contact):
-        return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False
+        return "skipped", {"reason": getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"}, False
     outbound = Outbound(str(claimed["id"]), shown(to_public(row)), str(row["user_id"]), contact,
                         event_templates(domain, row["type"], row["event"]), accepted)
     try:
