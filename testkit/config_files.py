@@ -29,6 +29,13 @@ def queue_config(directory, interval_seconds=1, stale_after_seconds=1):
                       relay={"interval_seconds": interval_seconds, "stale_after_seconds": stale_after_seconds})
 
 
+def shipped_groups():
+    """The groups of the repository's notifications.yaml, in its order: the keys of every unread
+    count's `by_group` under the shipped configuration."""
+    data = yaml.safe_load((REPO_ROOT / "notifications.yaml").read_text())
+    return tuple(data["groups"])
+
+
 BASE_GROUPS = {
     "chat": {"aliases": ["chats"], "events": {"message_received": {"channels": ["system", "email"]}}},
     "security": {"events": {"login_alert": {"channels": ["system", "email"], "locked": True, "urgent": True}}},

@@ -4,13 +4,14 @@ import uuid
 
 import pytest
 
+from testkit.config_files import shipped_groups
 from testkit.identity import make_token, SERVICE
 from testkit.jobs import run_jobs
 from testkit.rows import insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 OTHER = uuid.UUID("660e8400-e29b-41d4-a716-446655440000")
-GROUPS = {"chat": 0, "task": 0, "payment": 0, "security": 0}
+GROUPS = dict.fromkeys(shipped_groups(), 0)
 
 
 def counts(client, headers, query=""):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from testkit import api
+from testkit.config_files import shipped_groups
 from testkit.identity import bearer
 from testkit.jobs import run_jobs
 from testkit.rows import insert_notification
@@ -25,7 +26,7 @@ from testkit.rows import insert_notification
 C1 = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 C2 = uuid.UUID("660e8400-e29b-41d4-a716-446655440000")
 NIL = uuid.UUID(int=0)
-GROUPS = ("chat", "task", "payment", "security")
+GROUPS = shipped_groups()
 OLD = datetime.timedelta(days=400)     # past task's 365-day retention
 
 TRUTH = ("SELECT user_id, customer_id, type, count(*) FROM notifications"
@@ -226,7 +227,7 @@ def test_the_migration_counts_what_was_already_stored(empty_database, tmp_path):
     conn.autocommit = True
     try:
         for n, user_id in enumerate(users * 4):
-            insert_notification(conn, user_id, customer_id=(None, C1, C2)[n % 3], type=GROUPS[n % 4],
+            insert_notification(conn, user_id, customer_id=(None, C1, C2)[n % 3], type=GROUPS[n % len(GROUPS)],
                                 read_at="2024-01-01T00:00:00Z" if n % 5 == 0 else None,
                                 deleted_at="2024-01-01T00:00:00Z" if n % 7 == 0 else None, in_app=n % 11 != 0)
         assert "0011_unread_counters" in migrate(empty_database, directory=MIGRATIONS_DIR, echo=lambda *_: None)

@@ -15,14 +15,14 @@ import requests
 
 from app.config import DEV_SECRET_KEY
 from app.bus.codec import decode, message_key, user_channel
-from testkit.config_files import queue_config
+from testkit.config_files import queue_config, shipped_groups
 from testkit.identity import SERVICE, bearer, make_token
 from testkit.jobs import run_jobs
 from testkit.rows import insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 KEY = message_key(DEV_SECRET_KEY)   # the tests run with DEVELOPMENT=true and no SECRET_KEY
-GROUPS = {"chat": 0, "task": 0, "payment": 0, "security": 0}
+GROUPS = dict.fromkeys(shipped_groups(), 0)
 
 
 class Channel:
