@@ -34,6 +34,7 @@ from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
 from ..queues.enqueue import schedule_delivery
+from . import digest as digests
 from . import repository
 from .receipt import Receipt, record_late, unrecord
 
@@ -75,6 +76,8 @@ def deliver(delivery_id):
                     repository.finish(conn, claimed, status, **kwargs)
     if status == "sent" and not accepted.recorded:
         record_late(claimed, accepted.provider_id)
+    if status == "sent" and claimed.get("digest_id"):
+        digests.settle(claimed["id"], claimed["digest_id"], accepted.provider_id)
     if status == "held":
         schedule_delivery(claimed["id"], kwargs["until"], app)
         return status
@@ -134,8 +137,20 @@ def _attempt(app, domain, claimed, accepted):
     contact["user_id"] = str(row["user_id"])   # a channel addressed by the user's own rows (webpush)
     if not channel.address(contact):
         return "skipped", {"reason": getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"}, False
-    outbound = Outbound(str(claimed["id"]), shown(to_public(row)), str(row["user_id"]), contact,
-                        event_templates(domain, row["type"], row["event"]), accepted)
+    notification, templates = shown(to_public(row)), event_templates(domain, row["type"], row["event"])
+    rule = digests.rule(event, claimed["channel"])
+    if rule is not None:            # collected into one message at the window's end (digest.py)
+        decision = digests.collect(claimed, rule)
+        if decision[0] == "held":
+            return "held", {"until": decision[1], "reason": decision[2]}, False
+        if decision[0] == "failed":
+            return "failed", {"error": decision[1]}, False
+        if decision[0] == "sent":   # the sender sent it: this item too, under its message id
+            accepted(decision[1])
+            return "sent", {"provider_id": accepted.provider_id}, False
+        claimed["digest_id"] = decision[1]
+        notification = digests.message(app, decision[1], notification, templates)
+    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted)
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:
