@@ -24,10 +24,10 @@ import logging
 
 from flask import current_app
 
-from .. import consent, db
+from .. import consent, db, i18n
 from ..channels import registry
 from ..channels.base import Outbound, PermanentError, describe, label
-from ..channels.templates import event_templates, shown
+from ..channels.templates import shown
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
@@ -137,7 +137,8 @@ def _attempt(app, domain, claimed, accepted):
     contact["user_id"] = str(row["user_id"])   # a channel addressed by the user's own rows (webpush)
     if not channel.address(contact):
         return "skipped", {"reason": getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"}, False
-    notification, templates = shown(to_public(row)), event_templates(domain, row["type"], row["event"])
+    notification = shown(to_public(row))
+    templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"])
     rule = digests.rule(event, claimed["channel"])
     if rule is not None:            # collected into one message at the window's end (digest.py)
         decision = digests.collect(claimed, rule)
@@ -149,8 +150,8 @@ def _attempt(app, domain, claimed, accepted):
             accepted(decision[1])
             return "sent", {"provider_id": accepted.provider_id}, False
         claimed["digest_id"] = decision[1]
-        notification = digests.message(app, decision[1], notification, templates)
-    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted)
+        notification = digests.message(app, decision[1], notification, templates, locale, contact["timezone"])
+    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted, locale)
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:

@@ -23,13 +23,12 @@ Urgent events never have a digest (app/domain.py); in-app stays one notification
 import datetime
 import uuid
 
-from .. import db
+from .. import db, i18n
 from ..channels.email_render import absolute_link
 from ..channels.templates import render
 from ..notifications.model import COLUMNS, rfc3339, to_public
 
 WAIT_FOR_SENDER_SECONDS = 30     # an item whose sender is still trying looks again after this
-DEFAULT_SUBJECT = "You have {count} new notifications"
 DEFAULT_LINE = "- {title} ({time}){link}"
 
 
@@ -86,19 +85,22 @@ def items(digest_id):
         cur.execute(f"SELECT {', '.join('n.' + c.strip() for c in COLUMNS.split(','))} FROM deliveries d"
                     " JOIN notifications n ON n.id = d.notification_id"
                     " WHERE d.digest_id = %s AND n.deleted_at IS NULL ORDER BY n.created_at, n.seq", (digest_id,))
-        return [to_public(row) for row in cur.fetchall()]
+        return [dict(to_public(row), created_at=row["created_at"]) for row in cur.fetchall()]
 
 
-def message(app, digest_id, first, templates):
+def message(app, digest_id, first, templates, locale="en", timezone=None):
     """The notification-shaped message a channel sends for the digest: the count in its title, one
-    line per item (title, time, link) as its content."""
+    line per item (title, time in the contact's zone as the locale writes it, link) as its content."""
     listed = items(digest_id)
     lines = [render(templates.get("digest_line", DEFAULT_LINE),
-                    dict(n, time=n["created_at"], link=(": " + absolute_link(app, n["link_url"]))
-                         if n.get("link_url") else "")) for n in listed]
-    title = render(templates.get("digest_subject", DEFAULT_SUBJECT), {"count": len(listed)})
+                    dict(n, time=i18n.format_datetime(n["created_at"], locale, timezone, "short"),
+                         link=(": " + absolute_link(app, n["link_url"])) if n.get("link_url") else ""))
+             for n in listed]
+    title = (render(templates["digest_subject"], {"count": len(listed)}) if templates.get("digest_subject")
+             else i18n.ngettext(locale, "You have %(count)d new notification", "You have %(count)d new notifications",
+                                len(listed)))
     return dict(first, id=str(digest_id), title=title, content="\n".join(lines), link_url="/inbox",
-                link_text="Open your inbox", digest_count=len(listed))
+                link_text=i18n.gettext(locale, "Open your inbox"), digest_count=len(listed))
 
 
 def settle(sender_id, digest_id, provider_id):

@@ -80,7 +80,7 @@ def test_notifications_within_the_window_go_out_as_one_email(build, smtp, user, 
     chat(client, user_id, "After the digest")       # a new window
     run_jobs(app)
     window_passes(app, db)
-    assert [m["message"]["Subject"] for m in smtp.messages][1:] == ["You have 1 new notifications"]
+    assert [m["message"]["Subject"] for m in smtp.messages][1:] == ["You have 1 new notification"]
 
 
 def test_a_full_digest_goes_out_at_once(build, smtp, user, db):
