@@ -252,3 +252,16 @@ def test_flask_webpush_keys_prints_a_usable_pair(make_app, clean):
     lines = dict(line.split("=", 1) for line in result.output.split())
     assert set(lines) == {"VAPID_PUBLIC_KEY", "VAPID_PRIVATE_KEY"}
     assert load_settings(dict(clean, VAPID_SUBJECT="https://bank.example/contact", **lines))["VAPID_PUBLIC_KEY"]
+
+
+def test_every_answer_forbids_caching(build, pushes, user):
+    """The no-store rule of every personal answer (tests/service/test_http_edge.py), for these endpoints."""
+    _, headers = user
+    client = build().test_client()
+    created = subscribe(client, headers, pushes.subscribe().subscription)
+    answers = [created, client.get("/v1/notifications/webpush/key", headers=headers),
+               client.get(SUBSCRIPTIONS, headers=headers),
+               client.delete(f"{SUBSCRIPTIONS}/{json_of(created)['id']}", headers=headers)]
+    for response in answers:
+        assert 200 <= response.status_code < 300
+        assert response.headers.get("Cache-Control") == "no-store" and response.headers.get("Pragma") == "no-cache"
