@@ -51,6 +51,7 @@ def _trust_proxies(app, hops):
 
 def _blueprints():
     """Every REST blueprint, imported here so importing `app` stays cheap."""
+    from .acks.routes import blp as acks
     from .audit.evidence_routes import blp as evidence
     from .audit.routes import blp as audit_log
     from .consent.routes import blp as consent
@@ -62,5 +63,5 @@ def _blueprints():
     from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
     from .webpush.routes import blp as webpush_subscriptions
-    return [streams, dispatch, preferences, consent, notifications, deliveries, contacts, stats, audit_log, evidence,
-            webpush_subscriptions]
+    return [streams, dispatch, preferences, consent, notifications, acks, deliveries, contacts, stats, audit_log,
+            evidence, webpush_subscriptions]

@@ -82,6 +82,10 @@ DEFAULTS = {
     # Proxies in front of the service whose X-Forwarded-For / -Proto are believed (0: none, the
     # peer's address is the client's).
     "PROXY_HOPS": "0",
+    # Hosts a trigger's `callback_url` may name (comma-separated; empty: no callbacks), and the secret
+    # its ack / ack_overdue events are signed with (HMAC-SHA256; docs/acknowledgements.md).
+    "ACK_CALLBACK_HOSTS": "",
+    "ACK_CALLBACK_SECRET": "",
     # Web Push (app/webpush/): the VAPID key pair as base64url (`flask webpush keys`) and the contact
     # push services may write to (mailto: or https:). None set: the channel is off; some: ConfigError.
     "VAPID_PUBLIC_KEY": "",
@@ -103,7 +107,7 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS",
-         "WEBPUSH_RESOLVE")
+         "ACK_CALLBACK_HOSTS", "WEBPUSH_RESOLVE")
 
 
 def _convert(name, raw):
@@ -151,6 +155,9 @@ def load_settings(overrides=None, environ=None):
     _check_auth(settings)
     _check_audit(settings)
     webpush_keys.check_settings(settings)
+    if settings["ACK_CALLBACK_HOSTS"] and len(settings["ACK_CALLBACK_SECRET"]) < 32:
+        raise ConfigError("environment", "ACK_CALLBACK_SECRET", "must be at least 32 characters when "
+                          "ACK_CALLBACK_HOSTS is set (it signs the callbacks)")
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
     if not settings["DEVELOPMENT"]:

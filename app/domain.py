@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .acks import policy as ack_policy
 from .channels import IN_APP
 from .errors import ConfigError, InvalidEvent, InvalidGroup
 
@@ -20,6 +21,7 @@ class Event:
     locked: bool = False
     urgent: bool = False
     requires_consent: bool = False   # the group's: email/SMS only to an address with consent on record
+    ack: ack_policy.AckPolicy = ack_policy.NONE   # `ack:` defaults (app/acks/policy.py)
     digest: "Digest | None" = None   # the event's or its group's; never for an urgent event
 
 
@@ -179,9 +181,14 @@ def _parse_notifications(path):
                 raise ConfigError(path, f"{ewhere}.locked", "a group with requires_consent cannot lock an event")
             urgent = bool(eraw.get("urgent", False))
             digest = _digest(path, ewhere, eraw.get("digest"), all_channels, f"{gname}.{ename}") or group_digest
+            try:
+                ack = ack_policy.build(eraw["ack"], all_channels) if eraw.get("ack") is not None else ack_policy.NONE
+            except ValueError as error:
+                key, problem = error.args[0]
+                raise ConfigError(path, f"{ewhere}.{key}", problem)
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), urgent, consent,
-                                       None if urgent else digest)   # urgent never waits for a digest
+                                       bool(eraw.get("locked", False)), urgent, requires_consent=consent, ack=ack,
+                                       digest=None if urgent else digest)   # urgent never waits for a digest
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")

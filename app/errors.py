@@ -16,12 +16,14 @@
     ├── EventLocked              400  a locked event cannot be switched off
     ├── ConsentTextRequired      422  consent given without `consent_text_version`
     ├── IdempotencyConflict      409  same Idempotency-Key, other body
+    ├── TriggerNotCancellable    409  the trigger is not scheduled any more (due, dispatched) or never was
+    ├── AckNotRequired           409  acknowledging a notification that needs no acknowledgement
     ├── TooManyConnections       429  per-user stream limit
     ├── RateLimited              429
     ├── InvalidTicket            401  stream ticket unknown, used or expired
     ├── ServiceUnavailable       503  a dependency is down; nothing was accepted
     ├── QueryTimeout             503  the database cancelled a query at statement_timeout
-    └── 500s naming what failed: FailedToMarkAsRead, FailedToDelete, FailedToFetch…, FailedToUpdate…
+    └── 500s naming what failed: FailedToMarkAsRead, FailedToAcknowledge, FailedToDelete, FailedToFetch…, FailedToUpdate…
 
 Each class's docstring is its default message. Exceptions no client ever sees stay with the code
 that raises and handles them (the channels' DeliveryError tree in app/channels/base.py, the hub's
@@ -151,6 +153,16 @@ class IdempotencyConflict(ApiError):
     status, code = 409, "idempotency_key_reused"
 
 
+class TriggerNotCancellable(ApiError):
+    """Only a scheduled trigger can be cancelled, before its send_at"""
+    status, code = 409, "trigger_not_cancellable"
+
+
+class AckNotRequired(ApiError):
+    """This notification needs no acknowledgement"""
+    status, code = 409, "ack_not_required"
+
+
 class TooManyConnections(ApiError):
     """Too many open streams for this user"""
     status, code = 429, "too_many_connections"
@@ -189,6 +201,11 @@ class QueryTimeout(ApiError):
 class FailedToMarkAsRead(ApiError):
     """Failed to mark notification as read"""
     status, code = 500, "failed_to_mark_as_read"
+
+
+class FailedToAcknowledge(ApiError):
+    """Failed to acknowledge the notification"""
+    status, code = 500, "failed_to_acknowledge"
 
 
 class FailedToDelete(ApiError):

@@ -1,4 +1,5 @@
-"""The relay: finds accepted work whose job was lost and enqueues it again; and the audit sealer.
+"""The relay: finds accepted work whose job was lost and enqueues it again; the audit sealer; and
+the scheduler of triggers with a send_at (app/dispatch/schedule.py), a thread of its own.
 
 A 202 means the trigger row committed; the drain job that should take it may
 still be lost (Redis was down when the trigger was accepted, restarted
@@ -32,6 +33,8 @@ from app import db, retention
 from app.audit import anchor as audit_anchor, chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
+from app.acks import callbacks as ack_callbacks
+from app.dispatch import schedule
 from app.queues.enqueue import deliver_job_id, enqueue_deliveries
 from app.queues.liveness import dispatch_in_hand, job_is_alive
 from app.queues.waker import wake_dispatcher
@@ -124,5 +127,7 @@ def start_relay(app, worker_key=None):
         threading.Thread(target=_keep_registration_short, args=(app, worker_key, stop), name="worker-lease",
                          daemon=True).start()
     threading.Thread(target=_loop, args=(app, stop), name="relay", daemon=True).start()
+    threading.Thread(target=schedule.run, args=(app, stop), name="scheduler", daemon=True).start()
+    threading.Thread(target=ack_callbacks.run, args=(app, stop), name="ack-callbacks", daemon=True).start()
     retention.schedule(app, stop)  # the periodic purge (app/retention.py), its own thread
     return stop

@@ -31,7 +31,8 @@ from .chain import seal_all, verify_rows
 
 FORMAT = "notifications-evidence/1"
 # Audit actions a user's interaction with one notification leaves, and what the evidence calls them.
-INTERACTIONS = {"notification.read": "read", "notification.unread": "unread", "notification.delete": "deleted"}
+INTERACTIONS = {"notification.read": "read", "notification.unread": "unread", "notification.delete": "deleted",
+                "notification.ack": "acknowledged"}
 
 
 def _time(moment):
@@ -129,7 +130,8 @@ def _interactions(notification, rows):
               "actor_id": r["actor_id"], "client_ip": r["client_ip"], "request_id": r["request_id"],
               "audit_id": r["id"]}
              for r in rows if r["action"] in INTERACTIONS]
-    return {"read_at": _time(notification["read_at"]), "deleted_at": _time(notification["deleted_at"]),
+    return {"read_at": _time(notification["read_at"]), "acked_at": _time(notification.get("acked_at")),
+            "deleted_at": _time(notification["deleted_at"]),
             "events": found}
 
 

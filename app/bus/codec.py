@@ -41,7 +41,7 @@ from ..security.keyed import sign
 MAX_MESSAGE = 256 * 1024    # bytes; a stored notification at every field's limit is under 50 KiB
 ANY_CHANNEL = b"*"
 EVERYONE = "*"              # an event's audience: every stream of the user
-EVENTS = {"unread": True, "read": False, "deleted": False}   # name -> for every stream (else by customer)
+EVENTS = {"unread": True, "read": False, "deleted": False, "ack": False}   # name -> for every stream (else by customer)
 _MAC_LENGTH = 32
 _SEQ = re.compile(rb"[1-9][0-9]{0,17}\Z")   # a bigserial cursor, positive, below 10**18
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")

@@ -11,7 +11,15 @@ preference resolved, the quiet hours and whether they applied, and for a group
 that requires consent whether consent is on record for the address): the
 evidence of app/audit/evidence.py.
 
-Outcomes: `held` (quiet hours: waits, without spending an attempt, and is
+A delivery of an escalation step (app/acks/service.py) follows the rules of
+docs/acknowledgements.md: skipped once the notice is acknowledged; sent on
+its channel even where the event's defaults leave that channel out, unless
+the user switched it off for the event or its group (a locked event: sent
+all the same); held by quiet hours like any other (never an urgent or locked
+event's).
+
+Outcomes: `expired` (the notification's `expires_at` has passed: never sent, never retried,
+whatever attempt it was); `held` (quiet hours: waits, without spending an attempt, and is
 scheduled for the window's end); `sent`; `skipped` (no address for the channel, the notification
 was deleted, the channel is no longer configured, no consent on record for the address of a group
 that requires it) and never retried;
@@ -19,6 +27,7 @@ that requires it) and never retried;
 otherwise back to `pending` and `RetryLater` is raised, so RQ schedules the
 next attempt with the back-off of queue.yaml.
 """
+import dataclasses
 import datetime
 import logging
 
@@ -57,7 +66,7 @@ def deliver(delivery_id):
                 claimed["choices"] = preferences.choices(conn, claimed["user_id"], claimed["row"]["customer_id"],
                                                          claimed["row"]["type"])
                 claimed["quiet"] = preferences.quiet_hours(conn, claimed["user_id"])
-                event = _event(domain, claimed["row"])
+                event = _event(domain, claimed)
                 if event is not None and event.requires_consent:
                     claimed["granted"] = consent.consented(conn, [claimed["user_id"]], event,
                                                            claimed["row"]["customer_id"])
@@ -90,9 +99,16 @@ def deliver(delivery_id):
     return status
 
 
-def _event(domain, row):
+def _event(domain, claimed):
+    """The notification's event as this delivery is decided on: an escalation step's channel is sent
+    even where the event's defaults leave it out, so only the user's explicit choice switches it off
+    (never for a locked event; docs/acknowledgements.md)."""
+    row = claimed["row"]
     group = domain.groups.get(row["type"])
-    return group.events.get(row["event"]) if group else None
+    event = group.events.get(row["event"]) if group else None
+    if event is not None and claimed.get("escalation_step") is not None and claimed["channel"] not in event.channels:
+        event = dataclasses.replace(event, channels=event.channels + (claimed["channel"],))
+    return event
 
 
 def resolution(app, event, claimed):
@@ -122,15 +138,21 @@ def _attempt(app, domain, claimed, accepted):
     channel = registry.get(app, claimed["channel"])
     if row is None or row["deleted_at"] is not None:
         return "skipped", {"reason": "notification deleted before delivery"}, False
+    if _expires_by(row, datetime.datetime.now(datetime.timezone.utc)):
+        return "expired", {"reason": f"expired at {rfc3339(row['expires_at'])} before it could be sent"}, False
     if channel is None:
         return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
-    event = _event(domain, row)
+    event = _event(domain, claimed)
+    if claimed.get("escalation_step") is not None and row["acked_at"] is not None:
+        return "skipped", {"reason": "acknowledged before this escalation step was sent"}, False
     if event is not None and not claimed["resolution"]["enabled"]:
         return "skipped", {"reason": "switched off in the user's preferences"}, False
     if claimed["resolution"].get("consent") is False and channel.address(row):
         return "skipped", {"reason": consent.NO_CONSENT}, False
     if applies(claimed.get("quiet"), claimed["channel"], event):
         until = held_until(datetime.datetime.now(datetime.timezone.utc), claimed["quiet"], row["timezone"])
+        if until is not None and _expires_by(row, until):
+            return "expired", {"reason": f"quiet hours last past its expiry ({rfc3339(row['expires_at'])})"}, False
         if until is not None:
             return "held", {"until": until, "reason": f"held by quiet hours until {rfc3339(until)}"}, False
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
@@ -174,5 +196,15 @@ def _failure(domain, claimed, exc):
     # retryable by default: timeouts, 5xx, SDK bugs
     if claimed["tries"] >= domain.retry_attempts:
         return "failed", {"error": error, "reason": f"gave up after {claimed['tries']} attempts"}, False
+    backoff = domain.retry_backoff[min(claimed["tries"], len(domain.retry_backoff)) - 1] \
+        if domain.retry_backoff else 0
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if _expires_by(claimed["row"], now + datetime.timedelta(seconds=backoff)):
+        return "expired", {"error": error, "reason": "its next attempt would come after it expires"}, False
     log.info("delivery %s attempt %d failed: %s", claimed["id"], claimed["tries"], label(exc))
     return "pending", {"error": error, "outcome": "retry"}, True
+
+
+def _expires_by(row, moment):
+    """Whether the notification has expired by `moment` (then no attempt may be made after it)."""
+    return row["expires_at"] is not None and row["expires_at"] <= moment

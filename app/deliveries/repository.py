@@ -16,7 +16,7 @@ def claim(conn, delivery_id, lease_seconds):
             "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
             " locked_until = now() + make_interval(secs => %s)"
             " WHERE id = %s AND (status = 'pending' OR (status = 'sending' AND locked_until < now()))"
-            " RETURNING id, notification_id, user_id, channel, attempts, attempts - attempt_base AS tries,"
+            " RETURNING id, notification_id, user_id, channel, attempts, attempts - attempt_base AS tries, escalation_step,"
             " now() AS started_at",
             (lease_seconds, delivery_id))
         claimed = cur.fetchone()

@@ -27,6 +27,7 @@ import psycopg2
 import redis
 
 from .. import db
+from ..acks import repository as acks
 from ..bus.codec import notification_message
 from ..bus.publisher import publisher
 from ..logs import request_id_var
@@ -72,6 +73,7 @@ def store_batch(app, conn, only=None):
                 rows = repository.store_triggers(conn, claimed, hidden)
                 deliveries = [d for r in rows for d in plans[r["trigger_id"]].delivery_rows([r])]
                 repository.insert_deliveries(conn, deliveries)
+                acks.insert_escalations(conn, rows)
                 repository.mark_dispatched(conn, [t["id"] for t in claimed])
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
             committed = True
@@ -130,6 +132,13 @@ def _hidden(triggers, plans):
     return [(t["id"], uid) for t in triggers for uid in t["body"]["user_ids"] if uid in off[id(plans[t["id"]])]]
 
 
+def in_inbox(rows):
+    """The stored rows an inbox shows: not deleted, in-app on, not expired (a trigger stored late)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return [r for r in rows if r["deleted_at"] is None and r["in_app"]
+            and (r["expires_at"] is None or r["expires_at"] > now)]
+
+
 def publish_stored(app, rows):
     """Publish the stored rows that belong in inboxes (call under the sequence lock); returns the
     user ids that have a stream open somewhere (only they can hear new counts).
@@ -137,7 +146,7 @@ def publish_stored(app, rows):
     Best effort: the rows have committed. With Redis down the streams' hubs have lost Redis too,
     and every stream catches up from PostgreSQL when its hub reconnects."""
     online = []
-    visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
+    visible = in_inbox(rows)
     messages = [(r["user_id"], notification_message(r["seq"], r["customer_id"], encoded))
                 for r, encoded in zip(visible, to_json_many(visible))]
     try:
@@ -153,7 +162,7 @@ def after_publish(app, conn, rows, online, deliveries, pending):
     if online:
         with db.transaction(conn):  # one query, one publish
             events.publish_counts(app, conn, online)
-    visible = [r for r in rows if r["deleted_at"] is None and r["in_app"]]
+    visible = in_inbox(rows)
     STORED.inc(len(rows))
     PUBLISHED.inc(len(visible))
     for _, _, channel, status, _, tried, _ in deliveries:

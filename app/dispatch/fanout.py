@@ -17,6 +17,7 @@ import uuid
 import psycopg2
 
 from .. import db
+from ..acks import repository as acks
 from ..logs import request_id_var
 from . import repository
 from .batch import after_publish, publish_stored
@@ -51,7 +52,7 @@ def _chunks(app, conn, trigger_id, should_stop):
     domain = app.config["DOMAIN"]
     trigger = repository.get_trigger(conn, trigger_id)
     conn.commit()
-    if trigger is None or trigger["status"] == "dispatched":
+    if trigger is None or trigger["status"] != "pending":   # dispatched, or cancelled before it was due
         return 0
     request_id_var.set(trigger["request_id"])   # log under the id of the request that accepted it
     body = trigger["body"]
@@ -75,6 +76,7 @@ def _chunks(app, conn, trigger_id, should_stop):
                 rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
                 deliveries = plan.delivery_rows(rows)
                 repository.insert_deliveries(conn, deliveries)
+                acks.insert_escalations(conn, rows)
                 repository.advance_trigger(conn, trigger_id, done, done == len(users))
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
             online = publish_stored(app, rows)

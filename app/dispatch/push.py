@@ -61,4 +61,5 @@ def _public(body, event, customer):
             "title": body["title"], "content": body.get("content") or "",
             "link_url": body.get("link_url"), "link_text": body.get("link_text"),
             "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
-            "read": False, "read_at": None, "created_at": rfc3339(datetime.datetime.now(datetime.timezone.utc))}
+            "read": False, "read_at": None, "created_at": rfc3339(datetime.datetime.now(datetime.timezone.utc)),
+            "expires_at": None, "ack_required": False, "ack_deadline": None, "acked_at": None}

@@ -47,18 +47,20 @@ def release_expired_key(api_key_id, key, ttl_seconds):
             (api_key_id, key, ttl_seconds))
 
 
-def insert_trigger(trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id):
-    """(sql, params): the outbox row (accept.py sends it with its audit row in one round trip)."""
+def insert_trigger(trigger_id, api_key_id, idempotency_key, body_hash, body, response, request_id,
+                   scheduled=False):
+    """(sql, params): the outbox row (accept.py sends it with its audit row in one round trip);
+    `scheduled` until its send_at when that is still to come (migrations_sql/0015)."""
     return ("INSERT INTO triggers (id, api_key_id, idempotency_key, body_hash, body, response,"
-            " users_total, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            " users_total, request_id, status, send_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (trigger_id, api_key_id, idempotency_key, body_hash, json.dumps(body), json.dumps(response),
-             len(body["user_ids"]), request_id))
+             len(body["user_ids"]), request_id, "scheduled" if scheduled else "pending", body.get("send_at")))
 
 
 def get_trigger(conn, trigger_id, api_key_id=None):
     with cursor(conn) as cur:
         cur.execute("SELECT id, api_key_id, body, status, users_total, users_done, request_id, created_at,"
-                    " dispatched_at FROM triggers WHERE id = %s"
+                    " dispatched_at, send_at, cancelled_at FROM triggers WHERE id = %s"
                     + (" AND api_key_id = %s" if api_key_id else ""),
                     (trigger_id, api_key_id) if api_key_id else (trigger_id,))
         return cur.fetchone()
@@ -74,17 +76,19 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id, in_app)"
+            " link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app)"
             " SELECT gen_random_uuid(), %(trigger)s, ids.user_id, %(customer)s, %(type)s, %(event)s, %(title)s,"
-            " %(content)s, %(link_url)s, %(link_text)s, %(rec_type)s, %(rec_id)s,"
+            " %(content)s, %(link_url)s, %(link_text)s, %(rec_type)s, %(rec_id)s, %(expires_at)s::timestamptz,"
+            " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8),"
             " NOT (ids.user_id = ANY(%(hidden)s::uuid[]))"
             " FROM unnest(%(users)s::uuid[]) WITH ORDINALITY AS ids(user_id, n)"
             " ORDER BY ids.n ON CONFLICT (trigger_id, user_id) DO NOTHING",
             {"trigger": trigger_id, "customer": body.get("customer_id"), "type": body["type"],
              "event": body["event"], "title": body["title"], "content": body.get("content") or "",
              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
-             "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"),
-             "users": users, "hidden": uuid_array(hidden_users)})
+             "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"), "expires_at": body.get("expires_at"),
+             "ack_required": bool((body.get("ack") or {}).get("required")),
+             "ack_deadline": (body.get("ack") or {}).get("deadline_seconds"), "users": users, "hidden": uuid_array(hidden_users)})
     with conn.cursor() as cur:
         cur.execute(f"SELECT {COLUMNS}, deleted_at, in_app FROM notifications WHERE trigger_id = %s"
                     " AND user_id = ANY(%s::uuid[]) ORDER BY seq", (trigger_id, users))
@@ -133,19 +137,21 @@ def advance_trigger(conn, trigger_id, users_done, finished):
 
 
 def stale_pending(conn, older_than_seconds):
-    """Whether a trigger due for dispatch has waited longer than it should have."""
+    """Whether a trigger due for dispatch has waited longer than it should have (a scheduled one:
+    since its send_at)."""
     with conn.cursor() as cur:
         cur.execute("SELECT EXISTS (SELECT 1 FROM triggers WHERE status = 'pending'"
-                    " AND created_at < now() - make_interval(secs => %s)"
+                    " AND coalesce(send_at, created_at) < now() - make_interval(secs => %s)"
                     " AND (dispatch_after IS NULL OR dispatch_after <= now()))", (older_than_seconds,))
         return cur.fetchone()[0]
 
 
 def dispatch_lag(conn):
-    """Seconds the oldest trigger due for dispatch has waited since it was accepted (0: none waits):
-    the `notif_dispatch_lag_seconds` an operator alerts on (app/metrics.py)."""
+    """Seconds the oldest trigger due for dispatch has waited since it was accepted or, scheduled,
+    since its send_at (0: none waits): the `notif_dispatch_lag_seconds` an operator alerts on."""
     with conn.cursor() as cur:
-        cur.execute("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) FROM triggers"
+        cur.execute("SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(greatest(created_at, coalesce(send_at,"
+                    " created_at)))), 0) FROM triggers"
                     " WHERE status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())")
         return float(cur.fetchone()[0])
 
@@ -208,12 +214,14 @@ def store_triggers(conn, triggers, hidden):
             " tr.body->>'type' AS type, tr.body->>'event' AS event, tr.body->>'title' AS title,"
             " coalesce(tr.body->>'content', '') AS content, tr.body->>'link_url' AS link_url,"
             " tr.body->>'link_text' AS link_text, tr.body->>'rec_type' AS rec_type, tr.body->>'rec_id' AS rec_id,"
-            " tr.body->'user_ids' AS user_ids"
+            " (tr.body->>'expires_at')::timestamptz AS expires_at, tr.body->'user_ids' AS user_ids,"
+            " coalesce((tr.body->'ack'->>'required')::boolean, false) AS ack_required,"
+            " now() + make_interval(secs => (tr.body->'ack'->>'deadline_seconds')::float8) AS ack_deadline"
             " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers tr ON tr.id = b.id)"
             " INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id, in_app)"
+            " link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app)"
             " SELECT gen_random_uuid(), t.id, u.user_id::uuid, t.customer_id, t.type, t.event, t.title, t.content,"
-            " t.link_url, t.link_text, t.rec_type, t.rec_id,"
+            " t.link_url, t.link_text, t.rec_type, t.rec_id, t.expires_at, t.ack_required, t.ack_deadline,"
             " (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[]))"
             " FROM t CROSS JOIN LATERAL jsonb_array_elements_text(t.user_ids) WITH ORDINALITY AS u(user_id, k)"
             f" ORDER BY t.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",

@@ -1,11 +1,14 @@
 """The trigger body (shared by the queued trigger and the direct push)."""
+import datetime
 import re
 
 import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
-from ..api.schema import StrictSchema
+from ..acks import callbacks as ack_callbacks
+from ..acks import policy as ack_policy
+from ..api.schema import StrictSchema, UtcDateTime
 from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
@@ -91,6 +94,46 @@ class TriggerSchema(StrictSchema):
         return data
 
 
+MAX_SCHEDULE = datetime.timedelta(days=366)   # "at most one year ahead", leap years included
+
+
+class QueuedTriggerSchema(TriggerSchema):
+    """The queued trigger's body: the direct push's, plus the times only a stored trigger can keep
+    (a push with them is a 422: it is never stored, so it could never honour them)."""
+
+    send_at = UtcDateTime(load_default=None, allow_none=True, metadata={
+        "description": "RFC 3339; stored, streamed and delivered at this time (at most one year ahead)"})
+    expires_at = UtcDateTime(load_default=None, allow_none=True, metadata={
+        "description": "RFC 3339; never delivered on any channel after it, hidden from the inbox after it"})
+    callback_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2048), metadata={
+        "description": "receives signed `ack` and `ack_overdue` events of this trigger's notices (a host of "
+                       "ACK_CALLBACK_HOSTS; needs an acknowledgement)"})
+    ack = fields.Dict(load_default=None, allow_none=True, metadata={
+        "description": 'acknowledgement, replacing the event\'s default: {"required": true, "deadline": "PT24H",'
+                       ' "escalate": [{"after": "PT1H", "channels": ["email"]}]} (ISO 8601 durations)'})
+
+    @ma.validates_schema
+    def _times(self, data, **_):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        send_at, expires_at = data.get("send_at"), data.get("expires_at")
+        if send_at is not None and send_at > now + MAX_SCHEDULE:
+            raise ma.ValidationError("Must be at most one year (366 days) ahead.", "send_at")
+        if expires_at is not None:
+            if expires_at <= now:
+                raise ma.ValidationError("Must be in the future.", "expires_at")
+            if send_at is not None and expires_at <= send_at:
+                raise ma.ValidationError("Must be after send_at.", "expires_at")
+        if data.get("callback_url") is not None and not ack_callbacks.allowed(
+                data["callback_url"], current_app.config["ACK_CALLBACK_HOSTS"]):
+            raise ma.ValidationError("Must be an http(s) URL of a host in ACK_CALLBACK_HOSTS.", "callback_url")
+        if data.get("ack") is not None:
+            try:
+                data["ack"] = ack_policy.build(data["ack"], current_app.config["DOMAIN"].channels)
+            except ValueError as error:
+                where, problem = error.args[0]
+                raise ma.ValidationError({where: [problem]})
+
+
 def accept_text(value, multiline=False):
     """The text as it will be stored, or a ValidationError saying precisely why it cannot be.
 
@@ -151,11 +194,17 @@ class AcceptedSchema(ma.Schema):
     trigger_id = fields.String(metadata={"format": "uuid"})
     users = fields.Integer()
     status_url = fields.String()
+    send_at = fields.String(metadata={"description": "present when the trigger was scheduled"})
 
 
 class TriggerStatusSchema(ma.Schema):
     trigger_id = fields.String()
-    status = fields.String()
+    status = fields.String(metadata={"description": "scheduled, pending, dispatched or cancelled"})
+    send_at = fields.String(allow_none=True)
+    expires_at = fields.String(allow_none=True)
+    cancelled_at = fields.String(allow_none=True)
+    ack = fields.Dict(metadata={"description": "for notices needing acknowledgement: acknowledged, pending and "
+                                               "overdue counts, and `users` (the first 1,000 by id) with each state"})
     users_total = fields.Integer()
     users_done = fields.Integer()
     created_at = fields.String()

@@ -3,7 +3,9 @@
 After a change commits, the changed user's streams get named SSE events
 (published on their channel, app/bus/codec.py):
 
-    unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n}}
+    unread    {"unread": N, "by_customer": {"<uuid>" | "none": n}, "by_group": {"<group>": n},
+               "ack_pending": N}
+    ack       {"ids": [...], "acked_at": "..."}   (acknowledged on some device: app/acks/service.py)
     read      {"ids": [...], "read": true|false}
               read-all: {"all": true, "read": true, "customer_id": ..., "group": ..., "before": ...,
                          "ids": [...]}
@@ -48,20 +50,35 @@ READ_ALL_CHUNK = 500     # ids per read-all event: ~20 KB, well under the hub's 
 # Ids come back as text: the fan-out reads thousands of rows, and parsing each into uuid.UUID
 # (psycopg2's uuid adapter) would cost more than the query.
 # Zero rows are kept by the triggers (see 0011) and skipped here; each key is one row.
+# Less the expired unread ones (migrations_sql/0018: read from the index of the expiring ones), which
+# the counters still hold: they change with rows, and an expiry is no change of a row.
 _UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, unread"
-           " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}")
+           " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}"
+           " UNION ALL SELECT user_id::text, coalesce(customer_id::text, 'none'), type, -count(*)::integer"
+           " FROM notifications WHERE {users} AND expires_at IS NOT NULL AND expires_at <= now()"
+           " AND read_at IS NULL AND deleted_at IS NULL AND in_app{scope} GROUP BY 1, 2, 3"
+           # and the notices awaiting acknowledgement (no customer: the row that says so; 0019's index)
+           " UNION ALL SELECT user_id::text, NULL, NULL, count(*)::integer FROM notifications WHERE {users}"
+           " AND ack_required AND acked_at IS NULL AND deleted_at IS NULL AND in_app"
+           " AND (expires_at IS NULL OR expires_at > now()){scope} GROUP BY 1")
 
 
 def _payloads(rows, user_ids, groups):
     """{user id (str): payload} for every user asked about, from (user, customer, group, count) rows."""
     empty_groups = dict.fromkeys(groups, 0)
-    out = {uid: {"unread": 0, "by_customer": {}, "by_group": dict(empty_groups)} for uid in user_ids}
+    out = {uid: {"unread": 0, "by_customer": {}, "by_group": dict(empty_groups), "ack_pending": 0}
+           for uid in user_ids}
     for user_id, customer, group, count in rows:
         payload = out[user_id]
+        if customer is None:
+            payload["ack_pending"] = count
+            continue
         payload["unread"] += count
         by_customer, by_group = payload["by_customer"], payload["by_group"]
         by_customer[customer] = by_customer.get(customer, 0) + count
         by_group[group] = by_group.get(group, 0) + count
+    for payload in out.values():   # a customer whose unread ones all expired is no longer listed
+        payload["by_customer"] = {k: n for k, n in payload["by_customer"].items() if n > 0}
     return out
 
 

@@ -5,7 +5,7 @@ import orjson
 
 # Columns every reader selects, in the order `to_public` expects.
 COLUMNS = ("id, seq, user_id, customer_id, type, event, title, content, link_url, link_text,"
-           " rec_type, rec_id, read_at, created_at")
+           " rec_type, rec_id, read_at, created_at, expires_at, ack_required, ack_deadline, acked_at")
 
 
 def rfc3339(moment):
@@ -32,6 +32,10 @@ def to_public(row):
         "read": row["read_at"] is not None,
         "read_at": rfc3339(row["read_at"]),
         "created_at": rfc3339(row["created_at"]),
+        "expires_at": rfc3339(row.get("expires_at")),
+        "ack_required": bool(row.get("ack_required")),
+        "ack_deadline": rfc3339(row.get("ack_deadline")),
+        "acked_at": rfc3339(row.get("acked_at")),
     }
 
 
@@ -50,7 +54,8 @@ def to_json_many(rows):
     templates, out = {}, []
     for row in rows:
         key = (row["customer_id"], row["type"], row["event"], row["title"], row["content"], row["link_url"],
-               row["link_text"], row["rec_type"], row["rec_id"], row["read_at"], row["created_at"])
+               row["link_text"], row["rec_type"], row["rec_id"], row["read_at"], row["created_at"],
+               row.get("expires_at"), row.get("ack_required"), row.get("ack_deadline"), row.get("acked_at"))
         template = templates.get(key)
         if template is None:
             template = templates[key] = to_json(dict(row, id=_ID)).split('"\\u0000"', 1)

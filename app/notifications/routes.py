@@ -14,9 +14,11 @@ blp = Blueprint("notifications", __name__, description="A user's inbox of stored
 class Inbox(UserView):
     @blp.query(InboxQuerySchema)
     @blp.response(200, InboxSchema)
-    def get(self, limit, offset, status, customer_id):
-        """List the inbox, newest first"""
-        items, total, unread = service.inbox(current_user(), customer_id, status, limit, offset)
+    def get(self, limit, offset, status, customer_id, include_expired, ack):
+        """List the inbox, newest first (notifications past their `expires_at` only with `include_expired`;
+        `ack=pending`: the notices still awaiting acknowledgement)"""
+        items, total, unread = service.inbox(current_user(), customer_id, status, limit, offset, include_expired,
+                                             ack)
         return {"items": [to_public(row) for row in items], "total": total, "unread": unread,
                 "limit": limit, "offset": offset}
 

@@ -21,6 +21,12 @@ class NotificationSchema(ma.Schema):
     read = fields.Boolean()
     read_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     created_at = fields.String(metadata={"format": "date-time"})
+    expires_at = fields.String(allow_none=True, metadata={
+        "format": "date-time", "description": "after it: delivered on no channel, out of the inbox and counts"})
+    ack_required = fields.Boolean(metadata={"description": "the user must acknowledge it (POST /{id}/ack)"})
+    ack_deadline = fields.String(allow_none=True, metadata={"format": "date-time"})
+    acked_at = fields.String(allow_none=True, metadata={"format": "date-time",
+                                                        "description": "null until acknowledged"})
 
 
 class InboxQuerySchema(StrictSchema):
@@ -28,6 +34,10 @@ class InboxQuerySchema(StrictSchema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=1_000_000))
     status = fields.String(load_default="all", validate=validate.OneOf(["read", "unread", "all"]))
     customer_id = fields.UUID(load_default=None)
+    ack = fields.String(load_default=None, validate=validate.OneOf(["pending"]), metadata={
+        "description": "`pending`: only the notices still awaiting acknowledgement"})
+    include_expired = fields.Boolean(load_default=False, truthy={"true"}, falsy={"false"}, metadata={
+        "description": "also list notifications past their expires_at (history)"})
 
 
 class InboxSchema(ma.Schema):
@@ -64,3 +74,4 @@ class UnreadCountSchema(ma.Schema):
                               metadata={"description": "customer id (or `none`) -> unread"})
     by_group = fields.Dict(keys=fields.String(), values=fields.Integer(),
                            metadata={"description": "every configured group -> unread"})
+    ack_pending = fields.Integer(metadata={"description": "notices still awaiting acknowledgement"})

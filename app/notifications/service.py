@@ -12,12 +12,13 @@ from . import events, repository
 from .model import rfc3339
 
 
-def inbox(user, customer_id, status, limit, offset):
+def inbox(user, customer_id, status, limit, offset, include_expired=False, ack=None):
     """(rows, total, unread) of one page of the user's inbox, newest first."""
     user.check_customer(customer_id)
     with db.reading(FailedToFetchNotifications) as conn:
         return repository.list_inbox(conn, user.id, customer_id=customer_id, customers=user.visible_customers(),
-                                     status=status, limit=limit, offset=offset)
+                                     status=status, limit=limit, offset=offset, include_expired=include_expired,
+                                     ack=ack)
 
 
 def unread(user, customer_id):

@@ -7,6 +7,9 @@
                                 (`pending` counts pending, sending and held ones; the in-app
                                 channel's `sent` ones are the notifications that are in_app)
     delivery_latency_seconds    per channel: p50/p95/p99 of sent_at - created_at over the sent ones
+    acknowledgements            per event ("group.event") of notices needing acknowledgement: required,
+                                acknowledged, ack_rate, median_seconds_to_ack, overdue (unacknowledged
+                                past their deadline, now)
 
 Percentiles are PostgreSQL's percentile_cont (interpolated). The window is
 read through `notifications_created` (migrations_sql/0006); the plans are in
@@ -64,6 +67,14 @@ class LatencySchema(ma.Schema):
     p99 = fields.Float(allow_none=True)
 
 
+class AckStatsSchema(ma.Schema):
+    required = fields.Integer()
+    acknowledged = fields.Integer()
+    ack_rate = fields.Float()
+    median_seconds_to_ack = fields.Float(allow_none=True)
+    overdue = fields.Integer()
+
+
 class StatsSchema(ma.Schema):
     created = fields.Integer()
     read = fields.Integer()
@@ -71,6 +82,7 @@ class StatsSchema(ma.Schema):
     median_seconds_to_read = fields.Float(allow_none=True)
     deliveries = fields.Dict(keys=fields.String(), values=fields.Nested(ChannelDeliveriesSchema))
     delivery_latency_seconds = fields.Dict(keys=fields.String(), values=fields.Nested(LatencySchema))
+    acknowledgements = fields.Dict(keys=fields.String(), values=fields.Nested(AckStatsSchema))
 
 
 def _filters(domain, customer_id, group, event):
@@ -119,6 +131,13 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
                     f" UNION ALL {in_app.SENT_ROWS.format(window=window)}) d"
                     " GROUP BY d.channel ORDER BY d.channel", params)
         per_channel = cur.fetchall()
+        cur.execute("SELECT n.type || '.' || n.event, count(*), count(n.acked_at), percentile_cont(0.5) WITHIN GROUP"
+                    " (ORDER BY extract(epoch FROM n.acked_at - n.created_at)::float8),"
+                    " count(*) FILTER (WHERE n.acked_at IS NULL AND n.ack_deadline <= now())"
+                    f" FROM notifications n WHERE {window} AND n.ack_required GROUP BY 1 ORDER BY 1", params)
+        acks = {name: {"required": required, "acknowledged": acked, "ack_rate": round(acked / required, 4),
+                       "median_seconds_to_ack": _seconds(median_ack), "overdue": overdue}
+                for name, required, acked, median_ack, overdue in cur.fetchall()}
     deliveries = {channel: dict.fromkeys(STATES, 0) for channel in domain.channels}
     latency = {channel: {"p50": None, "p95": None, "p99": None} for channel in domain.channels}
     for channel, sent, failed, skipped, pending, percentiles in per_channel:
@@ -127,7 +146,7 @@ def stats(conn, domain, since, until, customer_id=None, group=None, event=None):
         latency[channel] = {"p50": _seconds(p50), "p95": _seconds(p95), "p99": _seconds(p99)}
     return {"created": created, "read": read, "read_rate": round(read / created, 4) if created else 0.0,
             "median_seconds_to_read": _seconds(median), "deliveries": deliveries,
-            "delivery_latency_seconds": latency}
+            "delivery_latency_seconds": latency, "acknowledgements": acks}
 
 
 @blp.route("/stats")

@@ -17,6 +17,8 @@
  *   read          {ids: [...], read: true|false} or {all: true, read: true, ...}; `local: true`
  *                 when it is this client's own REST call (the stream's echo may follow)
  *   deleted       {ids: [...]}
+ *   ack           {ids: [id], acked_at}: a notice was acknowledged (on this device: `local: true`,
+ *                 with `notification`; on another: from the stream). See ack(id).
  *   reset         {reason, limit, cursor}: too many missed; refetch the inbox
  *   status        {state, transport, failures, cursor, reason?, error?}; state is one of
  *                 connecting, live, reconnecting, polling, unauthorized, stopped
@@ -74,7 +76,7 @@
     serviceWorkerUrl: '/static/notifications-sw.js',
     EventSource: null,
   };
-  const NAMED_EVENTS = ['unread', 'read', 'deleted', 'reset'];
+  const NAMED_EVENTS = ['unread', 'read', 'deleted', 'ack', 'reset'];
   const PAGE_SLACK_MS = 5000; // polling: an unknown item older than the newest known one by more is not new
 
   class NotificationsError extends Error {
@@ -452,6 +454,9 @@
       } else if (name === 'deleted') {
         for (const id of data.ids || []) this._setKnown(id, {deleted: true});
         this._emit('deleted', Object.assign({}, data, {source: 'stream'}));
+      } else if (name === 'ack') {
+        for (const id of data.ids || []) this._setKnown(id, {read: true});
+        this._emit('ack', Object.assign({}, data, {source: 'stream'}));
       } else if (name === 'reset') {
         if (data.cursor != null) this.cursor = String(data.cursor);
         this._emit('reset', Object.assign({}, data, {source: 'stream'}));
@@ -701,12 +706,13 @@
 
     _fetchInbox(params) {
       const p = Object.assign({}, params || {});
-      const query = {limit: p.limit, offset: p.offset, status: p.status,
+      const query = {limit: p.limit, offset: p.offset, status: p.status, ack: p.ack,
         customer_id: p.customerId !== undefined ? p.customerId : this.options.customerId};
       return this._request('GET', '/v1/notifications', undefined, query);
     }
 
-    /** GET /v1/notifications: {items, total, unread, limit, offset}; {limit, offset, status, customerId}. */
+    /** GET /v1/notifications: {items, total, unread, limit, offset}; {limit, offset, status, ack, customerId}
+     * (`ack: 'pending'`: only the notices still awaiting acknowledgement). */
     async list(params) {
       const page = await this._fetchInbox(params);
       for (const item of page.items || []) this._remember(item);
@@ -775,6 +781,16 @@
         }
       }
       return updated;
+    }
+
+    /** POST /v1/notifications/{id}/ack: acknowledge a notice that requires it (`ack_required`); the
+     * notification, with `acked_at` (the first one's on a repeat) and read. A notification that
+     * needs no acknowledgement rejects with a NotificationsError of status 409 (`ack_not_required`). */
+    async ack(id) {
+      const notification = await this._request('POST', '/v1/notifications/' + encodeURIComponent(id) + '/ack');
+      this._remember(notification);
+      this._emit('ack', {ids: [id], acked_at: notification.acked_at, notification: notification, local: true});
+      return notification;
     }
 
     /** DELETE /v1/notifications/{id}. */

@@ -43,7 +43,8 @@ def missed(conn, user_id, customers, after, cap, max_bytes):
     with cursor(conn) as cur:
         cur.execute(f"SELECT * FROM (SELECT page.*, sum(size) OVER (ORDER BY seq) AS running FROM ("
                     f"  SELECT {COLUMNS}, {_TEXT_BYTES} AS size FROM notifications"
-                    f"  WHERE user_id = %(user)s AND seq > %(after)s AND deleted_at IS NULL AND in_app{where}"
+                    f"  WHERE user_id = %(user)s AND seq > %(after)s AND deleted_at IS NULL AND in_app"
+                    f"  AND (expires_at IS NULL OR expires_at > now()){where}"
                     f"  ORDER BY seq LIMIT %(limit)s) AS page) AS counted"
                     f" WHERE running - size <= %(max_bytes)s ORDER BY seq",
                     dict(params, user=user_id, after=after, limit=cap + 1, max_bytes=max_bytes))

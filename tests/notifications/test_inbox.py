@@ -11,7 +11,8 @@ from testkit.rows import fetch_row, insert_notification
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 NOTIFICATION_KEYS = ["id", "customer_id", "type", "event", "title", "content", "link_url", "link_text",
-                     "rec_type", "rec_id", "read", "read_at", "created_at"]
+                     "rec_type", "rec_id", "read", "read_at", "created_at",
+                     "expires_at", "ack_required", "ack_deadline", "acked_at"]   # SPEC's, then issue 21's
 
 
 def ids(response):
@@ -258,6 +259,7 @@ def test_get_one_shape(client, db, user):
         "content": "Hello from John", "link_url": "/chat/room/456", "link_text": "View Message",
         "rec_type": "chats", "rec_id": "789e4567-e89b-12d3-a456-426614174000",
         "read": False, "read_at": None, "created_at": body["created_at"],
+        "expires_at": None, "ack_required": False, "ack_deadline": None, "acked_at": None,
     }
     assert RFC3339_UTC.match(body["created_at"])
     assert body["created_at"].startswith(row["created_at"].strftime("%Y-%m-%dT%H:%M:%S"))

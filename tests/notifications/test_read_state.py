@@ -55,13 +55,14 @@ def test_unread_count_totals_by_customer_and_group(client, inbox):
         "unread": 5,
         "by_customer": {str(CUSTOMER): 3, str(OTHER): 1, "none": 1},
         "by_group": dict(GROUPS, chat=3, task=2),
+        "ack_pending": 0,
     }
 
 
 def test_unread_count_for_one_customer(client, inbox):
     _, headers, _, _ = inbox
     assert counts(client, headers, f"?customer_id={CUSTOMER}") == {
-        "unread": 3, "by_customer": {str(CUSTOMER): 3}, "by_group": dict(GROUPS, chat=2, task=1)}
+        "unread": 3, "by_customer": {str(CUSTOMER): 3}, "by_group": dict(GROUPS, chat=2, task=1), "ack_pending": 0}
 
 
 def test_unread_count_honours_the_customers_claim(client, inbox):
@@ -69,7 +70,7 @@ def test_unread_count_honours_the_customers_claim(client, inbox):
     limited = {"Authorization": f"Bearer {make_token(user_id, customers=[CUSTOMER])}"}
     # all "my" customers = the listed one plus notifications of no customer
     assert counts(client, limited) == {"unread": 4, "by_customer": {str(CUSTOMER): 3, "none": 1},
-                                       "by_group": dict(GROUPS, chat=2, task=2)}
+                                       "by_group": dict(GROUPS, chat=2, task=2), "ack_pending": 0}
     r = client.get(f"/v1/notifications/unread-count?customer_id={OTHER}", headers=limited)
     assert r.status_code == 403
     assert r.get_json()["code"] == "notifications_m.invalid_customer_id"
@@ -86,7 +87,7 @@ def test_unread_count_rejects_unknown_parameters_and_anonymous(client, user):
 
 def test_empty_inbox_counts_zero(client, user):
     _, headers = user
-    assert counts(client, headers) == {"unread": 0, "by_customer": {}, "by_group": GROUPS}
+    assert counts(client, headers) == {"unread": 0, "by_customer": {}, "by_group": GROUPS, "ack_pending": 0}
 
 
 def test_read_all_without_body_marks_the_whole_inbox(client, inbox, db):
@@ -94,7 +95,7 @@ def test_read_all_without_body_marks_the_whole_inbox(client, inbox, db):
     r = read_all(client, headers)
     assert r.status_code == 200
     assert r.get_json() == {"updated": 5}
-    assert counts(client, headers) == {"unread": 0, "by_customer": {}, "by_group": GROUPS}
+    assert counts(client, headers) == {"unread": 0, "by_customer": {}, "by_group": GROUPS, "ack_pending": 0}
     assert unread_ids(client, headers) == set()
     # the earlier read time is kept; other users, deleted and hidden ones are untouched
     body = client.get(f"/v1/notifications/{ids['read']}", headers=headers).get_json()
@@ -117,7 +118,7 @@ def test_read_all_for_one_customer(client, inbox):
     assert read_all(client, headers, {"customer_id": str(CUSTOMER)}).get_json() == {"updated": 3}
     assert unread_ids(client, headers) == {ids["chat_b"], ids["task_none"]}
     assert counts(client, headers) == {"unread": 2, "by_customer": {str(OTHER): 1, "none": 1},
-                                       "by_group": dict(GROUPS, chat=1, task=1)}
+                                       "by_group": dict(GROUPS, chat=1, task=1), "ack_pending": 0}
 
 
 def test_read_all_for_one_group_by_alias(client, inbox):
@@ -195,7 +196,7 @@ def test_unread_count_after_every_kind_of_change(app, client, user, db):
         assert r.status_code == 202
     run_jobs(app)
     assert counts(client, headers) == {"unread": 3, "by_customer": {str(CUSTOMER): 3},
-                                       "by_group": dict(GROUPS, chat=3)}
+                                       "by_group": dict(GROUPS, chat=3), "ack_pending": 0}
     items = client.get("/v1/notifications", headers=headers).get_json()["items"]
     first, second, third = (item["id"] for item in items)
     # read
@@ -210,10 +211,10 @@ def test_unread_count_after_every_kind_of_change(app, client, user, db):
     # delete
     assert client.delete(f"/v1/notifications/{second}", headers=headers).status_code == 204
     assert counts(client, headers) == {"unread": 2, "by_customer": {str(CUSTOMER): 2},
-                                       "by_group": dict(GROUPS, chat=2)}
+                                       "by_group": dict(GROUPS, chat=2), "ack_pending": 0}
     # read-all
     assert read_all(client, headers).get_json() == {"updated": 2}
-    assert counts(client, headers) == {"unread": 0, "by_customer": {}, "by_group": GROUPS}
+    assert counts(client, headers) == {"unread": 0, "by_customer": {}, "by_group": GROUPS, "ack_pending": 0}
     assert third  # three were listed
 
 

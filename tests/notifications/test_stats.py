@@ -83,6 +83,7 @@ def test_whole_window(client, seeded):
             "email": {"p50": 15.0, "p95": 19.5, "p99": 19.9},      # of 10 and 20, interpolated
             "sms": {"p50": 200.0, "p95": 290.0, "p99": 298.0},     # of 100, 200, 300
         },
+        "acknowledgements": {},                                       # no notice needing one
     }
 
 
@@ -129,7 +130,8 @@ def test_empty_window(client, seeded):
     assert body == {"created": 0, "read": 0, "read_rate": 0.0, "median_seconds_to_read": None,
                     "deliveries": {c: {"sent": 0, "failed": 0, "skipped": 0, "pending": 0}
                                    for c in ("system", "email", "sms")},
-                    "delivery_latency_seconds": {c: NO_LATENCY for c in ("system", "email", "sms")}}
+                    "delivery_latency_seconds": {c: NO_LATENCY for c in ("system", "email", "sms")},
+                    "acknowledgements": {}}
 
 
 def test_a_full_leap_year_is_allowed(client, seeded):

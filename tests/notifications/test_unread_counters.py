@@ -52,7 +52,7 @@ def assert_exact(db):
 
 def expected_payload(db, user_id, customer_id=None, customers=None):
     """GET /unread-count's answer, built from the truth with the contract's scope rules."""
-    payload = {"unread": 0, "by_customer": {}, "by_group": dict.fromkeys(GROUPS, 0)}
+    payload = {"unread": 0, "by_customer": {}, "by_group": dict.fromkeys(GROUPS, 0), "ack_pending": 0}
     for (u, c, t), n in truth(db).items():
         if u != user_id or (customer_id is not None and c != customer_id) \
                 or (customer_id is None and customers is not None and c is not None and c not in customers):
@@ -187,7 +187,7 @@ def test_rows_dropping_to_zero_are_kept_and_not_reported(client, db):
         cur.execute("SELECT unread FROM notification_unread_counts WHERE user_id = %s", (user_id,))
         assert cur.fetchall() == [(0,)]
     assert client.get("/v1/notifications/unread-count", headers=bearer(user_id)).get_json() == {
-        "unread": 0, "by_customer": {}, "by_group": dict.fromkeys(GROUPS, 0)}
+        "unread": 0, "by_customer": {}, "by_group": dict.fromkeys(GROUPS, 0), "ack_pending": 0}
 
 
 def test_any_update_moves_the_count_with_the_row(db):

@@ -81,7 +81,7 @@ def test_mark_read_publishes_read_then_unread(client, user, db, channel):
     assert client.patch(f"/v1/notifications/{first['id']}/read", headers=headers).status_code == 200
     assert named(ch.messages()) == [
         ("read", {"ids": [str(first["id"])], "read": True}),
-        ("unread", {"unread": 1, "by_customer": {"none": 1}, "by_group": dict(GROUPS, task=1)}),
+        ("unread", {"unread": 1, "by_customer": {"none": 1}, "by_group": dict(GROUPS, task=1), "ack_pending": 0}),
     ]
 
 
@@ -93,7 +93,7 @@ def test_mark_unread_publishes_read_false(client, user, db, channel):
     assert r.status_code == 200
     assert named(ch.messages()) == [
         ("read", {"ids": [str(row["id"])], "read": False}),
-        ("unread", {"unread": 1, "by_customer": {str(CUSTOMER): 1}, "by_group": dict(GROUPS, chat=1)}),
+        ("unread", {"unread": 1, "by_customer": {str(CUSTOMER): 1}, "by_group": dict(GROUPS, chat=1), "ack_pending": 0}),
     ]
 
 
@@ -104,7 +104,7 @@ def test_delete_publishes_deleted_then_unread(client, user, db, channel):
     assert client.delete(f"/v1/notifications/{row['id']}", headers=headers).status_code == 204
     assert named(ch.messages()) == [
         ("deleted", {"ids": [str(row["id"])]}),
-        ("unread", {"unread": 0, "by_customer": {}, "by_group": GROUPS}),
+        ("unread", {"unread": 0, "by_customer": {}, "by_group": GROUPS, "ack_pending": 0}),
     ]
 
 
@@ -121,7 +121,7 @@ def test_read_all_publishes_all_then_unread(client, user, db, channel):
         ("read", {"all": True, "read": True, "customer_id": str(CUSTOMER), "group": "chat", "before": None,
                   "ids": [str(chat["id"])]}),
         ("unread", {"unread": 2, "by_customer": {str(CUSTOMER): 1, "none": 1},
-                    "by_group": dict(GROUPS, chat=1, task=1)}),
+                    "by_group": dict(GROUPS, chat=1, task=1), "ack_pending": 0}),
     ]
     # nothing left to mark: nothing changed, nothing published
     r = client.post("/v1/notifications/read-all", headers=headers,
@@ -163,9 +163,9 @@ def test_dispatch_publishes_each_users_counts_after_the_notification(app, client
     run_jobs(app)
     got = {uid: ch.messages() for uid, ch in channels.items()}
     for uid, expected in ((alice, {"unread": 2, "by_customer": {str(CUSTOMER): 1, "none": 1},
-                                   "by_group": dict(GROUPS, chat=1, task=1)}),
+                                   "by_group": dict(GROUPS, chat=1, task=1), "ack_pending": 0}),
                           (bob, {"unread": 1, "by_customer": {str(CUSTOMER): 1},
-                                 "by_group": dict(GROUPS, chat=1)})):
+                                 "by_group": dict(GROUPS, chat=1), "ack_pending": 0})):
         kinds = [(kind, name) for kind, name, _ in got[uid]]
         assert kinds[0][0] == "n" and kinds[1:] == [("e", "unread")], kinds   # the notification first, then counts
         assert got[uid][1][2] == expected
@@ -190,7 +190,7 @@ def test_dispatch_counts_the_online_users_of_a_chunk_in_one_query(app, client, d
     assert calls == [sorted(str(u) for u in users[3:6])]
     for ch in online.values():
         assert named(ch.messages()) == [("unread", {"unread": 1, "by_customer": {"none": 1},
-                                                    "by_group": dict(GROUPS, task=1)})]
+                                                    "by_group": dict(GROUPS, task=1), "ack_pending": 0})]
     # nobody online: no count query at all
     calls.clear()
     for ch in online.values():
@@ -243,7 +243,7 @@ def test_second_device_sees_read_and_counts_live(services, clean, db):
         for stream in (phone, laptop):
             first = every(stream, 1)[0]   # right after connecting: the current counts
             assert (first.event, first.id) == ("unread", None)
-            assert first.json() == {"unread": 1, "by_customer": {str(CUSTOMER): 1}, "by_group": dict(GROUPS, chat=1)}
+            assert first.json() == {"unread": 1, "by_customer": {str(CUSTOMER): 1}, "by_group": dict(GROUPS, chat=1), "ack_pending": 0}
         # a new notification through the queue: both devices get it, then the new counts
         r = web.post("/v1/notifications/trigger", headers=SERVICE, json={
             "type": "task", "event": "task_due", "title": "Due", "user_ids": [str(user_id)]})
@@ -259,7 +259,7 @@ def test_second_device_sees_read_and_counts_live(services, clean, db):
         events = every(phone, 5)
         assert (events[3].event, events[3].json()) == ("read", {"ids": [str(old["id"])], "read": True})
         assert (events[4].event, events[4].json()) == (
-            "unread", {"unread": 1, "by_customer": {"none": 1}, "by_group": dict(GROUPS, task=1)})
+            "unread", {"unread": 1, "by_customer": {"none": 1}, "by_group": dict(GROUPS, task=1), "ack_pending": 0})
         # read-all on the phone: the laptop learns everything is read
         r = web.post("/v1/notifications/read-all", headers=bearer(user_id), json={})
         assert r.json() == {"updated": 1}
@@ -268,7 +268,7 @@ def test_second_device_sees_read_and_counts_live(services, clean, db):
             "read", {"all": True, "read": True, "customer_id": None, "group": None, "before": None,
                      "ids": [new_id]})
         assert (events[6].event, events[6].json()) == ("unread", {"unread": 0, "by_customer": {},
-                                                                  "by_group": GROUPS})
+                                                                  "by_group": GROUPS, "ack_pending": 0})
         # a delete on one device removes it on the other
         assert web.delete(f"/v1/notifications/{new_id}", headers=bearer(user_id)).status_code == 204
         events = every(phone, 9)
@@ -297,7 +297,7 @@ def test_customer_scoped_stream_counts_only_its_customers(services, clean, db):
     everything = web.stream(headers=bearer(user_id))
     try:
         assert every(scoped, 1)[0].json() == {"unread": 1, "by_customer": {str(CUSTOMER): 1},
-                                              "by_group": dict(GROUPS, chat=1)}
+                                              "by_group": dict(GROUPS, chat=1), "ack_pending": 0}
         assert every(everything, 1)[0].json()["unread"] == 2
         # a new notification for the other customer: the scoped stream neither sees it nor its count
         r = web.post("/v1/notifications/trigger", headers=SERVICE, json={
@@ -309,7 +309,7 @@ def test_customer_scoped_stream_counts_only_its_customers(services, clean, db):
         scoped_events = every(scoped, 2, timeout=20)
         assert scoped_events[1].event == "unread"
         assert scoped_events[1].json() == {"unread": 1, "by_customer": {str(CUSTOMER): 1},
-                                           "by_group": dict(GROUPS, chat=1)}
+                                           "by_group": dict(GROUPS, chat=1), "ack_pending": 0}
         assert [e for e in scoped.snapshot(everything=True) if e.event is None] == []
     finally:
         scoped.close()

@@ -146,6 +146,7 @@ def test_openapi_names_the_scope_of_every_service_operation(client):
     assert scopes == {
         ("POST", "/v1/notifications/trigger"): ["trigger"],
         ("GET", "/v1/notifications/triggers/{trigger_id}"): ["trigger"],
+        ("DELETE", "/v1/notifications/triggers/{trigger_id}"): ["trigger"],
         ("POST", "/v1/notifications/sse"): ["push"],
         ("GET", "/v1/notifications/users/{user_id}/contact"): ["contacts"],
         ("PUT", "/v1/notifications/users/{user_id}/contact"): ["contacts"],

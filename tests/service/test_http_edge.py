@@ -10,6 +10,7 @@
 Where the behaviour depends on the server (the gevent worker's stack, gunicorn's REMOTE_ADDR, the
 metrics files of several processes, live streams) the test runs against a real gunicorn.
 """
+import datetime
 import os
 import re
 import uuid
@@ -166,6 +167,16 @@ def test_every_personal_answer_forbids_caching(app, client, db):
         "type": "chat", "event": "mention", "title": "Hi", "user_ids": [str(uuid.uuid4())]}).get_json()
     calls.append(("GET", "/v1/notifications/triggers/<trigger_id>",
                   f"/v1/notifications/triggers/{accepted['trigger_id']}", {"headers": SERVICE}))
+    scheduled = client.post("/v1/notifications/trigger", headers=SERVICE, json={
+        "type": "chat", "event": "mention", "title": "Hi", "user_ids": [str(uuid.uuid4())],
+        "send_at": (datetime.datetime.now(datetime.timezone.utc)
+                                                 + datetime.timedelta(hours=1)).isoformat()}).get_json()
+    calls.append(("DELETE", "/v1/notifications/triggers/<trigger_id>",
+                  f"/v1/notifications/triggers/{scheduled['trigger_id']}", {"headers": SERVICE}))
+    owner = uuid.uuid4()
+    note = insert_notification(db, owner, ack_required=True)
+    calls.append(("POST", "/v1/notifications/<notification_id>/ack", f"/v1/notifications/{note['id']}/ack",
+                  {"headers": bearer(owner)}))
     covered = {(method, rule) for method, rule, _, _ in calls}
     # the Web Push endpoints answer 2xx only with VAPID keys: tests/channels/test_webpush.py checks them
     covered |= {(m, r) for m, r in ACCESS if r.startswith("/v1/notifications/webpush/")}

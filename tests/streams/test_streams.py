@@ -34,7 +34,8 @@ MAX_STREAMS = 2
 METRICS_TOKEN = "metrics-token-of-the-stream-tests-0123456789"   # the greenlet count needs it
 OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 NOTIFICATION_KEYS = ["id", "customer_id", "type", "event", "title", "content", "link_url", "link_text",
-                     "rec_type", "rec_id", "read", "read_at", "created_at"]
+                     "rec_type", "rec_id", "read", "read_at", "created_at",
+                     "expires_at", "ack_required", "ack_deadline", "acked_at"]   # SPEC's, then issue 21's
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # The SPEC's trigger body (a chat event also goes out by email; the user has no address, so it is skipped).
 SPEC_BODY = {"type": "chats", "event": "message_received", "title": "Test Notification",

@@ -1,0 +1,1 @@
+"""Acknowledgements: notices a user must acknowledge, their deadline and escalation steps."""
