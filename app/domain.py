@@ -48,7 +48,8 @@ def _digest(path, where, raw, channels, scope):
     seconds = (int(match["d"] or 0) * 86400 + int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60
                + int(match["s"] or 0)) if match else 0
     if not 1 <= seconds <= 7 * 86400:
-        raise ConfigError(path, f"{where}.digest.window", "must be an ISO 8601 duration from PT1S to P7D, such as PT10M")
+        raise ConfigError(path, f"{where}.digest.window",
+                          "must be an ISO 8601 duration from PT1S to P7D, such as PT10M")
     chans = raw.get("channels")
     if not isinstance(chans, list) or not chans or IN_APP in chans or any(c not in channels for c in chans):
         raise ConfigError(path, f"{where}.digest.channels", f"must list declared channels other than {IN_APP}")

@@ -158,7 +158,8 @@ def _attempt(app, domain, claimed, accepted):
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
     contact["user_id"] = str(row["user_id"])   # a channel addressed by the user's own rows (webpush)
     if not channel.address(contact):
-        return "skipped", {"reason": getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"}, False
+        missing = getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"
+        return "skipped", {"reason": missing}, False
     notification = shown(to_public(row))
     templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"])
     rule = digests.rule(event, claimed["channel"])

@@ -50,7 +50,8 @@ def window_passes(app, db):
 
 def email_deliveries(db):
     with db.cursor() as cur:
-        cur.execute("SELECT status, provider_message_id, reason FROM deliveries WHERE channel = 'email' ORDER BY created_at")
+        cur.execute("SELECT status, provider_message_id, reason FROM deliveries WHERE channel = 'email'"
+                    " ORDER BY created_at")
         return cur.fetchall()
 
 
@@ -64,7 +65,8 @@ def test_notifications_within_the_window_go_out_as_one_email(build, smtp, user, 
     run_jobs(app)
     assert smtp.messages == []
     assert len(json_of(client.get("/v1/notifications", headers=headers))["items"]) == 3   # in-app: one each
-    assert all(status == "pending" and reason.startswith("in a digest until ") for status, _, reason in email_deliveries(db))
+    waiting = email_deliveries(db)
+    assert all(status == "pending" and reason.startswith("in a digest until ") for status, _, reason in waiting)
 
     window_passes(app, db)
     assert len(smtp.messages) == 1

@@ -22,7 +22,7 @@ SCENARIOS = {"crash": crash, "redis": redis_restart, "postgres": postgres_restar
 
 SHORT = {"vanished": dict(), "crash": dict(n=300), "redis": dict(k=50, triggers=12), "postgres": dict(outage=5.0),
          "smtp": dict(n=40, outage=10.0), "slow": dict(pushes=1500), "shutdown": dict(users=600, streams=20),
-         "escalation": dict(n=100), "digest": dict(n=30, per_user=2)}
+         "escalation": dict(n=100), "digest": dict(n=30, per_user=2, max_kills=8)}
 FULL = {"vanished": dict(peer_timeout=30.0, keepalive=15.0), "crash": dict(n=10_000),
         "redis": dict(k=1000, triggers=30), "postgres": dict(outage=20.0, users=50),
         "smtp": dict(n=500, outage=120.0), "slow": dict(pushes=5000), "shutdown": dict(users=10_000, streams=200),

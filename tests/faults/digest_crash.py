@@ -13,7 +13,8 @@ from tests.faults.rig import Result, post_many
 LINE = re.compile(r"^- (digest \S+ \d+) \(", re.M)
 
 
-def digest_crash(rig, n=200, per_user=3, window_seconds=2, kill_every=1.0, workers=2, timeout=None):
+def digest_crash(rig, n=200, per_user=3, window_seconds=2, kill_every=1.0, workers=2, timeout=None,
+                 max_kills=60):
     res = Result("digest")
     timeout = timeout or max(90, n)
     env = rig.env(email=True, attempts=5, backoff=(1, 2, 4, 8), smtp_process=True)
@@ -38,7 +39,8 @@ def digest_crash(rig, n=200, per_user=3, window_seconds=2, kill_every=1.0, worke
     threading.Thread(target=post_all, daemon=True).start()
     sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")  # noqa
     kills, victim = 0, 0
-    while (not done.is_set() or sent() < len(titles)) and time.monotonic() - started < timeout / 2:
+    while (not done.is_set() or sent() < len(titles)) and kills < max_kills \
+            and time.monotonic() - started < timeout / 2:
         time.sleep(kill_every)
         old = pool[victim % len(pool)]
         old.kill()

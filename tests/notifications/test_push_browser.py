@@ -77,7 +77,8 @@ def deliver_until_shown(page, devtools, origin, registration, message):
                 return True
             time.sleep(0.05)
         return False
-    return wait_until(delivered, 15, interval=0, message=lambda: f"the push {message['id']} shown (shows {shown(page)})")
+    return wait_until(delivered, 15, interval=0,
+                      message=lambda: f"the push {message['id']} shown (shows {shown(page)})")
 
 
 def test_the_service_worker_shows_pushes_and_a_hidden_tab_never_repeats_one(page, services):
