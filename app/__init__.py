@@ -2,7 +2,7 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, replica, retention
+from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, replica, retention, webpush
 from .audit import cli as audit_cli
 from .bus import deployment
 from .channels import registry as channels
@@ -28,6 +28,7 @@ def create_app(config=None):
     bus.init_app(app)
     migrate.init_app(app)
     channels.init_app(app)
+    webpush.init_app(app)
     deliveries_cli.init_app(app)
     audit_cli.init_app(app)
     retention.init_app(app)
@@ -62,5 +63,6 @@ def _blueprints():
     from .notifications.stats import blp as stats
     from .preferences.routes import blp as preferences
     from .streams.routes import blp as streams
+    from .webpush.routes import blp as webpush_subscriptions
     return [streams, dispatch, preferences, consent, notifications, acks, deliveries, contacts, stats, audit_log,
-            evidence]
+            evidence, webpush_subscriptions]

@@ -11,6 +11,7 @@ from .audit import keys as audit_keys
 from .security import api_keys, jwks
 from .domain import load_domain
 from .errors import ConfigError
+from .webpush import keys as webpush_keys
 
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/notifications",
@@ -91,6 +92,15 @@ DEFAULTS = {
     # its ack / ack_overdue events are signed with (HMAC-SHA256; docs/acknowledgements.md).
     "ACK_CALLBACK_HOSTS": "",
     "ACK_CALLBACK_SECRET": "",
+    # Web Push (app/webpush/): the VAPID key pair as base64url (`flask webpush keys`) and the contact
+    # push services may write to (mailto: or https:). None set: the channel is off; some: ConfigError.
+    "VAPID_PUBLIC_KEY": "",
+    "VAPID_PRIVATE_KEY": "",
+    "VAPID_SUBJECT": "",
+    # A private CA for push services (tests); and, in development only, `host=ip` pairs to connect
+    # to instead of resolving (the only private addresses the sender will reach: transport.py).
+    "WEBPUSH_CA_FILE": "",
+    "WEBPUSH_RESOLVE": "",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
@@ -103,7 +113,7 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
 FLOATS = ("DB_POOL_TIMEOUT", "REPLICA_MAX_LAG_SECONDS", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS",
-         "ACK_CALLBACK_HOSTS")
+         "ACK_CALLBACK_HOSTS", "WEBPUSH_RESOLVE")
 
 
 def _convert(name, raw):
@@ -151,6 +161,7 @@ def load_settings(overrides=None, environ=None):
     _check_auth(settings)
     _check_audit(settings)
     settings["PUBSUB_URL"] = settings["PUBSUB_URL"] or settings["REDIS_URL"]
+    webpush_keys.check_settings(settings)
     if settings["ACK_CALLBACK_HOSTS"] and len(settings["ACK_CALLBACK_SECRET"]) < 32:
         raise ConfigError("environment", "ACK_CALLBACK_SECRET", "must be at least 32 characters when "
                           "ACK_CALLBACK_HOSTS is set (it signs the callbacks)")

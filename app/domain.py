@@ -3,6 +3,7 @@
 The parsed form is immutable plain data (`Domain`) handed to everything that
 needs groups, events, channels or queue policy, so no module re-reads YAML.
 """
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -21,6 +22,41 @@ class Event:
     urgent: bool = False
     requires_consent: bool = False   # the group's: email/SMS only to an address with consent on record
     ack: ack_policy.AckPolicy = ack_policy.NONE   # `ack:` defaults (app/acks/policy.py)
+    digest: "Digest | None" = None   # the event's or its group's; never for an urgent event
+
+
+@dataclass(frozen=True)
+class Digest:
+    """`digest: {window: PT10M, channels: [email], max_items: 50}`: the notifications of one user
+    on these channels within the window go out as one message at its end (app/deliveries/digest.py)."""
+    scope: str              # what is collected together: the group's name, or group.event
+    window_seconds: int
+    channels: tuple
+    max_items: int = 50
+
+
+DURATION = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?\Z")
+
+
+def _digest(path, where, raw, channels, scope):
+    """A `digest:` mapping, validated; None when absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"window", "channels", "max_items"}:
+        raise ConfigError(path, f"{where}.digest", "must be a mapping of window, channels and max_items")
+    match = DURATION.match(str(raw.get("window", "")))
+    seconds = (int(match["d"] or 0) * 86400 + int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60
+               + int(match["s"] or 0)) if match else 0
+    if not 1 <= seconds <= 7 * 86400:
+        raise ConfigError(path, f"{where}.digest.window",
+                          "must be an ISO 8601 duration from PT1S to P7D, such as PT10M")
+    chans = raw.get("channels")
+    if not isinstance(chans, list) or not chans or IN_APP in chans or any(c not in channels for c in chans):
+        raise ConfigError(path, f"{where}.digest.channels", f"must list declared channels other than {IN_APP}")
+    max_items = raw.get("max_items", 50)
+    if not isinstance(max_items, int) or isinstance(max_items, bool) or not 1 <= max_items <= 500:
+        raise ConfigError(path, f"{where}.digest.max_items", "must be a whole number from 1 to 500")
+    return Digest(scope, seconds, tuple(chans), max_items)
 
 
 @dataclass(frozen=True)
@@ -131,6 +167,7 @@ def _parse_notifications(path):
         if not isinstance(consent, bool):
             raise ConfigError(path, f"{where}.requires_consent", "must be true or false")
         events = {}
+        group_digest = _digest(path, where, graw.get("digest"), all_channels, str(gname))
         for ename, eraw in _need(path, graw, "events", dict, where).items():
             ewhere = f"{where}.events.{ename}"
             eraw = eraw or {}
@@ -143,14 +180,16 @@ def _parse_notifications(path):
             if consent and eraw.get("locked"):
                 # consent can always be withdrawn; a locked event could not be switched off
                 raise ConfigError(path, f"{ewhere}.locked", "a group with requires_consent cannot lock an event")
+            urgent = bool(eraw.get("urgent", False))
+            digest = _digest(path, ewhere, eraw.get("digest"), all_channels, f"{gname}.{ename}") or group_digest
             try:
                 ack = ack_policy.build(eraw["ack"], all_channels) if eraw.get("ack") is not None else ack_policy.NONE
             except ValueError as error:
                 key, problem = error.args[0]
                 raise ConfigError(path, f"{ewhere}.{key}", problem)
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)),
-                                       requires_consent=consent, ack=ack)
+                                       bool(eraw.get("locked", False)), urgent, requires_consent=consent, ack=ack,
+                                       digest=None if urgent else digest)   # urgent never waits for a digest
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")

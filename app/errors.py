@@ -183,6 +183,16 @@ class ServiceUnavailable(ApiError):
     status, code = 503, "service_unavailable"
 
 
+class WebPushNotConfigured(ApiError):
+    """Web Push is not configured on this service"""
+    status, code = 503, "webpush_not_configured"
+
+
+class TooManySubscriptions(ApiError):
+    """This user has the most Web Push subscriptions allowed; delete one first"""
+    status, code = 409, "too_many_subscriptions"
+
+
 class QueryTimeout(ApiError):
     """The query took too long and was stopped; narrow it or retry later"""
     status, code = 503, "query_timeout"

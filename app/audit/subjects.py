@@ -35,7 +35,7 @@ from flask.cli import AppGroup
 
 from .. import audit, consent, db
 
-TABLES_BY_USER = ("contacts", "preferences", "quiet_hours")
+TABLES_BY_USER = ("contacts", "preferences", "quiet_hours", "webpush_subscriptions")
 
 
 def pseudonymous_uuid(secret, user_id):

@@ -133,6 +133,7 @@ class Outbound:
     contact: dict           # email, phone, locale, timezone (values may be None)
     template: dict          # the event's templates, defaults merged
     accepted: Callable = lambda provider_id=None: None   # call it the instant the provider accepted
+    locale: str = "en"      # the language the message is written in (app/i18n: the contact's, or its fallback)
 
 
 class Channel:

@@ -158,7 +158,7 @@ class EmailChannel(Channel):
     def build(self, outbound):
         """The flask-mail Message of one delivery."""
         subject, text, html = render_email(self.app, outbound)
-        headers = {"Auto-Submitted": "auto-generated"}
+        headers = {"Auto-Submitted": "auto-generated", "Content-Language": outbound.locale}
         targets = unsubscribe_targets(self.app, self.options, outbound)
         if targets:
             headers["List-Unsubscribe"] = ", ".join(f"<{t}>" for t in targets)

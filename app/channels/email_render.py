@@ -10,6 +10,7 @@ braces as `{{` and `}}`).
 """
 from markupsafe import escape
 
+from .. import i18n
 from .templates import render
 
 DEFAULT_TEXT = "{title}\n\n{content}\n"
@@ -19,8 +20,8 @@ DEFAULT_HTML = """<!doctype html>
 <h2>{title}</h2>
 <p style="white-space: pre-line">{content}</p>
 {link}
-<hr><p style="font-size: small">You receive this because of your notification settings:
-<a href="{preferences_url}">change them</a>.</p>
+<hr><p style="font-size: small">{settings_note}
+<a href="{preferences_url}">{change_them}</a>.</p>
 </body></html>"""
 
 SUBJECT_LIMIT = 200
@@ -48,12 +49,15 @@ def render_email(app, outbound):
     subject = " ".join(render(templates.get("email_subject", "{title}"), n).split())[:SUBJECT_LIMIT]
     link_url = absolute_link(app, n.get("link_url"))
     values = dict(n, link_url=link_url, preferences_url=preferences_url(app))
+    locale = outbound.locale
+    values.update(settings_note=i18n.gettext(locale, "You receive this because of your notification settings:"),
+                  change_them=i18n.gettext(locale, "change them"))
     text = render(templates.get("email_text", DEFAULT_TEXT), values)
+    open_text = n.get("link_text") or i18n.gettext(locale, "Open")
     if link_url and "{link_url}" not in templates.get("email_text", DEFAULT_TEXT):
-        text += f"\n{n.get('link_text') or 'Open'}: {link_url}\n"
+        text += f"\n{open_text}: {link_url}\n"
     escaped = {k: escape(v) if isinstance(v, str) else v for k, v in values.items()}
-    link = (f'<p><a href="{escaped["link_url"]}">{escape(n.get("link_text") or "Open")}</a></p>'
-            if link_url else "")
+    link = f'<p><a href="{escaped["link_url"]}">{escape(open_text)}</a></p>' if link_url else ""
     html = render(templates.get("email_html", DEFAULT_HTML), dict(escaped, link=link))
     return subject, text, html
 

@@ -15,6 +15,7 @@ KINDS = {
     "sms": "app.channels.sms:TwilioChannel",
     "twilio": "app.channels.sms:TwilioChannel",
     "apprise": "app.channels.apprise_channel:AppriseChannel",
+    "webpush": "app.channels.webpush:WebPushChannel",
 }
 
 

@@ -18,11 +18,10 @@ def render(template, values):
 
 
 def event_templates(domain, group, event):
-    """The templates of one event: defaults, then the group's, then the event's own."""
-    templates = dict(domain.templates.get("default", {}))
-    templates.update(domain.templates.get(group, {}) if isinstance(domain.templates.get(group), dict) else {})
-    templates.update(domain.templates.get(f"{group}.{event}", {}))
-    return templates
+    """The templates of one event: defaults, then the group's, then the event's own (untranslated;
+    a contact's language: app/i18n.localised_templates)."""
+    from .. import i18n
+    return i18n.localised_templates(domain, group, event, None)[0]
 
 
 def shown(notification):

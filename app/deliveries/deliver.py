@@ -33,16 +33,17 @@ import logging
 
 from flask import current_app
 
-from .. import consent, db
+from .. import consent, db, i18n
 from ..channels import registry
 from ..channels.base import Outbound, PermanentError, describe, label
-from ..channels.templates import event_templates, shown
+from ..channels.templates import shown
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
 from ..queues.enqueue import schedule_delivery
+from . import digest as digests
 from . import repository
 from .receipt import Receipt, record_late, unrecord
 
@@ -84,6 +85,8 @@ def deliver(delivery_id):
                     repository.finish(conn, claimed, status, **kwargs)
     if status == "sent" and not accepted.recorded:
         record_late(claimed, accepted.provider_id)
+    if status == "sent" and claimed.get("digest_id"):
+        digests.settle(claimed["id"], claimed["digest_id"], accepted.provider_id)
     if status == "held":
         schedule_delivery(claimed["id"], kwargs["until"], app)
         return status
@@ -153,10 +156,25 @@ def _attempt(app, domain, claimed, accepted):
         if until is not None:
             return "held", {"until": until, "reason": f"held by quiet hours until {rfc3339(until)}"}, False
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
+    contact["user_id"] = str(row["user_id"])   # a channel addressed by the user's own rows (webpush)
     if not channel.address(contact):
-        return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False
-    outbound = Outbound(str(claimed["id"]), shown(to_public(row)), str(row["user_id"]), contact,
-                        event_templates(domain, row["type"], row["event"]), accepted)
+        missing = getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"
+        return "skipped", {"reason": missing}, False
+    notification = shown(to_public(row))
+    templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"])
+    rule = digests.rule(event, claimed["channel"])
+    if rule is not None:            # collected into one message at the window's end (digest.py)
+        decision = digests.collect(claimed, rule)
+        if decision[0] == "held":
+            return "held", {"until": decision[1], "reason": decision[2]}, False
+        if decision[0] == "failed":
+            return "failed", {"error": decision[1]}, False
+        if decision[0] == "sent":   # the sender sent it: this item too, under its message id
+            accepted(decision[1])
+            return "sent", {"provider_id": accepted.provider_id}, False
+        claimed["digest_id"] = decision[1]
+        notification = digests.message(app, decision[1], notification, templates, locale, contact["timezone"])
+    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted, locale)
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:

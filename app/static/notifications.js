@@ -24,6 +24,14 @@
  *                 connecting, live, reconnecting, polling, unauthorized, stopped
  *   error         {error}: the token was refused (the client stops; call start() again)
  *
+ * Browser notifications: while the tab is hidden and the Notification permission is granted,
+ * every new notification is also shown as a system notification (`systemNotifications: false`
+ * turns it off). `enablePush()` registers the service worker `/static/notifications-sw.js`,
+ * subscribes this browser to Web Push with the server's VAPID key and posts the subscription,
+ * so notifications arrive with no tab open; `disablePush()` takes it back. The tab and the
+ * service worker mark each id they show in one Cache Storage entry, so a notification the tab
+ * showed is never shown again when its push arrives (nor the other way round).
+ *
  * A 429 (the per-user stream cap, or a budget: `error.retryAfter` holds its Retry-After in
  * seconds) is honoured: nothing is asked of the server again before Retry-After has passed.
  * EventSource cannot see a status, so the stream's refusal is read from the ticket request,
@@ -64,6 +72,8 @@
     catchUpDelay: 1000,      // after a stream opens without a cursor, one poll to close the gap
     knownLimit: 5000,        // ids remembered for de-duplication
     fetch: null,             // injectable for tests / other runtimes
+    systemNotifications: true, // a hidden tab shows new notifications with the Notification API
+    serviceWorkerUrl: '/static/notifications-sw.js',
     EventSource: null,
   };
   const NAMED_EVENTS = ['unread', 'read', 'deleted', 'ack', 'reset'];
@@ -98,6 +108,26 @@
   function backoff(base, max, attempt) {
     const delay = Math.min(max, base * Math.pow(2, Math.max(0, attempt - 1)));
     return Math.round(delay * (0.75 + Math.random() * 0.5));
+  }
+
+  const SHOWN_CACHE = 'notifications-shown';   // shared with notifications-sw.js
+
+  /** Mark `id` shown; false when the tab or the service worker showed it already. */
+  async function markShown(id) {
+    if (!G.caches) return true;
+    const cache = await G.caches.open(SHOWN_CACHE);
+    const key = '/__notifications_shown__/' + encodeURIComponent(id);
+    if (await cache.match(key)) return false;
+    await cache.put(key, new Response(String(Date.now())));
+    return true;
+  }
+
+  function base64UrlBytes(text) {
+    const padded = (text + '==='.slice((text.length + 3) % 4)).replace(/-/g, '+').replace(/_/g, '/');
+    const raw = G.atob(padded);
+    const bytes = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    return bytes;
   }
 
   function timeOf(notification) {
@@ -438,6 +468,76 @@
       if (id && this._known.has(id)) return; // seen already (replay after polling, a catch-up, the list)
       if (id) this._remember(notification);
       this._emit('notification', {notification: notification, cursor: cursor, direct: !!direct, source: source});
+      this._systemNotify(notification).catch(() => {});
+    }
+
+    // ------------------------------------------------------------------ browser notifications
+
+    /** A hidden tab shows a new notification as a system notification, once per id. */
+    async _systemNotify(notification) {
+      const doc = G.document;
+      if (!this.options.systemNotifications || !doc || doc.visibilityState !== 'hidden') return;
+      if (typeof G.Notification !== 'function' || G.Notification.permission !== 'granted') return;
+      if (notification.id && !(await markShown(notification.id))) return;
+      const options = {body: notification.content || '', tag: notification.id || undefined,
+        data: {id: notification.id, link_url: notification.link_url || null}};
+      const registration = G.navigator && G.navigator.serviceWorker
+        ? await G.navigator.serviceWorker.getRegistration(this.options.serviceWorkerUrl) : null;
+      if (registration) {
+        await registration.showNotification(notification.title || '', options);
+      } else {
+        new G.Notification(notification.title || '', options);   // eslint-disable-line no-new
+      }
+    }
+
+    /** Register the service worker that shows pushes (no subscription): its registration. */
+    async registerServiceWorker() {
+      if (!G.navigator || !G.navigator.serviceWorker) throw new Error('service workers are not supported here');
+      // Its scope is /static/, not the page's: `serviceWorker.ready` never resolves here, so wait
+      // for this registration's worker itself to be active.
+      const registration = await G.navigator.serviceWorker.register(this.options.serviceWorkerUrl);
+      const worker = registration.installing || registration.waiting;
+      if (!registration.active && worker) {
+        await new Promise((resolve) => {
+          worker.addEventListener('statechange', () => { if (worker.state === 'activated') resolve(); });
+        });
+      }
+      return registration;
+    }
+
+    /** Ask permission, subscribe this browser to Web Push and store the subscription: it, with its `id`. */
+    async enablePush() {
+      if (typeof G.PushManager !== 'function') throw new Error('Web Push is not supported here');
+      if (await G.Notification.requestPermission() !== 'granted') throw new Error('notifications were not allowed');
+      const registration = await this.registerServiceWorker();
+      const key = await this._request('GET', '/v1/notifications/webpush/key');
+      let subscription = await registration.pushManager.getSubscription();
+      if (!subscription) {
+        subscription = await registration.pushManager.subscribe({
+          userVisibleOnly: true, applicationServerKey: base64UrlBytes(key.public_key)});
+      }
+      const saved = await this._request('POST', '/v1/notifications/webpush/subscriptions', subscription.toJSON());
+      try { G.localStorage.setItem('notifications.push.id', saved.id); } catch (err) { /* private mode */ }
+      return saved;
+    }
+
+    /** Delete this browser's subscription on the server, then unsubscribe it. */
+    async disablePush() {
+      let id = null;
+      try { id = G.localStorage.getItem('notifications.push.id'); } catch (err) { /* private mode */ }
+      if (id) {
+        try {
+          await this._request('DELETE', '/v1/notifications/webpush/subscriptions/' + encodeURIComponent(id));
+        } catch (error) {
+          if (!error || error.status !== 404) throw error;
+        }
+        try { G.localStorage.removeItem('notifications.push.id'); } catch (err) { /* private mode */ }
+      }
+      const registration = G.navigator && G.navigator.serviceWorker
+        ? await G.navigator.serviceWorker.getRegistration(this.options.serviceWorkerUrl) : null;
+      const subscription = registration && await registration.pushManager.getSubscription();
+      if (subscription) await subscription.unsubscribe();
+      return !!(id || subscription);
     }
 
     // ------------------------------------------------------------------ known ids

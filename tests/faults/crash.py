@@ -3,11 +3,8 @@ stored once, every email received once (by Message-ID and by recipient + subject
 import collections
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-import requests
-
-from tests.faults.rig import Result, email_figures, post_trigger
+from tests.faults.rig import Result, email_figures, post_many
 
 
 def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
@@ -25,16 +22,7 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
     done = threading.Event()
 
     def post_all():
-        def one(chunk):
-            with requests.Session() as s:
-                for i, u in chunk:
-                    try:
-                        statuses[post_trigger(s, web.url, [u], f"crash {i}").status_code] += 1
-                    except requests.RequestException as exc:
-                        statuses[type(exc).__name__] += 1
-        chunks = [list(enumerate(users))[j::8] for j in range(8)]
-        with ThreadPoolExecutor(8) as ex:
-            list(ex.map(one, chunks))
+        post_many(web.url, [(u, f"crash {i}") for i, u in enumerate(users)], statuses)
         done.set()
 
     poster = threading.Thread(target=post_all, daemon=True)

@@ -11,11 +11,13 @@ import collections
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
 import psycopg2.extras
+import requests
 
 from testkit.api import TRIGGER_PATH, trigger_body
 from testkit.config_files import channel_config, queue_yaml
@@ -188,6 +190,20 @@ def post_trigger(session, url, user_ids, title, content="", timeout=15, **header
     """A trigger over a `requests` session (or the module) to the server at `url`."""
     return session.post(url + TRIGGER_PATH, json=trigger_body(user_ids, title=title, content=content),
                         headers=dict(SERVICE, **headers), timeout=timeout)
+
+
+def post_many(url, pairs, statuses, threads=8):
+    """One trigger per (user, title) pair, from `threads` sessions at once; every answer's status
+    (or exception name) counted in `statuses`."""
+    def one(chunk):
+        with requests.Session() as s:
+            for user, title in chunk:
+                try:
+                    statuses[post_trigger(s, url, [user], title).status_code] += 1
+                except requests.RequestException as exc:
+                    statuses[type(exc).__name__] += 1
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(one, [pairs[j::threads] for j in range(threads)]))
 
 
 def email_figures(smtp):

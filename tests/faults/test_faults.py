@@ -32,6 +32,7 @@ def rig(clean, redis_proc, tmp_path):
 @pytest.mark.parametrize("scenario", [
     "crash",      # a worker SIGKILLed every two seconds loses and repeats nothing
     "escalation", # ... nor runs an escalation step twice (issue 21)
+    "digest",     # a worker SIGKILLed every second during digest windows: each digest once, no item lost
     "redis",      # a Redis restart under open streams
     pytest.param("postgres", marks=NO_POSTGRES),   # a PostgreSQL restart: 503 or a durable 202
     "smtp",       # an SMTP outage: everything delivered once after it returns

@@ -65,6 +65,10 @@ ACCESS = {
     ("GET", "/v1/notifications/audit"): SERVICE_ONLY,
     ("GET", "/v1/notifications/<notification_id>/evidence"): SERVICE_ONLY,
     ("GET", "/v1/notifications/preferences/history"): USER,
+    ("GET", "/v1/notifications/webpush/key"): USER,
+    ("GET", "/v1/notifications/webpush/subscriptions"): USER,
+    ("POST", "/v1/notifications/webpush/subscriptions"): USER,
+    ("DELETE", "/v1/notifications/webpush/subscriptions/<subscription_id>"): USER,
     ("GET", "/v1/notifications/users/<user_id>/preferences/history"): SERVICE_ONLY,
 }
 
@@ -89,6 +93,8 @@ PATH_OBJECTS = {
     "trigger_id": "an API key's trigger: another key's answers exactly as a missing one",
     "user_id": "the subject of a contact or consent history: service-only, every key with the scope may read it",
     "filename": "a static file: public",
+    "subscription_id": "a user's Web Push subscription: another user's answers exactly as a missing one "
+                       "(tests/channels/test_webpush.py)",
 }
 
 INVALID_USER = ("notifications_m.invalid_user_id", 401)

@@ -23,6 +23,7 @@ from testkit.config_files import queue_yaml
 from testkit.identity import API_KEY, SERVICE, bearer, make_token
 from testkit.processes import wait_until
 from testkit.rows import insert_notification
+from tests.security.test_access_control import ACCESS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -177,6 +178,8 @@ def test_every_personal_answer_forbids_caching(app, client, db):
     calls.append(("POST", "/v1/notifications/<notification_id>/ack", f"/v1/notifications/{note['id']}/ack",
                   {"headers": bearer(owner)}))
     covered = {(method, rule) for method, rule, _, _ in calls}
+    # the Web Push endpoints answer 2xx only with VAPID keys: tests/channels/test_webpush.py checks them
+    covered |= {(m, r) for m, r in ACCESS if r.startswith("/v1/notifications/webpush/")}
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/v1/"):
             for method in rule.methods - {"HEAD", "OPTIONS"}:
