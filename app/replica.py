@@ -37,9 +37,11 @@ import psycopg2.errors
 from flask import current_app
 
 from . import bus, db
+from .errors import ServiceUnavailable
 from .metrics import REPLICA_LAG, REPLICA_READS
 
 log = logging.getLogger(__name__)
+_UNUSABLE = (psycopg2.Error, ServiceUnavailable)   # ServiceUnavailable: its pool has no free connection
 PROBE_SECONDS = 1.0          # a lag measurement older than this is taken again
 DOWN_SECONDS = 5.0           # a replica that failed gets no reads for this long
 REPLICA_WAIT_SECONDS = 0.2   # a replay waits at most this for the replica to pass its sample
@@ -112,8 +114,15 @@ class Router:
 
     def probe(self, after=None):
         """Measure again when the last probe is a second old (or began before `after`, a
-        monotonic time); False when the replica is down."""
-        with self._lock:
+        monotonic time); False when the replica is down, or when another greenlet's probe holds
+        the lock past REPLICA_WAIT_SECONDS (an unreachable replica: reads must not queue behind
+        its connect timeout)."""
+        now = time.monotonic()
+        if after is None and now - self.probed_at < PROBE_SECONDS and now >= self.down_until:
+            return True   # the usual case: measured within the second, no lock taken
+        if not self._lock.acquire(timeout=REPLICA_WAIT_SECONDS):
+            return False
+        try:
             now = time.monotonic()
             if now < self.down_until:
                 return False
@@ -124,11 +133,13 @@ class Router:
             try:
                 self._sample_primary()
                 self._read_replayed()
-            except psycopg2.Error as exc:
+            except _UNUSABLE as exc:
                 self.failed(exc)
                 return False
             self._measure()
             return True
+        finally:
+            self._lock.release()
 
     def failed(self, exc):
         log.warning("replica unusable for %gs (%s)", DOWN_SECONDS, " ".join(str(exc).split())[:200])
@@ -143,12 +154,15 @@ class Router:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(POLL_SECONDS)
+            if not self._lock.acquire(timeout=REPLICA_WAIT_SECONDS):
+                return False
             try:
-                with self._lock:
-                    self._read_replayed()
-            except psycopg2.Error as exc:
+                self._read_replayed()
+            except _UNUSABLE as exc:
                 self.failed(exc)
                 return False
+            finally:
+                self._lock.release()
         return True
 
     # -- choosing ---------------------------------------------------------------------------------
@@ -203,7 +217,8 @@ def wrote(conn, user_id):
         log.warning("own-write LSN not recorded (%s)", type(exc).__name__)
 
 
-_RETRY_ON_PRIMARY = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.SerializationFailure)
+_RETRY_ON_PRIMARY = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.SerializationFailure,
+                     ServiceUnavailable)
 
 
 def run(instance, fn, primary, user_id=None, since=None):
@@ -221,7 +236,7 @@ def run(instance, fn, primary, user_id=None, since=None):
             except _RETRY_ON_PRIMARY as exc:
                 if isinstance(exc, psycopg2.errors.QueryCanceled):
                     raise   # statement_timeout: the query is too slow anywhere
-                if db.broken_by(exc):
+                if isinstance(exc, psycopg2.Error) and db.broken_by(exc):
                     instance.failed(exc)
                 reason = "failed"
         REPLICA_READS.labels("primary", reason).inc()
