@@ -18,6 +18,10 @@ class Event:
     channels: tuple
     locked: bool = False
     urgent: bool = False
+    external_content: str = "full"   # "teaser": email/SMS carry a teaser, never the title or content
+
+
+EXTERNAL_CONTENT = ("full", "teaser")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Domain:
     relay_stale_after: float
     all_channels: dict = field(default_factory=dict)   # enabled or not
     rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit/)
+    teaser: dict = field(default_factory=dict)         # `teaser:` values (bank_name, inbox_url)
 
     def group(self, name):
         """The canonical Group for a name or alias, or None."""
@@ -124,6 +129,7 @@ def _parse_notifications(path):
         if not isinstance(graw, dict):
             raise ConfigError(path, where, "must be a mapping")
         events = {}
+        group_external = _external_content(path, graw, where, "full")
         for ename, eraw in _need(path, graw, "events", dict, where).items():
             ewhere = f"{where}.events.{ename}"
             eraw = eraw or {}
@@ -134,7 +140,8 @@ def _parse_notifications(path):
                 if chan not in all_channels:
                     raise ConfigError(path, f"{ewhere}.channels", f"names unknown channel {chan!r}")
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)))
+                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)),
+                                       _external_content(path, eraw, ewhere, group_external))
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
@@ -149,7 +156,34 @@ def _parse_notifications(path):
     templates = data.get("templates", {}) or {}
     if not isinstance(templates, dict):
         raise ConfigError(path, "templates", "must be a mapping")
-    return channels, all_channels, groups, aliases, templates
+    return channels, all_channels, groups, aliases, templates, _teaser(path, data)
+
+
+def _external_content(path, raw, where, default):
+    """`external_content` of a group or event: what email, SMS and other external channels may carry."""
+    value = raw.get("external_content", default)
+    if value not in EXTERNAL_CONTENT:
+        raise ConfigError(path, f"{where}.external_content", f"must be one of {', '.join(EXTERNAL_CONTENT)}, "
+                          f"got {value!r}")
+    return value
+
+
+TEASER_KEYS = {"bank_name": "Your bank", "inbox_url": "{public_url}/inbox"}
+
+
+def _teaser(path, data):
+    """The `teaser:` section: values the teaser templates use (`{bank_name}`, the inbox link)."""
+    raw = data.get("teaser", {}) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "teaser", "must be a mapping")
+    found = dict(TEASER_KEYS)
+    for key, value in raw.items():
+        if key not in TEASER_KEYS:
+            raise ConfigError(path, f"teaser.{key}", f"unknown key (known: {', '.join(TEASER_KEYS)})")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(path, f"teaser.{key}", "must be a non-empty string")
+        found[key] = value
+    return found
 
 
 # queue.yaml `rate_limits:` names and their defaults (app/ratelimit/ applies them).
@@ -214,6 +248,6 @@ def _parse_queue(path):
 
 def load_domain(notifications_path, queue_path):
     """Parse and validate both domain files; raise ConfigError on the first problem."""
-    channels, all_channels, groups, aliases, templates = _parse_notifications(notifications_path)
+    channels, all_channels, groups, aliases, templates, teaser = _parse_notifications(notifications_path)
     return Domain(channels=channels, groups=groups, aliases=aliases, templates=templates,
-                  all_channels=all_channels, **_parse_queue(queue_path))
+                  all_channels=all_channels, teaser=teaser, **_parse_queue(queue_path))

@@ -21,7 +21,7 @@ from flask import current_app
 from .. import db
 from ..channels import registry
 from ..channels.base import Outbound, PermanentError, describe, label
-from ..channels.templates import event_templates, shown
+from ..channels.templates import event_templates, shown, teaser
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
@@ -95,8 +95,10 @@ def _attempt(app, domain, claimed, accepted):
     contact = {k: row[k] for k in ("email", "phone", "locale", "timezone")}
     if not channel.address(contact):
         return "skipped", {"reason": f"no {channel.needs} on file for this user"}, False
-    outbound = Outbound(str(claimed["id"]), shown(to_public(row)), str(row["user_id"]), contact,
-                        event_templates(domain, row["type"], row["event"]), accepted)
+    notification, templates = shown(to_public(row)), event_templates(domain, row["type"], row["event"])
+    if event is not None and event.external_content == "teaser":
+        notification, templates = teaser(app, domain, notification, templates)
+    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted)
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:
