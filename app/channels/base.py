@@ -39,7 +39,7 @@ import os
 import smtplib
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import requests
@@ -132,7 +132,9 @@ class Outbound:
     user_id: str
     contact: dict           # email, phone, locale, timezone (values may be None)
     template: dict          # the event's templates, defaults merged
-    accepted: Callable = lambda provider_id=None: None   # call it the instant the provider accepted
+    accepted: Callable = lambda provider_id=None, provider=None: None   # call it the instant the provider accepted
+    avoid: frozenset = frozenset()   # providers that may have accepted it in an earlier attempt (failover.py)
+    tried: list = field(default_factory=list)   # this attempt's failed provider tries, recorded with it
 
 
 class Channel:

@@ -52,18 +52,20 @@ def deliver(delivery_id):
                 claimed["quiet"] = preferences.quiet_hours(conn, claimed["user_id"])
         if claimed is None:
             return "not-claimable"
+        claimed["tried"] = []
         with Receipt(conn, claimed) as accepted:
             status, kwargs, retry = _attempt(app, domain, claimed, accepted)
-        if status != "sent":
+        if status != "sent" or claimed["tried"]:
             with db.transaction(conn):
-                if accepted.submitted:   # then refused or unanswered
+                repository.record_tries(conn, claimed, claimed["tried"])   # providers failed over from
+                if status != "sent" and accepted.submitted:   # then refused or unanswered
                     unrecord(conn, claimed)
                 if status == "held":
                     repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
-                else:
+                elif status != "sent":
                     repository.finish(conn, claimed, status, **kwargs)
     if status == "sent" and not accepted.recorded:
-        record_late(claimed, accepted.provider_id)
+        record_late(claimed, accepted.provider_id, provider=accepted.provider)
     if status == "held":
         schedule_delivery(claimed["id"], kwargs["until"], app)
         return status
@@ -98,7 +100,8 @@ def _attempt(app, domain, claimed, accepted):
     notification, templates = shown(to_public(row)), event_templates(domain, row["type"], row["event"])
     if event is not None and event.external_content == "teaser":
         notification, templates = teaser(app, domain, notification, templates)
-    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted)
+    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted,
+                        claimed["avoid"], claimed["tried"])
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:

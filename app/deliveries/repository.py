@@ -25,7 +25,22 @@ def claim(conn, delivery_id, lease_seconds):
                     " FROM notifications n LEFT JOIN contacts c ON c.user_id = n.user_id WHERE n.id = %s",
                     (claimed["notification_id"],))
         claimed["row"] = cur.fetchone()
+        claimed["avoid"] = frozenset()
+        if claimed["attempts"] > 1:   # providers that may already have it (app/channels/failover.py)
+            cur.execute("SELECT DISTINCT provider FROM delivery_attempts WHERE delivery_id = %s AND maybe_accepted",
+                        (delivery_id,))
+            claimed["avoid"] = frozenset(r["provider"] for r in cur.fetchall())
         return claimed
+
+
+def record_tries(conn, claimed, tries):
+    """The provider tries of this attempt that failed over to the next provider, one row each."""
+    with conn.cursor() as cur:
+        for tried in tries:
+            cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider, maybe_accepted,"
+                        " started_at) VALUES (%s, %s, 'retry', %s, %s, %s, %s)",
+                        (claimed["id"], claimed["attempts"], tried["error"], tried["provider"],
+                         tried["maybe_accepted"], claimed["started_at"]))
 
 
 def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, outcome=None):
@@ -57,8 +72,10 @@ def for_notification(conn, user_id, notification_id, customers=None):
                     " updated_at, sent_at FROM deliveries WHERE notification_id = %s ORDER BY channel",
                     (notification_id,))
         deliveries = cur.fetchall()
-        cur.execute("SELECT delivery_id, attempt, outcome, error, provider_message_id, started_at, finished_at"
-                    " FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[]) ORDER BY attempt",
+        cur.execute("SELECT delivery_id, attempt, outcome, error, provider, provider_message_id, started_at,"
+                    " finished_at FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[])"
+                    # an attempt's failed-over provider tries first, though written after its `sent`
+                    " ORDER BY attempt, (outcome = 'retry' AND provider IS NOT NULL) DESC, id",
                     ([d["id"] for d in deliveries],))
         attempts = cur.fetchall()
     for delivery in deliveries:
