@@ -68,6 +68,9 @@ DEFAULTS = {
     # Proxies in front of the service whose X-Forwarded-For / -Proto are believed (0: none, the
     # peer's address is the client's).
     "PROXY_HOPS": "0",
+    # The priority lanes a worker (`python -m workers`) takes jobs from, in this order (app/queues/lanes.py);
+    # empty: all of them. `urgent`: a worker kept for the urgent lane (Procfile).
+    "WORKER_LANES": "",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
@@ -79,7 +82,7 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES")
 FLOATS = ("DB_POOL_TIMEOUT", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
-LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS")
+LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "WORKER_LANES")
 
 
 def _convert(name, raw):
@@ -127,12 +130,24 @@ def load_settings(overrides=None, environ=None):
     _check_auth(settings)
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
+    _check_lanes(settings)
     if not settings["DEVELOPMENT"]:
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
     from .db import check_certificate   # last, being a round trip; gunicorn's master, the worker, the release
     check_certificate(settings["DATABASE_URL"])
     return settings
+
+
+def _check_lanes(settings):
+    from .domain import LANES
+    lanes = settings["WORKER_LANES"]
+    unknown = [lane for lane in lanes if lane not in LANES]
+    if unknown or len(set(lanes)) != len(lanes):
+        raise ConfigError("environment", "WORKER_LANES", f"must list some of {', '.join(LANES)} once each, "
+                          f"got {','.join(lanes)!r}")
+    # served from most to least urgent, whatever order they are written in
+    settings["WORKER_LANES"] = sorted(lanes, key=LANES.index) or list(LANES)
 
 
 SPEC_KEEPALIVE_SECONDS = 20   # the SPEC: a keep-alive at least this often, for proxies that cut at 30-55 s

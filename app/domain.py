@@ -19,9 +19,11 @@ class Event:
     locked: bool = False
     urgent: bool = False
     external_content: str = "full"   # "teaser": email/SMS carry a teaser, never the title or content
+    priority: str = "normal"         # its lane (LANES); a trigger may lower it, never raise it
 
 
 EXTERNAL_CONTENT = ("full", "teaser")
+LANES = ("urgent", "high", "normal", "bulk")   # priority lanes, served in this order (app/queues/lanes.py)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def _parse_notifications(path):
             raise ConfigError(path, where, "must be a mapping")
         events = {}
         group_external = _external_content(path, graw, where, "full")
+        group_priority = _priority(path, graw, where, "normal")
         for ename, eraw in _need(path, graw, "events", dict, where).items():
             ewhere = f"{where}.events.{ename}"
             eraw = eraw or {}
@@ -139,9 +142,11 @@ def _parse_notifications(path):
             for chan in chans:
                 if chan not in all_channels:
                     raise ConfigError(path, f"{ewhere}.channels", f"names unknown channel {chan!r}")
+            urgent = bool(eraw.get("urgent", False))
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), bool(eraw.get("urgent", False)),
-                                       _external_content(path, eraw, ewhere, group_external))
+                                       bool(eraw.get("locked", False)), urgent,
+                                       _external_content(path, eraw, ewhere, group_external),
+                                       _priority(path, eraw, ewhere, "urgent" if urgent else group_priority))
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
@@ -165,6 +170,15 @@ def _external_content(path, raw, where, default):
     if value not in EXTERNAL_CONTENT:
         raise ConfigError(path, f"{where}.external_content", f"must be one of {', '.join(EXTERNAL_CONTENT)}, "
                           f"got {value!r}")
+    return value
+
+
+def _priority(path, raw, where, default):
+    """`priority` of a group or event: its lane. `urgent: true` on an event makes it `urgent` unless
+    it names a priority of its own."""
+    value = raw.get("priority", default)
+    if value not in LANES:
+        raise ConfigError(path, f"{where}.priority", f"must be one of {', '.join(LANES)}, got {value!r}")
     return value
 
 

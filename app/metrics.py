@@ -60,21 +60,28 @@ class QueueCollector:
         self.app = app
 
     def collect(self):
-        from .queues import enqueue
+        from .domain import LANES
+        from .queues import enqueue, lanes
         depth = GaugeMetricFamily("notif_queue_depth", "Jobs waiting per queue", labels=["queue"])
+        lane_depth = GaugeMetricFamily("notif_lane_queue_depth", "Jobs waiting per priority lane and purpose "
+                                       "(app/queues/lanes.py)", labels=["lane", "purpose"])
         failed = GaugeMetricFamily("notif_queue_failed_jobs", "Jobs in the failed registry", labels=["queue"])
         oldest = GaugeMetricFamily("notif_queue_oldest_job_age_seconds",
                                    "Seconds the job at the head of the queue has waited (0: empty)", labels=["queue"])
         try:
-            for purpose, name in self.app.config["DOMAIN"].queues.items():
-                queue = enqueue.queue(purpose, self.app)   # under the deployment's prefix
-                depth.add_metric([name], queue.count)
-                failed.add_metric([name], queue.failed_job_registry.count)
-                oldest.add_metric([name], _oldest_job_age(queue))
+            for purpose, base in self.app.config["DOMAIN"].queues.items():
+                for lane in LANES:
+                    name = base + lanes.queue_suffix(lane)
+                    queue = enqueue.queue(purpose, self.app, lane=lane)   # under the deployment's prefix
+                    count = queue.count
+                    depth.add_metric([name], count)
+                    lane_depth.add_metric([lane, purpose], count)
+                    failed.add_metric([name], queue.failed_job_registry.count)
+                    oldest.add_metric([name], _oldest_job_age(queue))
         except Exception:  # Redis down: the scrape still answers with what it has
             pass
         else:
-            yield from (depth, failed, oldest)
+            yield from (depth, lane_depth, failed, oldest)
         yield from _breaker_states(self.app)
         lag = _dispatch_lag()
         if lag is not None:

@@ -126,6 +126,21 @@ def stale(conn, older_than_seconds, limit=1000):
         return [row[0] for row in cur.fetchall()]
 
 
+def lanes(conn, delivery_ids):
+    """{lane: delivery ids}: each delivery's lane is its trigger's (app/queues/lanes.py); normal when
+    its trigger is gone or has none."""
+    if not delivery_ids:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT d.id, COALESCE(t.body->>'priority', 'normal') FROM deliveries d"
+                    " JOIN notifications n ON n.id = d.notification_id LEFT JOIN triggers t ON t.id = n.trigger_id"
+                    " WHERE d.id = ANY(%s::uuid[])", ([str(d) for d in delivery_ids],))
+        found = {}
+        for delivery_id, lane in cur.fetchall():
+            found.setdefault(lane, []).append(delivery_id)
+        return found
+
+
 def hold(conn, claimed, until, reason):
     """Put a claimed delivery back to wait, without spending an attempt.
 

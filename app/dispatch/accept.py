@@ -19,6 +19,7 @@ from flask import current_app, g
 
 from .. import audit, db
 from ..errors import IdempotencyConflict
+from ..queues import lanes
 from ..queues.waker import waker
 from ..ratelimit import charge_recipients
 from . import repository
@@ -44,7 +45,8 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
     raw_body: a callable returning the request's JSON as sent, called only with an idempotency key:
     only then can the body's hash ever be compared (a trigger without a key stores "")."""
     domain = current_app.config["DOMAIN"]
-    canonical_type = resolve_event(domain, body)[0].group
+    event = resolve_event(domain, body)[0]
+    canonical_type, lane = event.group, lanes.for_trigger(event, body.get("priority"))
     ttl = domain.idempotency_ttl_seconds
     digest = body_hash(raw_body()) if idempotency_key else ""
     conn = db.get_conn()
@@ -59,7 +61,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
         response = {"message": f"Notification accepted for delivery to {users} user(s)",
                     "trigger_id": str(trigger_id), "users": users,
                     "status_url": f"/v1/notifications/triggers/{trigger_id}"}
-        stored = dict(_jsonable(body), type=canonical_type)
+        stored = dict(_jsonable(body), type=canonical_type, priority=lane)
         statements = [repository.release_expired_key(api_key_id, idempotency_key, ttl)] if idempotency_key else []
         statements.append(repository.insert_trigger(trigger_id, api_key_id, idempotency_key, digest, stored,
                                                     response, g.get("request_id")))
@@ -74,7 +76,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
             previous = repository.find_by_idempotency_key(conn, api_key_id, idempotency_key, ttl)
             return _replay(previous, digest)
     try:
-        waker().wake()
+        waker().wake(lane)
     except Exception as exc:  # Redis down: the relay will wake a drain
         log.warning("trigger %s accepted but the dispatcher not woken (%s); the relay will", trigger_id,
                     type(exc).__name__)

@@ -6,6 +6,7 @@ from flask import current_app
 from marshmallow import fields, validate
 
 from ..api.schema import StrictSchema
+from ..domain import LANES
 from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
@@ -60,6 +61,8 @@ class TriggerSchema(StrictSchema):
     rec_id = _text("rec_id")
     channels = fields.List(fields.String(), load_default=None,
                            metadata={"description": "limit delivery to these of the event's channels"})
+    priority = fields.String(load_default=None, validate=validate.OneOf(LANES), metadata={
+        "description": "the trigger's lane: the event's priority, or a lower one (never higher: 400 invalid_priority)"})
 
     @ma.validates("user_ids")
     def _max_users(self, value, **_):
