@@ -3,7 +3,7 @@
 The parsed form is immutable plain data (`Domain`) handed to everything that
 needs groups, events, channels or queue policy, so no module re-reads YAML.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import yaml
 
@@ -20,6 +20,18 @@ class Event:
     urgent: bool = False
     external_content: str = "full"   # "teaser": email/SMS carry a teaser, never the title or content
     priority: str = "normal"         # its lane (LANES); a trigger may lower it, never raise it
+    fallback: tuple = ()             # (channel, the channel whose failure starts it), in order
+
+    def fallbacks_after(self, failed):
+        """The channels to try once `failed` has failed for good."""
+        return [channel for channel, after in self.fallback if after == failed]
+
+    def with_fallback(self, channel):
+        """This event as preferences judge one of its fallback channels: as if it were a default one
+        (a user who switched it off, or the whole group, still gets nothing on it)."""
+        if any(channel == name for name, _ in self.fallback):
+            return replace(self, channels=self.channels + (channel,))
+        return self
 
 
 EXTERNAL_CONTENT = ("full", "teaser")
@@ -146,7 +158,8 @@ def _parse_notifications(path):
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
                                        bool(eraw.get("locked", False)), urgent,
                                        _external_content(path, eraw, ewhere, group_external),
-                                       _priority(path, eraw, ewhere, "urgent" if urgent else group_priority))
+                                       _priority(path, eraw, ewhere, "urgent" if urgent else group_priority),
+                                       _fallback(path, eraw, ewhere, chans, all_channels))
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
@@ -171,6 +184,30 @@ def _external_content(path, raw, where, default):
         raise ConfigError(path, f"{where}.external_content", f"must be one of {', '.join(EXTERNAL_CONTENT)}, "
                           f"got {value!r}")
     return value
+
+
+def _fallback(path, raw, where, chans, all_channels):
+    """`fallback: [{channel: sms, when: email_failed}]`: a channel tried once another has failed for good."""
+    entries = raw.get("fallback", []) or []
+    if not isinstance(entries, list):
+        raise ConfigError(path, f"{where}.fallback", "must be a list of {channel, when}")
+    found = []
+    for i, entry in enumerate(entries):
+        at = f"{where}.fallback[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"channel", "when"}:
+            raise ConfigError(path, at, "must be a mapping of `channel` and `when`")
+        channel, when = entry["channel"], entry["when"]
+        if channel not in all_channels or channel == IN_APP:
+            raise ConfigError(path, f"{at}.channel", f"names unknown or in-app channel {channel!r}")
+        if channel in chans:
+            raise ConfigError(path, f"{at}.channel", f"{channel!r} is already one of the event's channels")
+        after = when[:-len("_failed")] if isinstance(when, str) and when.endswith("_failed") else None
+        if after not in chans or after == IN_APP:
+            raise ConfigError(path, f"{at}.when", "must be `<channel>_failed` for an external channel of the "
+                              f"event (`email_not_delivered_within` needs delivery reports: not supported), got {when!r}")
+        if channel in all_channels and all_channels[channel]["enabled"]:
+            found.append((channel, after))
+    return tuple(found)
 
 
 def _priority(path, raw, where, default):

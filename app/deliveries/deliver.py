@@ -27,7 +27,7 @@ from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
-from ..queues.enqueue import schedule_delivery
+from ..queues.enqueue import enqueue_deliveries, schedule_delivery
 from . import repository
 from .receipt import Receipt, record_late, unrecord
 
@@ -57,13 +57,12 @@ def deliver(delivery_id):
             status, kwargs, retry = _attempt(app, domain, claimed, accepted)
         if status != "sent" or claimed["tried"]:
             with db.transaction(conn):
-                repository.record_tries(conn, claimed, claimed["tried"])   # providers failed over from
-                if status != "sent" and accepted.submitted:   # then refused or unanswered
-                    unrecord(conn, claimed)
-                if status == "held":
-                    repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
-                elif status != "sent":
-                    repository.finish(conn, claimed, status, **kwargs)
+                fallback = _settle(conn, domain, claimed, status, kwargs, accepted)
+            if fallback:
+                with db.transaction(conn):
+                    lanes = repository.lanes(conn, fallback)
+                for lane, ids in lanes.items():
+                    enqueue_deliveries(ids, app, lane)
     if status == "sent" and not accepted.recorded:
         record_late(claimed, accepted.provider_id, provider=accepted.provider)
     if status == "held":
@@ -78,6 +77,24 @@ def deliver(delivery_id):
     return status
 
 
+def _settle(conn, domain, claimed, status, kwargs, accepted):
+    """Record the attempt (the caller commits): the provider tries it failed over from, its
+    outcome, and for a delivery failed for good the fallback deliveries it starts (their ids)."""
+    repository.record_tries(conn, claimed, claimed["tried"])
+    if status == "sent":
+        return []
+    if accepted.submitted:   # then refused or unanswered
+        unrecord(conn, claimed)
+    if status == "held":
+        repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
+        return []
+    fallback = _fallbacks(domain, claimed) if status == "failed" else []
+    if fallback:   # said on the failed delivery, started in the same transaction
+        kwargs["reason"] = "; ".join(filter(None, [kwargs.get("reason"), f"falls back to {', '.join(fallback)}"]))
+    repository.finish(conn, claimed, status, **kwargs)
+    return repository.fall_back(conn, claimed, fallback)
+
+
 def _attempt(app, domain, claimed, accepted):
     """(status, finish kwargs, retry?) for one attempt of the claimed delivery."""
     row = claimed["row"]
@@ -88,7 +105,8 @@ def _attempt(app, domain, claimed, accepted):
         return "skipped", {"reason": f"channel {claimed['channel']!r} is not configured"}, False
     group = domain.groups.get(row["type"])
     event = group.events.get(row["event"]) if group else None
-    if event is not None and not resolve(event, claimed["channel"], claimed["choices"], row["customer_id"])[0]:
+    if event is not None and not resolve(event.with_fallback(claimed["channel"]), claimed["channel"], claimed["choices"],
+                                         row["customer_id"])[0]:
         return "skipped", {"reason": "switched off in the user's preferences"}, False
     if applies(claimed.get("quiet"), claimed["channel"], event):
         until = held_until(datetime.datetime.now(datetime.timezone.utc), claimed["quiet"], row["timezone"])
@@ -111,6 +129,14 @@ def _attempt(app, domain, claimed, accepted):
         return _failure(domain, claimed, exc)
     accepted(provider_id)       # a channel that does not report acceptance itself: recorded now
     return "sent", {"provider_id": accepted.provider_id}, False
+
+
+def _fallbacks(domain, claimed):
+    """The event's fallback channels for this delivery's channel (notifications.yaml `fallback:`)."""
+    row = claimed["row"]
+    group = domain.groups.get(row["type"]) if row is not None else None
+    event = group.events.get(row["event"]) if group else None
+    return event.fallbacks_after(claimed["channel"]) if event is not None else []
 
 
 def _failure(domain, claimed, exc):

@@ -126,6 +126,20 @@ def stale(conn, older_than_seconds, limit=1000):
         return [row[0] for row in cur.fetchall()]
 
 
+def fall_back(conn, claimed, channels):
+    """Pending deliveries on the fallback `channels` of a delivery that failed for good; ids of the
+    new ones. Once only: a channel that already has a delivery of this notification gets none."""
+    if not channels:
+        return []
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason)"
+                    " SELECT gen_random_uuid(), %s, %s, c, 'pending', %s FROM unnest(%s::text[]) AS c"
+                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id",
+                    (claimed["notification_id"], claimed["user_id"], f"fallback: {claimed['channel']} failed",
+                     list(channels)))
+        return [row[0] for row in cur.fetchall()]
+
+
 def lanes(conn, delivery_ids):
     """{lane: delivery ids}: each delivery's lane is its trigger's (app/queues/lanes.py); normal when
     its trigger is gone or has none."""
