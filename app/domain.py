@@ -248,10 +248,12 @@ def _rate_limits(path, data):
         raise ConfigError(path, "rate_limits", "must be a mapping")
     from limits import parse_many
     found = dict(RATE_LIMITS)
+    lane_budgets = {f"recipients_{lane}" for lane in LANES}   # optional: a lane's own recipients budget
     for name, value in raw.items():
         where = f"rate_limits.{name}"
-        if name not in RATE_LIMITS:
-            raise ConfigError(path, where, f"unknown limit (known: {', '.join(RATE_LIMITS)})")
+        if name not in RATE_LIMITS and name not in lane_budgets:
+            raise ConfigError(path, where, f"unknown limit (known: {', '.join(RATE_LIMITS)}, "
+                              f"recipients_<lane>)")
         try:
             items = parse_many(value) if isinstance(value, str) else None
         except ValueError:
@@ -265,10 +267,11 @@ def _rate_limits(path, data):
 def _recipients_fit(path, limits, max_user_ids):
     """A trigger of `batch.max_user_ids` users must fit the recipients budget, or it could never be accepted."""
     from limits import parse
-    budget = parse(limits["recipients"]).amount
-    if budget < max_user_ids:
-        raise ConfigError(path, "rate_limits.recipients", f"allows {budget} recipients per window, fewer than "
-                          f"batch.max_user_ids ({max_user_ids}): the largest trigger could never be accepted")
+    for name in [n for n in limits if n.startswith("recipients")]:
+        budget = parse(limits[name]).amount
+        if budget < max_user_ids:
+            raise ConfigError(path, f"rate_limits.{name}", f"allows {budget} recipients per window, fewer than "
+                              f"batch.max_user_ids ({max_user_ids}): the largest trigger could never be accepted")
     return limits
 
 

@@ -56,7 +56,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
             if previous is not None:
                 return _replay(previous, digest)
         users = len(body["user_ids"])
-        charge_recipients(api_key_id, users)   # after the replay check: a repeat costs nothing
+        charge_recipients(api_key_id, users, lane)   # after the replay check: a repeat costs nothing
         trigger_id = uuid.uuid4()
         response = {"message": f"Notification accepted for delivery to {users} user(s)",
                     "trigger_id": str(trigger_id), "users": users,

@@ -100,3 +100,25 @@ def test_unknown_worker_lanes_stop_start_up(build, value):
     with pytest.raises(ConfigError) as caught:
         build(WORKER_LANES=value)
     assert caught.value.key == "WORKER_LANES"
+
+
+def test_a_lane_may_have_a_recipients_budget_of_its_own(make_app, tmp_path, db):
+    from testkit.config_files import queue_yaml
+    app = make_app(RATE_LIMITS_ENABLED="true",
+                   QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "10000/minute"}))
+    client = app.test_client()
+    users = lambda: [uuid.uuid4() for _ in range(6000)]   # noqa: E731
+    trigger(client, users(), priority="bulk")
+    r = post_trigger(client, users(), priority="bulk")
+    assert_error(r, 429, "rate_limited")
+    assert "recipients_bulk" in r.get_json()["message"] and "Retry-After" in r.headers
+    trigger(client, users())                          # the normal lane has only the overall budget
+    assert scalar(db, "SELECT count(*) FROM triggers") == 2
+
+
+def test_a_lane_budget_smaller_than_the_largest_trigger_stops_start_up(make_app, tmp_path):
+    from app.errors import ConfigError
+    from testkit.config_files import queue_yaml
+    with pytest.raises(ConfigError) as caught:
+        make_app(QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "100/minute"}))
+    assert caught.value.key == "rate_limits.recipients_bulk"
