@@ -122,3 +122,10 @@ def test_a_lane_budget_smaller_than_the_largest_trigger_stops_start_up(make_app,
     with pytest.raises(ConfigError) as caught:
         make_app(QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "100/minute"}))
     assert caught.value.key == "rate_limits.recipients_bulk"
+
+
+def test_a_direct_push_checks_the_priority_too(build):
+    from testkit.api import push
+    client = build().test_client()
+    assert_error(push(client, [uuid.uuid4()], priority="urgent"), 400, "invalid_priority")
+    assert push(client, [uuid.uuid4()], priority="bulk").status_code == 200
