@@ -30,6 +30,8 @@ code when there is one, and the error's text through `redact.redact`:
     not_configured            the channel lacks a setting
     invalid_message           refused before sending (a header with a line break)
     unexpected_error          anything else a channel raised (its type is named)
+    providers_unavailable     every provider of a failover channel was passed over (failover.py)
+    maybe_sent                every provider may already have it; not sent again (failover.py)
 
 Users read it in GET /v1/notifications/{id}/deliveries and operators in
 `flask deliveries failed`; logs and RQ's failed-job text get the class only,
