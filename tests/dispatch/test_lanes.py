@@ -129,3 +129,21 @@ def test_a_direct_push_checks_the_priority_too(build):
     client = build().test_client()
     assert_error(push(client, [uuid.uuid4()], priority="urgent"), 400, "invalid_priority")
     assert push(client, [uuid.uuid4()], priority="bulk").status_code == 200
+
+
+def test_the_relay_wakes_a_lost_urgent_drain_on_the_urgent_lane(make_app, rds, db, tmp_path):
+    """Redis lost the urgent trigger's drain job: the relay wakes one on the urgent lane's queue, not
+    behind the normal lane's work."""
+    from testkit.config_files import queue_yaml
+    from workers.relay import sweep
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"interval_seconds": 1, "stale_after_seconds": 1}))
+    client = app.test_client()
+    trigger(client, [uuid.uuid4()], type="security", event="login_alert")
+    rds.flushdb()                                          # the job and its wake flag gone
+    with db.cursor() as cur:
+        cur.execute("UPDATE triggers SET created_at = created_at - interval '2 minutes'")
+    assert sweep(app) == (1, 0)
+    from app.queues.enqueue import queue
+    assert queue("dispatch", app, lane="urgent").count == 1 and queue("dispatch", app).count == 0
+    run_jobs(app)
+    assert scalar(db, "SELECT status FROM triggers") == "dispatched"
