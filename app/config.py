@@ -101,6 +101,9 @@ DEFAULTS = {
     # to instead of resolving (the only private addresses the sender will reach: transport.py).
     "WEBPUSH_CA_FILE": "",
     "WEBPUSH_RESOLVE": "",
+    # The priority lanes a worker (`python -m workers`) takes jobs from, in this order (app/queues/lanes.py);
+    # empty: all of them. `urgent`: a worker kept for the urgent lane (Procfile).
+    "WORKER_LANES": "",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
@@ -113,7 +116,7 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
 FLOATS = ("DB_POOL_TIMEOUT", "REPLICA_MAX_LAG_SECONDS", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS",
-         "ACK_CALLBACK_HOSTS", "WEBPUSH_RESOLVE")
+         "ACK_CALLBACK_HOSTS", "WEBPUSH_RESOLVE", "WORKER_LANES")
 
 
 def _convert(name, raw):
@@ -167,6 +170,7 @@ def load_settings(overrides=None, environ=None):
                           "ACK_CALLBACK_HOSTS is set (it signs the callbacks)")
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
+    _check_lanes(settings)
     if not settings["DEVELOPMENT"]:
         _refuse_development_secrets(settings)
     settings["DOMAIN"] = load_domain(settings["NOTIFICATIONS_CONFIG"], settings["QUEUE_CONFIG"])
@@ -177,6 +181,17 @@ def load_settings(overrides=None, environ=None):
     if settings["DATABASE_REPLICA_URL"]:
         check_certificate(settings["DATABASE_REPLICA_URL"], "DATABASE_REPLICA_URL")
     return settings
+
+
+def _check_lanes(settings):
+    from .domain import LANES
+    lanes = settings["WORKER_LANES"]
+    unknown = [lane for lane in lanes if lane not in LANES]
+    if unknown or len(set(lanes)) != len(lanes):
+        raise ConfigError("environment", "WORKER_LANES", f"must list some of {', '.join(LANES)} once each, "
+                          f"got {','.join(lanes)!r}")
+    # served from most to least urgent, whatever order they are written in
+    settings["WORKER_LANES"] = sorted(lanes, key=LANES.index) or list(LANES)
 
 
 SPEC_KEEPALIVE_SECONDS = 20   # the SPEC: a keep-alive at least this often, for proxies that cut at 30-55 s

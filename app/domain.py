@@ -4,7 +4,7 @@ The parsed form is immutable plain data (`Domain`) handed to everything that
 needs groups, events, channels or queue policy, so no module re-reads YAML.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import yaml
 
@@ -23,6 +23,20 @@ class Event:
     requires_consent: bool = False   # the group's: email/SMS only to an address with consent on record
     ack: ack_policy.AckPolicy = ack_policy.NONE   # `ack:` defaults (app/acks/policy.py)
     digest: "Digest | None" = None   # the event's or its group's; never for an urgent event
+    external_content: str = "full"   # "teaser": email/SMS carry a teaser, never the title or content
+    priority: str = "normal"         # its lane (LANES); a trigger may lower it, never raise it
+    fallback: tuple = ()             # (channel, the channel whose failure starts it), in order
+
+    def fallbacks_after(self, failed):
+        """The channels to try once `failed` has failed for good."""
+        return [channel for channel, after in self.fallback if after == failed]
+
+    def with_fallback(self, channel):
+        """This event as preferences judge one of its fallback channels: as if it were a default one
+        (a user who switched it off, or the whole group, still gets nothing on it)."""
+        if any(channel == name for name, _ in self.fallback):
+            return replace(self, channels=self.channels + (channel,))
+        return self
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,10 @@ def _digest(path, where, raw, channels, scope):
     return Digest(scope, seconds, tuple(chans), max_items)
 
 
+EXTERNAL_CONTENT = ("full", "teaser")
+LANES = ("urgent", "high", "normal", "bulk")   # priority lanes, served in this order (app/queues/lanes.py)
+
+
 @dataclass(frozen=True)
 class Group:
     name: str
@@ -91,6 +109,7 @@ class Domain:
     relay_stale_after: float
     all_channels: dict = field(default_factory=dict)   # enabled or not
     rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit/)
+    teaser: dict = field(default_factory=dict)         # `teaser:` values (bank_name, inbox_url)
 
     def group(self, name):
         """The canonical Group for a name or alias, or None."""
@@ -168,6 +187,8 @@ def _parse_notifications(path):
             raise ConfigError(path, f"{where}.requires_consent", "must be true or false")
         events = {}
         group_digest = _digest(path, where, graw.get("digest"), all_channels, str(gname))
+        group_external = _external_content(path, graw, where, "full")
+        group_priority = _priority(path, graw, where, "normal")
         for ename, eraw in _need(path, graw, "events", dict, where).items():
             ewhere = f"{where}.events.{ename}"
             eraw = eraw or {}
@@ -190,6 +211,12 @@ def _parse_notifications(path):
             events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
                                        bool(eraw.get("locked", False)), urgent, requires_consent=consent, ack=ack,
                                        digest=None if urgent else digest)   # urgent never waits for a digest
+            urgent = bool(eraw.get("urgent", False))
+            events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
+                                       bool(eraw.get("locked", False)), urgent,
+                                       _external_content(path, eraw, ewhere, group_external),
+                                       _priority(path, eraw, ewhere, "urgent" if urgent else group_priority),
+                                       _fallback(path, eraw, ewhere, chans, all_channels))
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
@@ -204,7 +231,67 @@ def _parse_notifications(path):
     templates = data.get("templates", {}) or {}
     if not isinstance(templates, dict):
         raise ConfigError(path, "templates", "must be a mapping")
-    return channels, all_channels, groups, aliases, templates
+    return channels, all_channels, groups, aliases, templates, _teaser(path, data)
+
+
+def _external_content(path, raw, where, default):
+    """`external_content` of a group or event: what email, SMS and other external channels may carry."""
+    value = raw.get("external_content", default)
+    if value not in EXTERNAL_CONTENT:
+        raise ConfigError(path, f"{where}.external_content", f"must be one of {', '.join(EXTERNAL_CONTENT)}, "
+                          f"got {value!r}")
+    return value
+
+
+def _fallback(path, raw, where, chans, all_channels):
+    """`fallback: [{channel: sms, when: email_failed}]`: a channel tried once another has failed for good."""
+    entries = raw.get("fallback", []) or []
+    if not isinstance(entries, list):
+        raise ConfigError(path, f"{where}.fallback", "must be a list of {channel, when}")
+    found = []
+    for i, entry in enumerate(entries):
+        at = f"{where}.fallback[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"channel", "when"}:
+            raise ConfigError(path, at, "must be a mapping of `channel` and `when`")
+        channel, when = entry["channel"], entry["when"]
+        if channel not in all_channels or channel == IN_APP:
+            raise ConfigError(path, f"{at}.channel", f"names unknown or in-app channel {channel!r}")
+        if channel in chans:
+            raise ConfigError(path, f"{at}.channel", f"{channel!r} is already one of the event's channels")
+        after = when[:-len("_failed")] if isinstance(when, str) and when.endswith("_failed") else None
+        if after not in chans or after == IN_APP:
+            raise ConfigError(path, f"{at}.when", "must be `<channel>_failed` for an external channel of the "
+                              f"event (`email_not_delivered_within` needs delivery reports: not supported), got {when!r}")
+        if channel in all_channels and all_channels[channel]["enabled"]:
+            found.append((channel, after))
+    return tuple(found)
+
+
+def _priority(path, raw, where, default):
+    """`priority` of a group or event: its lane. `urgent: true` on an event makes it `urgent` unless
+    it names a priority of its own."""
+    value = raw.get("priority", default)
+    if value not in LANES:
+        raise ConfigError(path, f"{where}.priority", f"must be one of {', '.join(LANES)}, got {value!r}")
+    return value
+
+
+TEASER_KEYS = {"bank_name": "Your bank", "inbox_url": "{public_url}/inbox"}
+
+
+def _teaser(path, data):
+    """The `teaser:` section: values the teaser templates use (`{bank_name}`, the inbox link)."""
+    raw = data.get("teaser", {}) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "teaser", "must be a mapping")
+    found = dict(TEASER_KEYS)
+    for key, value in raw.items():
+        if key not in TEASER_KEYS:
+            raise ConfigError(path, f"teaser.{key}", f"unknown key (known: {', '.join(TEASER_KEYS)})")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(path, f"teaser.{key}", "must be a non-empty string")
+        found[key] = value
+    return found
 
 
 # queue.yaml `rate_limits:` names and their defaults (app/ratelimit/ applies them).
@@ -218,10 +305,12 @@ def _rate_limits(path, data):
         raise ConfigError(path, "rate_limits", "must be a mapping")
     from limits import parse_many
     found = dict(RATE_LIMITS)
+    lane_budgets = {f"recipients_{lane}" for lane in LANES}   # optional: a lane's own recipients budget
     for name, value in raw.items():
         where = f"rate_limits.{name}"
-        if name not in RATE_LIMITS:
-            raise ConfigError(path, where, f"unknown limit (known: {', '.join(RATE_LIMITS)})")
+        if name not in RATE_LIMITS and name not in lane_budgets:
+            raise ConfigError(path, where, f"unknown limit (known: {', '.join(RATE_LIMITS)}, "
+                              f"recipients_<lane>)")
         try:
             items = parse_many(value) if isinstance(value, str) else None
         except ValueError:
@@ -235,10 +324,11 @@ def _rate_limits(path, data):
 def _recipients_fit(path, limits, max_user_ids):
     """A trigger of `batch.max_user_ids` users must fit the recipients budget, or it could never be accepted."""
     from limits import parse
-    budget = parse(limits["recipients"]).amount
-    if budget < max_user_ids:
-        raise ConfigError(path, "rate_limits.recipients", f"allows {budget} recipients per window, fewer than "
-                          f"batch.max_user_ids ({max_user_ids}): the largest trigger could never be accepted")
+    for name in [n for n in limits if n.startswith("recipients")]:
+        budget = parse(limits[name]).amount
+        if budget < max_user_ids:
+            raise ConfigError(path, f"rate_limits.{name}", f"allows {budget} recipients per window, fewer than "
+                              f"batch.max_user_ids ({max_user_ids}): the largest trigger could never be accepted")
     return limits
 
 
@@ -269,6 +359,6 @@ def _parse_queue(path):
 
 def load_domain(notifications_path, queue_path):
     """Parse and validate both domain files; raise ConfigError on the first problem."""
-    channels, all_channels, groups, aliases, templates = _parse_notifications(notifications_path)
+    channels, all_channels, groups, aliases, templates, teaser = _parse_notifications(notifications_path)
     return Domain(channels=channels, groups=groups, aliases=aliases, templates=templates,
-                  all_channels=all_channels, **_parse_queue(queue_path))
+                  all_channels=all_channels, teaser=teaser, **_parse_queue(queue_path))

@@ -123,6 +123,11 @@ class InvalidChannel(ApiError):
     status, code = 400, "invalid_channel"
 
 
+class InvalidPriority(ApiError):
+    """A trigger asked for a priority above its event's"""
+    status, code = 400, "invalid_priority"
+
+
 class EventLocked(ApiError):
     """This event cannot be switched off"""
     status, code = 400, "event_locked"

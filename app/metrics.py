@@ -32,6 +32,9 @@ FANOUT_LATENCY = Histogram("notif_fanout_seconds", "Time from a notification's c
 DELIVERIES = Counter("notif_deliveries_total", "Delivery attempts by channel and outcome", ["channel", "outcome"])
 DELIVERY_LATENCY = Histogram("notif_delivery_seconds", "Time from notification to a sent delivery", ["channel"],
                              buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900))
+PROVIDER_SENDS = Counter("notif_provider_sends_total", "Sends per provider of a failover channel "
+                         "(app/channels/failover.py): sent, failed, refused, breaker_open (passed over)",
+                         ["channel", "provider", "outcome"])
 
 HUB_DROPPED = Counter("notif_hub_dropped_messages_total",
                       "Channel messages the stream hub refused to frame (app/bus/codec.py)", ["reason"])
@@ -61,25 +64,44 @@ class QueueCollector:
         self.app = app
 
     def collect(self):
-        from .queues import enqueue
+        from .domain import LANES
+        from .queues import enqueue, lanes
         depth = GaugeMetricFamily("notif_queue_depth", "Jobs waiting per queue", labels=["queue"])
+        lane_depth = GaugeMetricFamily("notif_lane_queue_depth", "Jobs waiting per priority lane and purpose "
+                                       "(app/queues/lanes.py)", labels=["lane", "purpose"])
         failed = GaugeMetricFamily("notif_queue_failed_jobs", "Jobs in the failed registry", labels=["queue"])
         oldest = GaugeMetricFamily("notif_queue_oldest_job_age_seconds",
                                    "Seconds the job at the head of the queue has waited (0: empty)", labels=["queue"])
         try:
-            for purpose, name in self.app.config["DOMAIN"].queues.items():
-                queue = enqueue.queue(purpose, self.app)   # under the deployment's prefix
-                depth.add_metric([name], queue.count)
-                failed.add_metric([name], queue.failed_job_registry.count)
-                oldest.add_metric([name], _oldest_job_age(queue))
+            for purpose, base in self.app.config["DOMAIN"].queues.items():
+                for lane in LANES:
+                    name = base + lanes.queue_suffix(lane)
+                    queue = enqueue.queue(purpose, self.app, lane=lane)   # under the deployment's prefix
+                    count = queue.count
+                    depth.add_metric([name], count)
+                    lane_depth.add_metric([lane, purpose], count)
+                    failed.add_metric([name], queue.failed_job_registry.count)
+                    oldest.add_metric([name], _oldest_job_age(queue))
         except Exception:  # Redis down: the scrape still answers with what it has
             pass
         else:
-            yield from (depth, failed, oldest)
+            yield from (depth, lane_depth, failed, oldest)
+        yield from _breaker_states(self.app)
         lag = _dispatch_lag()
         if lag is not None:
             yield GaugeMetricFamily("notif_dispatch_lag_seconds", "Seconds the oldest trigger due for dispatch "
                                     "has waited since it was accepted (0: none waits)", value=lag)
+
+
+def _breaker_states(app):
+    """Each provider's circuit breaker, read from Redis (0 closed, 1 open, 2 half-open)."""
+    from .channels.breaker import STATE_VALUES
+    family = GaugeMetricFamily("notif_provider_breaker_state", "Circuit breaker per provider: 0 closed, 1 open, "
+                               "2 half-open (a probe may go)", labels=["channel", "provider"])
+    for channel in app.extensions.get("channels", {}).values():
+        for breaker in getattr(channel, "breakers", lambda: [])():
+            family.add_metric([breaker.channel, breaker.provider], STATE_VALUES[breaker.state()])
+    yield family
 
 
 def _oldest_job_age(queue):

@@ -13,8 +13,13 @@ from bench.rig import Bench, Target, post_json, ramp, spec_body, wait_received
 from testkit.processes import cpu_seconds
 
 
-def full_path(sizes, keep=False):
-    """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s."""
+def full_path(sizes, keep=False, event="task/task_due"):
+    """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s.
+
+    `event` (group/event): task/task_due is in-app only, so the worker's time is the stream path, not
+    email jobs; security/login_alert measures the urgent lane (its email and SMS rows are skipped at
+    once: the bench's users have no contact)."""
+    group, _, event_name = event.partition("/")
     with Bench("full-path", keep) as bench:
         bench.start_redis()
         bench.start_database()
@@ -32,8 +37,7 @@ def full_path(sizes, keep=False):
         accept_times = []
 
         def trigger(sequence):
-            # task/task_due: in-app only, so the worker's time is the stream path, not email jobs
-            body = spec_body(str_users, marked_title(sequence), type="task", event="task_due", rec_type="tasks")
+            body = spec_body(str_users, marked_title(sequence), type=group, event=event_name, rec_type="tasks")
             started = time.perf_counter()
             post_json(conn, "/v1/notifications/trigger", body, 202)
             accept_times.append(time.perf_counter() - started)

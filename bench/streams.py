@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--streams", type=int, help="streams (held, saturation)")
     parser.add_argument("--seconds", type=float, help="duration (latency, full-path, saturation)")
     parser.add_argument("--rq-workers", type=int, default=1, help="full-path: RQ worker processes")
+    parser.add_argument("--event", default="task/task_due",
+                        help="full-path: the triggers' group/event (security/login_alert: the urgent lane)")
     parser.add_argument("--window", type=int, default=FULL.window, help="saturation: broadcasts in flight")
     parser.add_argument("--masters", type=int, default=0,
                         help="saturation: the stream channels on a local Redis Cluster of this many masters")
@@ -54,7 +56,7 @@ def main():
     elif args.scenario == "memory":
         result = memory(args.streams or 3000, sizes, args.keep)
     elif args.scenario == "full-path":
-        result = full_path(sizes, args.keep)
+        result = full_path(sizes, args.keep, args.event)
     else:
         result = saturation(kind, args.streams or sizes.saturation_streams, sizes, args.keep, masters=args.masters)
     print(json.dumps(result, indent=2, default=str))

@@ -55,8 +55,8 @@ def channel_config(tmp_path, channels, events=None, attempts=3, backoff=(60, 600
             event["channels"] = [c for c in event["channels"] if c in known]
     for group, group_events in (events or {}).items():
         groups.setdefault(group, {"events": {}})
-        for event, chans in group_events.items():
-            groups[group]["events"][event] = {"channels": list(chans)}
+        for event, chans in group_events.items():   # a channel list, or the event's whole mapping
+            groups[group]["events"][event] = dict(chans) if isinstance(chans, dict) else {"channels": list(chans)}
     notifications = {"channels": dict({"system": {"enabled": True}}, **channels), "groups": groups,
                      "templates": templates or {"default": {"email_subject": "{title}",
                                                             "sms": "{title}: {content}"}}}

@@ -178,7 +178,7 @@ Request = collections.namedtuple("Request", "method path headers body form json 
 class FakeHTTP:
     """A threaded HTTP server that records requests and answers from a script."""
 
-    def __init__(self):
+    def __init__(self, port=0):
         self.requests = []
         self.script = collections.deque()     # (status, payload, delay seconds)
         self.always = None                    # (status, payload, delay) once the script is used up
@@ -203,7 +203,7 @@ class FakeHTTP:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)   # port: one used before
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -258,10 +258,10 @@ class FakeTwilio(FakeHTTP):
 
     PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages\.json$")
 
-    def __init__(self, account_sid="AC" + "1" * 32, auth_token="secret-token", sender="+15005550006"):
+    def __init__(self, account_sid="AC" + "1" * 32, auth_token="secret-token", sender="+15005550006", port=0):
         self.account_sid, self.auth_token, self.sender = account_sid, auth_token, sender
         self.messages = []    # form fields of every request Twilio accepted
-        super().__init__()
+        super().__init__(port)
 
     def _answer(self, handler, raw):
         request = self._record(handler, raw)

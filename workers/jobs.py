@@ -14,9 +14,9 @@ from app.dispatch.drain import drain
 SHUTDOWN = threading.Event()
 
 
-def drain_triggers():
-    """Store, publish and enqueue deliveries for every pending trigger (app/dispatch/drain.py)."""
-    return drain(current_app._get_current_object(), should_stop=SHUTDOWN.is_set)
+def drain_triggers(lane="normal"):
+    """Store, publish and enqueue deliveries for every pending trigger of the lane (app/dispatch/drain.py)."""
+    return drain(current_app._get_current_object(), should_stop=SHUTDOWN.is_set, lane=lane)
 
 
 def deliver(delivery_id):

@@ -44,15 +44,18 @@ log = logging.getLogger(__name__)
 
 
 def sweep(app):
-    """One pass; returns (drains woken: 0 or 1, deliveries enqueued again)."""
+    """One pass; returns (drains woken, one at most per lane; deliveries enqueued again, on their lanes)."""
     domain = app.config["DOMAIN"]
     with app.app_context(), db.connection() as conn:
-        stale = triggers.stale_pending(conn, domain.relay_stale_after)
+        stale = triggers.stale_lanes(conn, domain.relay_stale_after)
         lost_deliveries = [d for d in deliveries.stale(conn, domain.relay_stale_after)
                            if not job_is_alive(deliver_job_id(d), app)]
+        by_lane = deliveries.lanes(conn, lost_deliveries)
         conn.commit()
-        woken = 1 if stale and not dispatch_in_hand(app) and wake_dispatcher(app, force=True) else 0
-        enqueue_deliveries(lost_deliveries, app)
+        woken = sum(1 for lane in stale if not dispatch_in_hand(app, lane)
+                    and wake_dispatcher(app, force=True, lane=lane))
+        for lane, ids in by_lane.items():
+            enqueue_deliveries(ids, app, lane)
     if woken or lost_deliveries:
         log.warning("relay woke %d drain(s) for waiting triggers and re-enqueued %d deliveries", woken,
                     len(lost_deliveries))

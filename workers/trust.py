@@ -102,8 +102,10 @@ class TrustedJob(Job):
 
 
 def worker_queues(app, purposes=PURPOSES):
-    """The queues a worker takes jobs from, reading them as TrustedJobs."""
-    return [queue(purpose, app, job_class=TrustedJob) for purpose in purposes]
+    """The queues a worker takes jobs from, reading them as TrustedJobs: its lanes (WORKER_LANES)
+    from the most urgent, dispatch before deliveries in each (RQ serves them in this order)."""
+    return [queue(purpose, app, job_class=TrustedJob, lane=lane)
+            for lane in app.config["WORKER_LANES"] for purpose in purposes]
 
 
 def make_worker(app, purposes=PURPOSES, worker_class=SimpleWorker, **options):

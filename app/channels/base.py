@@ -30,6 +30,8 @@ code when there is one, and the error's text through `redact.redact`:
     not_configured            the channel lacks a setting
     invalid_message           refused before sending (a header with a line break)
     unexpected_error          anything else a channel raised (its type is named)
+    providers_unavailable     every provider of a failover channel was passed over (failover.py)
+    maybe_sent                every provider may already have it; not sent again (failover.py)
 
 Users read it in GET /v1/notifications/{id}/deliveries and operators in
 `flask deliveries failed`; logs and RQ's failed-job text get the class only,
@@ -39,7 +41,7 @@ import os
 import smtplib
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import requests
@@ -132,8 +134,10 @@ class Outbound:
     user_id: str
     contact: dict           # email, phone, locale, timezone (values may be None)
     template: dict          # the event's templates, defaults merged
-    accepted: Callable = lambda provider_id=None: None   # call it the instant the provider accepted
+    accepted: Callable = lambda provider_id=None, provider=None: None   # call it the instant the provider accepted
     locale: str = "en"      # the language the message is written in (app/i18n: the contact's, or its fallback)
+    avoid: frozenset = frozenset()   # providers that may have accepted it in an earlier attempt (failover.py)
+    tried: list = field(default_factory=list)   # this attempt's failed provider tries, recorded with it
 
 
 class Channel:

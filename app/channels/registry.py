@@ -24,15 +24,25 @@ def _load(path):
     return getattr(importlib.import_module(module), name)
 
 
+def _make(app, name, options, where):
+    kind = options.get("type", name)
+    if kind not in KINDS:
+        raise ConfigError(app.config["NOTIFICATIONS_CONFIG"], f"{where}.type",
+                          f"unknown channel type {kind!r} (known: {', '.join(sorted(KINDS))})")
+    return _load(KINDS[kind])(name, options, app)
+
+
 def build(app):
-    """Instantiate every enabled channel; a channel of unknown type stops start-up."""
+    """Instantiate every enabled channel; a channel of unknown type stops start-up. A channel with
+    `providers` is a FailoverChannel over one channel per provider (failover.py)."""
+    from .failover import FailoverChannel
     channels = {}
     for name, options in app.config["DOMAIN"].channels.items():
-        kind = options.get("type", name)
-        if kind not in KINDS:
-            raise ConfigError(app.config["NOTIFICATIONS_CONFIG"], f"channels.{name}.type",
-                              f"unknown channel type {kind!r} (known: {', '.join(sorted(KINDS))})")
-        channels[name] = _load(KINDS[kind])(name, options, app)
+        if "providers" in options:
+            channels[name] = FailoverChannel(name, options, app,
+                                             lambda pname, poptions, where: _make(app, pname, poptions, where))
+        else:
+            channels[name] = _make(app, name, options, f"channels.{name}")
     return channels
 
 

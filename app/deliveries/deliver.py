@@ -36,13 +36,13 @@ from flask import current_app
 from .. import consent, db, i18n
 from ..channels import registry
 from ..channels.base import Outbound, PermanentError, describe, label
-from ..channels.templates import shown
+from ..channels.templates import shown, teaser
 from ..metrics import DELIVERIES, DELIVERY_LATENCY
 from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
-from ..queues.enqueue import schedule_delivery
+from ..queues.enqueue import enqueue_deliveries, schedule_delivery
 from . import digest as digests
 from . import repository
 from .receipt import Receipt, record_late, unrecord
@@ -73,18 +73,19 @@ def deliver(delivery_id):
                 claimed["resolution"] = resolution(app, event, claimed)
         if claimed is None:
             return "not-claimable"
+        claimed["tried"] = []
         with Receipt(conn, claimed) as accepted:
             status, kwargs, retry = _attempt(app, domain, claimed, accepted)
-        if status != "sent":
+        if status != "sent" or claimed["tried"]:
             with db.transaction(conn):
-                if accepted.submitted:   # then refused or unanswered
-                    unrecord(conn, claimed)
-                if status == "held":
-                    repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
-                else:
-                    repository.finish(conn, claimed, status, **kwargs)
+                fallback = _settle(conn, domain, claimed, status, kwargs, accepted)
+            if fallback:
+                with db.transaction(conn):
+                    lanes = repository.lanes(conn, fallback)
+                for lane, ids in lanes.items():
+                    enqueue_deliveries(ids, app, lane)
     if status == "sent" and not accepted.recorded:
-        record_late(claimed, accepted.provider_id)
+        record_late(claimed, accepted.provider_id, provider=accepted.provider)
     if status == "sent" and claimed.get("digest_id"):
         digests.settle(claimed["id"], claimed["digest_id"], accepted.provider_id)
     if status == "held":
@@ -102,13 +103,16 @@ def deliver(delivery_id):
 def _event(domain, claimed):
     """The notification's event as this delivery is decided on: an escalation step's channel is sent
     even where the event's defaults leave it out, so only the user's explicit choice switches it off
-    (never for a locked event; docs/acknowledgements.md)."""
+    (never for a locked event; docs/acknowledgements.md); so is an event's fallback channel
+    (docs/channels.md)."""
     row = claimed["row"]
     group = domain.groups.get(row["type"])
     event = group.events.get(row["event"]) if group else None
-    if event is not None and claimed.get("escalation_step") is not None and claimed["channel"] not in event.channels:
+    if event is None:
+        return None
+    if claimed.get("escalation_step") is not None and claimed["channel"] not in event.channels:
         event = dataclasses.replace(event, channels=event.channels + (claimed["channel"],))
-    return event
+    return event.with_fallback(claimed["channel"])   # a fallback channel is judged as a default one
 
 
 def resolution(app, event, claimed):
@@ -130,6 +134,24 @@ def resolution(app, event, claimed):
         seen["consent"] = bool(address) and consent.allows(claimed["granted"], claimed["user_id"],
                                                            claimed["channel"], address)
     return seen
+
+
+def _settle(conn, domain, claimed, status, kwargs, accepted):
+    """Record the attempt (the caller commits): the provider tries it failed over from, its
+    outcome, and for a delivery failed for good the fallback deliveries it starts (their ids)."""
+    repository.record_tries(conn, claimed, claimed["tried"])
+    if status == "sent":
+        return []
+    if accepted.submitted:   # then refused or unanswered
+        unrecord(conn, claimed)
+    if status == "held":
+        repository.hold(conn, claimed, kwargs["until"], kwargs["reason"])
+        return []
+    fallback = _fallbacks(domain, claimed) if status == "failed" else []
+    if fallback:   # said on the failed delivery, started in the same transaction
+        kwargs["reason"] = "; ".join(filter(None, [kwargs.get("reason"), f"falls back to {', '.join(fallback)}"]))
+    repository.finish(conn, claimed, status, **kwargs)
+    return repository.fall_back(conn, claimed, fallback)
 
 
 def _attempt(app, domain, claimed, accepted):
@@ -162,6 +184,8 @@ def _attempt(app, domain, claimed, accepted):
         return "skipped", {"reason": missing}, False
     notification = shown(to_public(row))
     templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"])
+    if event is not None and event.external_content == "teaser":   # never the title or content outside
+        notification, templates = teaser(app, domain, notification, templates)
     rule = digests.rule(event, claimed["channel"])
     if rule is not None:            # collected into one message at the window's end (digest.py)
         decision = digests.collect(claimed, rule)
@@ -174,7 +198,8 @@ def _attempt(app, domain, claimed, accepted):
             return "sent", {"provider_id": accepted.provider_id}, False
         claimed["digest_id"] = decision[1]
         notification = digests.message(app, decision[1], notification, templates, locale, contact["timezone"])
-    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted, locale)
+    outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted, locale,
+                        claimed["avoid"], claimed["tried"])
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:
@@ -184,6 +209,14 @@ def _attempt(app, domain, claimed, accepted):
         return _failure(domain, claimed, exc)
     accepted(provider_id)       # a channel that does not report acceptance itself: recorded now
     return "sent", {"provider_id": accepted.provider_id}, False
+
+
+def _fallbacks(domain, claimed):
+    """The event's fallback channels for this delivery's channel (notifications.yaml `fallback:`)."""
+    row = claimed["row"]
+    group = domain.groups.get(row["type"]) if row is not None else None
+    event = group.events.get(row["event"]) if group else None
+    return event.fallbacks_after(claimed["channel"]) if event is not None else []
 
 
 def _failure(domain, claimed, exc):

@@ -39,13 +39,13 @@ SENT_SQL = (
     " provider_message_id = coalesce(%(pid)s, provider_message_id), sent_at = now()"
     " WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM delivery_attempts"
     " WHERE delivery_id = %(id)s AND attempt = %(attempt)s AND outcome = 'sent') RETURNING id)"
-    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, started_at, resolution)"
-    " SELECT id, %(attempt)s, 'sent', %(pid)s, %(started_at)s, %(resolution)s::jsonb FROM sent")
+    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, provider, started_at,"
+    " resolution) SELECT id, %(attempt)s, 'sent', %(pid)s, %(provider)s, %(started_at)s, %(resolution)s::jsonb FROM sent")
 
 
-def _params(claimed, provider_id):
+def _params(claimed, provider_id, provider=None):
     return {"id": claimed["id"], "attempt": claimed["attempts"], "started_at": claimed["started_at"],
-            "pid": provider_id, "resolution": resolution_json(claimed)}
+            "pid": provider_id, "provider": provider, "resolution": resolution_json(claimed)}
 
 
 def resolution_json(claimed):
@@ -54,10 +54,10 @@ def resolution_json(claimed):
     return None if resolution is None else json.dumps(resolution, sort_keys=True)
 
 
-def record_sent(conn, claimed, provider_id):
+def record_sent(conn, claimed, provider_id, provider=None):
     """The receipt's statement, run as an ordinary query (the caller commits)."""
     with conn.cursor() as cur:
-        cur.execute(SENT_SQL, _params(claimed, provider_id))
+        cur.execute(SENT_SQL, _params(claimed, provider_id, provider))
 
 
 class Receipt:
@@ -72,11 +72,12 @@ class Receipt:
     def __init__(self, conn, claimed):
         self.conn, self.claimed = conn, claimed
         self.accepted = self.recorded = self.submitted = False
-        self.provider_id = self.error = None
-        hole = secrets.token_hex(16)
+        self.provider_id = self.error = self.provider = None
+        hole, provider_hole = secrets.token_hex(16), secrets.token_hex(16)
         with conn.cursor() as cur:
-            text = cur.mogrify(SENT_SQL, _params(claimed, hole))
+            text = cur.mogrify(SENT_SQL, _params(claimed, hole, provider_hole))
         self._parts = text.split(adapt(hole).getquoted())
+        self._provider_hole = adapt(provider_hole).getquoted()
         assert len(self._parts) == 3, "the provider id appears twice in SENT_SQL"
 
     def __enter__(self):
@@ -90,13 +91,14 @@ class Receipt:
         with contextlib.suppress(psycopg2.Error):   # a broken connection is closed by the pool
             self.conn.autocommit = False
 
-    def __call__(self, provider_id=None):
-        """The provider accepted the message: record it now, before anything else happens."""
+    def __call__(self, provider_id=None, provider=None):
+        """The provider accepted the message: record it now, before anything else happens.
+        `provider`: which of the channel's providers (app/channels/failover.py), if it has several."""
         if not self.accepted:
             self.accepted = True
-            self.submit(provider_id)
+            self.submit(provider_id, provider)
 
-    def submit(self, provider_id=None):
+    def submit(self, provider_id=None, provider=None):
         """The whole message is on its way and the provider's answer not read yet: record it now.
 
         For SMTP, called the instant DATA's final dot was handed to the kernel. Between the
@@ -109,16 +111,20 @@ class Receipt:
         attempt goes the usual way."""
         self.submitted = True
         if not self.recorded:
-            self._record(provider_id)
+            self._record(provider_id, provider)
 
-    def _record(self, provider_id):
+    def _quoted(self, value):
+        quoted = adapt(value)
+        if hasattr(quoted, "prepare"):
+            quoted.prepare(self.conn)
+        return quoted.getquoted()
+
+    def _record(self, provider_id, provider):
         provider_id = None if provider_id is None else str(provider_id)
-        self.provider_id = provider_id
+        self.provider_id, self.provider = provider_id, provider
         try:
-            quoted = adapt(provider_id)
-            if hasattr(quoted, "prepare"):
-                quoted.prepare(self.conn)
-            self._cursor.execute(quoted.getquoted().join(self._parts))
+            statement = self._quoted(provider_id).join(self._parts)
+            self._cursor.execute(statement.replace(self._provider_hole, self._quoted(provider)))
             self.recorded = True
         except psycopg2.Error as exc:
             self.error = exc
@@ -139,7 +145,7 @@ def unrecord(conn, claimed):
         cur.execute(UNSENT_SQL, _params(claimed, None))
 
 
-def record_late(claimed, provider_id, patience=LATE_RECORD_SECONDS):
+def record_late(claimed, provider_id, patience=LATE_RECORD_SECONDS, provider=None):
     """Record an accepted send whose receipt failed (PostgreSQL restarting, a broken connection),
     on fresh connections, until it is stored or `patience` runs out (then raise: the send may be
     repeated after the lease, the one case left)."""
@@ -147,7 +153,7 @@ def record_late(claimed, provider_id, patience=LATE_RECORD_SECONDS):
     while True:
         try:
             with db.connection() as conn, db.transaction(conn):
-                record_sent(conn, claimed, provider_id)
+                record_sent(conn, claimed, provider_id, provider)
             return
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             if time.monotonic() + pause > deadline:

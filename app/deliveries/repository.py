@@ -26,7 +26,22 @@ def claim(conn, delivery_id, lease_seconds):
                     " FROM notifications n LEFT JOIN contacts c ON c.user_id = n.user_id WHERE n.id = %s",
                     (claimed["notification_id"],))
         claimed["row"] = cur.fetchone()
+        claimed["avoid"] = frozenset()
+        if claimed["attempts"] > 1:   # providers that may already have it (app/channels/failover.py)
+            cur.execute("SELECT DISTINCT provider FROM delivery_attempts WHERE delivery_id = %s AND maybe_accepted",
+                        (delivery_id,))
+            claimed["avoid"] = frozenset(r["provider"] for r in cur.fetchall())
         return claimed
+
+
+def record_tries(conn, claimed, tries):
+    """The provider tries of this attempt that failed over to the next provider, one row each."""
+    with conn.cursor() as cur:
+        for tried in tries:
+            cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider, maybe_accepted,"
+                        " started_at) VALUES (%s, %s, 'retry', %s, %s, %s, %s)",
+                        (claimed["id"], claimed["attempts"], tried["error"], tried["provider"],
+                         tried["maybe_accepted"], claimed["started_at"]))
 
 
 def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, outcome=None):
@@ -58,8 +73,10 @@ def for_notification(conn, user_id, notification_id, customers=None):
                     " updated_at, sent_at FROM deliveries WHERE notification_id = %s ORDER BY channel",
                     (notification_id,))
         deliveries = cur.fetchall()
-        cur.execute("SELECT delivery_id, attempt, outcome, error, provider_message_id, started_at, finished_at"
-                    " FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[]) ORDER BY attempt",
+        cur.execute("SELECT delivery_id, attempt, outcome, error, provider, provider_message_id, started_at,"
+                    " finished_at FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[])"
+                    # an attempt's failed-over provider tries first, though written after its `sent`
+                    " ORDER BY attempt, (outcome = 'retry' AND provider IS NOT NULL) DESC, id",
                     ([d["id"] for d in deliveries],))
         attempts = cur.fetchall()
     for delivery in deliveries:
@@ -108,6 +125,35 @@ def stale(conn, older_than_seconds, limit=1000):
                     " AND (locked_until IS NULL OR locked_until < now()) ORDER BY updated_at LIMIT %s",
                     (older_than_seconds, limit))
         return [row[0] for row in cur.fetchall()]
+
+
+def fall_back(conn, claimed, channels):
+    """Pending deliveries on the fallback `channels` of a delivery that failed for good; ids of the
+    new ones. Once only: a channel that already has a delivery of this notification gets none."""
+    if not channels:
+        return []
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason)"
+                    " SELECT gen_random_uuid(), %s, %s, c, 'pending', %s FROM unnest(%s::text[]) AS c"
+                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id",
+                    (claimed["notification_id"], claimed["user_id"], f"fallback: {claimed['channel']} failed",
+                     list(channels)))
+        return [row[0] for row in cur.fetchall()]
+
+
+def lanes(conn, delivery_ids):
+    """{lane: delivery ids}: each delivery's lane is its trigger's (app/queues/lanes.py); normal when
+    its trigger is gone or has none."""
+    if not delivery_ids:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT d.id, COALESCE(t.body->>'priority', 'normal') FROM deliveries d"
+                    " JOIN notifications n ON n.id = d.notification_id LEFT JOIN triggers t ON t.id = n.trigger_id"
+                    " WHERE d.id = ANY(%s::uuid[])", ([str(d) for d in delivery_ids],))
+        found = {}
+        for delivery_id, lane in cur.fetchall():
+            found.setdefault(lane, []).append(delivery_id)
+        return found
 
 
 def hold(conn, claimed, until, reason):

@@ -14,7 +14,7 @@ blp = Blueprint("deliveries", __name__, description="Delivery status per channel
 def _public(delivery):
     times = ("created_at", "updated_at", "sent_at")
     history = [{"attempt": a["attempt"], "outcome": a["outcome"], "error": a["error"],
-                "provider_message_id": a["provider_message_id"], "started_at": rfc3339(a["started_at"]),
+                "provider": a["provider"], "provider_message_id": a["provider_message_id"], "started_at": rfc3339(a["started_at"]),
                 "finished_at": rfc3339(a["finished_at"])} for a in delivery["history"]]
     return dict({k: delivery[k] for k in ("channel", "status", "reason", "attempts", "last_error",
                                           "provider_message_id")},

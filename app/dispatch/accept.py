@@ -21,6 +21,7 @@ from flask import current_app, g
 from .. import audit, db
 from ..errors import IdempotencyConflict, InvalidRequest
 from ..notifications.model import rfc3339
+from ..queues import lanes
 from ..queues.waker import waker
 from ..ratelimit import charge_recipients
 from . import repository
@@ -57,7 +58,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
     only then can the body's hash ever be compared (a trigger without a key stores "")."""
     domain = current_app.config["DOMAIN"]
     event = resolve_event(domain, body)[0]
-    canonical_type = event.group
+    canonical_type, lane = event.group, lanes.for_trigger(event, body.get("priority"))
     ack = body.get("ack") or event.ack   # the trigger's replaces the event's default
     if body.get("callback_url") and not ack.required:
         raise InvalidRequest(errors={"callback_url": ["Only a notice needing acknowledgement has callbacks."]})
@@ -70,7 +71,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
             if previous is not None:
                 return _replay(previous, digest)
         users = len(body["user_ids"])
-        charge_recipients(api_key_id, users)   # after the replay check: a repeat costs nothing
+        charge_recipients(api_key_id, users, lane)   # after the replay check: a repeat costs nothing
         trigger_id = uuid.uuid4()
         scheduled = _scheduled(body)
         response = {"message": f"Notification accepted for delivery to {users} user(s)",
@@ -80,7 +81,8 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
             response["send_at"] = rfc3339(body["send_at"])
         # (issue 21's optional fields only when given: the stored body of a plain trigger is as before)
         stored = dict(_jsonable({k: v for k, v in body.items()
-                                 if k != "ack" and not (k in TIME_FIELDS and v is None)}), type=canonical_type)
+                                 if k != "ack" and not (k in TIME_FIELDS and v is None)}), type=canonical_type,
+                      priority=lane)
         if ack.required:
             stored["ack"] = ack.stored()
         statements = [repository.release_expired_key(api_key_id, idempotency_key, ttl)] if idempotency_key else []
@@ -100,7 +102,7 @@ def accept_trigger(body, raw_body, api_key_id, idempotency_key):
     if scheduled:   # the scheduler wakes a drain at send_at (app/dispatch/schedule.py)
         return response
     try:
-        waker().wake()
+        waker().wake(lane)
     except Exception as exc:  # Redis down: the relay will wake a drain
         log.warning("trigger %s accepted but the dispatcher not woken (%s); the relay will", trigger_id,
                     type(exc).__name__)

@@ -53,7 +53,7 @@ class BatchFailed(Exception):
         self.trigger_ids, self.cause = trigger_ids, cause
 
 
-def store_batch(app, conn, only=None):
+def store_batch(app, conn, only=None, lane=None):
     """Claim and store one batch of small triggers (`only`: just these ids); returns how many.
 
     Raises BatchFailed when the batch could not be stored for a reason of its own (nothing of it
@@ -64,7 +64,7 @@ def store_batch(app, conn, only=None):
     try:
         with contextlib.ExitStack() as held:
             with db.transaction(conn):
-                claimed = _fit(repository.claim_small(conn, size, size, only), size)
+                claimed = _fit(repository.claim_small(conn, size, size, only, lane), size)
                 if not claimed:
                     return 0
                 plans = _plan(app, conn, claimed)
@@ -84,7 +84,7 @@ def store_batch(app, conn, only=None):
         if not claimed or committed:
             raise
         raise BatchFailed([t["id"] for t in claimed], exc) from exc
-    after_publish(app, conn, rows, online, deliveries, pending)
+    after_publish(app, conn, rows, online, deliveries, pending, lane)
     if log.isEnabledFor(logging.INFO):   # a line per trigger, under the id of the request that accepted it
         for trigger in claimed:
             request_id_var.set(trigger["request_id"])
@@ -157,7 +157,7 @@ def publish_stored(app, rows):
     return online
 
 
-def after_publish(app, conn, rows, online, deliveries, pending):
+def after_publish(app, conn, rows, online, deliveries, pending, lane=None):
     """After the sequence lock: the online users' new unread counts, the metrics, the deliveries' jobs."""
     if online:
         with db.transaction(conn):  # one query, one publish
@@ -171,4 +171,4 @@ def after_publish(app, conn, rows, online, deliveries, pending):
     if visible:
         now = datetime.datetime.now(datetime.timezone.utc)
         FANOUT_LATENCY.observe((now - visible[-1]["created_at"]).total_seconds())
-    enqueue_deliveries(pending, app)
+    enqueue_deliveries(pending, app, lane)   # the lane's queue (app/queues/lanes.py)

@@ -23,6 +23,8 @@ import logging
 import time
 
 from .. import db
+from ..domain import LANES
+from ..queues.enqueue import higher_waiting
 from ..queues.waker import clear_wake, wake_dispatcher
 from ..redact import summary
 from . import repository
@@ -33,28 +35,33 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 60   # then the job hands over to a fresh one (RQ's job timeout is 600 s)
 
 
-def drain(app, should_stop=lambda: False, seconds=DRAIN_SECONDS):
-    """Store due triggers until none is left; returns how many were dispatched or deferred.
+def drain(app, should_stop=lambda: False, seconds=DRAIN_SECONDS, lane=None):
+    """Store the due triggers of `lane` (None: of every lane, the most urgent first) until none is
+    left; returns how many were dispatched or deferred.
 
-    Stops early, handing the rest to a new job, when `should_stop()` (worker shutdown) or after
-    `seconds`."""
-    clear_wake(app)
+    Stops early, handing the rest to a new job, when `should_stop()` (worker shutdown), after
+    `seconds`, or when a higher lane has work waiting (app/queues/lanes.py: the big trigger's
+    fan-out yields between chunks)."""
+    if lane is None:
+        return sum(drain(app, should_stop, seconds, each) for each in LANES)
+    clear_wake(app, lane)
     deadline = time.monotonic() + seconds
     total = 0
+    stop = lambda: should_stop() or higher_waiting(app, lane)   # noqa: E731
     with db.connection() as conn:
         while True:
-            done = _small(app, conn) + _big(app, conn, should_stop)
+            done = _small(app, conn, lane) + _big(app, conn, stop, lane)
             total += done
             if not done:
                 return total
-            if should_stop() or time.monotonic() > deadline:
-                _hand_over(app)
+            if stop() or time.monotonic() > deadline:
+                _hand_over(app, lane)
                 return total
 
 
-def _small(app, conn):
+def _small(app, conn, lane):
     try:
-        return store_batch(app, conn)
+        return store_batch(app, conn, lane=lane)
     except BatchFailed as failed:
         log.warning("batch of %d trigger(s) failed (%s); storing them one by one", len(failed.trigger_ids),
                     summary(failed.cause))
@@ -62,16 +69,16 @@ def _small(app, conn):
     done = 0
     for trigger_id in trigger_ids:
         try:
-            done += store_batch(app, conn, only=[trigger_id])
+            done += store_batch(app, conn, only=[trigger_id], lane=lane)
         except BatchFailed as alone:
             _defer(conn, trigger_id, alone.cause)
             done += 1
     return done
 
 
-def _big(app, conn, should_stop):
+def _big(app, conn, should_stop, lane):
     """Store (the rest of) the oldest big trigger no other job holds; 1 when one was worked on."""
-    candidates = repository.big_candidates(conn, app.config["DOMAIN"].users_per_chunk)
+    candidates = repository.big_candidates(conn, app.config["DOMAIN"].users_per_chunk, lane=lane)
     conn.commit()
     for trigger_id in candidates:
         try:
@@ -95,8 +102,8 @@ def _defer(conn, trigger_id, cause):
         repository.defer(conn, trigger_id, error)
 
 
-def _hand_over(app):
+def _hand_over(app, lane):
     try:
-        wake_dispatcher(app)
+        wake_dispatcher(app, lane=lane)
     except Exception as exc:  # Redis down: the relay wakes a drain once Redis is back
         log.warning("drain could not hand over (%s); the relay will", type(exc).__name__)

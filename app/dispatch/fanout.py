@@ -80,7 +80,7 @@ def _chunks(app, conn, trigger_id, should_stop):
                 repository.advance_trigger(conn, trigger_id, done, done == len(users))
                 pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
             online = publish_stored(app, rows)
-        after_publish(app, conn, rows, online, deliveries, pending)
+        after_publish(app, conn, rows, online, deliveries, pending, body.get("priority"))
     if not users:
         with db.transaction(conn):
             repository.advance_trigger(conn, trigger_id, 0, True)

@@ -19,6 +19,7 @@ from ..channels import IN_APP
 from ..notifications.model import rfc3339
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
+from ..queues import lanes
 from ..ratelimit import charge_recipients
 from ..streams.access import slots
 from .schemas import resolve_event
@@ -38,7 +39,8 @@ def push(app, body, api_key_id):
     """Check the event, spend the key's recipients budget, audit, then publish to the users who want
     it; returns the answer's counts."""
     event, _ = resolve_event(app.config["DOMAIN"], body)
-    charge_recipients(api_key_id, len(body["user_ids"]))
+    # no queue to wait in; the priority is checked and its lane's recipients budget spent all the same
+    charge_recipients(api_key_id, len(body["user_ids"]), lanes.for_trigger(event, body.get("priority")))
     customer = str(body["customer_id"]) if body.get("customer_id") else None
     public = _public(body, event, customer)
     conn = db.get_conn()

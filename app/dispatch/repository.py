@@ -161,26 +161,40 @@ def dispatch_lag(conn):
 _DUE = "status = 'pending' AND (dispatch_after IS NULL OR dispatch_after <= now())"
 
 
-def claim_small(conn, max_users, limit, only=None):
+def _in_lane(lane):
+    """SQL: the trigger is in `lane` (app/queues/lanes.py; a trigger stored without one is normal)."""
+    return "" if lane is None else " AND COALESCE(body->>'priority', 'normal') = %(lane)s"
+
+
+def stale_lanes(conn, older_than_seconds):
+    """The lanes of the triggers due for dispatch that have waited longer than they should have."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT DISTINCT COALESCE(body->>'priority', 'normal') FROM triggers WHERE {_DUE}"
+                    " AND created_at < now() - make_interval(secs => %s)", (older_than_seconds,))
+        return [row[0] for row in cur.fetchall()]
+
+
+def claim_small(conn, max_users, limit, only=None, lane=None):
     """Lock the oldest due triggers of at most `max_users` users each, skipping any another job holds.
 
     FOR UPDATE SKIP LOCKED: the locks last until the caller's transaction ends, or its connection
     drops (a killed worker), so two jobs never store one trigger at once and nothing stays claimed
     by a dead one. `only`: among these ids. Returns plain dicts, oldest first."""
-    among = "" if only is None else " AND id = ANY(%(only)s::uuid[])"
+    among = ("" if only is None else " AND id = ANY(%(only)s::uuid[])") + _in_lane(lane)
     with conn.cursor() as cur:
         cur.execute(f"SELECT id, body, users_total, request_id FROM triggers WHERE {_DUE}"
                     f" AND users_total <= %(users)s{among} ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-                    {"users": max_users, "limit": limit, "only": None if only is None else uuid_array(only)})
+                    {"users": max_users, "limit": limit, "only": None if only is None else uuid_array(only),
+                     "lane": lane})
         names = [column.name for column in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def big_candidates(conn, min_users, limit=20):
+def big_candidates(conn, min_users, limit=20, lane=None):
     """Ids of the oldest due triggers of more than `min_users` users (claimed one by one, by `try_lock`)."""
     with conn.cursor() as cur:
-        cur.execute(f"SELECT id FROM triggers WHERE {_DUE} AND users_total > %s ORDER BY created_at LIMIT %s",
-                    (min_users, limit))
+        cur.execute(f"SELECT id FROM triggers WHERE {_DUE} AND users_total > %(users)s{_in_lane(lane)}"
+                    " ORDER BY created_at LIMIT %(limit)s", {"users": min_users, "limit": limit, "lane": lane})
         return [row[0] for row in cur.fetchall()]
 
 

@@ -20,6 +20,7 @@ import logging
 from .. import audit, db
 from ..db import cursor
 from ..errors import NotFound, TriggerNotCancellable
+from ..queues.lanes import rank
 from ..queues.waker import wake_dispatcher
 from ..redact import summary
 
@@ -29,12 +30,14 @@ BATCH = 5000      # triggers made due per statement
 
 
 def make_due(conn, limit=BATCH):
-    """Turn the scheduled triggers whose send_at has come `pending`; returns how many."""
+    """Turn the scheduled triggers whose send_at has come `pending`; returns (how many, their lanes)."""
     with conn.cursor() as cur:
         cur.execute("WITH due AS (SELECT id FROM triggers WHERE status = 'scheduled' AND send_at <= now()"
                     " ORDER BY send_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                    " UPDATE triggers t SET status = 'pending' FROM due WHERE t.id = due.id", (limit,))
-        return cur.rowcount
+                    " UPDATE triggers t SET status = 'pending' FROM due WHERE t.id = due.id"
+                    " RETURNING COALESCE(t.body->>'priority', 'normal')", (limit,))
+        lanes = [row[0] for row in cur.fetchall()]
+        return len(lanes), set(lanes)
 
 
 def seconds_to_next(conn):
@@ -74,10 +77,11 @@ def tick(app):
     with app.app_context(), db.connection() as conn:
         if run_due_steps(app, conn) >= STEPS_PER_PASS:
             return 0
-        made_due = make_due(conn)
+        made_due, lanes = make_due(conn)
         conn.commit()
         if made_due:
-            wake_dispatcher(app)
+            for lane in sorted(lanes, key=rank):   # each lane's drain takes only its own triggers
+                wake_dispatcher(app, lane=lane)
             log.info("%d scheduled trigger(s) due", made_due)
             if made_due >= BATCH:
                 return 0

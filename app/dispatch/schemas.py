@@ -9,6 +9,7 @@ from marshmallow import fields, validate
 from ..acks import callbacks as ack_callbacks
 from ..acks import policy as ack_policy
 from ..api.schema import StrictSchema, UtcDateTime
+from ..domain import LANES
 from ..errors import InvalidChannel
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
@@ -63,6 +64,8 @@ class TriggerSchema(StrictSchema):
     rec_id = _text("rec_id")
     channels = fields.List(fields.String(), load_default=None,
                            metadata={"description": "limit delivery to these of the event's channels"})
+    priority = fields.String(load_default=None, validate=validate.OneOf(LANES), metadata={
+        "description": "the trigger's lane: the event's priority, or a lower one (never higher: 400 invalid_priority)"})
 
     @ma.validates("user_ids")
     def _max_users(self, value, **_):

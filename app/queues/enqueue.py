@@ -13,32 +13,54 @@ from flask import current_app
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
+from ..domain import LANES
+from .lanes import queue_suffix, rank
+
 SERIALIZER = JSONSerializer      # pickle would run code from whoever can write to Redis
 PURPOSES = ("dispatch", "deliveries")
 
 
-def queue_name(purpose, app=None):
-    """The deployment's RQ queue for `purpose`: queue.yaml's name under REDIS_PREFIX, so that two
-    deployments on one Redis never take each other's jobs (app/bus/deployment.py)."""
+def queue_name(purpose, app=None, lane=None):
+    """The deployment's RQ queue for `purpose` in `lane` (default normal): queue.yaml's name under
+    REDIS_PREFIX, so that two deployments on one Redis never take each other's jobs
+    (app/bus/deployment.py), with the lane's suffix (app/queues/lanes.py)."""
     app = app or current_app
-    return app.config["REDIS_PREFIX"] + app.config["DOMAIN"].queues[purpose]
+    return app.config["REDIS_PREFIX"] + app.config["DOMAIN"].queues[purpose] + queue_suffix(lane)
 
 
-def queue(purpose, app=None, job_class=None):
+def queue(purpose, app=None, job_class=None, lane=None):
     app = app or current_app
-    return Queue(queue_name(purpose, app), connection=app.extensions["redis"], serializer=SERIALIZER,
+    return Queue(queue_name(purpose, app, lane), connection=app.extensions["redis"], serializer=SERIALIZER,
                  **({"job_class": job_class} if job_class else {}))
+
+
+def higher_waiting(app, lane):
+    """True when a lane above `lane` has a job waiting (dispatch or deliveries): a drain of `lane`
+    hands over (app/queues/lanes.py). One pipelined LLEN per queue; Redis failing counts as nothing
+    waiting."""
+    above = LANES[:rank(lane)]
+    if not above:
+        return False
+    try:
+        with app.extensions["redis"].pipeline(transaction=False) as pipe:
+            for higher in above:
+                for purpose in PURPOSES:
+                    pipe.llen(Queue.redis_queue_namespace_prefix + queue_name(purpose, app, higher))
+            return any(pipe.execute())
+    except Exception:
+        return False
 
 
 def deliver_job_id(delivery_id):
     return f"deliver-{delivery_id}"
 
 
-def enqueue_deliveries(delivery_ids, app=None):
-    """One job per delivery, retried with the back-off of queue.yaml."""
+def enqueue_deliveries(delivery_ids, app=None, lane=None):
+    """One job per delivery on its lane's queue, retried with the back-off of queue.yaml (a retry
+    goes back to the queue the job came from: its lane)."""
     app = app or current_app
     domain = app.config["DOMAIN"]
-    q = queue("deliveries", app)
+    q = queue("deliveries", app, lane=lane)
     retry = None
     if domain.retry_attempts > 1:
         retry = Retry(max=domain.retry_attempts - 1, interval=list(domain.retry_backoff) or 0)

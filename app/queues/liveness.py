@@ -14,10 +14,11 @@ from .waker import wake_key
 ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def dispatch_in_hand(app):
-    """True when a dispatch job is queued, or running on a live worker: due triggers will be taken."""
-    q, connection = queue("dispatch", app), app.extensions["redis"]
-    woken = connection.get(wake_key(app))
+def dispatch_in_hand(app, lane=None):
+    """True when a dispatch job of `lane` is queued, or running on a live worker: its due triggers
+    will be taken."""
+    q, connection = queue("dispatch", app, lane=lane), app.extensions["redis"]
+    woken = connection.get(wake_key(app, lane))
     candidates = (q.get_job_ids(0, 9) + StartedJobRegistry(queue=q).get_job_ids()
                   + [j.decode() for j in connection.lrange(q.intermediate_queue_key, 0, 9)]   # see _stranded
                   + ([woken.decode()] if woken else []))

@@ -7,28 +7,32 @@ import uuid
 from flask import current_app
 
 from .enqueue import queue
+from .lanes import queue_suffix, rank
 
 log = logging.getLogger(__name__)
 
 
-def wake_key(app):
-    """The flag holding the id of a drain job that has not started yet."""
-    return app.config["REDIS_PREFIX"] + "dispatch:wake"
+def wake_key(app, lane=None):
+    """The flag holding the id of a lane's drain job that has not started yet."""
+    return app.config["REDIS_PREFIX"] + "dispatch:wake" + queue_suffix(lane)
 
 
-def wake_dispatcher(app=None, force=False):
-    """Make sure a drain job starts after this moment; returns the id of the job enqueued, if one was.
+def wake_dispatcher(app=None, force=False, lane=None):
+    """Make sure a drain job of `lane` starts after this moment; returns the id of the job enqueued,
+    if one was.
 
-    The flag `<prefix>dispatch:wake` holds the id of a drain job that has not started yet; while it
-    is there, nothing more is needed (that job clears it before it looks for triggers). It expires
-    after `relay.stale_after_seconds`, in case its job was lost; `force` (the relay) replaces it."""
+    The flag `<prefix>dispatch:wake[-<lane>]` holds the id of the lane's drain job that has not
+    started yet; while it is there, nothing more is needed (that job clears it before it looks for
+    triggers). It expires after `relay.stale_after_seconds`, in case its job was lost; `force` (the
+    relay) replaces it. The normal lane's job takes no argument, as a release without lanes has it."""
     app = app or current_app
     job_id = f"drain-{uuid.uuid4().hex}"
     ttl = int(app.config["DOMAIN"].relay_stale_after * 1000)
-    if not app.extensions["redis"].set(wake_key(app), job_id, nx=not force, px=ttl):
+    if not app.extensions["redis"].set(wake_key(app, lane), job_id, nx=not force, px=ttl):
         return None
-    queue("dispatch", app).enqueue("workers.jobs.drain_triggers", job_id=job_id, job_timeout=600,
-                                   result_ttl=60, failure_ttl=7 * 86400)
+    args = (lane,) if queue_suffix(lane) else ()
+    queue("dispatch", app, lane=lane).enqueue("workers.jobs.drain_triggers", *args, job_id=job_id,
+                                              job_timeout=600, result_ttl=60, failure_ttl=7 * 86400)
     return job_id
 
 
@@ -44,13 +48,13 @@ class Waker:
 
     def __init__(self, app):
         import gevent.monkey
-        self.app, self.due, self.busy = app, False, False
+        self.app, self.due, self.busy = app, set(), False   # due: the lanes to wake
         self.cooperative = gevent.monkey.is_module_patched("socket")
 
-    def wake(self):
+    def wake(self, lane=None):
         if not self.cooperative:
-            return wake_dispatcher(self.app)
-        self.due = True
+            return wake_dispatcher(self.app, lane=lane)
+        self.due.add(lane)
         if not self.busy:          # no preemption between this test and the spawn: greenlets
             self.busy = True
             import gevent
@@ -60,11 +64,12 @@ class Waker:
     def _send(self):
         try:
             while self.due:
-                self.due = False
-                try:
-                    wake_dispatcher(self.app)
-                except Exception as exc:  # Redis down: the relay will wake a drain
-                    log.warning("dispatcher not woken (%s); the relay will", type(exc).__name__)
+                lanes, self.due = self.due, set()
+                for lane in sorted(lanes, key=lambda lane: rank(lane)):   # the most urgent first
+                    try:
+                        wake_dispatcher(self.app, lane=lane)
+                    except Exception as exc:  # Redis down: the relay will wake a drain
+                        log.warning("dispatcher not woken (%s); the relay will", type(exc).__name__)
         finally:
             self.busy = False
 
@@ -77,9 +82,9 @@ def waker(app=None):
     return app.extensions["dispatch_waker"]
 
 
-def clear_wake(app):
-    """The drain job's first step: from now on a new trigger wakes a new job."""
+def clear_wake(app, lane=None):
+    """The drain job's first step: from now on a new trigger of its lane wakes a new job."""
     try:
-        app.extensions["redis"].delete(wake_key(app))
+        app.extensions["redis"].delete(wake_key(app, lane))
     except Exception:  # Redis down: the flag expires, and the relay wakes a drain meanwhile
         pass

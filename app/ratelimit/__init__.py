@@ -160,20 +160,25 @@ def _check():
                       headers={"Retry-After": str(retry)})
 
 
-def charge_recipients(api_key_id, count):
-    """Spend `count` of the key's recipients budget, or raise RateLimited (429, Retry-After) and
-    accept nothing. Counting failures let the request through, as every limit does."""
+def charge_recipients(api_key_id, count, lane=None):
+    """Spend `count` of the key's recipients budget, and of its lane's (`recipients_<lane>`, when
+    queue.yaml sets one: a bulk lane kept from crowding out the rest), or raise RateLimited (429,
+    Retry-After) and accept nothing (a lane budget already spent when the overall one refuses stays
+    spent). Counting failures let the request through, as every limit does."""
     counter = current_app.extensions["ratelimit"]["counter"]
     if counter is None:
         return
-    try:
-        allowed, retry = counter.hit("recipients", f"key:{api_key_id}", count)
-    except Exception:  # never let counting break a request
-        log.exception("recipients budget not checked")
-        return
-    if not allowed:
-        raise RateLimited(f"Recipient budget exceeded: {counter.limits['recipients']} (recipients); "
-                          f"this request reaches {count}; retry in {retry} s", headers={"Retry-After": str(retry)})
+    for name in (f"recipients_{lane}", "recipients"):
+        if name not in counter.limits:
+            continue
+        try:
+            allowed, retry = counter.hit(name, f"key:{api_key_id}", count)
+        except Exception:  # never let counting break a request
+            log.exception("recipients budget not checked")
+            return
+        if not allowed:
+            raise RateLimited(f"Recipient budget exceeded: {counter.limits[name]} ({name}); "
+                              f"this request reaches {count}; retry in {retry} s", headers={"Retry-After": str(retry)})
 
 
 def _check_stream_connect():

@@ -1,0 +1,149 @@
+"""Priority lanes (app/queues/lanes.py): an urgent trigger's email is sent before a bulk trigger's
+queued emails, a bulk fan-out hands over between chunks when urgent work waits, a trigger may lower
+its event's priority but never raise it, and /metrics shows each lane's queue depth. Real
+PostgreSQL, Redis, RQ (burst worker, the real worker class and queue order) and SMTP (aiosmtpd)."""
+import uuid
+
+import pytest
+
+from testkit.api import assert_error, post_trigger, put_contact, trigger
+from testkit.jobs import queued, run_jobs
+from testkit.rows import scalar
+
+
+@pytest.fixture
+def build(channel_app, smtp):
+    def make(**settings):
+        events = {"chat": {"message_received": ["system", "email"]}}
+        return channel_app({"email": {"enabled": True}}, events, MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
+                           MAIL_TIMEOUT="5", **settings)
+    return make
+
+
+def with_email(client, count, prefix):
+    users = [uuid.uuid4() for _ in range(count)]
+    for user_id in users:
+        put_contact(client, user_id, email=f"{prefix}-{user_id.hex[:8]}@example.org")
+    return users
+
+
+def test_an_urgent_email_goes_out_before_a_bulk_triggers_queued_emails(build, smtp):
+    app = build()
+    client = app.test_client()
+    bulk = with_email(client, 30, "bulk")
+    trigger(client, bulk, priority="bulk", title="Monthly statement")
+    run_jobs(app, purposes=("dispatch",))          # stored: its 30 email jobs wait
+    assert queued(app, "deliveries") == 0          # not on the normal lane's queue: on the bulk lane's
+    (urgent,) = with_email(client, 1, "urgent")
+    trigger(client, [urgent], type="security", event="login_alert", title="New sign-in")
+    run_jobs(app)
+
+    received = [m["rcpt_tos"][0] for m in smtp.messages]
+    assert len(received) == 31
+    assert received[0].startswith("urgent-")      # triggered last, sent first
+
+
+def test_a_bulk_fan_out_hands_over_between_chunks_when_urgent_work_waits(build, db):
+    app = build()                                   # channel_config: 100 users a chunk
+    client = app.test_client()
+    bulk_id = trigger(client, [uuid.uuid4() for _ in range(350)], priority="bulk")["trigger_id"]
+    trigger(client, [uuid.uuid4()], type="security", event="login_alert")   # its drain waits, urgent lane
+    from app.dispatch.drain import drain
+    with app.app_context():
+        drain(app, lane="bulk")
+    assert scalar(db, "SELECT users_done FROM triggers WHERE id = %s", bulk_id) == 100   # one chunk, then yields
+    assert scalar(db, "SELECT count(*) FROM notifications WHERE trigger_id <> %s", bulk_id) == 0
+
+    run_jobs(app, purposes=("dispatch",))            # the urgent drain first, then the bulk one it handed to
+    first = scalar(db, "SELECT trigger_id FROM notifications ORDER BY seq OFFSET 100 LIMIT 1")
+    assert str(first) != bulk_id                      # the urgent notification right after the first chunk
+    assert scalar(db, "SELECT count(*) FROM triggers WHERE status = 'dispatched'") == 2
+    assert scalar(db, "SELECT count(*) FROM notifications") == 351
+
+
+def test_a_trigger_may_lower_its_events_priority_but_never_raise_it(build, db):
+    app = build()
+    client = app.test_client()
+    r = post_trigger(client, [uuid.uuid4()], priority="urgent")     # chat.message_received is normal
+    assert_error(r, 400, "invalid_priority")
+    assert "normal" in r.get_json()["message"]
+    assert scalar(db, "SELECT count(*) FROM triggers") == 0
+    lowered = trigger(client, [uuid.uuid4()], type="security", event="login_alert", priority="bulk")
+    assert scalar(db, "SELECT body->>'priority' FROM triggers WHERE id = %s", lowered["trigger_id"]) == "bulk"
+    plain = trigger(client, [uuid.uuid4()], type="security", event="login_alert")
+    assert scalar(db, "SELECT body->>'priority' FROM triggers WHERE id = %s", plain["trigger_id"]) == "urgent"
+
+
+def test_metrics_show_each_lanes_queue_depth(build):
+    app = build()
+    client = app.test_client()
+    trigger(client, with_email(client, 3, "bulk"), priority="bulk")
+    run_jobs(app, purposes=("dispatch",))
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'notif_lane_queue_depth{lane="bulk",purpose="deliveries"} 3.0' in metrics
+    assert 'notif_lane_queue_depth{lane="urgent",purpose="deliveries"} 0.0' in metrics
+    assert 'notif_queue_depth{queue="test-deliveries-bulk"} 3.0' in metrics
+
+
+def test_an_urgent_worker_takes_only_the_urgent_lane(build):
+    from workers.trust import worker_queues
+    app = build(WORKER_LANES="urgent")
+    assert [q.name.rpartition(":")[2] for q in worker_queues(app)] == ["test-dispatch-urgent", "test-deliveries-urgent"]
+    every = [q.name.rpartition(":")[2] for q in worker_queues(build())]
+    assert every[:2] == ["test-dispatch-urgent", "test-deliveries-urgent"]
+    assert every[4:6] == ["test-dispatch", "test-deliveries"] and len(every) == 8
+
+
+@pytest.mark.parametrize("value", ["fast", "urgent,urgent"])
+def test_unknown_worker_lanes_stop_start_up(build, value):
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        build(WORKER_LANES=value)
+    assert caught.value.key == "WORKER_LANES"
+
+
+def test_a_lane_may_have_a_recipients_budget_of_its_own(make_app, tmp_path, db):
+    from testkit.config_files import queue_yaml
+    app = make_app(RATE_LIMITS_ENABLED="true",
+                   QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "10000/minute"}))
+    client = app.test_client()
+    users = lambda: [uuid.uuid4() for _ in range(6000)]   # noqa: E731
+    trigger(client, users(), priority="bulk")
+    r = post_trigger(client, users(), priority="bulk")
+    assert_error(r, 429, "rate_limited")
+    assert "recipients_bulk" in r.get_json()["message"] and "Retry-After" in r.headers
+    trigger(client, users())                          # the normal lane has only the overall budget
+    assert scalar(db, "SELECT count(*) FROM triggers") == 2
+
+
+def test_a_lane_budget_smaller_than_the_largest_trigger_stops_start_up(make_app, tmp_path):
+    from app.errors import ConfigError
+    from testkit.config_files import queue_yaml
+    with pytest.raises(ConfigError) as caught:
+        make_app(QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "100/minute"}))
+    assert caught.value.key == "rate_limits.recipients_bulk"
+
+
+def test_a_direct_push_checks_the_priority_too(build):
+    from testkit.api import push
+    client = build().test_client()
+    assert_error(push(client, [uuid.uuid4()], priority="urgent"), 400, "invalid_priority")
+    assert push(client, [uuid.uuid4()], priority="bulk").status_code == 200
+
+
+def test_the_relay_wakes_a_lost_urgent_drain_on_the_urgent_lane(make_app, rds, db, tmp_path):
+    """Redis lost the urgent trigger's drain job: the relay wakes one on the urgent lane's queue, not
+    behind the normal lane's work."""
+    from testkit.config_files import queue_yaml
+    from workers.relay import sweep
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"interval_seconds": 1, "stale_after_seconds": 1}))
+    client = app.test_client()
+    trigger(client, [uuid.uuid4()], type="security", event="login_alert")
+    rds.flushdb()                                          # the job and its wake flag gone
+    with db.cursor() as cur:
+        cur.execute("UPDATE triggers SET created_at = created_at - interval '2 minutes'")
+    assert sweep(app) == (1, 0)
+    from app.queues.enqueue import queue
+    assert queue("dispatch", app, lane="urgent").count == 1 and queue("dispatch", app).count == 0
+    run_jobs(app)
+    assert scalar(db, "SELECT status FROM triggers") == "dispatched"
