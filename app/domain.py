@@ -208,15 +208,13 @@ def _parse_notifications(path):
             except ValueError as error:
                 key, problem = error.args[0]
                 raise ConfigError(path, f"{ewhere}.{key}", problem)
-            events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), urgent, requires_consent=consent, ack=ack,
-                                       digest=None if urgent else digest)   # urgent never waits for a digest
-            urgent = bool(eraw.get("urgent", False))
-            events[str(ename)] = Event(str(gname), str(ename), tuple(c for c in chans if c in channels),
-                                       bool(eraw.get("locked", False)), urgent,
-                                       _external_content(path, eraw, ewhere, group_external),
-                                       _priority(path, eraw, ewhere, "urgent" if urgent else group_priority),
-                                       _fallback(path, eraw, ewhere, chans, all_channels))
+            events[str(ename)] = Event(
+                str(gname), str(ename), tuple(c for c in chans if c in channels), bool(eraw.get("locked", False)),
+                urgent, requires_consent=consent, ack=ack,
+                digest=None if urgent else digest,   # urgent never waits for a digest
+                external_content=_external_content(path, eraw, ewhere, group_external),
+                priority=_priority(path, eraw, ewhere, "urgent" if urgent else group_priority),
+                fallback=_fallback(path, eraw, ewhere, chans, all_channels))
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
