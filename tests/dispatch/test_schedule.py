@@ -100,6 +100,20 @@ def test_scheduled_trigger_waits_for_its_time_then_is_stored(app, client, db):
     assert status(client, accepted["trigger_id"])["status"] == "dispatched"
 
 
+def test_a_scheduled_urgent_trigger_wakes_the_urgent_lanes_drain(app, client, db):
+    """A lane's drain takes only its lane's triggers (app/queues/lanes.py): the scheduler wakes the
+    lane of each trigger it makes due, not the normal lane's."""
+    from app.queues.enqueue import queue
+    user_id = uuid.uuid4()
+    accepted = trigger(client, [user_id], type="security", event="login_alert", title="Sign-in", channels=["system"],
+                       send_at=later(3600))
+    time_passes(db, accepted["trigger_id"])
+    scheduler_pass(app)
+    assert (queue("dispatch", app, lane="urgent").count, queued(app, "dispatch")) == (1, 0)
+    run_jobs(app)
+    assert [n["title"] for n in inbox(client, user_id)] == ["Sign-in"]
+
+
 def test_redis_flushed_while_scheduled_loses_nothing(app, client, db):
     user_id = uuid.uuid4()
     accepted = trigger(client, [user_id], **IN_APP, send_at=later(3600))
