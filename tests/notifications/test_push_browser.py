@@ -77,7 +77,7 @@ def deliver_until_shown(page, devtools, origin, registration, message):
                 return True
             time.sleep(0.05)
         return False
-    return wait_until(delivered, 15, interval=0,
+    return wait_until(delivered, 30, interval=0,
                       message=lambda: f"the push {message['id']} shown (shows {shown(page)})")
 
 
@@ -95,6 +95,11 @@ def test_the_service_worker_shows_pushes_and_a_hidden_tab_never_repeats_one(page
             ".then((r) => done(r.scope), (e) => done(String(e)));")
         assert registered == origin + "/static/", registered
         registration = devtools.registration(origin + "/static/")
+        wait_until(lambda: page.driver.execute_async_script(   # a push to a worker still installing is lost
+            "const done = arguments[arguments.length - 1];"
+            f"navigator.serviceWorker.getRegistration('{WORKER}')"
+            ".then((r) => done(Boolean(r && r.active && r.active.state === 'activated')), () => done(false));"),
+            30, message="the service worker to be activated")
 
         # a push with no tab involved: shown by the service worker with its title and body
         push = {"id": "11111111-2222-3333-4444-555555555555", "title": "Card payment declined",

@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                status_code_conformance)
 from werkzeug.exceptions import HTTPException
 
+from app.webpush.keys import new_pair
 from testkit.identity import API_KEY, make_token
 from testkit.rows import insert_notification
 
@@ -105,8 +106,11 @@ def fuzz(operation, mode, route):
 
 @pytest.mark.slow
 @pytest.mark.timeout(max(300, MAX_EXAMPLES * 12))
-def test_api_conforms_to_its_openapi_document(app, db):
-    """Every operation, valid and invalid requests; all failures reported together."""
+def test_api_conforms_to_its_openapi_document(make_app, db):
+    """Every operation, valid and invalid requests; all failures reported together. Web Push is
+    configured, as in a deploy that offers it (its 503 without keys is tested in test_webpush.py)."""
+    public, private = new_pair()
+    app = make_app(VAPID_PUBLIC_KEY=public, VAPID_PRIVATE_KEY=private, VAPID_SUBJECT="mailto:ops@bank.example")
     for _ in range(3):  # the fuzzed user has a few notifications, so the inbox is not always empty
         insert_notification(db, USER_ID)
     found = operations(app)
