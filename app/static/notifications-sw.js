@@ -27,14 +27,26 @@ function parse(event) {
   }
 }
 
+async function unmark(id) {
+  const cache = await caches.open(SHOWN_CACHE);
+  await cache.delete('/__notifications_shown__/' + encodeURIComponent(id));
+}
+
 async function show(notification) {
   if (!notification) return;
   if (notification.id && !(await markShown(notification.id))) return;
-  await self.registration.showNotification(notification.title || 'New notification', {
-    body: notification.content || '',
-    tag: notification.id || undefined,
-    data: {id: notification.id || null, link_url: notification.link_url || null},
-  });
+  try {
+    await self.registration.showNotification(notification.title || 'New notification', {
+      body: notification.content || '',
+      tag: notification.id || undefined,
+      data: {id: notification.id || null, link_url: notification.link_url || null},
+    });
+  } catch (err) {
+    // Not shown (no permission at this moment, the platform refused it): the id is free again, so
+    // a later push or the tab may still show it.
+    if (notification.id) await unmark(notification.id);
+    throw err;
+  }
 }
 
 async function focus(data) {
