@@ -55,9 +55,14 @@ READ_ALL_CHUNK = 500     # ids per read-all event: ~20 KB, well under the hub's 
 # the counters still hold: they change with rows, and an expiry is no change of a row.
 _UNREAD = ("SELECT user_id::text, coalesce(customer_id::text, 'none'), type, unread"
            " FROM notification_unread_counts WHERE {users} AND unread > 0{scope}"
-           " UNION ALL SELECT user_id::text, coalesce(customer_id::text, 'none'), type, -count(*)::integer"
-           " FROM notifications WHERE {users} AND expires_at IS NOT NULL AND expires_at <= now()"
-           " AND read_at IS NULL AND deleted_at IS NULL AND in_app{scope} GROUP BY 1, 2, 3"
+           # minus the expired unread ones. Only `expires_at` in WHERE, the rest in FILTER: a WHERE
+           # that implied notifications_unread_counts' predicate let the planner walk each user's
+           # whole unread set through that index (100 ms for 1,000 users) instead of the few
+           # expiring rows of notifications_expiring (0.5 ms), whose INCLUDE holds what FILTER reads.
+           " UNION ALL SELECT user_id::text, coalesce(customer_id::text, 'none'), type,"
+           " -count(*) FILTER (WHERE read_at IS NULL AND deleted_at IS NULL AND in_app)::integer"
+           " FROM notifications WHERE {users} AND expires_at <= now(){scope} GROUP BY 1, 2, 3"
+           " HAVING count(*) FILTER (WHERE read_at IS NULL AND deleted_at IS NULL AND in_app) > 0"
            # and the notices awaiting acknowledgement (no customer: the row that says so; 0019's index)
            " UNION ALL SELECT user_id::text, NULL, NULL, count(*)::integer FROM notifications WHERE {users}"
            " AND ack_required AND acked_at IS NULL AND deleted_at IS NULL AND in_app"
