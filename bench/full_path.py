@@ -13,17 +13,19 @@ from bench.rig import Bench, Target, post_json, ramp, spec_body, wait_received
 from testkit.processes import cpu_seconds
 
 
-def full_path(sizes, keep=False, event="task/task_due"):
-    """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s.
+def full_path(sizes, keep=False, event="task/task_due", channels=None):
+    """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s,
+    with the shipped defaults (rate limits on).
 
     `event` (group/event): task/task_due is in-app only, so the worker's time is the stream path, not
     email jobs; security/login_alert measures the urgent lane (its email and SMS rows are skipped at
-    once: the bench's users have no contact)."""
+    once: the bench's users have no contact). `channels` (a list) goes into each trigger: `["system"]`
+    keeps an urgent event's trigger to the in-app channel."""
     group, _, event_name = event.partition("/")
     with Bench("full-path", keep) as bench:
         bench.start_redis()
         bench.start_database()
-        server = bench.start_ours(workers=1)
+        server = bench.start_ours(workers=1, shipped=True)   # rate limits on
         rq_workers = [bench.start_rq_worker() for _ in range(sizes.rq_workers)]
         target = Target("ours")
         clients = bench.start_clients(sizes.clients, server.port)
@@ -38,6 +40,8 @@ def full_path(sizes, keep=False, event="task/task_due"):
 
         def trigger(sequence):
             body = spec_body(str_users, marked_title(sequence), type=group, event=event_name, rec_type="tasks")
+            if channels:
+                body["channels"] = channels
             started = time.perf_counter()
             post_json(conn, "/v1/notifications/trigger", body, 202)
             accept_times.append(time.perf_counter() - started)
@@ -68,7 +72,7 @@ def full_path(sizes, keep=False, event="task/task_due"):
         conn.close()
         result = {
             "p50_first_tenth_ms": trend(parts)[0], "p50_last_tenth_ms": trend(parts)[1],
-            "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
+            "event": event, "channels": channels, "rate_limits": "on (shipped)", "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
             "expected": expected, "received": received, "lost": expected - received,
             "still_arriving_after_180s": still_arriving,
             "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else None,
