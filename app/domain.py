@@ -303,12 +303,13 @@ def _rate_limits(path, data):
         raise ConfigError(path, "rate_limits", "must be a mapping")
     from limits import parse_many
     found = dict(RATE_LIMITS)
-    lane_budgets = {f"recipients_{lane}" for lane in LANES}   # optional: a lane's own recipients budget
+    # optional: a lane's own request and recipients budgets, on top of `trigger` and `recipients`
+    lane_budgets = {f"{kind}_{lane}" for kind in ("trigger", "recipients") for lane in LANES}
     for name, value in raw.items():
         where = f"rate_limits.{name}"
         if name not in RATE_LIMITS and name not in lane_budgets:
             raise ConfigError(path, where, f"unknown limit (known: {', '.join(RATE_LIMITS)}, "
-                              f"recipients_<lane>)")
+                              f"trigger_<lane>, recipients_<lane>)")
         try:
             items = parse_many(value) if isinstance(value, str) else None
         except ValueError:

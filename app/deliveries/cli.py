@@ -147,7 +147,9 @@ def _reenqueue(ids, channel, force):
                 if reset:
                     audit.record(conn, "delivery.retry", ("deliveries", channel),
                                  {"ids": [str(d) for d in reset], "forced": force}, actor=audit.operator())
-            enqueue_deliveries(reset)
+                by_lane = repository.lanes(conn, reset)
+            for lane, lane_ids in by_lane.items():   # each on its trigger's lane, as its first try was
+                enqueue_deliveries(lane_ids, lane=lane)
             done += len(reset)
             bar.update(len(ids[start:start + 500]))
     return done

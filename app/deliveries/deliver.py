@@ -88,8 +88,10 @@ def deliver(delivery_id):
         record_late(claimed, accepted.provider_id, provider=accepted.provider)
     if status == "sent" and claimed.get("digest_id"):
         digests.settle(claimed["id"], claimed["digest_id"], accepted.provider_id)
-    if status == "held":
-        schedule_delivery(claimed["id"], kwargs["until"], app)
+    if status == "held":   # on its lane: a held `high` alert must not wait behind the bulk lane at the window's end
+        with db.connection() as conn, db.transaction(conn):
+            lane = next(iter(repository.lanes(conn, [claimed["id"]])), None)
+        schedule_delivery(claimed["id"], kwargs["until"], app, lane)
         return status
     DELIVERIES.labels(claimed["channel"], kwargs.get("outcome") or status).inc()
     if status == "sent" and claimed["row"] is not None:

@@ -72,9 +72,9 @@ def enqueue_deliveries(delivery_ids, app=None, lane=None):
     return len(jobs)
 
 
-def schedule_delivery(delivery_id, at, app=None):
-    """Run a held delivery at `at` (RQ's scheduler). Its own job id, so it cannot
-    collide with the job that is holding it right now."""
-    return queue("deliveries", app).enqueue_at(at, "workers.jobs.deliver", str(delivery_id),
+def schedule_delivery(delivery_id, at, app=None, lane=None):
+    """Run a held delivery at `at` (RQ's scheduler), on its lane's queue. Its own job id, so it
+    cannot collide with the job that is holding it right now."""
+    return queue("deliveries", app, lane=lane).enqueue_at(at, "workers.jobs.deliver", str(delivery_id),
                                                job_id=f"{deliver_job_id(delivery_id)}-at-{int(at.timestamp())}",
                                                job_timeout=120, result_ttl=60, failure_ttl=7 * 86400)

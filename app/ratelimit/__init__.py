@@ -161,24 +161,30 @@ def _check():
 
 
 def charge_recipients(api_key_id, count, lane=None):
-    """Spend `count` of the key's recipients budget, and of its lane's (`recipients_<lane>`, when
-    queue.yaml sets one: a bulk lane kept from crowding out the rest), or raise RateLimited (429,
-    Retry-After) and accept nothing (a lane budget already spent when the overall one refuses stays
-    spent). Counting failures let the request through, as every limit does."""
+    """Spend one of the key's requests of `lane` (`trigger_<lane>`) and `count` of its recipients
+    budgets, the lane's (`recipients_<lane>`) and the overall one, or raise RateLimited (429,
+    Retry-After) and accept nothing. The lane's budgets exist only when queue.yaml sets them: a bulk
+    lane kept from crowding out the rest, or an urgent one kept from being flooded by one caller. The
+    overall `trigger` budget was spent before the body was read (the lane is known only from it). A
+    budget already spent when a later one refuses stays spent. Counting failures let the request
+    through, as every limit does."""
     counter = current_app.extensions["ratelimit"]["counter"]
     if counter is None:
         return
-    for name in (f"recipients_{lane}", "recipients"):
+    for name, cost, what in ((f"trigger_{lane}", 1, "Rate limit exceeded"),
+                             (f"recipients_{lane}", count, "Recipient budget exceeded"),
+                             ("recipients", count, "Recipient budget exceeded")):
         if name not in counter.limits:
             continue
         try:
-            allowed, retry = counter.hit(name, f"key:{api_key_id}", count)
+            allowed, retry = counter.hit(name, f"key:{api_key_id}", cost)
         except Exception:  # never let counting break a request
-            log.exception("recipients budget not checked")
+            log.exception("%s budget not checked", name)
             return
         if not allowed:
-            raise RateLimited(f"Recipient budget exceeded: {counter.limits[name]} ({name}); "
-                              f"this request reaches {count}; retry in {retry} s", headers={"Retry-After": str(retry)})
+            reach = f"this request reaches {count}; " if cost == count and name.startswith("recipients") else ""
+            raise RateLimited(f"{what}: {counter.limits[name]} ({name}); {reach}retry in {retry} s",
+                              headers={"Retry-After": str(retry)})
 
 
 def _check_stream_connect():

@@ -147,3 +147,72 @@ def test_the_relay_wakes_a_lost_urgent_drain_on_the_urgent_lane(make_app, rds, d
     assert queue("dispatch", app, lane="urgent").count == 1 and queue("dispatch", app).count == 0
     run_jobs(app)
     assert scalar(db, "SELECT status FROM triggers") == "dispatched"
+
+
+def test_a_lane_may_have_a_request_budget_of_its_own(make_app, tmp_path, db):
+    """`trigger_<lane>`: one caller's bulk sends cannot use up the requests its alerts need."""
+    from testkit.config_files import queue_yaml
+    app = make_app(RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"trigger_bulk": "2/minute"}))
+    client = app.test_client()
+    for _ in range(2):
+        trigger(client, [uuid.uuid4()], priority="bulk")
+    r = post_trigger(client, [uuid.uuid4()], priority="bulk")
+    assert_error(r, 429, "rate_limited")
+    assert "trigger_bulk" in r.get_json()["message"] and "Retry-After" in r.headers
+    trigger(client, [uuid.uuid4()])                   # the normal lane: only the overall `trigger` budget
+    trigger(client, [uuid.uuid4()], type="security", event="login_alert")
+    assert scalar(db, "SELECT count(*) FROM triggers") == 4
+
+
+def test_an_unknown_lane_budget_stops_start_up(make_app, tmp_path):
+    from app.errors import ConfigError
+    from testkit.config_files import queue_yaml
+    with pytest.raises(ConfigError) as caught:
+        make_app(QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"trigger_fast": "2/minute"}))
+    assert caught.value.key == "rate_limits.trigger_fast"
+
+
+def lane_jobs(app, lane):
+    """(queued, scheduled) delivery job ids on `lane`'s deliveries queue."""
+    from rq.registry import ScheduledJobRegistry
+    from app.queues.enqueue import queue
+    q = queue("deliveries", app, lane=lane)
+    return set(q.get_job_ids()), set(ScheduledJobRegistry(queue=q).get_job_ids())
+
+
+def test_a_delivery_held_by_quiet_hours_waits_on_its_lanes_queue(build, smtp, user):
+    import datetime
+    from testkit.jobs import fast_forward
+    app = build()
+    client = app.test_client()
+    user_id, headers = user
+    put_contact(client, user_id, email="night@example.org", timezone="UTC")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    window = {"start": (now - datetime.timedelta(hours=1)).strftime("%H:%M"),
+              "end": (now + datetime.timedelta(hours=1)).strftime("%H:%M"), "channels": ["email"]}
+    assert client.put("/v1/notifications/preferences", headers=headers, json={"quiet_hours": window}).status_code == 200
+    trigger(client, [user_id], priority="bulk", title="Statement ready")
+    run_jobs(app)
+    assert smtp.messages == []
+    assert lane_jobs(app, "bulk")[1] and not lane_jobs(app, "normal")[1]   # held on the bulk lane, not normal
+    client.put("/v1/notifications/preferences", headers=headers, json={"quiet_hours": None})
+    assert fast_forward(app) == 1
+    run_jobs(app)
+    assert [m["rcpt_tos"] for m in smtp.messages] == [["night@example.org"]]
+
+
+def test_flask_deliveries_retry_sends_each_delivery_on_its_triggers_lane(build, smtp, db):
+    app = build()
+    client = app.test_client()
+    (user_id,) = with_email(client, 1, "retry")
+    trigger(client, [user_id], priority="bulk", title="Statement ready")
+    run_jobs(app, purposes=("dispatch",))
+    from app.queues.enqueue import queue
+    queue("deliveries", app, lane="bulk").empty()        # its job lost; its attempts spent
+    with db.cursor() as cur:
+        cur.execute("UPDATE deliveries SET status = 'failed', attempts = 5 WHERE channel = 'email'")
+    result = app.test_cli_runner().invoke(args=["deliveries", "retry"])
+    assert result.exit_code == 0, result.output
+    assert lane_jobs(app, "bulk")[0] and not lane_jobs(app, "normal")[0]
+    run_jobs(app)
+    assert len(smtp.messages) == 1
