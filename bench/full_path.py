@@ -13,20 +13,24 @@ from bench.rig import Bench, Target, post_json, ramp, spec_body, wait_received
 from testkit.processes import cpu_seconds
 
 
-def full_path(sizes, keep=False, event="task/task_due", channels=None):
+def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bulk=0, urgent_worker=False):
     """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s,
     with the shipped defaults (rate limits on).
 
     `event` (group/event): task/task_due is in-app only, so the worker's time is the stream path, not
     email jobs; security/login_alert measures the urgent lane (its email and SMS rows are skipped at
     once: the bench's users have no contact). `channels` (a list) goes into each trigger: `["system"]`
-    keeps an urgent event's trigger to the in-app channel."""
+    keeps an urgent event's trigger to the in-app channel. `beside_bulk`: a `priority: bulk` trigger
+    to that many other users (in-app only) is posted just before the measured triggers, so its fan-out
+    runs beside them; `urgent_worker`: one more worker, `WORKER_LANES=urgent` (Procfile `urgent`)."""
     group, _, event_name = event.partition("/")
     with Bench("full-path", keep) as bench:
         bench.start_redis()
         bench.start_database()
         server = bench.start_ours(workers=1, shipped=True)   # rate limits on
         rq_workers = [bench.start_rq_worker() for _ in range(sizes.rq_workers)]
+        if urgent_worker:
+            rq_workers.append(bench.start_rq_worker(WORKER_LANES="urgent"))
         target = Target("ours")
         clients = bench.start_clients(sizes.clients, server.port)
         users = [uuid.uuid4() for _ in range(sizes.latency_streams)]
@@ -52,6 +56,11 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None):
         clients.call("reset")
         clients.call("record", True)
         accept_times.clear()
+        for start in range(0, beside_bulk, 10_000):   # queue.yaml batch.max_user_ids a trigger
+            bulk = spec_body([str(uuid.uuid4()) for _ in range(min(10_000, beside_bulk - start))], "bulk",
+                             type="task", event="task_due", rec_type="tasks")
+            bulk.update(priority="bulk", channels=["system"])
+            post_json(conn, "/v1/notifications/trigger", bulk, 202)
         cpu0, client_cpu0 = server.workers_cpu(), clients.cpu()
         rq_cpu0 = sum(cpu_seconds(w.proc.pid) for w in rq_workers)
         count = int(sizes.full_path_seconds * sizes.rate)
@@ -72,7 +81,7 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None):
         conn.close()
         result = {
             "p50_first_tenth_ms": trend(parts)[0], "p50_last_tenth_ms": trend(parts)[1],
-            "event": event, "channels": channels, "rate_limits": "on (shipped)", "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
+            "event": event, "channels": channels, "beside_bulk": beside_bulk, "urgent_worker": urgent_worker, "rate_limits": "on (shipped)", "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
             "expected": expected, "received": received, "lost": expected - received,
             "still_arriving_after_180s": still_arriving,
             "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else None,

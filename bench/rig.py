@@ -119,8 +119,8 @@ class Bench(contextlib.ExitStack):
         self.group.started.append(server)
         return server.start(timeout=60)
 
-    def start_rq_worker(self):
-        return self.group.start_worker(self.env())
+    def start_rq_worker(self, **settings):
+        return self.group.start_worker(self.env(**settings))
 
     def start_peer(self, workers=1, worker_connections=19_000):
         """Flask-SSE 1.0.0 (bench/peer_flask_sse.py) under `gunicorn -k gevent`, run from bench/: the

@@ -4,6 +4,7 @@ prints the table):
     python -m bench.streams held --streams 15000 [--peer] [--keep]
     python -m bench.streams latency [--peer] [--seconds 30]
     python -m bench.streams full-path [--rq-workers 2] [--event security/login_alert] [--channels system]
+        [--beside-bulk 100000] [--urgent-worker]
     python -m bench.streams saturation --streams 10000 [--peer] [--window 8] [--masters 3]
     python -m bench.streams memory --streams 3000
 
@@ -36,6 +37,9 @@ def main():
     parser.add_argument("--event", default="task/task_due",
                         help="full-path: the triggers' group/event (security/login_alert: the urgent lane)")
     parser.add_argument("--channels", help="full-path: the triggers' channels, comma-separated (system: in-app only)")
+    parser.add_argument("--beside-bulk", type=int, default=0,
+                        help="full-path: a bulk trigger to this many other users fans out beside the measured ones")
+    parser.add_argument("--urgent-worker", action="store_true", help="full-path: one more worker for the urgent lane")
     parser.add_argument("--window", type=int, default=FULL.window, help="saturation: broadcasts in flight")
     parser.add_argument("--masters", type=int, default=0,
                         help="saturation: the stream channels on a local Redis Cluster of this many masters")
@@ -57,7 +61,8 @@ def main():
     elif args.scenario == "memory":
         result = memory(args.streams or 3000, sizes, args.keep)
     elif args.scenario == "full-path":
-        result = full_path(sizes, args.keep, args.event, args.channels.split(",") if args.channels else None)
+        result = full_path(sizes, args.keep, args.event, args.channels.split(",") if args.channels else None,
+                           args.beside_bulk, args.urgent_worker)
     else:
         result = saturation(kind, args.streams or sizes.saturation_streams, sizes, args.keep, masters=args.masters)
     print(json.dumps(result, indent=2, default=str))
