@@ -57,6 +57,7 @@ def _blueprints():
     from .audit.routes import blp as audit_log
     from .consent.routes import blp as consent
     from .contacts.routes import blp as contacts
+    from .deliveries.report_routes import blp as reports
     from .deliveries.routes import blp as deliveries
     from .dispatch.routes import blp as dispatch
     from .notifications.routes import blp as notifications
@@ -65,4 +66,4 @@ def _blueprints():
     from .streams.routes import blp as streams
     from .webpush.routes import blp as webpush_subscriptions
     return [streams, dispatch, preferences, consent, notifications, acks, deliveries, contacts, stats, audit_log,
-            evidence, webpush_subscriptions]
+            evidence, webpush_subscriptions, reports]

@@ -151,7 +151,8 @@ def load_settings(overrides=None, environ=None):
     """Build the app's settings from defaults, the environment and overrides."""
     environ = os.environ if environ is None else environ
     overrides = dict(overrides or {})
-    settings = {}
+    # set by the deploy (not the development default): providers are told to report there
+    settings = {"PUBLIC_URL_GIVEN": bool(overrides.get("PUBLIC_URL") or environ.get("PUBLIC_URL"))}
     for name, default in DEFAULTS.items():
         if name in overrides:
             value = overrides.pop(name)

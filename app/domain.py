@@ -26,10 +26,18 @@ class Event:
     external_content: str = "full"   # "teaser": email/SMS carry a teaser, never the title or content
     priority: str = "normal"         # its lane (LANES); a trigger may lower it, never raise it
     fallback: tuple = ()             # (channel, the channel whose failure starts it), in order
+    deadlines: tuple = ()            # (watched channel, seconds, fallback channel): `<channel>_not_delivered_within`
 
     def fallbacks_after(self, failed):
-        """The channels to try once `failed` has failed for good."""
+        """The channels to try once `failed` has failed for good (a delivery that failed, or was
+        reported undelivered, was not delivered within any time either)."""
         return [channel for channel, after in self.fallback if after == failed]
+
+    def watch(self, channel):
+        """(seconds, fallback channels) when a delivery on `channel` must be reported delivered within
+        `seconds` (app/deliveries/deadlines.py); None when nothing waits for its report."""
+        found = [(seconds, fallback) for watched, seconds, fallback in self.deadlines if watched == channel]
+        return (found[0][0], tuple(fallback for _, fallback in found)) if found else None
 
     def with_fallback(self, channel):
         """This event as preferences judge one of its fallback channels: as if it were a default one
@@ -58,9 +66,7 @@ def _digest(path, where, raw, channels, scope):
         return None
     if not isinstance(raw, dict) or set(raw) - {"window", "channels", "max_items"}:
         raise ConfigError(path, f"{where}.digest", "must be a mapping of window, channels and max_items")
-    match = DURATION.match(str(raw.get("window", "")))
-    seconds = (int(match["d"] or 0) * 86400 + int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60
-               + int(match["s"] or 0)) if match else 0
+    seconds = _seconds(DURATION.match(str(raw.get("window", ""))))
     if not 1 <= seconds <= 7 * 86400:
         raise ConfigError(path, f"{where}.digest.window",
                           "must be an ISO 8601 duration from PT1S to P7D, such as PT10M")
@@ -208,13 +214,14 @@ def _parse_notifications(path):
             except ValueError as error:
                 key, problem = error.args[0]
                 raise ConfigError(path, f"{ewhere}.{key}", problem)
+            fallback, deadlines = _fallback(path, eraw, ewhere, chans, all_channels)
             events[str(ename)] = Event(
                 str(gname), str(ename), tuple(c for c in chans if c in channels), bool(eraw.get("locked", False)),
                 urgent, requires_consent=consent, ack=ack,
                 digest=None if urgent else digest,   # urgent never waits for a digest
                 external_content=_external_content(path, eraw, ewhere, group_external),
                 priority=_priority(path, eraw, ewhere, "urgent" if urgent else group_priority),
-                fallback=_fallback(path, eraw, ewhere, chans, all_channels))
+                fallback=fallback, deadlines=deadlines)
         retention = graw.get("retention_days")
         if retention is not None and (not isinstance(retention, int) or retention <= 0):
             raise ConfigError(path, f"{where}.retention_days", "must be a whole number of days > 0")
@@ -241,12 +248,56 @@ def _external_content(path, raw, where, default):
     return value
 
 
+def _seconds(match):
+    """Seconds of a DURATION match (0 for no match)."""
+    return (int(match["d"] or 0) * 86400 + int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60
+            + int(match["s"] or 0)) if match else 0
+
+
+def reports_delivery(name, options):
+    """Whether every provider of the channel reports delivery: Twilio's status callbacks, or a signed
+    JSON report for a provider given a `report_secret` (app/deliveries/reports.py)."""
+    providers = options.get("providers")
+    entries = providers if isinstance(providers, list) and providers else [dict(options, name=name)]
+    return all(isinstance(entry, dict) and (entry.get("type", entry.get("name")) in REPORTING_TYPES
+                                            or bool(entry.get("report_secret"))) for entry in entries)
+
+
+REPORTING_TYPES = ("twilio", "sms")   # Twilio status callbacks; any other type needs a `report_secret`
+MAX_REPORT_WAIT = 86400
+
+
+def _when(path, at, when, chans, all_channels):
+    """(the watched channel, seconds or None) of a fallback's `when`: `<channel>_failed` or
+    `{<channel>_not_delivered_within: <ISO 8601 duration>}` (a channel whose providers report delivery)."""
+    if isinstance(when, dict) and len(when) == 1:
+        key, value = next(iter(when.items()))
+        after = key[:-len("_not_delivered_within")] if str(key).endswith("_not_delivered_within") else None
+        if after not in chans or after == IN_APP:
+            raise ConfigError(path, f"{at}.when", f"{key!r} must be `<channel>_not_delivered_within` for an "
+                              "external channel of the event")
+        if not reports_delivery(after, all_channels[after]):
+            raise ConfigError(path, f"{at}.when", f"{key}: channel {after!r} has a provider that does not report "
+                              "delivery (Twilio does; another provider needs a `report_secret`, docs/channels.md)")
+        seconds = _seconds(DURATION.match(str(value)))
+        if not 1 <= seconds <= MAX_REPORT_WAIT:
+            raise ConfigError(path, f"{at}.when.{key}", "must be an ISO 8601 duration from PT1S to P1D, such as PT2M")
+        return after, seconds
+    after = when[:-len("_failed")] if isinstance(when, str) and when.endswith("_failed") else None
+    if after not in chans or after == IN_APP:
+        raise ConfigError(path, f"{at}.when", "must be `<channel>_failed` or `{<channel>_not_delivered_within: "
+                          f"<duration>}}` for an external channel of the event, got {when!r}")
+    return after, None
+
+
 def _fallback(path, raw, where, chans, all_channels):
-    """`fallback: [{channel: sms, when: email_failed}]`: a channel tried once another has failed for good."""
+    """`fallback: [{channel: sms, when: email_failed}]`: a channel tried once another has failed for
+    good, or (`when: {email_not_delivered_within: PT2M}`) once it was not reported delivered in time.
+    Returns (fallback pairs, deadlines) as Event holds them."""
     entries = raw.get("fallback", []) or []
     if not isinstance(entries, list):
         raise ConfigError(path, f"{where}.fallback", "must be a list of {channel, when}")
-    found = []
+    found, deadlines = [], []
     for i, entry in enumerate(entries):
         at = f"{where}.fallback[{i}]"
         if not isinstance(entry, dict) or set(entry) != {"channel", "when"}:
@@ -256,13 +307,14 @@ def _fallback(path, raw, where, chans, all_channels):
             raise ConfigError(path, f"{at}.channel", f"names unknown or in-app channel {channel!r}")
         if channel in chans:
             raise ConfigError(path, f"{at}.channel", f"{channel!r} is already one of the event's channels")
-        after = when[:-len("_failed")] if isinstance(when, str) and when.endswith("_failed") else None
-        if after not in chans or after == IN_APP:
-            raise ConfigError(path, f"{at}.when", "must be `<channel>_failed` for an external channel of the "
-                              f"event (`email_not_delivered_within` needs delivery reports: not supported), got {when!r}")
+        after, seconds = _when(path, at, when, chans, all_channels)
+        if seconds is not None and any(w == after and s != seconds for w, s, _ in deadlines):
+            raise ConfigError(path, f"{at}.when", f"{after}_not_delivered_within: one duration per watched channel")
         if channel in all_channels and all_channels[channel]["enabled"]:
             found.append((channel, after))
-    return tuple(found)
+            if seconds is not None:
+                deadlines.append((after, seconds, channel))
+    return tuple(found), tuple(deadlines)
 
 
 def _priority(path, raw, where, default):

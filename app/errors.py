@@ -6,6 +6,7 @@
     ├── InvalidApiKey            401  missing or wrong X-API-Key
     ├── InvalidCustomerId        403  customer outside the token's `customers`
     ├── InsufficientScope        403  a known API key without the endpoint's scope
+    ├── InvalidSignature         403  a provider's delivery report whose signature does not verify
     ├── InvalidMetricsToken      401  /metrics or the greenlet scan without the METRICS_TOKEN bearer
     ├── MetricsTokenNotConfigured 403 the greenlet scan, with no METRICS_TOKEN configured
     ├── InvalidJson              400  a body that is not JSON, or nests deeper than MAX_JSON_DEPTH
@@ -23,7 +24,8 @@
     ├── InvalidTicket            401  stream ticket unknown, used or expired
     ├── ServiceUnavailable       503  a dependency is down; nothing was accepted
     ├── QueryTimeout             503  the database cancelled a query at statement_timeout
-    └── 500s naming what failed: FailedToMarkAsRead, FailedToAcknowledge, FailedToDelete, FailedToFetch…, FailedToUpdate…
+    └── 500s naming what failed: FailedToMarkAsRead, FailedToAcknowledge, FailedToDelete, FailedToFetch…, FailedToUpdate…,
+        FailedToRecordReport
 
 Each class's docstring is its default message. Exceptions no client ever sees stay with the code
 that raises and handles them (the channels' DeliveryError tree in app/channels/base.py, the hub's
@@ -81,6 +83,12 @@ class InvalidCustomerId(ApiError):
 class InsufficientScope(ApiError):
     """This API key lacks the scope this endpoint requires"""
     status, code = 403, "insufficient_scope"
+
+
+class InvalidSignature(ApiError):
+    """The report's signature does not verify with this provider's secret"""
+
+    status, code = 403, "invalid_signature"
 
 
 class InvalidMetricsToken(ApiError):
@@ -246,6 +254,12 @@ class FailedToUpdateContact(ApiError):
 class FailedToFetchStats(ApiError):
     """Failed to fetch notification statistics"""
     status, code = 500, "failed_to_fetch_stats"
+
+
+class FailedToRecordReport(ApiError):
+    """Failed to record the delivery report"""
+
+    status, code = 500, "failed_to_record_report"
 
 
 class FailedToFetchAudit(ApiError):

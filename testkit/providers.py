@@ -7,7 +7,8 @@
   (the acceptance) and QUIT: a test looks at the database there, or kills the
   sender.
 - `FakeTwilio`: a stdlib HTTP server speaking the shape of Twilio's Messages API
-  (form fields, basic auth, 201 with a `sid`, Twilio's error JSON).
+  (form fields, basic auth, 201 with a `sid`, Twilio's error JSON); `status_callback` builds the
+  signed delivery report Twilio would post to a message's StatusCallback.
 - `FakeHTTP`: a stdlib HTTP server that records JSON posts (webhook, Apprise json://).
   Both HTTP fakes answer from a script of responses first (`fail(...)`), then
   with `always` if set, else success; `on_request` runs before each answer.
@@ -17,6 +18,8 @@ delivery jobs: testkit.jobs.
 """
 import base64
 import collections
+import hashlib
+import hmac
 import datetime
 import email
 import email.policy
@@ -261,6 +264,7 @@ class FakeTwilio(FakeHTTP):
     def __init__(self, account_sid="AC" + "1" * 32, auth_token="secret-token", sender="+15005550006", port=0):
         self.account_sid, self.auth_token, self.sender = account_sid, auth_token, sender
         self.messages = []    # form fields of every request Twilio accepted
+        self.sent = []        # ... of those it answered itself (no script), with the `sid` it gave
         super().__init__(port)
 
     def _answer(self, handler, raw):
@@ -279,12 +283,32 @@ class FakeTwilio(FakeHTTP):
             return status, payload
         self.messages.append(request.form)
         form = request.form or {}
-        return 201, {"sid": "SM" + uuid.uuid4().hex, "account_sid": self.account_sid, "to": form.get("To"),
+        sid = "SM" + uuid.uuid4().hex
+        self.sent.append(dict(form, sid=sid))
+        return 201, {"sid": sid, "account_sid": self.account_sid, "to": form.get("To"),
                      "from": form.get("From"), "body": form.get("Body"), "status": "queued",
                      "num_segments": "1", "api_version": "2010-04-01"}
+
+    def status_callback(self, message, status, error_code=None, token=None):
+        """(URL, form, headers) of the status callback Twilio posts for an accepted `message` (an item
+        of `sent`), signed the way Twilio documents it (www.twilio.com/docs/usage/security#validating-requests)."""
+        sid = message["sid"]
+        form = {"MessageSid": sid, "SmsSid": sid, "AccountSid": self.account_sid, "From": self.sender,
+                "To": message.get("To"), "MessageStatus": status, "SmsStatus": status, "ApiVersion": "2010-04-01"}
+        if error_code is not None:
+            form["ErrorCode"] = str(error_code)
+        url = message["StatusCallback"]
+        return url, form, {"X-Twilio-Signature": twilio_signature(url, form, token or self.auth_token)}
 
     @staticmethod
     def error(code, message, status):
         """Twilio's error body."""
         return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
                 "status": status}
+
+
+def twilio_signature(url, params, token):
+    """X-Twilio-Signature: base64 HMAC-SHA1 under the auth token of the URL, then each POST parameter's
+    name and value, sorted by name."""
+    data = url + "".join(name + params[name] for name in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()

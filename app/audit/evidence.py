@@ -67,11 +67,12 @@ def gather(conn, notification_id, anchor_path=None):
                         " dispatched_at FROM triggers WHERE id = %s", (notification["trigger_id"],))
             trigger = cur.fetchone()
         cur.execute("SELECT id, channel, status, reason, attempts, last_error, provider_message_id, created_at,"
-                    " updated_at, sent_at, resolution FROM deliveries WHERE notification_id = %s ORDER BY channel",
+                    " updated_at, sent_at, delivered_at, resolution FROM deliveries WHERE notification_id = %s"
+                    " ORDER BY channel",
                     (notification_id,))
         deliveries = cur.fetchall()
-        cur.execute("SELECT delivery_id, attempt, outcome, error, provider_message_id, started_at, finished_at,"
-                    " resolution FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[]) ORDER BY attempt, id",
+        cur.execute("SELECT delivery_id, attempt, outcome, error, provider, provider_message_id, started_at,"
+                    " finished_at, resolution FROM delivery_attempts WHERE delivery_id = ANY(%s::uuid[]) ORDER BY attempt, id",
                     ([str(d["id"]) for d in deliveries],))
         attempts = cur.fetchall()
         targets = [("notification", str(notification_id))]

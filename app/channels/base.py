@@ -59,6 +59,14 @@ def expand_env(value):
     return value
 
 
+def report_url(app, provider):
+    """Where `provider` reports delivery (app/deliveries/reports.py), as PUBLIC_URL reaches this
+    service; None when PUBLIC_URL was not set (a provider could not reach a default localhost)."""
+    if not app.config.get("PUBLIC_URL_GIVEN"):
+        return None
+    return f"{app.config['PUBLIC_URL'].rstrip('/')}/v1/providers/{provider}/reports"
+
+
 class DeliveryError(Exception):
     """The delivery did not happen."""
 

@@ -7,7 +7,8 @@ account_sid:auth_token; a 201 answer carries the message's `sid`.
 Options: `account_sid`, `auth_token`, `from` (sender number) or
 `messaging_service_sid`, `base_url` (defaults to Twilio's; tests point it
 at a local server), `status_callback` (URL Twilio reports delivery status
-to), `timeout`. Values written as `${NAME}` are read from the environment
+to; by default `{PUBLIC_URL}/v1/providers/{name}/reports` when PUBLIC_URL is
+set, app/deliveries/reports.py), `timeout`. Values written as `${NAME}` are read from the environment
 so secrets stay out of the file; by default they come from
 TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM.
 
@@ -22,7 +23,7 @@ and error code (e.g. 21211 "The 'To' number is not a valid phone number").
 """
 import requests
 
-from .base import Channel, RetryableError, expand_env
+from .base import Channel, RetryableError, expand_env, report_url
 from .sms_segments import fit
 from .templates import render
 from .webhook import check_response
@@ -55,8 +56,9 @@ class TwilioChannel(Channel):
             form["MessagingServiceSid"] = service
         else:
             form["From"] = sender
-        if self._option("status_callback"):
-            form["StatusCallback"] = self._option("status_callback")
+        callback = self._option("status_callback") or report_url(self.app, self.name)
+        if callback:
+            form["StatusCallback"] = callback
         try:
             response = self.session.post(f"{base}/2010-04-01/Accounts/{sid}/Messages.json", auth=(sid, token),
                                          data=form, allow_redirects=False,

@@ -43,8 +43,8 @@ from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
 from ..queues.enqueue import enqueue_deliveries, schedule_delivery
+from . import deadlines, repository
 from . import digest as digests
-from . import repository
 from .receipt import Receipt, record_late, unrecord
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def deliver(delivery_id):
                     claimed["granted"] = consent.consented(conn, [claimed["user_id"]], event,
                                                            claimed["row"]["customer_id"])
                 claimed["resolution"] = resolution(app, event, claimed)
+                deadlines.watch(conn, claimed, event)   # `<channel>_not_delivered_within` (deadlines.py)
         if claimed is None:
             return "not-claimable"
         claimed["tried"] = []

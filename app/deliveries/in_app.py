@@ -22,4 +22,4 @@ def delivered(created_at):
     """The in-app delivery of a visible notification, as GET …/deliveries shows a delivery."""
     return {"id": None, "channel": IN_APP, "status": "sent", "reason": None, "attempts": 0, "last_error": None,
             "provider_message_id": None, "created_at": created_at, "updated_at": created_at, "sent_at": created_at,
-            "history": []}
+            "delivered_at": None, "history": []}

@@ -70,7 +70,7 @@ def for_notification(conn, user_id, notification_id, customers=None):
         if found is None:
             return None
         cur.execute("SELECT id, channel, status, reason, attempts, last_error, provider_message_id, created_at,"
-                    " updated_at, sent_at FROM deliveries WHERE notification_id = %s ORDER BY channel",
+                    " updated_at, sent_at, delivered_at FROM deliveries WHERE notification_id = %s ORDER BY channel",
                     (notification_id,))
         deliveries = cur.fetchall()
         cur.execute("SELECT delivery_id, attempt, outcome, error, provider, provider_message_id, started_at,"
@@ -127,17 +127,18 @@ def stale(conn, older_than_seconds, limit=1000):
         return [row[0] for row in cur.fetchall()]
 
 
-def fall_back(conn, claimed, channels):
-    """Pending deliveries on the fallback `channels` of a delivery that failed for good; ids of the
-    new ones. Once only: a channel that already has a delivery of this notification gets none."""
+def fall_back(conn, claimed, channels, reason=None):
+    """Pending deliveries on the fallback `channels` of a delivery that failed for good (or was not
+    delivered in time: `reason`); ids of the new ones. Once only: a channel that already has a
+    delivery of this notification gets none."""
     if not channels:
         return []
     with conn.cursor() as cur:
         cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason)"
                     " SELECT gen_random_uuid(), %s, %s, c, 'pending', %s FROM unnest(%s::text[]) AS c"
                     " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id",
-                    (claimed["notification_id"], claimed["user_id"], f"fallback: {claimed['channel']} failed",
-                     list(channels)))
+                    (claimed["notification_id"], claimed["user_id"],
+                     f"fallback: {reason or claimed['channel'] + ' failed'}", list(channels)))
         return [row[0] for row in cur.fetchall()]
 
 

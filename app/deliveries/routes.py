@@ -12,7 +12,7 @@ blp = Blueprint("deliveries", __name__, description="Delivery status per channel
 
 
 def _public(delivery):
-    times = ("created_at", "updated_at", "sent_at")
+    times = ("created_at", "updated_at", "sent_at", "delivered_at")
     history = [{"attempt": a["attempt"], "outcome": a["outcome"], "error": a["error"],
                 "provider": a["provider"], "provider_message_id": a["provider_message_id"], "started_at": rfc3339(a["started_at"]),
                 "finished_at": rfc3339(a["finished_at"])} for a in delivery["history"]]

@@ -1,5 +1,6 @@
 """Scheduled triggers: kept as `scheduled` outbox rows until their send_at, then made due; and
-the thread that also runs due escalation steps (app/acks/service.py).
+the thread that also runs due escalation steps (app/acks/service.py) and the deadlines of
+`<channel>_not_delivered_within` fallbacks (app/deliveries/deadlines.py).
 
 A trigger accepted with a future `send_at` is a durable row with status
 `scheduled` (migrations_sql/0015); nothing about it lives in Redis, so a
@@ -72,10 +73,14 @@ def cancel(conn, trigger_id, api_key_id):
 
 def tick(app):
     """One pass: make due what is due, wake a drain for it, run the escalation steps due
-    (app/acks/service.py); returns seconds to sleep."""
+    (app/acks/service.py) and the delivery-report deadlines passed (app/deliveries/deadlines.py);
+    returns seconds to sleep."""
     from ..acks.service import STEPS_PER_PASS, run_due_steps
+    from ..deliveries import deadlines
     with app.app_context(), db.connection() as conn:
         if run_due_steps(app, conn) >= STEPS_PER_PASS:
+            return 0
+        if deadlines.run_due(app, conn) >= deadlines.ROWS_PER_PASS:
             return 0
         made_due, lanes = make_due(conn)
         conn.commit()

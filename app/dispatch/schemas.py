@@ -225,7 +225,8 @@ class PushedSchema(ma.Schema):
 
 class DeliverySchema(ma.Schema):
     channel = fields.String()
-    status = fields.String()
+    status = fields.String(metadata={"description": "pending, sending, sent, failed, skipped, expired, or "
+                                                    "undelivered (the provider reported it was not delivered)"})
     reason = fields.String(allow_none=True)
     attempts = fields.Integer()
     last_error = fields.String(allow_none=True)
@@ -233,7 +234,11 @@ class DeliverySchema(ma.Schema):
     created_at = fields.String()
     updated_at = fields.String()
     sent_at = fields.String(allow_none=True)
-    history = fields.List(fields.Dict())
+    delivered_at = fields.String(allow_none=True, metadata={
+        "description": "when the provider reported it delivered (providers that report: docs/channels.md)"})
+    history = fields.List(fields.Dict(), metadata={
+        "description": "each attempt (and each provider try) in order, then the provider's report, if any "
+                       "(outcome delivered or undelivered)"})
 
 
 class DeliveriesSchema(ma.Schema):

@@ -56,7 +56,9 @@ def test_twilio_gets_the_right_form_fields_and_basic_auth(build, twilio, user):
     assert request.auth == (twilio.account_sid, twilio.auth_token)
     assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert request.form == {"To": PHONE, "From": twilio.sender,
-                            "Body": "Payment failed: Card ending 4242 was declined"}
+                            "Body": "Payment failed: Card ending 4242 was declined",
+                            # where Twilio reports delivery: PUBLIC_URL's (app/deliveries/reports.py)
+                            "StatusCallback": "https://notify.example.com/v1/providers/sms/reports"}
 
     sms = deliveries(client, headers)["sms"]
     assert sms["status"] == "sent"

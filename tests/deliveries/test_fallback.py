@@ -9,12 +9,16 @@ from testkit.jobs import drain, run_jobs
 PHONE = "+14155550100"
 
 
+def sms_options(twilio):
+    """The SMS channel, through the local Twilio."""
+    return {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
+            "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 5}
+
+
 @pytest.fixture
 def build(channel_app, smtp, twilio):
     def make(fallback=None, attempts=3):
-        channels = {"email": {"enabled": True},
-                    "sms": {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
-                            "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 5}}
+        channels = {"email": {"enabled": True}, "sms": sms_options(twilio)}
         event = {"channels": ["system", "email"],
                  "fallback": fallback if fallback is not None else [{"channel": "sms", "when": "email_failed"}]}
         return channel_app(channels, {"payment": {"payment_failed": event}}, attempts, (60, 600),
