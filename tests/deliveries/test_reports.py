@@ -15,6 +15,7 @@ import pytest
 
 from app.dispatch.schedule import tick
 from testkit.api import assert_envelope, deliveries, notification_id
+from testkit.config_files import channel_config
 from testkit.identity import SERVICE
 from testkit.jobs import run_jobs
 from testkit.processes import wait_until
@@ -95,6 +96,7 @@ def test_a_delivered_report_is_recorded_once_and_no_fallback_follows(build, twil
     assert sending.status_code == 202 and sending.get_json()["recorded"] == 0
     first = report(client, twilio, "delivered")
     assert first.status_code == 202 and first.get_json()["recorded"] == 1
+    assert first.headers.get("Cache-Control") == "no-store"
     again = report(client, twilio, "delivered")
     assert again.status_code == 202 and again.get_json()["recorded"] == 0
     late = report(client, twilio, "undelivered", 30003)        # a later, other report changes nothing
@@ -284,3 +286,34 @@ def test_a_failover_channel_reports_only_when_every_provider_does(channel_app, t
                       {"payment": {"payment_failed": event}})
     from app.deliveries.reports import reporters
     assert {name: r.kind for name, r in reporters(app).items()} == {"twilio_primary": "twilio", "gateway": "signed"}
+
+
+# ---------------------------------------------------------------- real worker processes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_deadline_outlives_a_killed_worker_and_runs_once_with_two_workers(make_app, clean, tmp_path, twilio,
+                                                                             smtp, processes, user, db):
+    """The SMS is sent by a worker process that is then killed (SIGKILL, its whole group) before
+    the deadline; two new workers' scheduler threads find the row: one email, not two."""
+    channels = {"email": {"enabled": True}, "sms": sms_options(twilio)}
+    events = {"payment": {"payment_failed": {"channels": ["system", "sms"], "fallback": [
+        {"channel": "email", "when": {"sms_not_delivered_within": "PT3S"}}]}}}
+    settings = dict(channel_config(tmp_path, channels, events), MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
+                    MAIL_TIMEOUT="5", PUBLIC_URL="https://notify.example.com")
+    app, env = make_app(**settings), dict(clean, **settings)
+    worker = processes.start_worker(env)
+    client = trigger_payment(app, user)
+    wait_until(lambda: len(twilio.sent) == 1 and rows(db, "SELECT status FROM deliveries") == [("sent",)], 30,
+               message=lambda: worker.output()[-2000:])
+    worker.kill()
+    assert rows(db, "SELECT status FROM delivery_deadlines") == [("pending",)] and smtp.messages == []
+
+    processes.start_worker(env)
+    processes.start_worker(env)
+    wait_until(lambda: smtp.messages, 30, message="the fallback email")
+    time.sleep(2)     # several more passes of both schedulers
+    assert len(smtp.messages) == 1 and len(twilio.sent) == 1
+    assert rows(db, "SELECT status FROM delivery_deadlines") == [("done",)]
+    assert deliveries(client, user[1])["email"]["reason"] == "fallback: sms not delivered within PT3S"

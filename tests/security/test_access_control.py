@@ -70,6 +70,9 @@ ACCESS = {
     ("POST", "/v1/notifications/webpush/subscriptions"): USER,
     ("DELETE", "/v1/notifications/webpush/subscriptions/<subscription_id>"): USER,
     ("GET", "/v1/notifications/users/<user_id>/preferences/history"): SERVICE_ONLY,
+    # a provider's delivery report: no API key or token, the provider's own signature instead
+    # (X-Twilio-Signature or X-Notifications-Signature: tests/deliveries/test_reports.py)
+    ("POST", "/v1/providers/<provider_name>/reports"): OPEN,
 }
 
 # The API-key scope of every service endpoint (app/security/api_keys.py SCOPES; enforced by service_required).
@@ -93,6 +96,8 @@ PATH_OBJECTS = {
     "trigger_id": "an API key's trigger: another key's answers exactly as a missing one",
     "user_id": "the subject of a contact or consent history: service-only, every key with the scope may read it",
     "filename": "a static file: public",
+    "provider_name": "a provider that reports delivery: public names, each report signed with its own secret "
+                     "(tests/deliveries/test_reports.py)",
     "subscription_id": "a user's Web Push subscription: another user's answers exactly as a missing one "
                        "(tests/channels/test_webpush.py)",
 }

@@ -180,6 +180,8 @@ def test_every_personal_answer_forbids_caching(app, client, db):
     covered = {(method, rule) for method, rule, _, _ in calls}
     # the Web Push endpoints answer 2xx only with VAPID keys: tests/channels/test_webpush.py checks them
     covered |= {(m, r) for m, r in ACCESS if r.startswith("/v1/notifications/webpush/")}
+    # a provider's report answers 2xx only when signed with its secret: tests/deliveries/test_reports.py checks it
+    covered |= {(m, r) for m, r in ACCESS if r.startswith("/v1/providers/")}
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/v1/"):
             for method in rule.methods - {"HEAD", "OPTIONS"}:
