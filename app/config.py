@@ -64,6 +64,8 @@ DEFAULTS = {
     "MAIL_PASSWORD": "",
     "MAIL_DEFAULT_SENDER": "notifications@localhost",
     "MAIL_TIMEOUT": "10",
+    # The service's address as users and providers reach it: links in emails; once set, Twilio is told to
+    # report delivery to {PUBLIC_URL}/v1/providers/{name}/reports (docs/channels.md#delivery-reports).
     "PUBLIC_URL": "http://localhost:8000",
     "SMS_MAX_SEGMENTS": "2",               # an SMS body is cut to this many segments (1..10; app/channels/sms.py)
     "RATE_LIMITS_ENABLED": "true",

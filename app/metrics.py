@@ -35,6 +35,9 @@ DELIVERY_LATENCY = Histogram("notif_delivery_seconds", "Time from notification t
 PROVIDER_SENDS = Counter("notif_provider_sends_total", "Sends per provider of a failover channel "
                          "(app/channels/failover.py): sent, failed, refused, breaker_open (passed over)",
                          ["channel", "provider", "outcome"])
+DELIVERY_REPORTS = Counter("notif_delivery_reports_total", "Providers' delivery reports that verified "
+                           "(app/deliveries/reports.py): recorded, or ignored (unknown message, a repeat)",
+                           ["provider", "status", "outcome"])
 
 HUB_DROPPED = Counter("notif_hub_dropped_messages_total",
                       "Channel messages the stream hub refused to frame (app/bus/codec.py)", ["reason"])

@@ -27,14 +27,19 @@ what is not 2xx, and a message we never recorded will not appear by retrying.
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from dataclasses import dataclass
+
+import redis
 
 from .. import db
 from ..channels.base import expand_env, report_url
 from ..errors import FailedToRecordReport, InvalidRequest, InvalidSignature, NotFound
+from ..metrics import DELIVERY_REPORTS
 from . import deadlines, repository
 
+log = logging.getLogger(__name__)
 TWILIO_TYPES = ("twilio", "sms")
 TWILIO_FINAL = {"delivered": "delivered", "undelivered": "undelivered", "failed": "undelivered"}
 SIGNATURE_HEADER = "X-Notifications-Signature"
@@ -147,7 +152,12 @@ def record(app, found, message_id, status, reason=None, at=None):
             deadlines.for_deliveries(conn, ids)          # their deadline rows first, as the scheduler locks them
             changed, new = _apply(conn, app.config["DOMAIN"], found, ids, message_id, status, reason, at)
             new += deadlines.settle(conn, deadlines.for_deliveries(conn, changed))
-        deadlines.enqueue(app, conn, new)
+        try:
+            deadlines.enqueue(app, conn, new)
+        except redis.RedisError as exc:   # the rows are stored: the relay enqueues pending deliveries
+            log.warning("report of %s: fallback deliveries not enqueued (%s); the relay will", found.name,
+                        type(exc).__name__)
+    DELIVERY_REPORTS.labels(found.name, status, "recorded" if changed else "ignored").inc()
     return len(changed)
 
 

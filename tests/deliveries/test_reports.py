@@ -163,6 +163,20 @@ def test_an_undelivered_report_starts_the_fallback_at_once(build, twilio, smtp, 
     passes(app, 2)
     run_jobs(app)
     assert len(smtp.messages) == 1
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'notif_delivery_reports_total{outcome="recorded",provider="sms",status="undelivered"} 1.0' in metrics
+
+
+def test_an_sms_refused_for_good_falls_back_at_once(build, twilio, smtp, user):
+    """Not delivered within any time: a delivery that failed for good starts the fallback as
+    `sms_failed` would, without waiting for the deadline."""
+    app = build(within="PT5M")
+    twilio.fail(400, twilio.error(21211, "The 'To' number is not a valid phone number", 400))
+    client = send(app, user)
+    run_jobs(app)
+    sent = deliveries(client, user[1])
+    assert sent["sms"]["status"] == "failed" and "falls back to email" in sent["sms"]["reason"]
+    assert len(smtp.messages) == 1 and sent["email"]["status"] == "sent"
 
 
 def test_a_failed_report_counts_as_undelivered(build, twilio, smtp, user):
