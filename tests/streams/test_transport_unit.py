@@ -30,6 +30,7 @@ import gevent.socket
 import hiredis
 import pytest
 
+from app import logs
 from app.bus import codec
 from app.bus.publisher import Publisher
 from app.errors import TooManyConnections
@@ -227,6 +228,9 @@ def rig(make_app, clean, caplog):
     """`rig(**settings)`: a keeper and a hub reaching the run's Redis through a TcpProxy, with the
     app's settings given."""
     made = []
+    # The process's logging as create_app sets it up, now: the first create_app of a run replaces
+    # the root logger's handlers, the test's capture among them if the test is already running.
+    logs.configure()
     caplog.set_level(logging.DEBUG, logger=keeper_module.__name__)
     keeper_module.use_access_log(AccessLog())   # the reason a stream closed is in that line's log
 
