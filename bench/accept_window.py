@@ -91,7 +91,9 @@ def run(n):
     from bench.emails import email_service
     app_db.psycopg2.connect = stamping_connect()
     stamping_smtp()
-    with email_service(n, "notif_window") as (app, smtp, users):
+    # Rate limits off: its one-user triggers come faster than one API key's `rate_limits.trigger`,
+    # and what it measures is inside the worker (printed with the result).
+    with email_service(n, "notif_window", rate_limits="off") as (app, smtp, users):
         client = app.test_client()
         for user_id in users:
             trigger(client, [user_id], title="window")
@@ -115,7 +117,7 @@ def main(argv=None):
     early = sum(1 for a, r in pairs if r <= a)
     window = sorted(max(0.0, r - a) * 1e6 for a, r in pairs)
     worker = sorted((r - d) * 1e6 for d, r in zip(sorted(DOTS), sorted(RECORDS)))
-    print(f"{args.n} deliveries, load {load:.2f} -> {os.getloadavg()[0]:.2f}:\n"
+    print(f"{args.n} deliveries (rate limits off), load {load:.2f} -> {os.getloadavg()[0]:.2f}:\n"
           f"  SMTP server has the message -> sent record handed to PostgreSQL: {quantiles(window)} µs,"
           f" mean {statistics.fmean(window):.0f} µs; {early} of {args.n} records left before the server"
           f" had the message (window 0)\n"

@@ -1,12 +1,14 @@
 """Priority lanes: how long an urgent trigger's email takes to reach the SMTP server while a bulk
 trigger's emails are queued, and how the bulk keeps flowing meanwhile.
 
-    python -m bench.lanes --users 10000 --urgent 20 [--bulk-priority none]
+    python -m bench.lanes --users 10000 --urgent 20 [--bulk-priority none] [--rate-limits off]
 
 Starts its own Redis, a fresh database on the server of DATABASE_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres), an SMTP server in a process of its own
-(testkit.providers.SMTPProcess) and ONE worker process (`python -m workers`, the shipped
-defaults). Then:
+(testkit.providers.SMTPProcess) and ONE worker process (`python -m workers`), with the shipped
+defaults, rate limits on (`--rate-limits off` turns them off, and the result says so); past
+10,000 users (queue.yaml's `batch.max_user_ids`) the bulk trigger needs a larger
+`max_user_ids` and MAX_CONTENT_LENGTH, which the result names. Then:
 
 1. `--users` users get an email address; one trigger (chat/message_received: in-app + email)
    goes to all of them, with `priority: --bulk-priority` (`none`: the field left out, for a
@@ -30,13 +32,15 @@ import time
 import uuid
 
 from bench.measure import percentile
-from bench.rig import SERVER_URL
+from bench.rig import SERVER_URL, add_rate_limits_option, shipped_env
 from devtools.services import redis_server
 from testkit.config_files import queue_yaml
 from testkit.database import Database, service_env
 from testkit.identity import API_KEY
 from testkit.processes import ProcessGroup
 from testkit.providers import SMTPProcess
+
+MAX_USER_IDS = 10_000   # queue.yaml's batch.max_user_ids
 
 
 def main():
@@ -48,17 +52,19 @@ def main():
     parser.add_argument("--during-fanout", action="store_true",
                         help="post the urgent triggers once the bulk's first chunk is stored, not after all of it")
     parser.add_argument("--patience", type=float, default=300.0, help="seconds to wait for one urgent email")
+    add_rate_limits_option(parser)
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="bench-lanes-")
     redis = redis_server()
     smtp = SMTPProcess().start()
     database = Database(os.environ.get("DATABASE_URL", SERVER_URL), prefix="bench_lanes")
-    queue = queue_yaml(workdir, batch={"max_user_ids": max(args.users, 10_000)},
-                       rate_limits={"recipients": f"{max(args.users * 10, 3_000_000)}/minute"})
-    env = service_env(database.url, redis.url, REDIS_PREFIX="benchlanes:", QUEUE_CONFIG=queue,
-                      MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port), MAIL_TIMEOUT="10",
-                      MAX_CONTENT_LENGTH=str(16 * 1024 * 1024))
+    overrides = {}
+    if args.users > MAX_USER_IDS:   # the shipped batch.max_user_ids and body cap refuse so large a trigger
+        overrides = {"QUEUE_CONFIG": queue_yaml(workdir, batch={"max_user_ids": args.users}),
+                     "MAX_CONTENT_LENGTH": str(16 * 1024 * 1024)}
+    env = dict(shipped_env(service_env(database.url, redis.url, REDIS_PREFIX="benchlanes:", MAIL_SERVER="127.0.0.1",
+                                       MAIL_PORT=str(smtp.port), MAIL_TIMEOUT="10"), args.rate_limits), **overrides)
     from app import create_app
     app = create_app(env)
     client = app.test_client()
@@ -118,6 +124,8 @@ def main():
 
     latencies.sort()
     print(f"machine: {os.cpu_count()} cores, {platform.platform()}")
+    print(f"settings: shipped defaults, rate limits {args.rate_limits}"
+          + (f"; batch.max_user_ids {args.users}, MAX_CONTENT_LENGTH 16 MiB" if overrides else ""))
     print(f"bulk: {args.users} users, priority {args.bulk_priority}; "
           f"{'first chunk' if args.during_fanout else 'all'} stored in {stored:.1f} s")
     print(f"urgent email reaches SMTP, {args.urgent} triggers: p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "

@@ -7,6 +7,7 @@
     LuaPublisher one message per channel, 1,000 PUBLISHes per script call, as app/bus/publisher.py does
     ramp         open streams step by step until the server subscribed their channels
     Sizes        FULL and QUICK sizes of the stream scenarios
+    shipped_env  a service environment with the repository's defaults (rate limits on)
 
 Processes are testkit's (the tests' own harness): our service is the real
 `gunicorn -c gunicorn.conf.py wsgi:app`, the worker `python -m workers`.
@@ -35,6 +36,24 @@ PREFIX = "bench:"
 STREAM_PATH = "/v1/notifications/sse"
 BENCH_CLIENT_NAME = "bench-driver"   # the parent's own Redis connection, left out of the counts
 SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"   # when DATABASE_URL is unset
+
+
+TEST_ONLY = ("SSE_MAX_STREAMS_PER_USER", "MAX_CONTENT_LENGTH", "RATE_LIMITS_ENABLED")
+
+
+def shipped_env(env, rate_limits="on"):
+    """`env` without the tests' overrides (testkit's `service_env` and `Bench.env`: rate limits off,
+    other stream and body caps): the repository's defaults. The rate limits are named either way, as
+    testkit's ProcessGroup turns them off when unsaid; "off" is for a benchmark's `--rate-limits
+    off`, which it must print with its result."""
+    env = {name: value for name, value in env.items() if name not in TEST_ONLY}
+    env["RATE_LIMITS_ENABLED"] = "false" if rate_limits == "off" else "true"
+    return env
+
+
+def add_rate_limits_option(parser):
+    parser.add_argument("--rate-limits", choices=("on", "off"), default="on",
+                        help="the shipped rate limits (default on); off is printed with the result")
 
 
 @dataclass(frozen=True)
@@ -109,8 +128,7 @@ class Bench(contextlib.ExitStack):
         graceful timeout as configured) rather than the benchmark's overrides."""
         env = ProcessGroup.environment(self.env(**settings))
         if shipped:
-            for name in ("SSE_MAX_STREAMS_PER_USER", "MAX_CONTENT_LENGTH", "RATE_LIMITS_ENABLED"):
-                env.pop(name)
+            env = shipped_env(env)
             options = dict(keepalive=None, graceful=None)
         else:
             options = dict(keepalive=15, WORKER_CONNECTIONS=worker_connections)

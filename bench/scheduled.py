@@ -1,7 +1,7 @@
 """Scheduled triggers: N triggers all scheduled for the same second; how long after their send_at
 each one's notification is stored (issue 21: within 2 s at 1,000).
 
-    python -m bench.scheduled [-n 1000] [--lead 20] [--workers 1]
+    python -m bench.scheduled [-n 1000] [--lead 20] [--workers 1] [--rate-limits off]
 
 One gunicorn (one gevent worker) and `--workers` RQ workers (`python -m workers`, each with its
 scheduler thread), a private database and redis-server. The N one-user triggers (in-app only) are
@@ -10,6 +10,10 @@ waits until every one is stored and prints the lag of `notifications.created_at`
 transaction that stored it, PostgreSQL's clock) behind the trigger's `send_at`, and when the last
 one was committed and readable (polled every 20 ms, the same machine's clock). Exits non-zero when a trigger
 was not stored or stored before its time.
+
+The shipped defaults, rate limits on: one API key's `rate_limits.trigger` (100/s) paces the
+posting, and a refused trigger is posted again after its `Retry-After`, as a caller would (the
+result says how many 429s came). `--rate-limits off` turns them off, and says so in the result.
 """
 import argparse
 import datetime
@@ -23,28 +27,34 @@ import psycopg2
 import requests
 
 from bench.measure import machine
+from bench.rig import add_rate_limits_option, shipped_env
 from devtools.services import postgres_url, redis_server
 from testkit.api import IN_APP, TRIGGER_PATH
-from testkit.config_files import queue_config
 from testkit.database import Database, service_env
 from testkit.identity import SERVICE
 from testkit.processes import ProcessGroup, wait_until
 
 
 def post_all(url, n, send_at, threads=16):
-    """N one-user triggers for `send_at`; the count of 202s."""
+    """N one-user triggers for `send_at`, each posted again after `Retry-After` while it gets a 429;
+    (the count of 202s, the count of 429s)."""
     body = dict(IN_APP, title="At the stroke", send_at=send_at.isoformat())
 
     def some(count):
-        ok = 0
+        ok = refused = 0
         with requests.Session() as s:
             for _ in range(count):
-                r = s.post(url + TRIGGER_PATH, headers=SERVICE, timeout=30,
-                           json=dict(body, user_ids=[str(uuid.uuid4())]))
+                one = dict(body, user_ids=[str(uuid.uuid4())])
+                r = s.post(url + TRIGGER_PATH, headers=SERVICE, timeout=30, json=one)
+                while r.status_code == 429:
+                    refused += 1
+                    time.sleep(float(r.headers.get("Retry-After", 1)))
+                    r = s.post(url + TRIGGER_PATH, headers=SERVICE, timeout=30, json=one)
                 ok += r.status_code == 202
-        return ok
+        return ok, refused
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(some, [n // threads + (i < n % threads) for i in range(threads)]))
+        counts = list(pool.map(some, [n // threads + (i < n % threads) for i in range(threads)]))
+    return sum(ok for ok, _ in counts), sum(refused for _, refused in counts)
 
 
 def lags(database_url):
@@ -65,19 +75,20 @@ def main(argv=None):
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--lead", type=float, default=20.0, help="seconds from the start to send_at")
     parser.add_argument("--workers", type=int, default=1)
+    add_rate_limits_option(parser)
     args = parser.parse_args(argv)
     server_url, stop_postgres = postgres_url()
     redis = redis_server()
     directory = tempfile.mkdtemp(prefix="bench-scheduled-")
     try:
         with Database(server_url, prefix="notif_bench_sched") as database, ProcessGroup(directory) as group:
-            env = service_env(database.url, redis.url)
+            env = shipped_env(service_env(database.url, redis.url), args.rate_limits)
             for _ in range(args.workers):
-                group.start_worker(env, queue_config=queue_config(directory))
+                group.start_worker(env)
             web = group.start_web(env, workers=1)
             send_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=args.lead)
             started = time.monotonic()
-            accepted = post_all(web.url, args.n, send_at)
+            accepted, refused = post_all(web.url, args.n, send_at)
             accept_s = time.monotonic() - started
             if datetime.datetime.now(datetime.timezone.utc) >= send_at:
                 print(f"accepting took {accept_s:.1f} s, past send_at: raise --lead", file=sys.stderr)
@@ -91,7 +102,8 @@ def main(argv=None):
         stop_postgres()
     pick = lambda q: found[min(len(found) - 1, int(q * len(found)))]
     print(f"machine: {machine()}")
-    print(f"{args.n} triggers for one send_at ({accepted} accepted in {accept_s:.1f} s), {args.workers} worker(s)")
+    print(f"{args.n} triggers for one send_at ({accepted} accepted in {accept_s:.1f} s, {refused} 429s posted again),"
+          f" {args.workers} worker(s), rate limits {args.rate_limits}")
     print("| stored after send_at | min | p50 | p99 | max |")
     print("|---|---|---|---|---|")
     print(f"| seconds | {found[0]:.3f} | {pick(0.5):.3f} | {pick(0.99):.3f} | {found[-1]:.3f} |")

@@ -11,6 +11,8 @@ started the Procfile's way, a database and a Redis of a run's own, and the calls
     rows           insert_notification, fetch_row, scalar, rows
     providers      FakeSMTP, SMTPProcess, FakeTwilio, FakeHTTP, self_signed_cert
     isolated_host  IsolatedHost: a client in a network namespace whose cable can be cut
+    apps           app_factory: apps made in the test process, their pools closed at the end
+    tcp_proxy      TcpProxy: a pausable proxy in front of a real server (holds, releases, cuts)
 
 Importable from the repository's root: pytest adds it (pytest.ini `pythonpath = .`), and
 `python -m bench.<module>` runs from there.

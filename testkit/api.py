@@ -5,7 +5,7 @@ json=..., headers=...)`), so the same call drives the app in-process or a real g
 """
 import uuid
 
-from testkit.identity import SERVICE
+from testkit.identity import SERVICE, bearer
 
 TRIGGER_PATH = "/v1/notifications/trigger"
 IN_APP = {"type": "tasks", "event": "task_due"}   # an event delivered in-app only: no email or SMS rows
@@ -90,3 +90,14 @@ def assert_envelope(response, status, code):
     assert isinstance(body["message"], str) and body["message"]
     assert set(body) - {"errors"} == ENVELOPE_KEYS
     return body
+
+
+def live_notification(web, title):
+    """The whole path on real processes (a `WebServer` with a worker running): a new user's stream
+    open, a trigger titled `title` to that user; returns the notification the stream read live."""
+    user = uuid.uuid4()
+    with web.stream(headers=bearer(user)) as stream:
+        assert stream.ok
+        assert web.post(TRIGGER_PATH, headers=SERVICE, json=trigger_body([user], **IN_APP, title=title)).ok
+        (event,) = stream.wait_events(1, timeout=20)
+    return event.json()

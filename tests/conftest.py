@@ -14,6 +14,7 @@ import redis
 
 from devtools.services import postgres_url, redis_server
 from testkit import database
+from testkit.apps import app_factory
 from testkit.config_files import channel_config
 from testkit.identity import bearer, make_token
 from testkit.processes import ProcessGroup
@@ -72,18 +73,8 @@ def clean(base_env, redis_proc):
 def make_app(clean):
     """make_app(**settings) -> an app on this run's services with settings over them (QUEUE_CONFIG,
     JWT settings, channel files, ...); every pool closed after the test."""
-    from app import create_app
-    made = []
-
-    def factory(**overrides):
-        application = create_app(dict(clean, **overrides))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield factory
-    for application in made:
-        application.extensions["db_pool"].close()
+    with app_factory(clean) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ import time
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.socket
 import hiredis
 import redis as redis_lib
 from gevent.socket import wait_read
@@ -78,7 +79,7 @@ class MapChanged(ConnectionError):
 
 
 class Hub:
-    def __init__(self, redis_url, prefix, key, connect=None):
+    def __init__(self, redis_url, prefix, key):
         self.redis_url = redis_url
         self.cluster = False       # this session's mode: sharded pub/sub over a Redis Cluster
         self.owners = {}           # cluster: slot -> (host, port) of its master, this session's map
@@ -86,9 +87,6 @@ class Hub:
         self.known = []            # cluster: every node's (host, port) last seen, to read the map from
         self.unsubscribing = {}    # cluster: channel -> SUNSUBSCRIBE replies this hub asked for
         self.prefix, self.key = prefix, key
-        # Opens each connection; the unit tests (tests/streams/) hand over one end of a socket
-        # pair whose other end plays Redis, so the hub's state machine runs without a server.
-        self.connect = connect or self._connect
         self.streams = {}          # channel -> set of Stream
         self.acks = {}             # channel -> [SUBSCRIBE replies still due, Event set when none is]
         self.leaving = set()       # channels whose last stream left: UNSUBSCRIBE them
@@ -240,6 +238,10 @@ class Hub:
         except redis_lib.RedisError as exc:   # refused AUTH, a failed handshake: retried like a lost socket
             raise ConnectionError(f"Redis refused the hub's connection: {exc}") from exc
         sock, connection._sock = connection._sock, None
+        if not isinstance(sock, (gevent.socket.socket, ssl.SSLSocket)):
+            # A process gevent did not patch (tests/streams/test_transport_unit.py runs the hub in
+            # pytest's): redis-py made a blocking socket, which the hub's reads need cooperative.
+            sock = gevent.socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         sock.settimeout(None)
         return sock
 
@@ -249,11 +251,11 @@ class Hub:
         while True:
             sock, started = None, time.monotonic()
             try:
-                if self.connect == self._connect and self._cluster_map():
+                if self._cluster_map():
                     sock = True
                     self._run_cluster()
                 else:
-                    sock = self.connect()
+                    sock = self._connect()
                     self._subscribe_all(sock)
                     self._read(sock)
             except OSError as exc:

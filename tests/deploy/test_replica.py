@@ -14,6 +14,7 @@ import psycopg2
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from testkit.apps import app_factory
 from testkit.database import Database, as_app_role, service_env, with_dbname
 from testkit.identity import SERVICE, bearer
 from testkit.processes import wait_until
@@ -83,21 +84,10 @@ def replica_url(cluster):
 @pytest.fixture
 def replica_app(cluster, redis_proc):
     """replica_app(**settings): an app on the primary with DATABASE_REPLICA_URL set; pools closed after."""
-    from app import create_app
-    made = []
-
-    def factory(**settings):
-        env = service_env(cluster[2], redis_proc.url, REDIS_PREFIX=f"notif-replica-{uuid.uuid4().hex[:6]}:",
-                          DATABASE_REPLICA_URL=replica_url(cluster), **settings)
-        application = create_app(env)
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield factory
-    for application in made:
-        application.extensions["db_pool"].close()
-        application.extensions["replica_router"].pool.close()
+    env = service_env(cluster[2], redis_proc.url, REDIS_PREFIX=f"notif-replica-{uuid.uuid4().hex[:6]}:",
+                      DATABASE_REPLICA_URL=replica_url(cluster))
+    with app_factory(env) as factory:
+        yield factory
 
 
 def pause(standby_admin):

@@ -15,8 +15,8 @@ import uuid
 import psycopg2
 import pytest
 
+from testkit.api import live_notification
 from testkit.database import deployment_urls
-from testkit.identity import SERVICE, bearer
 from testkit.processes import ProcessGroup
 from devtools.services import REPO_ROOT
 
@@ -108,13 +108,7 @@ def test_release_web_and_worker_over_verify_full(clean, processes, tls_database)
     assert "migration(s) applied" in done.stdout
     web = processes.start_web(env)
     processes.start_worker(env)
-    user = uuid.uuid4()
-    with web.stream(headers=bearer(user)) as stream:
-        assert stream.ok
-        assert web.post("/v1/notifications/trigger", headers=SERVICE, json={
-            "type": "tasks", "event": "task_due", "title": "over verify-full", "user_ids": [str(user)]}).ok
-        (event,) = stream.wait_events(1, timeout=20)
-    assert event.json()["title"] == "over verify-full"
+    assert live_notification(web, "over verify-full")["title"] == "over verify-full"
     with psycopg2.connect(tls_database) as conn, conn.cursor() as cur:
         cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         assert cur.fetchone() == (True,)

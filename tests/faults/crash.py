@@ -27,37 +27,18 @@ def crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, min_kills=6):
 
     poster = threading.Thread(target=post_all, daemon=True)
     poster.start()
-    kills, victim, kill_times = 0, 0, []
-    next_kill = time.monotonic() + kill_every
-    emails_sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")
     # kill while the triggers go in and for a while after (the jobs are still running)
-    while not done.is_set() or kills < min_kills \
-            or (emails_sent() < n * 0.9 and time.monotonic() - started < timeout / 2):
-        time.sleep(max(0.0, next_kill - time.monotonic()))
-        next_kill = time.monotonic() + kill_every
-        old = pool[victim % len(pool)]
-        kill_times.append(time.time())
-        old.kill()
-        rig.group.started.remove(old)
-        pool[victim % len(pool)] = rig.worker(env)
-        kills += 1
-        victim += 1
+    kill_times = rig.kill_workers(env, pool, kill_every=kill_every, keep_going=lambda kills: (
+        not done.is_set() or kills < min_kills
+        or (rig.emails_sent() < n * 0.9 and time.monotonic() - started < timeout / 2)))
+    kills = len(kill_times)
     load_done = time.monotonic() - started
-
-    def converged():
-        return rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'") >= n \
-            and email_figures(rig.smtp)[5] >= n
-    expired = 0
-    while not converged() and time.monotonic() - started < timeout:
-        before = (emails_sent(), len(rig.smtp.messages))
-        time.sleep(5)
-        if (emails_sent(), len(rig.smtp.messages)) == before:     # stalled: only leases of killed sends left
-            expired += rig.expire_stuck_leases()
+    expired = rig.drain(lambda: rig.emails_sent() >= n and email_figures(rig.smtp)[5] >= n, started, timeout)
     elapsed = time.monotonic() - started
     time.sleep(1.5)  # a late duplicate would arrive now
     stored = rig.scalar("SELECT count(*) FROM notifications")
     distinct_users = rig.scalar("SELECT count(DISTINCT user_id) FROM notifications")
-    sent = emails_sent()
+    sent = rig.emails_sent()
     total, distinct_ids, dup_id, dup_key, ambiguous, distinct_keys = email_figures(rig.smtp)
     resent_attempts = rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND attempts > 1")
     windows = record_windows(rig)

@@ -37,23 +37,10 @@ def digest_crash(rig, n=200, per_user=3, window_seconds=2, kill_every=1.0, worke
         done.set()
 
     threading.Thread(target=post_all, daemon=True).start()
-    sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")  # noqa
-    kills, victim = 0, 0
-    while (not done.is_set() or sent() < len(titles)) and kills < max_kills \
-            and time.monotonic() - started < timeout / 2:
-        time.sleep(kill_every)
-        old = pool[victim % len(pool)]
-        old.kill()
-        rig.group.started.remove(old)
-        pool[victim % len(pool)] = rig.worker(env)
-        kills += 1
-        victim += 1
-    expired = 0
-    while sent() < len(titles) and time.monotonic() - started < timeout:
-        before = (sent(), len(rig.smtp.messages))
-        time.sleep(3)
-        if (sent(), len(rig.smtp.messages)) == before:      # only the leases of killed sends are left
-            expired += rig.expire_stuck_leases(idle_seconds=3)
+    kills = len(rig.kill_workers(env, pool, kill_every=kill_every, keep_going=lambda kills: (
+        (not done.is_set() or rig.emails_sent() < len(titles)) and kills < max_kills
+        and time.monotonic() - started < timeout / 2)))
+    expired = rig.drain(lambda: rig.emails_sent() >= len(titles), started, timeout, pause=3, idle_seconds=3)
     time.sleep(1.5)   # a late duplicate would arrive now
     messages = list(rig.smtp.messages)
     ids = [str(m["message"]["Message-ID"]) for m in messages]
@@ -73,7 +60,7 @@ def digest_crash(rig, n=200, per_user=3, window_seconds=2, kill_every=1.0, worke
                 f"{len(ids) - len(set(ids))} duplicates, {len(missing)} items missing, {len(twice)} listed twice, "
                 f"{kills} kills, {expired} stuck leases fast-forwarded, {res.figures['seconds']} s")
     res.check(statuses[202] == len(titles), f"not every trigger got its 202: {dict(statuses)}")
-    res.check(sent() == len(titles), f"{sent()} email deliveries sent, want {len(titles)}")
+    res.check(rig.emails_sent() == len(titles), f"{rig.emails_sent()} email deliveries sent, want {len(titles)}")
     res.check(digests_sent == digests == len(set(ids)), f"{digests} digests, {digests_sent} sent, "
                                                          f"{len(set(ids))} distinct emails")
     res.check(len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} emails received twice")

@@ -32,25 +32,10 @@ def escalation_crash(rig, n=300, kill_every=2.0, workers=2, timeout=None, trigge
                 "user_ids": [str(u) for u in users[i:i + per_trigger]], "ack": step(2 + k)})
             accepted += r.status_code == 202
     steps_done = lambda: rig.scalar("SELECT count(*) FROM escalations WHERE status = 'done'")
-    emails_sent = lambda: rig.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")
-    kills, victim = 0, 0
-    next_kill = time.monotonic() + kill_every
-    while (steps_done() < n or emails_sent() < n * 0.9 or kills < min_kills) \
-            and time.monotonic() - started < timeout / 2:
-        time.sleep(max(0.0, next_kill - time.monotonic()))
-        next_kill = time.monotonic() + kill_every
-        old = pool[victim % len(pool)]
-        old.kill()
-        rig.group.started.remove(old)
-        pool[victim % len(pool)] = rig.worker(env)
-        kills += 1
-        victim += 1
-    expired = 0
-    while (emails_sent() < n or email_figures(rig.smtp)[5] < n) and time.monotonic() - started < timeout:
-        before = (emails_sent(), len(rig.smtp.messages))
-        time.sleep(5)
-        if (emails_sent(), len(rig.smtp.messages)) == before:     # only leases of killed sends left
-            expired += rig.expire_stuck_leases()
+    kills = len(rig.kill_workers(env, pool, kill_every=kill_every, keep_going=lambda kills: (
+        (steps_done() < n or rig.emails_sent() < n * 0.9 or kills < min_kills)
+        and time.monotonic() - started < timeout / 2)))
+    expired = rig.drain(lambda: rig.emails_sent() >= n and email_figures(rig.smtp)[5] >= n, started, timeout)
     elapsed = time.monotonic() - started
     time.sleep(1.5)   # a late duplicate would arrive now
     total, distinct_ids, dup_id, dup_key, _, distinct_keys = email_figures(rig.smtp)

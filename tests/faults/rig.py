@@ -139,6 +139,22 @@ class Rig:
     def worker(self, env):
         return self.group.start_worker(env)
 
+    def kill_workers(self, env, pool, keep_going, kill_every):
+        """The crash loop: SIGKILL the workers of `pool` in turn, one every `kill_every` seconds, each
+        replaced at once by a fresh one, for as long as keep_going(kills so far) holds; returns the
+        times (time.time()) of the kills."""
+        kill_times = []
+        next_kill = time.monotonic() + kill_every
+        while keep_going(len(kill_times)):
+            time.sleep(max(0.0, next_kill - time.monotonic()))
+            next_kill = time.monotonic() + kill_every
+            slot = len(kill_times) % len(pool)
+            kill_times.append(time.time())
+            pool[slot].kill()
+            self.group.started.remove(pool[slot])
+            pool[slot] = self.worker(env)
+        return kill_times
+
     # -- PostgreSQL -----------------------------------------------------------------------------
     @property
     def db(self):
@@ -168,6 +184,21 @@ class Rig:
                                            [(str(u), f"u{i}-{u.hex[:8]}@example.com") for i, u in enumerate(users)],
                                            page_size=1000)
         return users
+
+    def emails_sent(self):
+        return self.scalar("SELECT count(*) FROM deliveries WHERE channel = 'email' AND status = 'sent'")
+
+    def drain(self, done, started, timeout, pause=5.0, idle_seconds=10):
+        """After a crash loop: wait for done() until `timeout` seconds after `started`; whenever no
+        email delivery was marked sent and no email received for `pause` seconds, only the leases of
+        killed sends are left, so fast-forward them. Returns how many leases were."""
+        expired = 0
+        while not done() and time.monotonic() - started < timeout:
+            before = (self.emails_sent(), len(self.smtp.messages))
+            time.sleep(pause)
+            if (self.emails_sent(), len(self.smtp.messages)) == before:
+                expired += self.expire_stuck_leases(idle_seconds=idle_seconds)
+        return expired
 
     def expire_stuck_leases(self, idle_seconds=10):
         """Fast-forward the 120 s claim lease of deliveries whose worker died mid-send (no live job

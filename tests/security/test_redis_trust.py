@@ -11,6 +11,7 @@ import redis as redis_lib
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
+from testkit.api import live_notification
 from testkit.identity import SERVICE, bearer
 from testkit.processes import tls_redis_server, wait_until
 
@@ -184,13 +185,7 @@ def test_web_and_worker_run_as_the_documented_acl_user_and_it_reaches_no_other_k
         env = dict({k: v for k, v in clean.items() if k != "REDIS_PREFIX"}, REDIS_URL=url)
         web = processes.start_web(env)
         processes.start_worker(env)
-        user = uuid.uuid4()
-        with web.stream(headers=bearer(user)) as stream:
-            assert stream.ok
-            assert web.post("/v1/notifications/trigger", headers=SERVICE, json={
-                "type": "tasks", "event": "task_due", "title": "via ACL", "user_ids": [str(user)]}).ok
-            (event,) = stream.wait_events(1, timeout=20)
-        assert event.json()["title"] == "via ACL"
+        assert live_notification(web, "via ACL")["title"] == "via ACL"
         confined = redis_lib.Redis.from_url(url)
         with pytest.raises(redis_lib.exceptions.NoPermissionError):
             confined.set("notif:another-deployment:x", "1")

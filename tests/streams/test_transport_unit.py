@@ -3,12 +3,14 @@
 Everything of app/streams/ runs as in a worker: the keeper and its ticker and
 catch-up greenlets, the hub reading a pub/sub socket with hiredis, streams
 handed over by handoff._detach to a non-blocking SocketSink driven by libev
-watchers. Only the two ends of the transport are stand-ins, each a real socket
-pair: the client's end, read here as a browser would read the chunked body,
-and the Redis end of the hub's pub/sub connection, played by FakeRedis (the
-hub's `connect` seam), so a test decides when Redis confirms a subscription,
-delivers a message or goes away. PostgreSQL (the replay and the catch-up) and
-Redis (the per-user slots) are the run's real ones (tests/conftest.py).
+watchers. The client's end is a real socket pair, read here as a browser would
+read the chunked body. Redis is the run's real one (tests/conftest.py): the hub
+reaches it through PUBSUB_URL, which names a pausable TCP proxy in front of it
+(testkit/tcp_proxy.py), so a test decides when Redis's confirmation of a
+subscription or a message reaches the hub, or makes Redis go away. Messages are
+published with the service's own Publisher (app/bus/publisher.py), a real
+PUBLISH straight to Redis. PostgreSQL (the replay and the catch-up) and Redis
+(the per-user slots) are the run's real ones.
 
 Nothing here waits for a duration to assert on it: a test waits (with a
 deadline) for what a client reads or for a state to be reached.
@@ -21,110 +23,62 @@ import socket
 import termios
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.socket
 import hiredis
 import pytest
 
+from app import logs
 from app.bus import codec
+from app.bus.publisher import Publisher
 from app.errors import TooManyConnections
 from app.streams import access, frames, handoff
 from app.streams import keeper as keeper_module
-from app.streams.hub import Hub
+from app.streams.hub import hub as process_hub
 from app.streams.keeper import Keeper
+from testkit.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
 DEADLINE = 10   # seconds any single wait may take before the test fails (never asserted on)
 
 
-# -- the Redis end of the hub's connection ----------------------------------------------------
+# -- what Redis sends the hub's connection ------------------------------------------------------
 
 
-def _resp(*parts):
-    """A RESP array of bulk strings, or integers for int parts."""
-    out = [b"*%d\r\n" % len(parts)]
+def reply_size(*parts):
+    """The size in bytes of one pub/sub reply of these parts (a RESP2 array and a RESP3 push, as
+    redis-py's HELLO 3 gets, are the same size)."""
+    size = len(b"*%d\r\n" % len(parts))
     for part in parts:
         if isinstance(part, int):
-            out.append(b":%d\r\n" % part)
+            size += len(b":%d\r\n" % part)
         else:
             data = part.encode() if isinstance(part, str) else part
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+            size += len(b"$%d\r\n\r\n" % len(data)) + len(data)
+    return size
 
 
-class FakeRedis:
-    """Plays Redis on the far end of each connection the hub opens: confirms SUBSCRIBE and
-    UNSUBSCRIBE (or holds a channel's confirmation back), delivers PUBLISHed messages to the
-    newest connection if it subscribed the channel, refuses connections, or drops one."""
+def replies(data):
+    """The replies in `data`, parsed (complete ones)."""
+    reader, out = hiredis.Reader(), []
+    reader.feed(data)
+    reply = reader.gets()
+    while reply is not False:
+        out.append(reply)
+        reply = reader.gets()
+    return out
 
-    def __init__(self):
-        self.connections = []    # [socket, subscribed channels, greenlet], the newest last
-        self.commands = []       # (connection number, command, channel) in the order received
-        self.hold = set()        # channels whose SUBSCRIBE confirmation waits for release()
-        self.held = []
-        self.refuse = 0          # connection attempts still to refuse
 
-    def connect(self):
-        if self.refuse:
-            self.refuse -= 1
-            raise ConnectionRefusedError("fake Redis refuses the connection")
-        hub_end, ours = gevent.socket.socketpair()
-        entry = [ours, set(), None]
-        self.connections.append(entry)
-        entry[2] = gevent.spawn(self._serve, len(self.connections), entry)
-        return hub_end
-
-    def _serve(self, number, entry):
-        sock, channels, _ = entry
-        reader = hiredis.Reader()
-        while True:
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            reader.feed(data)
-            command = reader.gets()
-            while command is not False:
-                name = command[0].decode().upper()
-                for index, channel in enumerate(command[1:]):
-                    channel = channel.decode()
-                    self.commands.append((number, name, channel))
-                    if name == "SUBSCRIBE":
-                        channels.add(channel)
-                        if channel in self.hold:
-                            self.held.append((sock, channel, len(channels)))
-                            continue
-                    else:
-                        channels.discard(channel)
-                    sock.sendall(_resp(name.lower(), channel, len(channels)))
-                command = reader.gets()
-
-    def release(self, channel):
-        """Confirm the held SUBSCRIBEs of `channel` now."""
-        self.hold.discard(channel)
-        for sock, held, count in [h for h in self.held if h[1] == channel]:
-            self.held.remove((sock, held, count))
-            sock.sendall(_resp("subscribe", held, count))
-
-    def subscribed(self, channel):
-        return bool(self.connections) and channel in self.connections[-1][1]
-
-    def publish(self, channel, message):
-        sock, channels, _ = self.connections[-1]
-        assert channel in channels, f"nobody subscribed {channel} on the live connection"
-        sock.sendall(_resp("message", channel, message))
-
-    def drop(self):
-        """Redis goes away: the live connection is closed under the hub."""
-        self.connections[-1][0].close()
-
-    def stop(self):
-        for sock, _, greenlet in self.connections:
-            greenlet.kill()
-            sock.close()
+def commands(connection):
+    """(command, channel) of each SUBSCRIBE and UNSUBSCRIBE the hub sent on a connection, in order."""
+    out = []
+    for command in replies(connection.sent):
+        name = command[0].decode().upper()
+        if name in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            out.extend((name, channel.decode()) for channel in command[1:])
+    return out
 
 
 # -- the client's end of a stream -------------------------------------------------------------
@@ -189,12 +143,19 @@ def wait_for(predicate, what):
 
 
 class Rig:
-    def __init__(self, app):
-        self.app, self.redis = app, app.extensions["redis"]
-        self.fake = FakeRedis()
-        self.hub = Hub(app.config["REDIS_URL"], app.config["REDIS_PREFIX"],
-                       codec.message_key(app.config["SECRET_KEY"]), connect=self.fake.connect)
-        self.keeper = Keeper(app, self.hub, access.slots(app), app.extensions["db_pool"])
+    """A keeper and the product's hub (app/streams/hub.py `hub`), whose PUBSUB_URL names a TcpProxy
+    in front of the run's Redis."""
+
+    def __init__(self, make_app, redis_url, settings):
+        redis_address = urlsplit(redis_url)
+        self.proxy = TcpProxy((redis_address.hostname, redis_address.port)).start()
+        pubsub_url = f"redis://127.0.0.1:{self.proxy.port}{redis_address.path}"
+        self.app = make_app(PUBSUB_URL=pubsub_url, **settings)
+        self.redis = self.app.extensions["redis"]
+        self.hub = process_hub(self.app)
+        # The service's own publishing, on REDIS_URL's client: straight to Redis, not through the proxy.
+        self.publisher = Publisher(self.redis, self.app.config["REDIS_PREFIX"], self.hub.key)
+        self.keeper = Keeper(self.app, self.hub, access.slots(self.app), self.app.extensions["db_pool"])
         self.sockets = []
 
     def open(self, user_id, cursor=None, expires_at=float("inf"), before_replay=None, sndbuf=None):
@@ -216,15 +177,28 @@ class Rig:
     def channel(self, user_id):
         return self.hub.channel(user_id)
 
+    def connection(self):
+        """The hub's pub/sub connection through the proxy (its newest: the hub's probe for a
+        cluster, before it, is closed at once)."""
+        return self.proxy.connections[-1]
+
     def publish(self, user_id, seq, title, pad=0):
-        """A notification as the service publishes it (sealed), straight to the hub's socket."""
+        """A notification as the service publishes it: sealed, a real PUBLISH. Returns once Redis
+        sent it on the hub's connection (the proxy has it: passed on, or held)."""
         body = json.dumps({"title": title, "pad": "x" * pad})
-        channel = self.channel(user_id)
-        self.fake.publish(channel, codec.seal(self.hub.key, channel, codec.notification_message(seq, None, body)))
+        message = codec.notification_message(seq, None, body)
+        channel, connection = self.channel(user_id), self.connection()
+        size = reply_size("message", channel, codec.seal(self.hub.key, channel, message))
+        before, heard = connection.received, []
+        self.publisher.publish([(user_id, message)], heard=heard)
+        assert heard, f"nobody subscribed {channel} in Redis"
+        wait_for(lambda: connection.received >= before + size, f"Redis to send {title!r} to the hub")
 
     def hub_read_everything(self):
-        """Nothing published waits in the hub's socket: the hub read it, and flushed the streams
-        it fed before it yielded (app/streams/hub.py, `_read`)."""
+        """Nothing published waits for the hub: the proxy passed on all Redis sent, and the hub read
+        it from its socket, and flushed the streams it fed before it yielded (app/streams/hub.py, `_read`)."""
+        if not self.connection().idle():
+            return False
         waiting = array.array("i", [0])
         fcntl.ioctl(self.hub.sock.fileno(), termios.FIONREAD, waiting)
         return waiting[0] == 0
@@ -235,9 +209,9 @@ class Rig:
     def stop(self):
         self.keeper.shutdown()
         gevent.killall(self.keeper.greenlets + [self.hub.greenlet, self.hub.unsubscriber])
-        self.fake.stop()
         if self.hub.sock is not None:
             self.hub.sock.close()
+        self.proxy.close()
         for sock in self.sockets:
             sock.close()
 
@@ -250,14 +224,18 @@ class AccessLog:
 
 
 @pytest.fixture
-def rig(make_app, caplog):
-    """`rig(**settings)`: a keeper and a hub over a FakeRedis, with the app's settings given."""
+def rig(make_app, clean, caplog):
+    """`rig(**settings)`: a keeper and a hub reaching the run's Redis through a TcpProxy, with the
+    app's settings given."""
     made = []
+    # The process's logging as create_app sets it up, now: the first create_app of a run replaces
+    # the root logger's handlers, the test's capture among them if the test is already running.
+    logs.configure()
     caplog.set_level(logging.DEBUG, logger=keeper_module.__name__)
     keeper_module.use_access_log(AccessLog())   # the reason a stream closed is in that line's log
 
     def build(**settings):
-        made.append(Rig(make_app(**settings)))
+        made.append(Rig(make_app, clean["REDIS_URL"], settings))
         return made[-1]
 
     yield build
@@ -356,18 +334,22 @@ def test_after_losing_redis_the_hub_reconnects_and_streams_catch_up_from_postgre
     _, other_client = the.open(other)
     client.read_until(lambda: any(f.startswith("event: unread") for f in client.frames()), "the unread counts")
 
-    the.fake.refuse = 1                          # the first attempt to reconnect fails
-    the.fake.hold = {the.channel(other)}         # and one channel's confirmation comes late
-    the.fake.drop()
+    lost = the.connection()
+    the.proxy.refuse(1)                     # the first attempt to reconnect fails
+    the.proxy.hold(after=b"SUBSCRIBE")      # and Redis's confirmations reach the hub when the test says
+    the.proxy.cut()                         # Redis goes away
     missed = insert(db, user, "published while Redis was away")   # never reaches the hub
-    wait_for(lambda: len(the.fake.connections) == 2 and the.fake.subscribed(the.channel(user))
-             and the.fake.subscribed(the.channel(other)), "the hub to subscribe again")
+    confirmations = [[b"subscribe", the.channel(user).encode(), 1], [b"subscribe", the.channel(other).encode(), 2]]
+    wait_for(lambda: the.connection() is not lost and replies(the.connection().held) == confirmations,
+             "the hub to subscribe again, and Redis to confirm both channels (held)")
+    the.proxy.release(reply_size(*confirmations[0]))   # the hub hears of the first channel's only
+    wait_for(lambda: the.channel(user) not in the.hub.acks, "the hub to read the first confirmation")
     after = insert(db, user, "published after the reconnect")
     the.publish(user, after, "published after the reconnect")   # live, before every channel is confirmed
-    # Published before Redis confirmed the other channel: possibly lost to the new connection, so
-    # the catch-up must read PostgreSQL after that confirmation, not at the reconnect.
+    # Published before the hub heard Redis confirm the other channel: possibly lost to the new
+    # connection, so the catch-up must read PostgreSQL after that confirmation, not at the reconnect.
     unconfirmed = insert(db, other, "published before the confirmation")
-    the.fake.release(the.channel(other))
+    the.proxy.release()
     client.read_until(lambda: len(client.notifications()) >= 2, "the catch-up")
     later = insert(db, user, "later")
     the.publish(user, after, "a live duplicate")
@@ -421,12 +403,13 @@ def test_the_users_slot_is_freed_when_the_client_leaves(rig, caplog):
     wait_for(lambda: stream.closed, "the read watcher to see the client leave")
     assert closed_because(caplog, "closed by the client")
     wait_for(lambda: the.slots_held(user) == 0, "the slot to be released")
-    wait_for(lambda: (1, "UNSUBSCRIBE", the.channel(user)) in the.fake.commands, "the hub to unsubscribe")
+    connection = the.connection()
+    wait_for(lambda: ("UNSUBSCRIBE", the.channel(user)) in commands(connection), "the hub to unsubscribe")
     again, client = the.open(user)   # the freed slot opens the next stream
     assert not again.closed and the.slots_held(user) == 1
-    assert [c for c in the.fake.commands if c[2] == the.channel(user)] == [
-        (1, "SUBSCRIBE", the.channel(user)), (1, "UNSUBSCRIBE", the.channel(user)),
-        (1, "SUBSCRIBE", the.channel(user))]
+    assert the.connection() is connection and the.hub.reconnects == 1   # all on the one connection
+    assert [c for c in commands(connection) if c[1] == the.channel(user)] == [
+        ("SUBSCRIBE", the.channel(user)), ("UNSUBSCRIBE", the.channel(user)), ("SUBSCRIBE", the.channel(user))]
 
 
 def test_shutting_down_closes_every_stream_and_gives_the_slots_back(rig, caplog):
