@@ -183,7 +183,9 @@ def _attempt(app, domain, claimed, accepted):
         missing = getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"
         return "skipped", {"reason": missing}, False
     notification = shown(to_public(row))
-    templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"])
+    # text_locale: the trigger's translation the notification was stored in (app/dispatch/plan.localised)
+    templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"],
+                                                 row.get("text_locale"))
     if event is not None and event.external_content == "teaser":   # never the title or content outside
         notification, templates = teaser(app, domain, notification, templates)
     rule = digests.rule(event, claimed["channel"])

@@ -6,11 +6,13 @@ import marshmallow as ma
 from flask import current_app
 from marshmallow import fields, validate
 
+from .. import i18n
 from ..acks import callbacks as ack_callbacks
 from ..acks import policy as ack_policy
 from ..api.schema import StrictSchema, UtcDateTime
 from ..domain import LANES
-from ..errors import InvalidChannel
+from ..contacts.schemas import normalise_locale
+from ..errors import InvalidChannel, InvalidLocale
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
 TEXT_FIELDS = ("title", "content", "link_text", "rec_type", "rec_id")   # shown to clients: cleaned
@@ -50,6 +52,54 @@ def _text(name, required=False):
                          validate=validate.Length(min=1 if required else 0, max=LIMITS[name]))
 
 
+MAX_TRANSLATIONS = 50
+
+
+class TranslationSchema(StrictSchema):
+    """One locale's version of a trigger's text: title and/or content (and link_text when the
+    trigger has one), with the trigger's own limits and cleaning."""
+
+    title = fields.String(validate=validate.Length(min=1, max=LIMITS["title"]))
+    content = fields.String(validate=validate.Length(max=LIMITS["content"]))
+    link_text = fields.String(validate=validate.Length(min=1, max=LIMITS["link_text"]))
+
+    @ma.post_load
+    def _clean(self, data, **_):
+        if not data:
+            raise ma.ValidationError("Must set title, content or link_text.")
+        errors = {}
+        for name, value in data.items():
+            try:
+                data[name] = accept_text(value, multiline=name == "content")
+            except ma.ValidationError as error:
+                errors[name] = error.messages
+        if not errors and "title" in data and not data["title"].strip():
+            errors["title"] = ["Must contain text once markup is removed."]
+        if errors:
+            raise ma.ValidationError(errors)
+        return data
+
+
+def _translations(data):
+    """The trigger's translations keyed by normalised tag (`en_gb` → `en-GB`); 400 `invalid_locale`
+    for a tag that is malformed, unknown to Babel or given twice; an empty object is none."""
+    given = data.pop("translations", None)
+    if not given:
+        return
+    out = {}
+    for tag, version in given.items():
+        normal = normalise_locale(tag)
+        if normal is None or not i18n.known(normal):
+            raise InvalidLocale(f"translations: {tag[:40]!r} is not a known BCP 47 language tag such as de or de-AT")
+        if normal in out:
+            raise InvalidLocale(f"translations: {tag[:40]!r} names the locale {normal} twice")
+        if "link_text" in version and data.get("link_text") is None:
+            raise ma.ValidationError({"translations": {tag: {"link_text": [
+                "Only a trigger with link_text may translate it."]}}})
+        out[normal] = version
+    data["translations"] = out
+
+
 class TriggerSchema(StrictSchema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=64),
                          metadata={"description": "the group (or one of its aliases)"})
@@ -66,6 +116,13 @@ class TriggerSchema(StrictSchema):
                            metadata={"description": "limit delivery to these of the event's channels"})
     priority = fields.String(load_default=None, validate=validate.OneOf(LANES), metadata={
         "description": "the trigger's lane: the event's priority, or a lower one (never higher: 400 invalid_priority)"})
+    translations = fields.Dict(
+        keys=fields.String(), values=fields.Nested(TranslationSchema),
+        validate=validate.Length(max=MAX_TRANSLATIONS, error=f"At most {MAX_TRANSLATIONS} locales."), metadata={
+            "description": "per-locale text: {\"de\": {\"title\": ..., \"content\": ...}}, keyed by BCP 47 tag "
+                           "(an unknown or malformed one: 400 invalid_locale); each user gets the version of their "
+                           "contact's locale (de-AT, then de), else the trigger's own text; {} is none",
+            "example": {"de": {"title": "Zahlung eingegangen", "content": "Danke"}}})
 
     @ma.validates("user_ids")
     def _max_users(self, value, **_):
@@ -94,6 +151,7 @@ class TriggerSchema(StrictSchema):
         if not data["title"].strip():
             raise ma.ValidationError({"title": ["Must contain text once markup is removed."]})
         data["user_ids"] = list(dict.fromkeys(data["user_ids"]))
+        _translations(data)
         return data
 
 

@@ -1,0 +1,167 @@
+"""A trigger's per-locale text (`translations`), end to end: trigger -> RQ worker (in-process, burst)
+-> stored notification, the user's stream channel, a real SMTP server and a Twilio-shaped server.
+Each user gets the version of their contact's locale through de-AT → de → the trigger's own text;
+the email's Content-Language names the locale used; bad translations are refused with the envelope."""
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testkit.api import assert_error, post_trigger, push, put_contact, trigger
+from testkit.config_files import channel_config
+from testkit.identity import bearer
+from testkit.jobs import run_jobs
+from tests.dispatch.test_dispatch import listening
+
+TRANSLATIONS = {"de": {"title": "Zahlung fehlgeschlagen", "content": "Ihre Karte wurde abgelehnt"},
+                "fr": {"title": "Paiement refusé"},
+                "it": {"title": "Pagamento rifiutato", "content": "Carta rifiutata"}}
+OWN = {"title": "Payment failed", "content": "Your card was declined"}
+
+
+@pytest.fixture
+def build(make_app, tmp_path, smtp, twilio):
+    def make(users_per_chunk=100):
+        channels = {"email": {"enabled": True},
+                    "sms": {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
+                            "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 5}}
+        config = channel_config(tmp_path, channels, {"payment": {"payment_failed": ["system", "email", "sms"]}},
+                                templates={"default": {"email_subject": "{title}", "sms": "{title}: {content}"}})
+        queue = yaml.safe_load(Path(config["QUEUE_CONFIG"]).read_text())
+        queue["batch"]["users_per_chunk"] = users_per_chunk
+        Path(config["QUEUE_CONFIG"]).write_text(yaml.safe_dump(queue))
+        return make_app(PUBLIC_URL="https://notify.example.com", MAIL_SERVER="127.0.0.1", MAIL_PORT=str(smtp.port),
+                        MAIL_TIMEOUT="5", **config)
+    return make
+
+
+def send(client, users, **fields):
+    return trigger(client, users, type="payment", event="payment_failed", translations=TRANSLATIONS,
+                   **dict(OWN, **fields))
+
+
+def inbox(client, user_id):
+    response = client.get("/v1/notifications", headers=bearer(user_id))
+    assert response.status_code == 200
+    return response.get_json()["items"]
+
+
+def emails_by_recipient(smtp):
+    return {received["message"]["To"]: received["message"] for received in smtp.messages}
+
+
+def test_a_german_contact_reads_the_german_text_in_the_inbox_on_the_stream_and_in_email_and_sms(build, smtp,
+                                                                                                   twilio):
+    app = build()
+    client = app.test_client()
+    user_id = uuid.uuid4()
+    put_contact(client, user_id, email="kunde@example.org", phone="+4915112345678", locale="de")
+    with listening(app, user_id) as next_message:
+        send(client, [user_id])
+        run_jobs(app)
+        published = next_message()
+    assert json.loads(published.body)["title"] == "Zahlung fehlgeschlagen"
+    [item] = inbox(client, user_id)
+    assert (item["title"], item["content"]) == ("Zahlung fehlgeschlagen", "Ihre Karte wurde abgelehnt")
+    [received] = smtp.messages
+    message = received["message"]
+    assert message["Subject"] == "Zahlung fehlgeschlagen" and message["Content-Language"] == "de"
+    assert "Ihre Karte wurde abgelehnt" in message.get_body(preferencelist=("plain",)).get_content()
+    assert "Ihre Karte wurde abgelehnt" in message.get_body(preferencelist=("html",)).get_content()
+    assert twilio.messages[0]["Body"] == "Zahlung fehlgeschlagen: Ihre Karte wurde abgelehnt"
+
+
+@pytest.mark.parametrize("users_per_chunk", [100, 2], ids=["batch", "chunked"])
+def test_each_user_of_one_trigger_gets_their_locales_version_or_the_trigger_own(build, smtp, users_per_chunk):
+    """de-AT falls back to de; fr has only a title (the content stays the trigger's own); pt-BR has
+    no version and no catalogue, a user without a contact neither: the trigger's own text. Both
+    fan-out paths: one batch, and a trigger bigger than a chunk (stored chunk by chunk)."""
+    app = build(users_per_chunk)
+    client = app.test_client()
+    locales = {"de-AT": uuid.uuid4(), "fr-CA": uuid.uuid4(), "pt-BR": uuid.uuid4(), "it": uuid.uuid4()}
+    for locale, user_id in locales.items():
+        put_contact(client, user_id, email=f"{locale.lower()}@example.org", locale=locale)
+    nobody = uuid.uuid4()
+    send(client, [*locales.values(), nobody])
+    run_jobs(app)
+    shown = {locale: (inbox(client, u)[0]["title"], inbox(client, u)[0]["content"]) for locale, u in locales.items()}
+    assert shown == {"de-AT": ("Zahlung fehlgeschlagen", "Ihre Karte wurde abgelehnt"),
+                     "fr-CA": ("Paiement refusé", OWN["content"]),
+                     "pt-BR": (OWN["title"], OWN["content"]),
+                     "it": ("Pagamento rifiutato", "Carta rifiutata")}
+    assert (inbox(client, nobody)[0]["title"], inbox(client, nobody)[0]["content"]) == (OWN["title"], OWN["content"])
+    emails = emails_by_recipient(smtp)
+    assert {to: (m["Subject"], m["Content-Language"]) for to, m in emails.items()} == {
+        "de-at@example.org": ("Zahlung fehlgeschlagen", "de"),
+        "fr-ca@example.org": ("Paiement refusé", "fr"),
+        "pt-br@example.org": (OWN["title"], "en"),
+        "it@example.org": ("Pagamento rifiutato", "it"),   # the text's locale, with no `it` catalogue
+    }
+
+
+def test_a_translated_link_text_and_the_direct_push(build):
+    app = build()
+    client = app.test_client()
+    german, other = uuid.uuid4(), uuid.uuid4()
+    put_contact(client, german, locale="de-DE")
+    trigger(client, [german], type="payment", event="payment_failed", title="Paid", link_url="/p/1",
+            link_text="View", translations={"de": {"link_text": "Ansehen"}})
+    run_jobs(app)
+    assert (inbox(client, german)[0]["title"], inbox(client, german)[0]["link_text"]) == ("Paid", "Ansehen")
+    with listening(app, german) as to_german, listening(app, other) as to_other:
+        response = push(client, [german, other], type="payment", event="payment_failed", translations=TRANSLATIONS,
+                        **OWN)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert json.loads(to_german().body)["title"] == "Zahlung fehlgeschlagen"
+        assert json.loads(to_other().body)["title"] == "Payment failed"
+
+
+def test_a_trigger_without_translations_stores_no_locale(build, db):
+    app = build()
+    client = app.test_client()
+    user_id = uuid.uuid4()
+    put_contact(client, user_id, locale="de")
+    trigger(client, [user_id], type="payment", event="payment_failed", translations={}, **OWN)
+    run_jobs(app)
+    assert inbox(client, user_id)[0]["title"] == OWN["title"]
+    with db.cursor() as cur:
+        cur.execute("SELECT locale FROM notifications WHERE user_id = %s", (user_id,))
+        assert cur.fetchone()[0] is None
+
+
+@pytest.mark.parametrize("translations, status, code, where", [
+    ({"de!": {"title": "x"}}, 400, "invalid_locale", None),
+    ({"xx": {"title": "x"}}, 400, "invalid_locale", None),          # well-formed, unknown to Babel (CLDR)
+    ({"de-XX": {"title": "x"}}, 400, "invalid_locale", None),
+    ({"de-at": {"title": "x"}, "de_AT": {"title": "y"}}, 400, "invalid_locale", None),   # one locale twice
+    ({"de": {"title": "x" * 201}}, 422, "invalid_request", "title"),
+    ({"de": {"content": "x" * 5001}}, 422, "invalid_request", "content"),
+    ({"de": {"title": ""}}, 422, "invalid_request", "title"),
+    ({"de": {"title": "<b></b>"}}, 422, "invalid_request", "title"),
+    ({"de": {"subject": "x"}}, 422, "invalid_request", "subject"),
+    ({"de": {}}, 422, "invalid_request", "_schema"),
+    ({"de": {"link_text": "Ansehen"}}, 422, "invalid_request", "link_text"),   # the trigger has none
+    ({"de": "Hallo"}, 422, "invalid_request", "_schema"),
+    (["de"], 422, "invalid_request", None),
+    ({f"de-{n:03d}": {"title": "x"} for n in range(51)}, 422, "invalid_request", None),
+])
+def test_bad_translations_are_refused_with_the_envelope(build, translations, status, code, where):
+    client = build().test_client()
+    response = post_trigger(client, [uuid.uuid4()], type="payment", event="payment_failed", title="t",
+                            translations=translations)
+    body = assert_error(response, status, code)
+    if code == "invalid_locale":
+        assert "translations" in body["message"]
+    else:
+        assert "translations" in body["errors"], body
+        if where is not None:
+            assert where in json.dumps(body["errors"]["translations"]), body
+
+
+def test_the_openapi_document_shows_translations(build):
+    spec = build().test_client().get("/openapi.json").get_json()
+    trigger_schema = spec["components"]["schemas"]["Trigger"]["properties"]["translations"]
+    assert trigger_schema["type"] == "object"
+    assert "Translation" in json.dumps(spec["components"]["schemas"])
