@@ -98,10 +98,10 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=())
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            f" link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app{text[0]})"
+            f" link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, amounts, in_app{text[0]})"
             " SELECT gen_random_uuid(), %(trigger)s, ids.user_id, %(customer)s, %(type)s, %(event)s,"
             f" {text[1]}, %(link_url)s, {text[2]}, %(rec_type)s, %(rec_id)s, %(expires_at)s::timestamptz,"
-            " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8),"
+            " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8), %(amounts)s::jsonb,"
             f" NOT (ids.user_id = ANY(%(hidden)s::uuid[])){text[3]}"
             f" FROM unnest(%(users)s::uuid[]) WITH ORDINALITY AS ids(user_id, n){text[4]}"
             " ORDER BY ids.n ON CONFLICT (trigger_id, user_id) DO NOTHING",
@@ -111,6 +111,7 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=())
              "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"), "expires_at": body.get("expires_at"),
              "ack_required": bool((body.get("ack") or {}).get("required")),
              "ack_deadline": (body.get("ack") or {}).get("deadline_seconds"), "users": users,
+             "amounts": json.dumps(body["amounts"]) if body.get("amounts") else None,
              "hidden": uuid_array(hidden_users), **_localised_params(localised)})
     with conn.cursor() as cur:
         cur.execute(f"SELECT {COLUMNS}, deleted_at, in_app FROM notifications WHERE trigger_id = %s"
@@ -261,12 +262,13 @@ def store_triggers(conn, triggers, hidden, localised=()):
             " tr.body->>'link_text' AS link_text, tr.body->>'rec_type' AS rec_type, tr.body->>'rec_id' AS rec_id,"
             " (tr.body->>'expires_at')::timestamptz AS expires_at, tr.body->'user_ids' AS user_ids,"
             " coalesce((tr.body->'ack'->>'required')::boolean, false) AS ack_required,"
-            " now() + make_interval(secs => (tr.body->'ack'->>'deadline_seconds')::float8) AS ack_deadline"
+            " now() + make_interval(secs => (tr.body->'ack'->>'deadline_seconds')::float8) AS ack_deadline,"
+            " tr.body->'amounts' AS amounts"
             " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers tr ON tr.id = b.id)"
             " INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            f" link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app{text[0]})"
+            f" link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, amounts, in_app{text[0]})"
             f" SELECT gen_random_uuid(), t.id, u.user_id::uuid, t.customer_id, t.type, t.event, {text[1]},"
-            f" t.link_url, {text[2]}, t.rec_type, t.rec_id, t.expires_at, t.ack_required, t.ack_deadline,"
+            f" t.link_url, {text[2]}, t.rec_type, t.rec_id, t.expires_at, t.ack_required, t.ack_deadline, t.amounts,"
             f" (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[])){text[3]}"
             " FROM t CROSS JOIN LATERAL jsonb_array_elements_text(t.user_ids) WITH ORDINALITY AS u(user_id, k)"
             f"{text[4]}"

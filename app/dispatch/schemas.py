@@ -4,6 +4,7 @@ import re
 
 import marshmallow as ma
 from flask import current_app
+from babel import numbers as babel_numbers
 from marshmallow import fields, validate
 
 from .. import i18n
@@ -80,6 +81,44 @@ class TranslationSchema(StrictSchema):
         return data
 
 
+def _at_most(limit, what):
+    """A validator of a mapping's size (validate.Length would be documented as a string's maxLength)."""
+    def check(value):
+        if len(value) > limit:
+            raise ma.ValidationError(f"At most {limit} {what}.")
+    return check
+
+
+# Names an amount may not take: the notification's fields and what templates add to them.
+RESERVED = frozenset(("id", "customer_id", "type", "event", "title", "content", "link_url", "link_text", "rec_type",
+                      "rec_id", "read", "read_at", "created_at", "expires_at", "ack_required", "ack_deadline",
+                      "acked_at", "link", "preferences_url", "settings_note", "change_them", "recipient", "user_id",
+                      "delivery_id", "count", "time", "digest_count", "bank_name", "public_url", "inbox_url"))
+MAX_AMOUNTS = 20
+AMOUNT = r"^-?[0-9]{1,15}(\.[0-9]{1,6})?\Z"
+
+
+def _amount_name(name):
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+        raise ma.ValidationError("Must be a template variable name: a-z, then up to 31 of a-z, 0-9 and _.")
+    if name in RESERVED:
+        raise ma.ValidationError(f"{name!r} is a notification field or template variable already.")
+
+
+class AmountSchema(StrictSchema):
+    """An amount with its currency; written per locale when a template names it."""
+
+    amount = fields.String(required=True, validate=validate.Regexp(
+        AMOUNT, error="Must be a decimal number as a string: up to 15 digits, a point, up to 6 decimal places."),
+        metadata={"example": "1234.56", "description": "a decimal number, as a string (it stays exact)"})
+    currency = fields.String(required=True, metadata={"example": "EUR", "description": "ISO 4217 code"})
+
+    @ma.validates("currency")
+    def _currency(self, value, **_):
+        if not babel_numbers.is_currency(value):
+            raise ma.ValidationError("Must be an ISO 4217 currency code such as EUR or USD.")
+
+
 def _translations(data):
     """The trigger's translations keyed by normalised tag (`en_gb` → `en-GB`); 400 `invalid_locale`
     for a tag that is malformed, unknown to Babel or given twice; an empty object is none."""
@@ -118,7 +157,7 @@ class TriggerSchema(StrictSchema):
         "description": "the trigger's lane: the event's priority, or a lower one (never higher: 400 invalid_priority)"})
     translations = fields.Dict(
         keys=fields.String(), values=fields.Nested(TranslationSchema),
-        validate=validate.Length(max=MAX_TRANSLATIONS, error=f"At most {MAX_TRANSLATIONS} locales."), metadata={
+        validate=_at_most(MAX_TRANSLATIONS, "locales"), metadata={"maxProperties": MAX_TRANSLATIONS,
             "description": "per-locale text: {\"de\": {\"title\": ..., \"content\": ...}}, keyed by BCP 47 tag "
                            "(an unknown or malformed one: 400 invalid_locale); each user gets the version of their "
                            "contact's locale (de-AT, then de), else the trigger's own text; {} is none",
@@ -169,6 +208,13 @@ class QueuedTriggerSchema(TriggerSchema):
     callback_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2048), metadata={
         "description": "receives signed `ack` and `ack_overdue` events of this trigger's notices (a host of "
                        "ACK_CALLBACK_HOSTS; needs an acknowledgement)"})
+    amounts = fields.Dict(
+        keys=fields.String(validate=_amount_name), values=fields.Nested(AmountSchema),
+        validate=_at_most(MAX_AMOUNTS, "amounts"), metadata={"maxProperties": MAX_AMOUNTS,
+            "description": "template variables written per locale: {\"total\": {\"amount\": \"1234.56\", "
+                           "\"currency\": \"EUR\"}} makes {total} `1.234,56 €` for a de contact, `€1,234.56` "
+                           "for en (email, SMS, Apprise and webhook templates; never a teaser event's)",
+            "example": {"total": {"amount": "1234.56", "currency": "EUR"}}})
     ack = fields.Dict(load_default=None, allow_none=True, metadata={
         "description": 'acknowledgement, replacing the event\'s default: {"required": true, "deadline": "PT24H",'
                        ' "escalate": [{"after": "PT1H", "channels": ["email"]}]} (ISO 8601 durations)'})

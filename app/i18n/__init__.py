@@ -10,6 +10,7 @@ Catalogues: `app/i18n/translations/<lang>/LC_MESSAGES/messages.po`, read at firs
 .mo needs to be built or committed). docs/channels.md#languages says how to add a locale with
 `pybabel extract/update/init/compile`.
 """
+import decimal
 import functools
 import io
 import zoneinfo
@@ -113,6 +114,17 @@ def format_datetime(moment, locale, timezone=None, format="medium"):
 def format_amount(value, currency, locale):
     """An amount as the locale writes it: 1234.56 EUR is `1.234,56 €` in de, `€1,234.56` in en."""
     return numbers.format_currency(value, currency, locale=_babel_locale(locale))
+
+
+def amounts(stored, tag, fallback=DEFAULT):
+    """A trigger's amounts as template variables, each written the way the contact's locale writes
+    it (`de`: `1.234,56 €`, `en`: `€1,234.56`, `de-AT`: `€ 1.234,56`); a tag Babel does not know
+    formats as `fallback` (the locale the message is written in)."""
+    if not stored:
+        return {}
+    locale = tag if tag and known(tag) else fallback
+    return {name: format_amount(decimal.Decimal(value["amount"]), value["currency"], locale)
+            for name, value in stored.items()}
 
 
 def localised_templates(domain, group, event, tag, text_locale=None):

@@ -23,12 +23,13 @@ OWN = {"title": "Payment failed", "content": "Your card was declined"}
 
 @pytest.fixture
 def build(make_app, tmp_path, smtp, twilio):
-    def make(users_per_chunk=100):
+    def make(users_per_chunk=100, templates=None):
         channels = {"email": {"enabled": True},
                     "sms": {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
                             "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 5}}
         config = channel_config(tmp_path, channels, {"payment": {"payment_failed": ["system", "email", "sms"]}},
-                                templates={"default": {"email_subject": "{title}", "sms": "{title}: {content}"}})
+                                templates=templates or {"default": {"email_subject": "{title}",
+                                                                    "sms": "{title}: {content}"}})
         queue = yaml.safe_load(Path(config["QUEUE_CONFIG"]).read_text())
         queue["batch"]["users_per_chunk"] = users_per_chunk
         Path(config["QUEUE_CONFIG"]).write_text(yaml.safe_dump(queue))
@@ -165,3 +166,84 @@ def test_the_openapi_document_shows_translations(build):
     trigger_schema = spec["components"]["schemas"]["Trigger"]["properties"]["translations"]
     assert trigger_schema["type"] == "object"
     assert "Translation" in json.dumps(spec["components"]["schemas"])
+
+
+# ---------------------------------------------------------------- amounts per locale
+
+AMOUNT_TEMPLATES = {"default": {"email_subject": "{title}: {total}", "email_text": "{content}\nTotal: {total}\n",
+                                "sms": "{title}: {total}"}}
+
+
+@pytest.fixture
+def amounts_app(build):
+    return build(templates=AMOUNT_TEMPLATES)
+
+
+@pytest.mark.parametrize("locale, written, language", [
+    ("de", "1.234,56\xa0€", "de"),
+    ("en", "€1,234.56", "en"),
+    ("de-AT", "€\xa01.234,56", "de"),      # Austria writes the sign first; the text is the de catalogue's
+    (None, "€1,234.56", "en"),
+])
+def test_an_amount_is_written_the_way_the_contacts_locale_writes_it(amounts_app, smtp, twilio, locale, written,
+                                                                      language):
+    client = amounts_app.test_client()
+    user_id = uuid.uuid4()
+    put_contact(client, user_id, email="kunde@example.org", phone="+4915112345678", locale=locale)
+    trigger(client, [user_id], type="payment", event="payment_failed", title="Payment", content="Card 4242",
+            amounts={"total": {"amount": "1234.56", "currency": "EUR"}})
+    run_jobs(amounts_app)
+    [received] = smtp.messages
+    message = received["message"]
+    # a subject is one line of single spaces (the no-break space too); the body keeps it
+    assert message["Subject"] == f"Payment: {written}".replace("\xa0", " ") and message["Content-Language"] == language
+    assert f"Total: {written}" in message.get_body(preferencelist=("plain",)).get_content()
+    assert twilio.messages[0]["Body"] == f"Payment: {written}"
+    # the amount is a template variable only: the notification itself is unchanged
+    assert set(inbox(client, user_id)[0]) == {"id", "customer_id", "type", "event", "title", "content", "link_url",
+                                              "link_text", "rec_type", "rec_id", "read", "read_at", "created_at",
+                                              "expires_at", "ack_required", "ack_deadline", "acked_at"}
+
+
+def test_amounts_of_a_big_trigger_and_a_template_without_them(build, smtp):
+    """Stored with every chunk's notifications; a template that names a missing amount renders it
+    empty."""
+    amounts_app = build(users_per_chunk=2, templates=AMOUNT_TEMPLATES)
+    client = amounts_app.test_client()
+    users = [uuid.uuid4() for _ in range(3)]   # users_per_chunk 2 below: stored chunk by chunk
+    for n, user_id in enumerate(users):
+        put_contact(client, user_id, email=f"u{n}@example.org", locale="de")
+    trigger(client, users, type="payment", event="payment_failed", title="Zahlung",
+            amounts={"total": {"amount": "5", "currency": "JPY"}})
+    trigger(client, users[:1], type="payment", event="payment_failed", title="Ohne")
+    run_jobs(amounts_app)
+    subjects = sorted(m["message"]["Subject"] for m in smtp.messages)
+    assert subjects == ["Ohne:"] + ["Zahlung: 5 ¥"] * 3
+
+
+@pytest.mark.parametrize("amounts, where", [
+    ({"total": {"amount": "12,50", "currency": "EUR"}}, "amount"),
+    ({"total": {"amount": "NaN", "currency": "EUR"}}, "amount"),
+    ({"total": {"amount": "1e20", "currency": "EUR"}}, "amount"),
+    ({"total": {"amount": "0.0000001", "currency": "EUR"}}, "decimal places"),
+    ({"total": {"amount": 1234.56, "currency": "EUR"}}, "amount"),     # a JSON number would lose digits
+    ({"total": {"amount": "1", "currency": "EURO"}}, "currency"),
+    ({"total": {"amount": "1", "currency": "eur"}}, "currency"),
+    ({"total": {"amount": "1"}}, "currency"),
+    ({"total": {"amount": "1", "currency": "EUR", "note": "x"}}, "note"),
+    ({"title": {"amount": "1", "currency": "EUR"}}, "title"),          # a notification field
+    ({"Total": {"amount": "1", "currency": "EUR"}}, "Total"),
+    ({"total": "1234.56 EUR"}, "total"),
+    ({f"a{n}": {"amount": "1", "currency": "EUR"} for n in range(21)}, "At most 20"),
+])
+def test_bad_amounts_are_refused_with_the_envelope(amounts_app, amounts, where):
+    response = post_trigger(amounts_app.test_client(), [uuid.uuid4()], type="payment", event="payment_failed",
+                            title="t", amounts=amounts)
+    body = assert_error(response, 422, "invalid_request")
+    assert where in json.dumps(body["errors"]["amounts"]), body
+
+
+def test_the_direct_push_takes_no_amounts(amounts_app):
+    response = push(amounts_app.test_client(), [uuid.uuid4()], type="payment", event="payment_failed", title="t",
+                    amounts={"total": {"amount": "1", "currency": "EUR"}})
+    assert_error(response, 422, "invalid_request")
