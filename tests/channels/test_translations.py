@@ -23,11 +23,12 @@ OWN = {"title": "Payment failed", "content": "Your card was declined"}
 
 @pytest.fixture
 def build(make_app, tmp_path, smtp, twilio):
-    def make(users_per_chunk=100, templates=None):
+    def make(users_per_chunk=100, templates=None, external_content="full"):
         channels = {"email": {"enabled": True},
                     "sms": {"type": "twilio", "base_url": twilio.url, "account_sid": twilio.account_sid,
                             "auth_token": twilio.auth_token, "from": twilio.sender, "timeout": 5}}
-        config = channel_config(tmp_path, channels, {"payment": {"payment_failed": ["system", "email", "sms"]}},
+        event = {"channels": ["system", "email", "sms"], "external_content": external_content}
+        config = channel_config(tmp_path, channels, {"payment": {"payment_failed": event}},
                                 templates=templates or {"default": {"email_subject": "{title}",
                                                                     "sms": "{title}: {content}"}})
         queue = yaml.safe_load(Path(config["QUEUE_CONFIG"]).read_text())
@@ -100,6 +101,21 @@ def test_each_user_of_one_trigger_gets_their_locales_version_or_the_trigger_own(
         "pt-br@example.org": (OWN["title"], "en"),
         "it@example.org": ("Pagamento rifiutato", "it"),   # the text's locale, with no `it` catalogue
     }
+
+
+def test_a_teaser_email_names_the_templates_locale_not_the_texts(build, smtp):
+    """A teaser event's email carries none of the notification's text: an `it` contact's stored
+    Italian text does not make it an Italian message (no `it` catalogue: English)."""
+    app = build(external_content="teaser")
+    client = app.test_client()
+    user_id = uuid.uuid4()
+    put_contact(client, user_id, email="it@example.org", locale="it")
+    send(client, [user_id])
+    run_jobs(app)
+    assert inbox(client, user_id)[0]["title"] == "Pagamento rifiutato"
+    [received] = smtp.messages
+    assert received["message"]["Content-Language"] == "en"
+    assert "Pagamento" not in received["data"].decode("utf-8", "replace")
 
 
 def test_a_translated_link_text_and_the_direct_push(build):
