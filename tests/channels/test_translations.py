@@ -7,11 +7,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from testkit.api import assert_error, post_trigger, push, put_contact, trigger
 from testkit.config_files import channel_config
-from testkit.identity import bearer
+from testkit.identity import SERVICE, bearer
 from testkit.jobs import run_jobs
 from tests.dispatch.test_dispatch import listening
 
@@ -101,6 +102,27 @@ def test_each_user_of_one_trigger_gets_their_locales_version_or_the_trigger_own(
         "pt-br@example.org": (OWN["title"], "en"),
         "it@example.org": ("Pagamento rifiutato", "it"),   # the text's locale, with no `it` catalogue
     }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_each_users_open_stream_gets_their_locales_text(clean, processes, streams):
+    """Against the real processes: gunicorn holding the streams, `python -m workers` fanning out."""
+    web = processes.start_web(clean, workers=1, keepalive=1)
+    processes.start_worker(clean)
+    german, other = uuid.uuid4(), uuid.uuid4()
+    contact = requests.put(f"{web.url}/v1/notifications/users/{german}/contact", json={"locale": "de-CH"},
+                           headers=SERVICE, timeout=10)
+    assert contact.status_code == 200, contact.text
+    opened = {user: streams(web, user) for user in (german, other)}
+    for stream in opened.values():
+        assert stream.ok
+        stream.wait_named("unread")
+    trigger(web, [german, other], title="New message", content="Hello",
+            translations={"de": {"title": "Neue Nachricht", "content": "Hallo"}})
+    for user, want in ((german, ("Neue Nachricht", "Hallo")), (other, ("New message", "Hello"))):
+        (event,) = opened[user].wait_events(1)
+        assert (event.json()["title"], event.json()["content"]) == want
 
 
 def test_a_teaser_email_names_the_templates_locale_not_the_texts(build, smtp):
