@@ -68,7 +68,7 @@ def get_trigger(conn, trigger_id, api_key_id=None):
 
 # The text of a stored notification: the trigger's own, or (a trigger with `translations`) each user's
 # locale's version where it has one (plan.localised: rows joined by user, `l`), with that locale.
-# (insert column, title, link_text, locale value, join); the SQL without translations is unchanged.
+# (insert column, title and content, link_text, locale value, join); without translations the SQL is as before.
 _CHUNK_TEXT = ("", "%(title)s, %(content)s", "%(link_text)s", "", "")
 _LOCALISED = (" FROM unnest(%(l_triggers)s::uuid[], %(l_users)s::uuid[], %(l_titles)s::text[], %(l_contents)s::text[],"
               " %(l_link_texts)s::text[], %(l_locales)s::text[]) AS l(trigger_id, user_id, title, content, link_text,"
