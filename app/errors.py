@@ -13,6 +13,7 @@
     ├── InvalidId                400  a path id that is not a UUID
     ├── NotFound                 404  missing, or another user's
     ├── InvalidGroup / InvalidEvent / InvalidChannel   400
+    ├── InvalidLocale            400  a trigger's `translations` key that is no known BCP 47 tag
     ├── InvalidRequest           422  a request that fails validation
     ├── EventLocked              400  a locked event cannot be switched off
     ├── ConsentTextRequired      422  consent given without `consent_text_version`
@@ -129,6 +130,11 @@ class InvalidEvent(ApiError):
 class InvalidChannel(ApiError):
     """Invalid notification channel"""
     status, code = 400, "invalid_channel"
+
+
+class InvalidLocale(ApiError):
+    """Unknown or malformed locale tag in translations"""
+    status, code = 400, "invalid_locale"
 
 
 class InvalidPriority(ApiError):

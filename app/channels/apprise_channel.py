@@ -74,7 +74,7 @@ class AppriseChannel(Channel):
         return apobj
 
     def _message(self, outbound):
-        n, templates = outbound.notification, outbound.template
+        n, templates = outbound.values(), outbound.template
         title = " ".join(render(templates.get("apprise_title", "{title}"), n).split())
         body = render(templates.get("apprise_body", "{content}"), n).strip()
         link = absolute_link(self.app, n.get("link_url"))

@@ -146,6 +146,12 @@ class Outbound:
     locale: str = "en"      # the language the message is written in (app/i18n: the contact's, or its fallback)
     avoid: frozenset = frozenset()   # providers that may have accepted it in an earlier attempt (failover.py)
     tried: list = field(default_factory=list)   # this attempt's failed provider tries, recorded with it
+    variables: dict = field(default_factory=dict)   # the trigger's amounts, written per locale (app/i18n.amounts)
+
+    def values(self):
+        """What a template may name: the notification's fields and the trigger's amounts (an amount
+        cannot take a field's name: app/dispatch/schemas.RESERVED)."""
+        return dict(self.variables, **self.notification) if self.variables else self.notification
 
 
 class Channel:

@@ -4,9 +4,9 @@ Templates (notifications.yaml `templates:`, per default / group / event):
 `email_subject`, `email_text` and `email_html`, with `{title}`, `{content}`,
 `{link_url}`, `{link_text}`, `{type}`, `{event}`, ... of the notification,
 plus `{link}` (a ready HTML paragraph with the link, or nothing) and
-`{preferences_url}`. In `email_html` every value is HTML-escaped before it
-is placed; the template itself is trusted configuration (write literal
-braces as `{{` and `}}`).
+`{preferences_url}`, and the trigger's `amounts` written per locale. In
+`email_html` every value is HTML-escaped before it is placed; the template
+itself is trusted configuration (write literal braces as `{{` and `}}`).
 """
 from markupsafe import escape
 
@@ -44,7 +44,7 @@ def absolute_link(app, link_url):
 
 def render_email(app, outbound):
     """(subject, text, html) for one notification."""
-    n, templates = outbound.notification, outbound.template
+    n, templates = outbound.values(), outbound.template
     # one header line: no CR/LF or other line breaks (header injection), no runs of blanks
     subject = " ".join(render(templates.get("email_subject", "{title}"), n).split())[:SUBJECT_LIMIT]
     link_url = absolute_link(app, n.get("link_url"))

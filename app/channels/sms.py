@@ -49,7 +49,7 @@ class TwilioChannel(Channel):
             raise RetryableError(f"channel {self.name!r} is not configured: account_sid, auth_token and "
                                  "from (or messaging_service_sid) are required", "not_configured")
         base = self._option("base_url", "https://api.twilio.com").rstrip("/")
-        text = render(outbound.template.get("sms", "{title}: {content}"), outbound.notification)
+        text = render(outbound.template.get("sms", "{title}: {content}"), outbound.values())
         body = fit(text.replace("\t", " "), self.app.config["SMS_MAX_SEGMENTS"])   # a tab is not GSM-7
         form = {"To": outbound.contact["phone"], "Body": body}
         if service:

@@ -38,7 +38,7 @@ class WebhookChannel(Channel):
         self.session = requests.Session()
 
     def _body(self, outbound):
-        values = dict(outbound.notification, recipient=self.address(outbound.contact) or "",
+        values = dict(outbound.values(), recipient=self.address(outbound.contact) or "",
                       user_id=outbound.user_id, delivery_id=outbound.delivery_id)
         template = self.options.get("body") or {"recipient": "{recipient}", "title": "{title}",
                                                 "content": "{content}", "id": "{id}"}

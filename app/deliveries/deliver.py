@@ -186,9 +186,15 @@ def _attempt(app, domain, claimed, accepted):
         missing = getattr(channel, "missing", None) or f"no {channel.needs} on file for this user"
         return "skipped", {"reason": missing}, False
     notification = shown(to_public(row))
-    templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"])
-    if event is not None and event.external_content == "teaser":   # never the title or content outside
+    teased = event is not None and event.external_content == "teaser"
+    # text_locale: the trigger's translation the notification was stored in (app/dispatch/plan.localised);
+    # a teaser carries none of its text, so it is written in the templates' locale alone
+    templates, locale = i18n.localised_templates(domain, row["type"], row["event"], contact["locale"],
+                                                 None if teased else row.get("text_locale"))
+    variables = i18n.amounts(row.get("amounts"), contact["locale"], locale)   # {total}: `1.234,56 €` for de
+    if teased:                      # never the title or content outside
         notification, templates = teaser(app, domain, notification, templates)
+        variables = {}              # nor an amount
     rule = digests.rule(event, claimed["channel"])
     if rule is not None:            # collected into one message at the window's end (digest.py)
         decision = digests.collect(claimed, rule)
@@ -201,8 +207,9 @@ def _attempt(app, domain, claimed, accepted):
             return "sent", {"provider_id": accepted.provider_id}, False
         claimed["digest_id"] = decision[1]
         notification = digests.message(app, decision[1], notification, templates, locale, contact["timezone"])
+        variables = {}
     outbound = Outbound(str(claimed["id"]), notification, str(row["user_id"]), contact, templates, accepted, locale,
-                        claimed["avoid"], claimed["tried"])
+                        claimed["avoid"], claimed["tried"], variables)
     try:
         provider_id = channel.send(outbound)
     except Exception as exc:

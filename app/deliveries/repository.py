@@ -22,7 +22,8 @@ def claim(conn, delivery_id, lease_seconds):
         claimed = cur.fetchone()
         if claimed is None:
             return None
-        cur.execute(f"SELECT {N_COLUMNS}, n.deleted_at, c.email, c.phone, c.locale, c.timezone"
+        cur.execute(f"SELECT {N_COLUMNS}, n.deleted_at, n.locale AS text_locale, n.amounts, c.email, c.phone,"
+                    " c.locale, c.timezone"
                     " FROM notifications n LEFT JOIN contacts c ON c.user_id = n.user_id WHERE n.id = %s",
                     (claimed["notification_id"],))
         claimed["row"] = cur.fetchone()

@@ -37,7 +37,7 @@ from ..notifications.model import to_json_many
 from ..queues.enqueue import enqueue_deliveries
 from ..redact import summary
 from . import repository
-from .plan import plan_channels
+from .plan import localised, plan_channels
 from .schemas import resolve_event
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,10 @@ def store_batch(app, conn, only=None, lane=None):
                     return 0
                 plans = _plan(app, conn, claimed)
                 hidden = _hidden(claimed, plans)
+                texts = [row for t in claimed
+                         for row in localised(t["id"], t["body"], plans[t["id"]], t["body"]["user_ids"])]
                 held.enter_context(repository.sequence_lock(conn))
-                rows = repository.store_triggers(conn, claimed, hidden)
+                rows = repository.store_triggers(conn, claimed, hidden, texts)
                 deliveries = [d for r in rows for d in plans[r["trigger_id"]].delivery_rows([r])]
                 repository.insert_deliveries(conn, deliveries)
                 acks.insert_escalations(conn, rows)
@@ -106,7 +108,8 @@ def _fit(claimed, size):
 
 
 def _plan(app, conn, triggers):
-    """{trigger id: Plan}, one plan per (group, event, customer, channels) for all of its users."""
+    """{trigger id: Plan}, one plan per (group, event, customer, channels) for all of its users; the
+    users' locales read with their contacts when one of the triggers has translations."""
     domain = app.config["DOMAIN"]
     needs = {name: channel.needs for name, channel in app.extensions["channels"].items()}
     groups = {}
@@ -121,7 +124,8 @@ def _plan(app, conn, triggers):
         event, _ = resolve_event(domain, body)
         users = list(dict.fromkeys(uid for t in members for uid in t["body"]["user_ids"]))
         plan = plan_channels(conn, domain, event, body.get("channels"), users,
-                             uuid.UUID(customer) if customer else None, needs)
+                             uuid.UUID(customer) if customer else None, needs,
+                             locales=any(t["body"].get("translations") for t in members))
         plans.update((t["id"], plan) for t in members)
     return plans
 

@@ -21,7 +21,7 @@ from ..acks import repository as acks
 from ..logs import request_id_var
 from . import repository
 from .batch import after_publish, publish_stored
-from .plan import plan_channels
+from .plan import localised, plan_channels
 from .schemas import resolve_event
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,11 @@ def _chunks(app, conn, trigger_id, should_stop):
         done = min(offset + size, len(users))
         with contextlib.ExitStack() as held:
             with db.transaction(conn):
-                plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id, needs)
+                plan = plan_channels(conn, domain, event, body.get("channels"), chunk, customer_id, needs,
+                                     locales=bool(body.get("translations")))
+                texts = localised(trigger_id, body, plan, chunk)
                 held.enter_context(repository.sequence_lock(conn))
-                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users())
+                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users(), texts)
                 deliveries = plan.delivery_rows(rows)
                 repository.insert_deliveries(conn, deliveries)
                 acks.insert_escalations(conn, rows)

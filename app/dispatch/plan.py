@@ -22,7 +22,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 
-from .. import consent
+from .. import consent, i18n
 from ..channels import IN_APP
 from ..preferences.repository import choices_for_users
 from ..preferences.rules import resolve
@@ -34,6 +34,8 @@ OFF = "switched off in the user's preferences"
 class Plan:
     # user id (str) -> [(channel, status, reason, tried, resolution as JSON text)]
     decisions: dict = field(default_factory=dict)
+    # user id (str) -> the contact's locale (or None); read only for a trigger with `translations`
+    locales: dict = field(default_factory=dict)
 
     def hidden_users(self):
         """Users whose notification stays out of the inbox and stream."""
@@ -47,15 +49,16 @@ class Plan:
                 if decision[0] != IN_APP or decision[1] != "sent"]
 
 
-def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=None):
+def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=None, locales=False):
     """Decide every channel for every user of the chunk (one query each for preferences and contacts).
 
-    needs: channel -> the contact field it addresses (None: no address needed)."""
+    needs: channel -> the contact field it addresses (None: no address needed). locales: also read
+    each user's locale (`Plan.locales`), in the same contacts query, for a trigger with translations."""
     needs = needs or {}
     candidates = [c for c in domain.channels if requested is None or c in requested]
     choices = choices_for_users(conn, user_ids, event.group, customer_id)
-    fields = sorted({needs[c] for c in candidates if needs.get(c)})
-    contacts = _contacts(conn, user_ids, fields) if fields else {}
+    fields = sorted({needs[c] for c in candidates if needs.get(c)} | ({"locale"} if locales else set()))
+    contacts = contact_fields(conn, user_ids, fields) if fields else {}
     granted = consent.consented(conn, user_ids, event, customer_id) if event.requires_consent else None
     plan = Plan()
     for uid in user_ids:
@@ -82,7 +85,24 @@ def plan_channels(conn, domain, event, requested, user_ids, customer_id, needs=N
             else:
                 decisions.append((channel, "pending", None, False, seen))
         plan.decisions[str(uid)] = decisions
+        if locales:
+            plan.locales[str(uid)] = contact.get("locale")
     return plan
+
+
+def localised(trigger_id, body, plan, user_ids):
+    """(trigger id, user id, title, content, link_text, locale) of each user whose contact's locale
+    picks one of the trigger's `translations` (de-AT → de); the others get the trigger's own text."""
+    translations, out = body.get("translations"), []
+    if not translations:
+        return out
+    for uid in user_ids:
+        locale, version = i18n.pick(translations, plan.locales.get(str(uid)))
+        if locale is not None:
+            out.append((trigger_id, uid, version.get("title", body["title"]),
+                        version.get("content", body.get("content") or ""),
+                        version.get("link_text", body.get("link_text")), locale))
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,7 +115,7 @@ def _resolution(enabled, locked, source, consent_on_record=None):
     return json.dumps(seen)
 
 
-def _contacts(conn, user_ids, fields):
+def contact_fields(conn, user_ids, fields):
     """{user id: {field: value}} for the chunk's users that have a contact row."""
     with conn.cursor() as cur:
         cur.execute(f"SELECT user_id, {', '.join(fields)} FROM contacts WHERE user_id = ANY(%s::uuid[])",

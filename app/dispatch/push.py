@@ -12,7 +12,7 @@ import uuid
 
 import orjson
 
-from .. import audit, db
+from .. import audit, db, i18n
 from ..bus.codec import direct_message
 from ..bus.publisher import publisher
 from ..channels import IN_APP
@@ -22,6 +22,7 @@ from ..preferences.rules import resolve
 from ..queues import lanes
 from ..ratelimit import charge_recipients
 from ..streams.access import slots
+from .plan import contact_fields
 from .schemas import resolve_event
 
 
@@ -49,12 +50,31 @@ def push(app, body, api_key_id):
         db.one_transaction(conn, [audit.append_statement(
             "notification.push", ("push", public["id"]),
             audit.push_change(event.group, event.name, customer, body["user_ids"]))])
+        versions = _versions(conn, body, wanted)
     streams = 0
     if wanted:
-        publisher(app).publish_same(wanted, direct_message(customer, orjson.dumps(public).decode()))
+        for (title, content, link_text), users in versions.items():
+            shown = dict(public, title=title, content=content, link_text=link_text)
+            publisher(app).publish_same(users, direct_message(customer, orjson.dumps(shown).decode()))
         streams = slots(app).open_streams(wanted, customer or "")
     return {"message": f"Pushed to {streams} open stream(s) of {len(wanted)} user(s)",
             "users": len(wanted), "skipped_by_preference": len(skipped), "delivered_streams": streams}
+
+
+def _versions(conn, body, users):
+    """{(title, content, link_text): users}: one group, unless the push has `translations`; then
+    each user's contact's locale picks its version (one contacts query), as a stored one's would."""
+    own = (body["title"], body.get("content") or "", body.get("link_text"))
+    if not body.get("translations") or not users:
+        return {own: users}
+    locales = contact_fields(conn, users, ["locale"])
+    groups = {}
+    for uid in users:
+        tag = locales.get(uid if isinstance(uid, uuid.UUID) else uuid.UUID(str(uid)), {}).get("locale")
+        version = i18n.pick(body["translations"], tag)[1] or {}
+        key = (version.get("title", own[0]), version.get("content", own[1]), version.get("link_text", own[2]))
+        groups.setdefault(key, []).append(uid)
+    return groups
 
 
 def _public(body, event, customer):

@@ -66,29 +66,53 @@ def get_trigger(conn, trigger_id, api_key_id=None):
         return cur.fetchone()
 
 
-def store_chunk(conn, trigger_id, body, user_ids, hidden_users=()):
-    """Insert one notification per user (none twice), return every row of the chunk.
+# The text of a stored notification: the trigger's own, or (a trigger with `translations`) each user's
+# locale's version where it has one (plan.localised: rows joined by user, `l`), with that locale.
+# (insert column, title and content, link_text, locale value, join); without translations the SQL is as before.
+_CHUNK_TEXT = ("", "%(title)s, %(content)s", "%(link_text)s", "", "")
+_LOCALISED = (" FROM unnest(%(l_triggers)s::uuid[], %(l_users)s::uuid[], %(l_titles)s::text[], %(l_contents)s::text[],"
+              " %(l_link_texts)s::text[], %(l_locales)s::text[]) AS l(trigger_id, user_id, title, content, link_text,"
+              " locale)")
+_CHUNK_LOCALISED = (", locale", "coalesce(l.title, %(title)s), coalesce(l.content, %(content)s)",
+                    "CASE WHEN l.user_id IS NULL THEN %(link_text)s ELSE l.link_text END", ", l.locale",
+                    " LEFT JOIN (SELECT *" + _LOCALISED + ") l ON l.user_id = ids.user_id")
+
+
+def _localised_params(localised):
+    if not localised:
+        return {}
+    triggers, users, titles, contents, link_texts, locales = zip(*localised)
+    return {"l_triggers": uuid_array(triggers), "l_users": uuid_array(users), "l_titles": list(titles),
+            "l_contents": list(contents), "l_link_texts": list(link_texts), "l_locales": list(locales)}
+
+
+def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=()):
+    """Insert one notification per user (none twice), return every row of the chunk; `localised`:
+    plan.localised's rows, the users whose text is a translation.
 
     Rows stored by an earlier, interrupted run of the same trigger come back too,
     so that run's missing publishes and deliveries are made up for.
     """
     users = uuid_array(user_ids)
+    text = _CHUNK_LOCALISED if localised else _CHUNK_TEXT
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app)"
-            " SELECT gen_random_uuid(), %(trigger)s, ids.user_id, %(customer)s, %(type)s, %(event)s, %(title)s,"
-            " %(content)s, %(link_url)s, %(link_text)s, %(rec_type)s, %(rec_id)s, %(expires_at)s::timestamptz,"
-            " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8),"
-            " NOT (ids.user_id = ANY(%(hidden)s::uuid[]))"
-            " FROM unnest(%(users)s::uuid[]) WITH ORDINALITY AS ids(user_id, n)"
+            f" link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, amounts, in_app{text[0]})"
+            " SELECT gen_random_uuid(), %(trigger)s, ids.user_id, %(customer)s, %(type)s, %(event)s,"
+            f" {text[1]}, %(link_url)s, {text[2]}, %(rec_type)s, %(rec_id)s, %(expires_at)s::timestamptz,"
+            " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8), %(amounts)s::jsonb,"
+            f" NOT (ids.user_id = ANY(%(hidden)s::uuid[])){text[3]}"
+            f" FROM unnest(%(users)s::uuid[]) WITH ORDINALITY AS ids(user_id, n){text[4]}"
             " ORDER BY ids.n ON CONFLICT (trigger_id, user_id) DO NOTHING",
             {"trigger": trigger_id, "customer": body.get("customer_id"), "type": body["type"],
              "event": body["event"], "title": body["title"], "content": body.get("content") or "",
              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
              "rec_type": body.get("rec_type"), "rec_id": body.get("rec_id"), "expires_at": body.get("expires_at"),
              "ack_required": bool((body.get("ack") or {}).get("required")),
-             "ack_deadline": (body.get("ack") or {}).get("deadline_seconds"), "users": users, "hidden": uuid_array(hidden_users)})
+             "ack_deadline": (body.get("ack") or {}).get("deadline_seconds"), "users": users,
+             "amounts": json.dumps(body["amounts"]) if body.get("amounts") else None,
+             "hidden": uuid_array(hidden_users), **_localised_params(localised)})
     with conn.cursor() as cur:
         cur.execute(f"SELECT {COLUMNS}, deleted_at, in_app FROM notifications WHERE trigger_id = %s"
                     " AND user_id = ANY(%s::uuid[]) ORDER BY seq", (trigger_id, users))
@@ -210,8 +234,15 @@ def unlock(conn, trigger_id):
         cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s::text))", (Locks.BIG_TRIGGER, str(trigger_id)))
 
 
-def store_triggers(conn, triggers, hidden):
-    """Insert one notification per user of every trigger (none twice), straight from the trigger rows.
+_BATCH_TEXT = ("", "t.title, t.content", "t.link_text", "", "")
+_BATCH_LOCALISED = (", locale", "coalesce(l.title, t.title), coalesce(l.content, t.content)",
+                    "CASE WHEN l.user_id IS NULL THEN t.link_text ELSE l.link_text END", ", l.locale",
+                    " LEFT JOIN (SELECT *" + _LOCALISED + ") l ON l.trigger_id = t.id AND l.user_id = u.user_id::uuid")
+
+
+def store_triggers(conn, triggers, hidden, localised=()):
+    """Insert one notification per user of every trigger (none twice), straight from the trigger rows;
+    `localised`: plan.localised's rows of the users whose text is a translation.
 
     The bodies are read by PostgreSQL where they lie: nothing per row crosses the wire but the
     stored rows coming back. hidden: (trigger id, user id) pairs whose in-app channel is off. Rows
@@ -220,6 +251,7 @@ def store_triggers(conn, triggers, hidden):
     ids = uuid_array(t["id"] for t in triggers)
     hidden_triggers, hidden_users = (zip(*hidden) if hidden else ((), ()))
     returned = f"{COLUMNS}, deleted_at, in_app, trigger_id"
+    text = _BATCH_LOCALISED if localised else _BATCH_TEXT
     with conn.cursor() as cur:
         # A body with many users is TOASTed: each `body->>` would detoast all of it again, per
         # row (33 of 47 ms for 1,000 users). MATERIALIZED reads every body's fields once.
@@ -230,16 +262,19 @@ def store_triggers(conn, triggers, hidden):
             " tr.body->>'link_text' AS link_text, tr.body->>'rec_type' AS rec_type, tr.body->>'rec_id' AS rec_id,"
             " (tr.body->>'expires_at')::timestamptz AS expires_at, tr.body->'user_ids' AS user_ids,"
             " coalesce((tr.body->'ack'->>'required')::boolean, false) AS ack_required,"
-            " now() + make_interval(secs => (tr.body->'ack'->>'deadline_seconds')::float8) AS ack_deadline"
+            " now() + make_interval(secs => (tr.body->'ack'->>'deadline_seconds')::float8) AS ack_deadline,"
+            " tr.body->'amounts' AS amounts"
             " FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS b(id, n) JOIN triggers tr ON tr.id = b.id)"
             " INSERT INTO notifications (id, trigger_id, user_id, customer_id, type, event, title, content,"
-            " link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, in_app)"
-            " SELECT gen_random_uuid(), t.id, u.user_id::uuid, t.customer_id, t.type, t.event, t.title, t.content,"
-            " t.link_url, t.link_text, t.rec_type, t.rec_id, t.expires_at, t.ack_required, t.ack_deadline,"
-            " (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[]))"
+            f" link_url, link_text, rec_type, rec_id, expires_at, ack_required, ack_deadline, amounts, in_app{text[0]})"
+            f" SELECT gen_random_uuid(), t.id, u.user_id::uuid, t.customer_id, t.type, t.event, {text[1]},"
+            f" t.link_url, {text[2]}, t.rec_type, t.rec_id, t.expires_at, t.ack_required, t.ack_deadline, t.amounts,"
+            f" (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[])){text[3]}"
             " FROM t CROSS JOIN LATERAL jsonb_array_elements_text(t.user_ids) WITH ORDINALITY AS u(user_id, k)"
+            f"{text[4]}"
             f" ORDER BY t.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",
-            {"ids": ids, "ht": uuid_array(hidden_triggers), "hu": uuid_array(hidden_users)})
+            {"ids": ids, "ht": uuid_array(hidden_triggers), "hu": uuid_array(hidden_users),
+             **_localised_params(localised)})
         names = [column.name for column in cur.description]
         rows = [dict(zip(names, row)) for row in cur.fetchall()]
         if len(rows) < sum(t["users_total"] for t in triggers):

@@ -4,13 +4,16 @@ import re
 
 import marshmallow as ma
 from flask import current_app
+from babel import numbers as babel_numbers
 from marshmallow import fields, validate
 
+from .. import i18n
 from ..acks import callbacks as ack_callbacks
 from ..acks import policy as ack_policy
 from ..api.schema import StrictSchema, UtcDateTime
 from ..domain import LANES
-from ..errors import InvalidChannel
+from ..contacts.schemas import normalise_locale
+from ..errors import InvalidChannel, InvalidLocale
 from ..sanitize import UnsettledText, clean_text, control_problem, safe_link
 
 TEXT_FIELDS = ("title", "content", "link_text", "rec_type", "rec_id")   # shown to clients: cleaned
@@ -50,6 +53,92 @@ def _text(name, required=False):
                          validate=validate.Length(min=1 if required else 0, max=LIMITS[name]))
 
 
+MAX_TRANSLATIONS = 50
+
+
+class TranslationSchema(StrictSchema):
+    """One locale's version of a trigger's text: title and/or content (and link_text when the
+    trigger has one), with the trigger's own limits and cleaning."""
+
+    title = fields.String(validate=validate.Length(min=1, max=LIMITS["title"]))
+    content = fields.String(validate=validate.Length(max=LIMITS["content"]))
+    link_text = fields.String(validate=validate.Length(min=1, max=LIMITS["link_text"]))
+
+    @ma.post_load
+    def _clean(self, data, **_):
+        if not data:
+            raise ma.ValidationError("Must set title, content or link_text.")
+        errors = {}
+        for name, value in data.items():
+            try:
+                data[name] = accept_text(value, multiline=name == "content")
+            except ma.ValidationError as error:
+                errors[name] = error.messages
+        if not errors and "title" in data and not data["title"].strip():
+            errors["title"] = ["Must contain text once markup is removed."]
+        if errors:
+            raise ma.ValidationError(errors)
+        return data
+
+
+def _at_most(limit, what):
+    """A validator of a mapping's size (validate.Length would be documented as a string's maxLength)."""
+    def check(value):
+        if len(value) > limit:
+            raise ma.ValidationError(f"At most {limit} {what}.")
+    return check
+
+
+# Names an amount may not take: the notification's fields and what templates add to them.
+RESERVED = frozenset(("id", "customer_id", "type", "event", "title", "content", "link_url", "link_text", "rec_type",
+                      "rec_id", "read", "read_at", "created_at", "expires_at", "ack_required", "ack_deadline",
+                      "acked_at", "link", "preferences_url", "settings_note", "change_them", "recipient", "user_id",
+                      "delivery_id", "count", "time", "digest_count", "bank_name", "public_url", "inbox_url"))
+MAX_AMOUNTS = 20
+AMOUNT = r"^-?[0-9]{1,15}(\.[0-9]{1,6})?\Z"
+
+
+def _amount_name(name):
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+        raise ma.ValidationError("Must be a template variable name: a-z, then up to 31 of a-z, 0-9 and _.")
+    if name in RESERVED:
+        raise ma.ValidationError(f"{name!r} is a notification field or template variable already.")
+
+
+class AmountSchema(StrictSchema):
+    """An amount with its currency; written per locale when a template names it."""
+
+    amount = fields.String(required=True, validate=validate.Regexp(
+        AMOUNT, error="Must be a decimal number as a string: up to 15 digits, a point, up to 6 decimal places."),
+        metadata={"example": "1234.56", "description": "a decimal number, as a string (it stays exact)"})
+    currency = fields.String(required=True, metadata={"example": "EUR", "description": "ISO 4217 code"})
+
+    @ma.validates("currency")
+    def _currency(self, value, **_):
+        if not babel_numbers.is_currency(value):
+            raise ma.ValidationError("Must be an ISO 4217 currency code such as EUR or USD.")
+
+
+def _translations(data):
+    """The trigger's translations keyed by normalised tag (`en_gb` → `en-GB`); 400 `invalid_locale`
+    for a tag that is malformed, unknown to Babel or given twice; an empty object is none."""
+    given = data.pop("translations", None)
+    if not given:
+        return
+    out = {}
+    for tag, version in given.items():
+        normal = normalise_locale(tag)
+        if normal is None or not i18n.known(normal):
+            raise InvalidLocale(f"translations: {tag[:40]!r} is not a known BCP 47 language tag such as de or de-AT")
+        if normal in out:
+            raise InvalidLocale(f"translations: {tag[:40]!r} names the locale {normal} twice")
+        if "link_text" in version and data.get("link_text") is None:
+            raise ma.ValidationError({"translations": {tag: {"link_text": [
+                "Only a trigger with link_text may translate it."]}}})
+        out[normal] = version
+    data["translations"] = out
+
+
 class TriggerSchema(StrictSchema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=64),
                          metadata={"description": "the group (or one of its aliases)"})
@@ -66,6 +155,13 @@ class TriggerSchema(StrictSchema):
                            metadata={"description": "limit delivery to these of the event's channels"})
     priority = fields.String(load_default=None, validate=validate.OneOf(LANES), metadata={
         "description": "the trigger's lane: the event's priority, or a lower one (never higher: 400 invalid_priority)"})
+    translations = fields.Dict(
+        keys=fields.String(), values=fields.Nested(TranslationSchema),
+        validate=_at_most(MAX_TRANSLATIONS, "locales"), metadata={"maxProperties": MAX_TRANSLATIONS,
+            "description": "per-locale text: {\"de\": {\"title\": ..., \"content\": ...}}, keyed by BCP 47 tag "
+                           "(an unknown or malformed one: 400 invalid_locale); each user gets the version of their "
+                           "contact's locale (de-AT, then de), else the trigger's own text; {} is none",
+            "example": {"de": {"title": "Zahlung eingegangen", "content": "Danke"}}})
 
     @ma.validates("user_ids")
     def _max_users(self, value, **_):
@@ -94,6 +190,7 @@ class TriggerSchema(StrictSchema):
         if not data["title"].strip():
             raise ma.ValidationError({"title": ["Must contain text once markup is removed."]})
         data["user_ids"] = list(dict.fromkeys(data["user_ids"]))
+        _translations(data)
         return data
 
 
@@ -111,6 +208,13 @@ class QueuedTriggerSchema(TriggerSchema):
     callback_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2048), metadata={
         "description": "receives signed `ack` and `ack_overdue` events of this trigger's notices (a host of "
                        "ACK_CALLBACK_HOSTS; needs an acknowledgement)"})
+    amounts = fields.Dict(
+        keys=fields.String(validate=_amount_name), values=fields.Nested(AmountSchema),
+        validate=_at_most(MAX_AMOUNTS, "amounts"), metadata={"maxProperties": MAX_AMOUNTS,
+            "description": "template variables written per locale: {\"total\": {\"amount\": \"1234.56\", "
+                           "\"currency\": \"EUR\"}} makes {total} `1.234,56 €` for a de contact, `€1,234.56` "
+                           "for en (email, SMS, Apprise and webhook templates; never a teaser event's)",
+            "example": {"total": {"amount": "1234.56", "currency": "EUR"}}})
     ack = fields.Dict(load_default=None, allow_none=True, metadata={
         "description": 'acknowledgement, replacing the event\'s default: {"required": true, "deadline": "PT24H",'
                        ' "escalate": [{"after": "PT1H", "channels": ["email"]}]} (ISO 8601 durations)'})

@@ -10,6 +10,7 @@ Catalogues: `app/i18n/translations/<lang>/LC_MESSAGES/messages.po`, read at firs
 .mo needs to be built or committed). docs/channels.md#languages says how to add a locale with
 `pybabel extract/update/init/compile`.
 """
+import decimal
 import functools
 import io
 import zoneinfo
@@ -24,11 +25,35 @@ DEFAULT = "en"
 CATALOGUES = Path(__file__).parent / "translations"
 
 
+def narrowing(tag):
+    """`de-AT` → ["de-AT", "de"]: the tag, then each shorter prefix (no default)."""
+    parts = (tag or "").replace("_", "-").split("-")
+    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1) if parts[0]]
+
+
 def chain(tag):
     """`de-AT` → ["de-AT", "de", "en"]: most specific first, the default last."""
-    parts = (tag or "").replace("_", "-").split("-")
-    found = ["-".join(parts[:n]) for n in range(len(parts), 0, -1) if parts[0]]
+    found = narrowing(tag)
     return found + ([DEFAULT] if DEFAULT not in found else [])
+
+
+def pick(translations, tag):
+    """(locale, text) of a trigger's per-locale text for a contact's locale tag: the most specific of
+    `de-AT` → `de` it has, or (None, None): the trigger's own text (no default language is assumed)."""
+    if translations and tag:
+        for candidate in narrowing(tag):
+            if candidate in translations:
+                return candidate, translations[candidate]
+    return None, None
+
+
+def known(tag):
+    """Whether Babel (CLDR) knows the language (and script and region) of a well-formed tag."""
+    try:
+        Locale.parse(tag.replace("-", "_"))
+        return True
+    except (UnknownLocaleError, ValueError):
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,14 +116,27 @@ def format_amount(value, currency, locale):
     return numbers.format_currency(value, currency, locale=_babel_locale(locale))
 
 
-def localised_templates(domain, group, event, tag):
+def amounts(stored, tag, fallback=DEFAULT):
+    """A trigger's amounts as template variables, each written the way the contact's locale writes
+    it (`de`: `1.234,56 €`, `en`: `€1,234.56`, `de-AT`: `€ 1.234,56`); a tag Babel does not know
+    formats as `fallback` (the locale the message is written in)."""
+    if not stored:
+        return {}
+    locale = tag if tag and known(tag) else fallback
+    return {name: format_amount(decimal.Decimal(value["amount"]), value["currency"], locale)
+            for name, value in stored.items()}
+
+
+def localised_templates(domain, group, event, tag, text_locale=None):
     """(templates, locale used) of one event for a contact's locale tag. Each template scope
     (default, group, group.event) may carry `translations: {<locale>: {<template>: text}}`; a more
-    specific scope wins, and within a scope the most specific locale of the chain."""
+    specific scope wins, and within a scope the most specific locale of the chain. `text_locale`:
+    the locale of the trigger's per-locale text the notification was stored in (it counts as
+    translated for the locale used: an `it` text with no `it` catalogue is still an `it` message)."""
     scopes = [domain.templates.get("default"), domain.templates.get(group), domain.templates.get(f"{group}.{event}")]
     scopes = [dict(s) for s in scopes if isinstance(s, dict)]
     translated = {loc for s in scopes for loc in (s.get("translations") or {})}
-    locale = used(tag, translated)
+    locale = used(tag, translated | ({text_locale} if text_locale else set()))
     wanted = [c for c in chain(tag) if c in translated]
     templates = {}
     for scope in scopes:

@@ -113,3 +113,20 @@ def test_an_unknown_external_content_stops_start_up(build, value):
     with pytest.raises(ConfigError) as caught:
         build(external_content=value)
     assert "groups.payment.events.payment_failed.external_content" in str(caught.value)
+
+
+def test_a_teaser_event_never_carries_an_amount(build, smtp, twilio, user):
+    """A trigger's `amounts` are template variables, and a teaser's templates get none: even an
+    operator's teaser template that names one renders it empty."""
+    user_id, _ = user
+    app = build(templates={"default": {"teaser_email_subject": "Secure message {total}",
+                                       "teaser_sms": "Secure message {total}"}})
+    client = app.test_client()
+    put_contact(client, user_id, email="amounts@example.org", phone="+14155550100", locale="de")
+    trigger(client, [user_id], type="payment", event="payment_failed", title=TITLE, content=CONTENT,
+            amounts={"total": {"amount": "12345.67", "currency": "EUR"}})
+    run_jobs(app)
+    (received,) = smtp.messages
+    assert received["message"]["Subject"] == "Secure message"
+    assert not any("12.345,67" in text or "12345" in text for text in every_part_of(received))
+    assert twilio.messages[0]["Body"].strip() == "Secure message"

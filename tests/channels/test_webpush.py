@@ -9,7 +9,7 @@ import pytest
 from app.config import load_settings
 from app.errors import ConfigError
 from app.webpush.keys import check_settings, new_pair
-from testkit.api import assert_error, deliveries, json_of, trigger
+from testkit.api import assert_error, deliveries, json_of, put_contact, trigger
 from testkit.identity import bearer
 from testkit.jobs import drain, fast_forward, run_jobs
 from testkit.webpush import PushService
@@ -65,6 +65,20 @@ def test_a_push_reaches_the_browser_signed_and_encrypted(build, pushes, user):
     assert message["_vapid_key"] == PUBLIC                # signed with the configured key
     push = deliveries(client, headers)["webpush"]
     assert push["status"] == "sent" and push["provider_message_id"].startswith("https://push.test.example/")
+
+
+def test_the_push_carries_the_text_of_the_contacts_locale(build, pushes, user):
+    """A trigger's translations reach the browser as the inbox shows them (issue 23)."""
+    user_id, headers = user
+    app = build()
+    client = app.test_client()
+    put_contact(client, user_id, locale="de-AT")
+    browser = pushes.subscribe()
+    assert subscribe(client, headers, browser.subscription).status_code == 201
+    send(client, user_id, translations={"de": {"title": "Zahlung fehlgeschlagen"}})
+    run_jobs(app)
+    [message] = pushes.received(browser)
+    assert message["title"] == "Zahlung fehlgeschlagen" and message["content"] == "Card ending 4242 was declined"
 
 
 @pytest.mark.parametrize("change, field", [

@@ -26,6 +26,6 @@ SHORT = {"vanished": dict(), "crash": dict(n=300), "redis": dict(k=50, triggers=
 FULL = {"vanished": dict(peer_timeout=30.0, keepalive=15.0), "crash": dict(n=10_000),
         "redis": dict(k=1000, triggers=30), "postgres": dict(outage=20.0, users=50),
         "smtp": dict(n=500, outage=120.0), "slow": dict(pushes=5000), "shutdown": dict(users=10_000, streams=200),
-        "escalation": dict(n=1000), "digest": dict(n=200, per_user=3)}
+        "escalation": dict(n=1000), "digest": dict(n=200, per_user=3, window_seconds=30)}
 MAIN_COUNT = {"crash": "n", "escalation": "n", "digest": "n", "smtp": "n", "redis": "k", "shutdown": "users",
               "slow": "pushes"}   # what -n sets
