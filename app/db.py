@@ -14,6 +14,7 @@ commands opt out explicitly with `without_timeouts(conn)`.
 """
 import contextlib
 import logging
+import re
 import threading
 import uuid
 
@@ -211,8 +212,20 @@ def uuid_array(values):
     One string parameter instead of psycopg2 quoting every element: the write
     path passes thousands per chunk. Only hex digits and dashes get in (every
     value goes through uuid.UUID), so nothing needs escaping.
+    Strings already in canonical form (what PostgreSQL's `uuid::text` gives: the fan-out's rows) are
+    checked all at once by one regular expression instead of parsing each (a quarter of a fan-out
+    worker's time went to making and printing UUID objects).
     """
+    values = list(values)
+    if values and all(type(v) is str for v in values):
+        joined = ",".join(values)
+        if _CANONICAL_LIST.fullmatch(joined):
+            return "{" + joined + "}"
     return "{" + ",".join(str(v if isinstance(v, uuid.UUID) else uuid.UUID(v)) for v in values) + "}"
+
+
+_UUID_TEXT = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_LIST = re.compile(f"{_UUID_TEXT}(?:,{_UUID_TEXT})*")
 
 
 def cursor(conn):

@@ -13,7 +13,8 @@ from bench.rig import Bench, Target, post_json, ramp, spec_body, wait_received
 from testkit.processes import cpu_seconds
 
 
-def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bulk=0, urgent_worker=False):
+def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bulk=0, urgent_worker=False,
+              rate_limits="on"):
     """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s,
     with the shipped defaults (rate limits on).
 
@@ -22,12 +23,14 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
     once: the bench's users have no contact). `channels` (a list) goes into each trigger: `["system"]`
     keeps an urgent event's trigger to the in-app channel. `beside_bulk`: a `priority: bulk` trigger
     to that many other users (in-app only) is posted just before the measured triggers, so its fan-out
-    runs beside them; `urgent_worker`: one more worker, `WORKER_LANES=urgent` (Procfile `urgent`)."""
+    runs beside them; `urgent_worker`: one more worker, `WORKER_LANES=urgent` (Procfile `urgent`).
+    `rate_limits="off"`: the settings of the benches before the shipped defaults (rate limits off),
+    to compare with an older commit's run; the result says so."""
     group, _, event_name = event.partition("/")
     with Bench("full-path", keep) as bench:
         bench.start_redis()
         bench.start_database()
-        server = bench.start_ours(workers=1, shipped=True)   # rate limits on
+        server = bench.start_ours(workers=1, shipped=rate_limits == "on")
         rq_workers = [bench.start_rq_worker() for _ in range(sizes.rq_workers)]
         if urgent_worker:
             rq_workers.append(bench.start_rq_worker(WORKER_LANES="urgent"))
@@ -81,7 +84,7 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
         conn.close()
         result = {
             "p50_first_tenth_ms": trend(parts)[0], "p50_last_tenth_ms": trend(parts)[1],
-            "event": event, "channels": channels, "beside_bulk": beside_bulk, "urgent_worker": urgent_worker, "rate_limits": "on (shipped)", "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
+            "event": event, "channels": channels, "beside_bulk": beside_bulk, "urgent_worker": urgent_worker, "rate_limits": "on (shipped)" if rate_limits == "on" else "off", "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
             "expected": expected, "received": received, "lost": expected - received,
             "still_arriving_after_180s": still_arriving,
             "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else None,

@@ -22,7 +22,7 @@ from bench.held import held
 from bench.latency import push_latency
 from bench.measure import raise_nofile
 from bench.memory import memory
-from bench.rig import FULL, QUICK
+from bench.rig import FULL, QUICK, add_rate_limits_option
 from bench.saturation import saturation
 
 
@@ -43,6 +43,7 @@ def main():
     parser.add_argument("--window", type=int, default=FULL.window, help="saturation: broadcasts in flight")
     parser.add_argument("--masters", type=int, default=0,
                         help="saturation: the stream channels on a local Redis Cluster of this many masters")
+    add_rate_limits_option(parser)   # full-path
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args()
@@ -62,7 +63,7 @@ def main():
         result = memory(args.streams or 3000, sizes, args.keep)
     elif args.scenario == "full-path":
         result = full_path(sizes, args.keep, args.event, args.channels.split(",") if args.channels else None,
-                           args.beside_bulk, args.urgent_worker)
+                           args.beside_bulk, args.urgent_worker, args.rate_limits)
     else:
         result = saturation(kind, args.streams or sizes.saturation_streams, sizes, args.keep, masters=args.masters)
     print(json.dumps(result, indent=2, default=str))

@@ -70,7 +70,7 @@ def store_batch(app, conn, only=None, lane=None):
                 plans = _plan(app, conn, claimed)
                 hidden = _hidden(claimed, plans)
                 texts = [row for t in claimed
-                         for row in localised(t["id"], t["body"], plans[t["id"]], t["body"]["user_ids"])]
+                         for row in localised(t["id"], t["body"], plans[str(t["id"])], t["body"]["user_ids"])]
                 held.enter_context(repository.sequence_lock(conn))
                 rows = repository.store_triggers(conn, claimed, hidden, texts)
                 deliveries = [d for r in rows for d in plans[r["trigger_id"]].delivery_rows([r])]
@@ -108,7 +108,7 @@ def _fit(claimed, size):
 
 
 def _plan(app, conn, triggers):
-    """{trigger id: Plan}, one plan per (group, event, customer, channels) for all of its users; the
+    """{trigger id (str): Plan}, one plan per (group, event, customer, channels) for all of its users; the
     users' locales read with their contacts when one of the triggers has translations."""
     domain = app.config["DOMAIN"]
     needs = {name: channel.needs for name, channel in app.extensions["channels"].items()}
@@ -126,14 +126,14 @@ def _plan(app, conn, triggers):
         plan = plan_channels(conn, domain, event, body.get("channels"), users,
                              uuid.UUID(customer) if customer else None, needs,
                              locales=any(t["body"].get("translations") for t in members))
-        plans.update((t["id"], plan) for t in members)
+        plans.update((str(t["id"]), plan) for t in members)   # by text: the stored rows' trigger_id is
     return plans
 
 
 def _hidden(triggers, plans):
     """(trigger id, user id) of every notification whose in-app channel is off."""
     off = {key: set(plan.hidden_users()) for key, plan in {id(p): p for p in plans.values()}.items()}
-    return [(t["id"], uid) for t in triggers for uid in t["body"]["user_ids"] if uid in off[id(plans[t["id"]])]]
+    return [(t["id"], uid) for t in triggers for uid in t["body"]["user_ids"] if uid in off[id(plans[str(t["id"])])]]
 
 
 def in_inbox(rows):

@@ -38,7 +38,6 @@ which is when a client could have missed one.
 """
 import json
 import logging
-import uuid
 
 from .. import replica
 from ..bus.codec import EVERYONE, event_message
@@ -105,12 +104,12 @@ def unread_counts(conn, user_id, domain, customer_id=None, customers=None):
 
 def unread_counts_many(conn, user_ids, domain):
     """{user id (str): counts} for many users in one query (the dispatch job's chunk)."""
-    user_ids = [str(u if isinstance(u, uuid.UUID) else uuid.UUID(str(u))) for u in user_ids]
+    user_ids = [str(u) for u in user_ids]
     if not user_ids:
         return {}
     with conn.cursor() as cur:
         cur.execute(_UNREAD.format(users="user_id = ANY(%(users)s::uuid[])", scope=""),
-                    {"users": "{" + ",".join(user_ids) + "}"})
+                    {"users": uuid_array(user_ids)})
         rows = cur.fetchall()
     return _payloads(rows, user_ids, domain.groups)
 
