@@ -114,7 +114,7 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=())
              "amounts": json.dumps(body["amounts"]) if body.get("amounts") else None,
              "hidden": uuid_array(hidden_users), **_localised_params(localised)})
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {COLUMNS}, deleted_at, in_app FROM notifications WHERE trigger_id = %s"
+        cur.execute(f"SELECT {_RETURNED_AS_TEXT} FROM notifications WHERE trigger_id = %s"
                     " AND user_id = ANY(%s::uuid[]) ORDER BY seq", (trigger_id, users))
         # plain dicts: half the cost of RealDictCursor's rows for a chunk of thousands
         names = [column.name for column in cur.description]
