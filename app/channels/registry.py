@@ -43,7 +43,25 @@ def build(app):
                                              lambda pname, poptions, where: _make(app, pname, poptions, where))
         else:
             channels[name] = _make(app, name, options, f"channels.{name}")
+    _one_provider_per_name(app, channels)
     return channels
+
+
+def _one_provider_per_name(app, channels):
+    """A provider is addressed by its name alone (`POST /v1/providers/{name}/reports`, metrics): a
+    channel's own name, or each name in its `providers` list, must not name a provider of another
+    channel."""
+    seen = {}
+    for name, channel in channels.items():
+        providers = getattr(channel, "providers", None)
+        named = ([(p.name, f"channels.{name}.providers[{i}].name") for i, (p, _, _) in enumerate(providers)]
+                 if providers else [(name, f"channels.{name}")])
+        for provider, where in named:
+            if provider in seen and seen[provider] != name:
+                raise ConfigError(app.config["NOTIFICATIONS_CONFIG"], where,
+                                  f"provider name {provider!r} is taken by channel {seen[provider]!r}: provider"
+                                  " names are unique across channels (a delivery report names only the provider)")
+            seen[provider] = name
 
 
 def get(app, name):

@@ -162,3 +162,19 @@ def test_a_bad_provider_list_stops_start_up(channel_app, providers, where):
     with pytest.raises(ConfigError) as caught:
         channel_app({"sms": {"providers": providers}}, {"chat": {"message_received": ["system", "sms"]}})
     assert caught.value.key == where
+
+
+def test_a_provider_name_taken_by_another_channel_stops_start_up(channel_app):
+    """Reports (`POST /v1/providers/{name}/reports`) name the provider alone: two channels may not
+    share one, nor a provider take another channel's name."""
+    from app.errors import ConfigError
+    events = {"chat": {"message_received": ["system", "sms", "email"]}}
+    twilio = {"name": "primary", "type": "twilio"}
+    with pytest.raises(ConfigError) as caught:
+        channel_app({"sms": {"providers": [twilio]},
+                     "email": {"providers": [{"name": "primary", "type": "webhook", "url": "x", "needs": "email"}]}},
+                    events)
+    assert caught.value.key.endswith(".providers[0].name") and "primary" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        channel_app({"sms": {"providers": [dict(twilio, name="email")]}, "email": {"enabled": True}}, events)
+    assert "'email'" in str(caught.value)
