@@ -20,11 +20,10 @@ import logging
 from flask import current_app, request
 
 from .. import audit, db
-from ..deliveries import repository as deliveries_repository
 from ..errors import AckNotRequired, FailedToAcknowledge, NotFound
 from ..notifications import events
 from ..notifications.model import rfc3339
-from ..queues.enqueue import enqueue_deliveries
+from ..queues.enqueue import enqueue_on_their_lanes
 from . import callbacks, repository
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,7 @@ def run_due_steps(app, conn, limit=STEPS_PER_PASS):
             new = repository.insert_step_deliveries(conn, step)
             deliveries.extend(new)
             repository.finish_step(conn, step, "done", None if new else "already delivered on these channels")
-    if deliveries:   # on their notice's lane (app/queues/lanes.py)
-        with db.transaction(conn):
-            by_lane = deliveries_repository.lanes(conn, deliveries)
-        for lane, ids in by_lane.items():
-            enqueue_deliveries(ids, app, lane)
+    enqueue_on_their_lanes(app, conn, deliveries)   # on their notice's lane (app/queues/lanes.py)
     if steps:
         log.info("%d escalation step(s) run, %d deliveries enqueued", len(steps), len(deliveries))
     return len(steps)

@@ -17,7 +17,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .. import audit, db
-from ..queues.enqueue import enqueue_deliveries
+from ..queues.enqueue import enqueue_on_their_lanes
 from ..redact import redact
 from . import repository
 
@@ -147,9 +147,7 @@ def _reenqueue(ids, channel, force):
                 if reset:
                     audit.record(conn, "delivery.retry", ("deliveries", channel),
                                  {"ids": [str(d) for d in reset], "forced": force}, actor=audit.operator())
-                by_lane = repository.lanes(conn, reset)
-            for lane, lane_ids in by_lane.items():   # each on its trigger's lane, as its first try was
-                enqueue_deliveries(lane_ids, lane=lane)
+            enqueue_on_their_lanes(current_app, conn, reset)   # each on its trigger's lane, as its first try was
             done += len(reset)
             bar.update(len(ids[start:start + 500]))
     return done

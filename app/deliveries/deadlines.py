@@ -23,7 +23,7 @@ import logging
 
 from .. import db
 from ..db import cursor
-from ..queues.enqueue import enqueue_deliveries
+from ..queues.enqueue import enqueue_on_their_lanes
 from . import repository
 
 log = logging.getLogger(__name__)
@@ -121,22 +121,12 @@ def for_deliveries(conn, delivery_ids):
     return _claim(conn, len(delivery_ids), delivery_ids) if delivery_ids else []
 
 
-def enqueue(app, conn, delivery_ids):
-    """Enqueue new fallback deliveries on their notification's lane (after the commit that wrote them)."""
-    if not delivery_ids:
-        return
-    with db.transaction(conn):
-        lanes = repository.lanes(conn, delivery_ids)
-    for lane, ids in lanes.items():
-        enqueue_deliveries(ids, app, lane)
-
-
 def run_due(app, conn, limit=ROWS_PER_PASS):
     """One pass of the scheduler thread over the due rows; how many were handled."""
     with db.transaction(conn):
         rows = _claim(conn, limit)
         new = settle(conn, rows)
-    enqueue(app, conn, new)
+    enqueue_on_their_lanes(app, conn, new)
     if new:
         log.info("%d report deadline(s) passed, %d fallback deliveries enqueued", len(rows), len(new))
     return len(rows)

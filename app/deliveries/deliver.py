@@ -42,7 +42,7 @@ from ..notifications.model import rfc3339, to_public
 from ..preferences import repository as preferences
 from ..preferences.quiet_hours import applies, held_until
 from ..preferences.rules import resolve
-from ..queues.enqueue import enqueue_deliveries, schedule_delivery
+from ..queues.enqueue import enqueue_on_their_lanes, schedule_delivery
 from . import deadlines, repository
 from . import digest as digests
 from .receipt import Receipt, record_late, unrecord
@@ -80,11 +80,7 @@ def deliver(delivery_id):
         if status != "sent" or claimed["tried"]:
             with db.transaction(conn):
                 fallback = _settle(conn, domain, claimed, status, kwargs, accepted)
-            if fallback:
-                with db.transaction(conn):
-                    lanes = repository.lanes(conn, fallback)
-                for lane, ids in lanes.items():
-                    enqueue_deliveries(ids, app, lane)
+            enqueue_on_their_lanes(app, conn, fallback)
     if status == "sent" and not accepted.recorded:
         record_late(claimed, accepted.provider_id, provider=accepted.provider)
     if status == "sent" and claimed.get("digest_id"):

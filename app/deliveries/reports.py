@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import redis
 
 from .. import db
+from ..queues.enqueue import enqueue_on_their_lanes
 from ..channels.base import expand_env, report_url
 from ..errors import FailedToRecordReport, InvalidRequest, InvalidSignature, NotFound
 from ..metrics import DELIVERY_REPORTS
@@ -153,7 +154,7 @@ def record(app, found, message_id, status, reason=None, at=None):
             changed, new = _apply(conn, app.config["DOMAIN"], found, ids, message_id, status, reason, at)
             new += deadlines.settle(conn, deadlines.for_deliveries(conn, changed))
         try:
-            deadlines.enqueue(app, conn, new)
+            enqueue_on_their_lanes(app, conn, new)
         except redis.RedisError as exc:   # the rows are stored: the relay enqueues pending deliveries
             log.warning("report of %s: fallback deliveries not enqueued (%s); the relay will", found.name,
                         type(exc).__name__)

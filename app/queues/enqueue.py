@@ -72,6 +72,19 @@ def enqueue_deliveries(delivery_ids, app=None, lane=None):
     return len(jobs)
 
 
+def enqueue_on_their_lanes(app, conn, delivery_ids):
+    """Enqueue deliveries written outside the fan-out (a fallback, an escalation step, a retry) each
+    on its trigger's lane, read in a transaction of its own on `conn` after the caller committed."""
+    if not delivery_ids:
+        return
+    from .. import db
+    from ..deliveries.repository import lanes
+    with db.transaction(conn):
+        by_lane = lanes(conn, delivery_ids)
+    for lane, ids in by_lane.items():
+        enqueue_deliveries(ids, app, lane)
+
+
 def schedule_delivery(delivery_id, at, app=None, lane=None):
     """Run a held delivery at `at` (RQ's scheduler), on its lane's queue. Its own job id, so it
     cannot collide with the job that is holding it right now."""
