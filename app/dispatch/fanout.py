@@ -1,7 +1,7 @@
 """A big trigger (more users than one chunk) stored chunk by chunk.
 
 Per chunk of users (queue.yaml `batch.users_per_chunk`): one transaction
-stores the notifications (never twice: unique per trigger and user), their
+stores the notifications (never twice: see `repository.store_chunk`), their
 delivery rows and the trigger's progress; after it commits, one script call
 publishes them to the users' stream channels and one pipeline enqueues the
 external deliveries. The job holds a session-level advisory lock on the
@@ -75,7 +75,8 @@ def _chunks(app, conn, trigger_id, should_stop):
                                      locales=bool(body.get("translations")))
                 texts = localised(trigger_id, body, plan, chunk)
                 held.enter_context(repository.sequence_lock(conn))
-                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users(), texts)
+                rows = repository.store_chunk(conn, trigger_id, body, chunk, plan.hidden_users(), texts,
+                                              resumed=offset == start and trigger["users_done"] > 0)
                 deliveries = plan.delivery_rows(rows)
                 repository.insert_deliveries(conn, deliveries)
                 acks.insert_escalations(conn, rows)

@@ -86,12 +86,23 @@ def _localised_params(localised):
             "l_contents": list(contents), "l_link_texts": list(link_texts), "l_locales": list(locales)}
 
 
-def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=()):
+# A resumed chunk's users already stored by the interrupted run (read under the trigger's lock: no
+# other job stores this trigger meanwhile).
+_NOT_STORED_YET = (" WHERE NOT EXISTS (SELECT 1 FROM notifications s WHERE s.trigger_id = %(trigger)s"
+                   " AND s.user_id = ids.user_id)")
+
+
+def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=(), resumed=False):
     """Insert one notification per user (none twice), return every row of the chunk; `localised`:
     plan.localised's rows, the users whose text is a translation.
 
-    Rows stored by an earlier, interrupted run of the same trigger come back too,
-    so that run's missing publishes and deliveries are made up for.
+    `resumed`: an earlier, interrupted run of the trigger may have committed this chunk (the one
+    before its recorded progress, fanout.py); its users already stored are skipped and their rows
+    come back too, so that run's missing publishes and deliveries are made up for. Every other
+    chunk is new: the trigger's lock and its progress, committed with each chunk, say so. No unique
+    index says it instead: a partitioned `notifications` cannot hold one on (trigger_id, user_id)
+    (docs/scaling.md, "Partitioned history"), and probing every partition for each of a chunk's
+    users would cost more than the rows themselves.
     """
     users = uuid_array(user_ids)
     text = _CHUNK_LOCALISED if localised else _CHUNK_TEXT
@@ -104,7 +115,7 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=())
             " %(ack_required)s, now() + make_interval(secs => %(ack_deadline)s::float8), %(amounts)s::jsonb,"
             f" NOT (ids.user_id = ANY(%(hidden)s::uuid[])){text[3]}"
             f" FROM unnest(%(users)s::uuid[]) WITH ORDINALITY AS ids(user_id, n){text[4]}"
-            " ORDER BY ids.n ON CONFLICT (trigger_id, user_id) DO NOTHING",
+            f"{_NOT_STORED_YET if resumed else ''} ORDER BY ids.n RETURNING {_RETURNED_AS_TEXT}",
             {"trigger": trigger_id, "customer": body.get("customer_id"), "type": body["type"],
              "event": body["event"], "title": body["title"], "content": body.get("content") or "",
              "link_url": body.get("link_url"), "link_text": body.get("link_text"),
@@ -113,12 +124,14 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=())
              "ack_deadline": (body.get("ack") or {}).get("deadline_seconds"), "users": users,
              "amounts": json.dumps(body["amounts"]) if body.get("amounts") else None,
              "hidden": uuid_array(hidden_users), **_localised_params(localised)})
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT {_RETURNED_AS_TEXT} FROM notifications WHERE trigger_id = %s"
-                    " AND user_id = ANY(%s::uuid[]) ORDER BY seq", (trigger_id, users))
+        if resumed:
+            cur.execute(f"SELECT {_RETURNED_AS_TEXT} FROM notifications WHERE trigger_id = %s"
+                        " AND user_id = ANY(%s::uuid[])", (trigger_id, users))
         # plain dicts: half the cost of RealDictCursor's rows for a chunk of thousands
         names = [column.name for column in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+    rows.sort(key=lambda r: r["seq"])
+    return rows
 
 
 def insert_deliveries(conn, rows):
@@ -253,8 +266,9 @@ def store_triggers(conn, triggers, hidden, localised=()):
     `localised`: plan.localised's rows of the users whose text is a translation.
 
     The bodies are read by PostgreSQL where they lie: nothing per row crosses the wire but the
-    stored rows coming back. hidden: (trigger id, user id) pairs whose in-app channel is off. Rows
-    an earlier run already stored come back too (read again), so their publishes are made up for.
+    stored rows coming back. hidden: (trigger id, user id) pairs whose in-app channel is off. None
+    of these triggers was stored before: they are claimed while pending (`claim_small`) and marked
+    dispatched in the transaction that stores them (batch.py).
     """
     ids = uuid_array(t["id"] for t in triggers)
     hidden_triggers, hidden_users = (zip(*hidden) if hidden else ((), ()))
@@ -280,14 +294,11 @@ def store_triggers(conn, triggers, hidden, localised=()):
             f" (t.id, u.user_id::uuid) NOT IN (SELECT * FROM unnest(%(ht)s::uuid[], %(hu)s::uuid[])){text[3]}"
             " FROM t CROSS JOIN LATERAL jsonb_array_elements_text(t.user_ids) WITH ORDINALITY AS u(user_id, k)"
             f"{text[4]}"
-            f" ORDER BY t.n, u.k ON CONFLICT (trigger_id, user_id) DO NOTHING RETURNING {returned}",
+            f" ORDER BY t.n, u.k RETURNING {returned}",
             {"ids": ids, "ht": uuid_array(hidden_triggers), "hu": uuid_array(hidden_users),
              **_localised_params(localised)})
         names = [column.name for column in cur.description]
         rows = [dict(zip(names, row)) for row in cur.fetchall()]
-        if len(rows) < sum(t["users_total"] for t in triggers):
-            cur.execute(f"SELECT {returned} FROM notifications WHERE trigger_id = ANY(%s::uuid[])", (ids,))
-            rows = [dict(zip(names, row)) for row in cur.fetchall()]
     rows.sort(key=lambda r: r["seq"])
     return rows
 

@@ -132,6 +132,35 @@ def test_a_stopping_worker_hands_the_rest_over(make_app, db, tmp_path):
     assert_each_stored_once(db, 35)
 
 
+def test_a_big_trigger_resumed_redoes_its_last_chunk_and_stores_each_user_once(make_app, db, tmp_path):
+    """A big trigger's run that stopped (or died) after a chunk committed is run again from that
+    chunk, whose publishes may not have gone out: its users are not stored a second time (no unique
+    index says so on a partitioned table: app/dispatch/repository.py `store_chunk`), and its rows
+    come back to be published again."""
+    from app import db as app_db
+    from app.dispatch import repository
+    from app.dispatch.fanout import dispatch_big
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 10}))
+    [trigger_id] = accept(app.test_client(), 1, users_each=25)
+    app.extensions["redis"].flushall()               # no job: this test runs the dispatch itself
+    stored = []
+    real = repository.store_chunk
+
+    def recording(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        stored.append(len(rows))
+        return rows
+    with app.app_context(), app_db.connection() as conn:
+        assert dispatch_big(app, conn, trigger_id, should_stop=lambda: True) == 10
+        repository.store_chunk = recording
+        try:
+            assert dispatch_big(app, conn, trigger_id) == 25
+        finally:
+            repository.store_chunk = real
+    assert stored == [10, 10, 5]                     # the first chunk's rows came back for its publishes
+    assert_each_stored_once(db, 25)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_worker_sigkilled_mid_batch_stores_every_trigger_once(make_app, clean, processes, tmp_path):
