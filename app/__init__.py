@@ -2,7 +2,7 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, bus, db, errors, health, logs, metrics, migrate, ratelimit, replica, retention, webpush
+from . import api, bus, db, errors, health, history, logs, metrics, migrate, ratelimit, replica, webpush
 from .audit import cli as audit_cli
 from .bus import deployment
 from .channels import registry as channels
@@ -31,7 +31,7 @@ def create_app(config=None):
     webpush.init_app(app)
     deliveries_cli.init_app(app)
     audit_cli.init_app(app)
-    retention.init_app(app)
+    history.init_app(app)
     app.register_blueprint(health.blp)
     inbox_page.init_app(app)
     metrics.init_app(app)

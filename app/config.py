@@ -106,6 +106,9 @@ DEFAULTS = {
     # The priority lanes a worker (`python -m workers`) takes jobs from, in this order (app/queues/lanes.py);
     # empty: all of them. `urgent`: a worker kept for the urgent lane (Procfile).
     "WORKER_LANES": "",
+    # Values of `seq` per partition of the notification history (docs/history.md): about a day's
+    # notifications at the peak rate; the worker keeps two such partitions ahead.
+    "HISTORY_PARTITION_ROWS": "10000000",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
@@ -114,7 +117,8 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "SSE_QUEUE_SIZE", "SSE_REPLAY_LIMIT", "SSE_TICKET_TTL_SECONDS", "MAIL_PORT",
         "SSE_MAX_STREAMS_PER_WORKER", "JWT_MAX_LIFETIME_SECONDS", "PROXY_HOPS", "SMS_MAX_SEGMENTS",
         "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE",
-        "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES", "AUDIT_ANCHOR_SECONDS")
+        "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES", "AUDIT_ANCHOR_SECONDS",
+        "HISTORY_PARTITION_ROWS")
 FLOATS = ("DB_POOL_TIMEOUT", "REPLICA_MAX_LAG_SECONDS", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS",
@@ -171,6 +175,9 @@ def load_settings(overrides=None, environ=None):
     if settings["ACK_CALLBACK_HOSTS"] and len(settings["ACK_CALLBACK_SECRET"]) < 32:
         raise ConfigError("environment", "ACK_CALLBACK_SECRET", "must be at least 32 characters when "
                           "ACK_CALLBACK_HOSTS is set (it signs the callbacks)")
+    if settings["HISTORY_PARTITION_ROWS"] < 1000:
+        raise ConfigError("environment", "HISTORY_PARTITION_ROWS", "must be at least 1000 (values of `seq` per"
+                          " partition; about a day's notifications at the peak rate)")
     if not 1 <= settings["SMS_MAX_SEGMENTS"] <= 10:   # 10 GSM-7 segments: 1,530 of Twilio's 1,600 characters
         raise ConfigError("environment", "SMS_MAX_SEGMENTS", "must be between 1 and 10")
     _check_lanes(settings)

@@ -36,7 +36,7 @@ class Locks:
     MIGRATIONS = 7_245_001    # one release migrates at a time (app/migrate.py)
     SEQUENCE = 7_245_002      # notification ids committed and published in order (app/dispatch/repository.py)
     AUDIT_SEAL = 7_245_003    # one audit sealer at a time (app/audit/chain.py)
-    RETENTION = 7_245_004     # one retention purge at a time (app/retention.py)
+    RETENTION = 7_245_004     # one retention purge at a time (app/history/retention.py)
     BIG_TRIGGER = 7_245_005   # with hashtext(trigger id): one job per big trigger (app/dispatch/repository.py)
     CONSENT = 7_245_020       # with hashtext(user id): one writer of a user's consent ledger (app/consent/)
 

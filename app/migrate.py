@@ -164,9 +164,18 @@ def _create_role(cur, role, password, echo):
         pass
 
 
-def release(owner_dsn, app_dsn, echo=print):
-    """The release step: migrate as the owner, then grant the application role."""
+def release(owner_dsn, app_dsn, echo=print, partition_rows=None):
+    """The release step: migrate as the owner, make the history's partitions ahead of the sequence
+    with this deploy's `HISTORY_PARTITION_ROWS` (app/history/partitions.py; the workers keep them
+    so), then grant the application role."""
     applied = migrate(owner_dsn, echo=echo)
+    if partition_rows:
+        from .history import partitions
+        conn = psycopg2.connect(owner_dsn)
+        try:
+            partitions.ensure(conn, partition_rows)
+        finally:
+            conn.close()
     grant_application_role(owner_dsn, app_dsn, echo=echo)
     return applied
 
@@ -177,7 +186,8 @@ def init_app(app):
         """Apply pending SQL migrations as MIGRATION_DATABASE_URL and grant DATABASE_URL's role (the
         Procfile's release step)."""
         try:
-            applied = release(app.config["MIGRATION_DATABASE_URL"], app.config["DATABASE_URL"], echo=click.echo)
+            applied = release(app.config["MIGRATION_DATABASE_URL"], app.config["DATABASE_URL"], echo=click.echo,
+                              partition_rows=app.config["HISTORY_PARTITION_ROWS"])
         except RoleError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"{len(applied)} migration(s) applied" if applied else "database is up to date")

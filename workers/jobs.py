@@ -25,9 +25,9 @@ def deliver(delivery_id):
 
 
 def purge_expired():
-    """Delete notifications past their group's retention (app/retention.py); {group: deleted},
+    """Delete notifications past their group's retention (app/history/retention.py); {group: deleted},
     or None when another worker is purging."""
-    from app.retention import purge_exclusive
+    from app.history.retention import purge_exclusive
     return purge_exclusive(current_app._get_current_object())
 
 

@@ -14,7 +14,8 @@ duplicate.
 The same thread seals the audit rows written since its last pass into the
 hash chain (app/audit/chain.py), one worker at a time, and every
 AUDIT_ANCHOR_SECONDS one worker anchors the chain's head outside the database
-(app/audit/anchor.py).
+(app/audit/anchor.py). About every half minute it makes the history's partitions
+ahead of the sequence (app/history/partitions.py).
 
 A job counts as alive while the RQ worker that started it is registered in
 Redis. RQ keeps a worker's key for the job's timeout plus a minute (11
@@ -29,7 +30,8 @@ import threading
 
 from rq import SimpleWorker
 
-from app import db, retention
+from app import db
+from app.history import partitions as history_partitions, retention
 from app.audit import anchor as audit_anchor, chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
@@ -76,7 +78,7 @@ def anchor_audit(app):
 def _loop(app, stop):
     interval = app.config["DOMAIN"].relay_interval
     while not stop.wait(interval):
-        for step in (sweep, seal_audit, anchor_audit):
+        for step in (sweep, seal_audit, anchor_audit, history_partitions.ensure_periodically):
             try:
                 step(app)
             except Exception as exc:  # PostgreSQL or Redis down: try again next tick
@@ -132,5 +134,5 @@ def start_relay(app, worker_key=None):
     threading.Thread(target=_loop, args=(app, stop), name="relay", daemon=True).start()
     threading.Thread(target=schedule.run, args=(app, stop), name="scheduler", daemon=True).start()
     threading.Thread(target=ack_callbacks.run, args=(app, stop), name="ack-callbacks", daemon=True).start()
-    retention.schedule(app, stop)  # the periodic purge (app/retention.py), its own thread
+    retention.schedule(app, stop)  # the periodic purge (app/history/retention.py), its own thread
     return stop

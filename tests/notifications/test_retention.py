@@ -83,7 +83,7 @@ def test_job_deletes_exactly_the_expired_rows_and_their_deliveries(app, db, aged
 
 def test_purge_goes_in_batches(app, db, aged):
     from app import db as app_db
-    from app import retention
+    from app.history import retention
     seen = []
     with app.app_context(), app_db.connection() as conn:
         deleted = retention.purge(conn, app.config["DOMAIN"], batch=2, progress=seen.append)
@@ -138,7 +138,7 @@ def test_one_purge_at_a_time(app, db, clean, aged):
 
 
 def test_the_worker_schedule_purges_periodically(app, db, aged):
-    from app import retention
+    from app.history import retention
     app.config["RETENTION_INTERVAL_SECONDS"] = 0.2
     stop = threading.Event()
     thread = retention.schedule(app, stop)

@@ -342,7 +342,7 @@ def test_concurrent_writers_end_exact_without_deadlock(app, db):
 
     Each transaction changes notifications in one statement, as every path of the service does
     (see migrations_sql/0011 for why that matters)."""
-    from app import retention
+    from app.history import retention
     from app.dispatch.repository import store_chunk
     from app.notifications import repository
     users = [uuid.uuid4() for _ in range(300)]

@@ -103,7 +103,7 @@ def test_without_timeouts_lifts_the_limits_for_its_block_only(make_app):
 
 def test_retention_purge_opts_out_and_outlasts_the_timeout(make_app, clean):
     """The purge's DELETE waits on a lock for longer than the statement timeout, and still finishes."""
-    from app.retention import purge_exclusive
+    from app.history.retention import purge_exclusive
     app = make_app(DB_STATEMENT_TIMEOUT_MS=200)
     lock = TableLock(clean["DATABASE_URL"], "notifications", hold=1.0)
     try:

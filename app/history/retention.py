@@ -1,11 +1,14 @@
 """Retention: a group's notifications older than its `retention_days` are deleted.
 
 `retention_days` is set per group in notifications.yaml; a group without it
-keeps its notifications for ever. A purge deletes, group by group, the
+keeps its notifications for ever. When every group has one, a purge first drops
+the partitions of the history (partitions.py) whose newest notification is past
+the longest of them: a partition at a time, one `retention.drop_partition` audit
+row each, no row deleted one by one. Then it deletes, group by group, the
 notifications created before `now() - retention_days`, with their deliveries
-and delivery attempts (ON DELETE CASCADE), in batches of `BATCH` rows, each
-batch one short transaction with one `retention.purge` audit row. Audit rows
-are never deleted.
+and delivery attempts (migration 0025's trigger), in batches of `BATCH` rows,
+each batch one short transaction with one `retention.purge` audit row. Audit
+rows are never deleted.
 
 Who runs it:
 - every worker process (`python -m workers`) runs `schedule()` in a daemon
@@ -24,8 +27,9 @@ import threading
 import click
 from flask.cli import AppGroup
 
-from . import audit, db
-from .redact import summary
+from .. import audit, db
+from ..redact import summary
+from . import partitions
 
 log = logging.getLogger(__name__)
 BATCH = 5000
@@ -62,6 +66,15 @@ def purge(conn, domain, *, actor=audit.SYSTEM_RETENTION, batch=BATCH, now=None, 
     deleted = {}
     targets = cutoffs(conn, domain, now)
     conn.commit()
+    if now is None and targets and len(targets) == len(domain.groups) and partitions.partitioned(conn):
+        keep = max(days for _, days, _ in targets)
+
+        def record(conn, name, held):
+            audit.record(conn, "retention.drop_partition", ("partition", name),
+                         {"deleted": held, "older_than_days": keep}, actor=actor)
+            if progress is not None and held:
+                progress(held)
+        deleted["(partitions)"] = sum(partitions.drop_expired(conn, keep, record).values())
     for group, days, cutoff in targets:
         deleted[group] = 0
         while True:
