@@ -154,15 +154,16 @@ def test_counters_follow_every_kind_of_change(app, client, db):
 
 
 def test_a_chunk_stored_again_counts_nothing_twice(app, db):
-    """A dispatch job that runs twice inserts nothing the second time (ON CONFLICT DO NOTHING):
-    the trigger sees only the rows really inserted."""
+    """A big trigger's resumed run stores its last committed chunk again (app/dispatch/fanout.py):
+    it inserts nothing the second time, and the counters' trigger sees only the rows really
+    inserted."""
     from app.dispatch.repository import store_chunk
     users, trigger_id = [uuid.uuid4() for _ in range(5)], uuid.uuid4()
     body = {"type": "chat", "event": "message_received", "title": "Twice", "customer_id": None}
     conn = psycopg2.connect(app.config["DATABASE_URL"])
     try:
-        for _ in range(2):
-            store_chunk(conn, trigger_id, body, users, hidden_users=users[:1])
+        for resumed in (False, True):
+            assert len(store_chunk(conn, trigger_id, body, users, hidden_users=users[:1], resumed=resumed)) == 5
             conn.commit()
     finally:
         conn.close()

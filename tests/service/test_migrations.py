@@ -35,11 +35,13 @@ def recorded(url):
 
 
 def expected_tables():
-    """Every table some migration file creates."""
+    """Every table some migration file creates (not one a function of it creates when called, as
+    0026's conversion does with `notifications_partitioned`, renamed `notifications`)."""
     names = set()
     for _, path in migration_files():
         with open(path) as handle:
-            names.update(name.lower() for name in CREATE_TABLE.findall(handle.read()))
+            sql = re.sub(r"\$\$.*?\$\$", "$$ $$", handle.read(), flags=re.S)
+            names.update(name.lower() for name in CREATE_TABLE.findall(sql))
     return names
 
 
