@@ -90,10 +90,17 @@ class QueueCollector:
         else:
             yield from (depth, lane_depth, failed, oldest)
         yield from _breaker_states(self.app)
-        lag = _dispatch_lag()
+        from .dispatch import repository
+        from .history import partitions
+        lag = _from_database(repository.dispatch_lag)
         if lag is not None:
             yield GaugeMetricFamily("notif_dispatch_lag_seconds", "Seconds the oldest trigger due for dispatch "
                                     "has waited since it was accepted (0: none waits)", value=lag)
+        headroom = _from_database(partitions.headroom)
+        if headroom is not None:
+            yield GaugeMetricFamily("notif_history_seq_headroom", "Values of seq the history's partitions still "
+                                    "take (docs/history.md): below HISTORY_PARTITION_ROWS, the workers are not "
+                                    "making partitions ahead", value=headroom)
 
 
 def _breaker_states(app):
@@ -118,14 +125,14 @@ def _oldest_job_age(queue):
     return max(0.0, (datetime.datetime.now(datetime.timezone.utc) - enqueued).total_seconds())
 
 
-def _dispatch_lag():
-    """From the outbox itself (the triggers table), so a lost wake-up or a stopped worker shows."""
+def _from_database(read):
+    """`read(conn)`, read from the tables themselves (the outbox, the catalogue) so that a lost
+    wake-up or a stopped worker shows; None when PostgreSQL is down (left out of this scrape)."""
     from . import db
-    from .dispatch import repository
     try:
         with db.connection() as conn:
-            return repository.dispatch_lag(conn)
-    except Exception:  # PostgreSQL down: left out of this scrape
+            return read(conn)
+    except Exception:
         return None
 
 

@@ -47,6 +47,13 @@ def ensure_periodically(app, state={"next": 0.0}):
         return ensure(conn, app.config["HISTORY_PARTITION_ROWS"])
 
 
+def headroom(conn):
+    """Values of `seq` left before a row would find no partition (None: not partitioned)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT max(hi) - history_current_seq() FROM history_partitions('notifications')")
+        return cur.fetchone()[0]
+
+
 def listing(conn):
     """(name, lo, hi, holds_current) of every partition, lowest first."""
     with conn.cursor() as cur:

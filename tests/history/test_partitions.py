@@ -234,3 +234,23 @@ def test_the_partition_holding_the_sequence_is_never_detached(db, owner_conn):
     with owner_conn.cursor() as cur, pytest.raises(psycopg2.errors.RaiseException, match="never detached"):
         cur.execute("SELECT history_partition_detach(%s::regclass)", (current,))
     owner_conn.rollback()
+
+
+def test_the_metrics_show_how_much_of_the_sequence_the_partitions_still_take(make_app, db, owner_conn):
+    """`notif_history_seq_headroom`: an operator alerts when it falls below one partition's span
+    (no worker has made partitions ahead); after `ensure` it is two spans or more again."""
+    from app import db as app_db
+    from app.history import partitions
+    app = make_app(HISTORY_PARTITION_ROWS="1000")
+    client = app.test_client()
+
+    def headroom():
+        for line in client.get("/metrics").get_data(as_text=True).splitlines():
+            if line.startswith("notif_history_seq_headroom "):
+                return float(line.split()[1])
+    top = listing(owner_conn)[-1][2]
+    move_sequence_to(owner_conn, top - 10)
+    assert headroom() == 10
+    with app.app_context(), app_db.connection() as conn:
+        partitions.ensure(conn, 1000)
+    assert headroom() >= 2000
