@@ -67,10 +67,11 @@ def insert_step_deliveries(conn, step):
     """The step's delivery rows (pending, marked with the step); ids of the new ones. A channel the
     notification already has a delivery on is left as it is (one delivery per channel)."""
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, escalation_step)"
-                    " SELECT gen_random_uuid(), %s, %s, c, 'pending', %s FROM unnest(%s::text[]) AS c"
-                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id",
-                    (step["notification_id"], step["user_id"], step["step"], list(step["channels"])))
+        cur.execute("INSERT INTO deliveries (id, notification_id, notification_seq, user_id, channel, status,"
+                    " escalation_step) SELECT gen_random_uuid(), n.id, n.seq, %s, c, 'pending', %s"
+                    " FROM notifications n, unnest(%s::text[]) AS c WHERE n.id = %s"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    (step["user_id"], step["step"], list(step["channels"]), step["notification_id"]))
         return [r[0] for r in cur.fetchall()]
 
 

@@ -58,7 +58,8 @@ def _claim(conn, limit, delivery_ids=None):
     where, args, skip = ("w.delivery_id = ANY(%s::uuid[])", [[str(i) for i in delivery_ids]], "") \
         if delivery_ids is not None else ("w.due_at <= now()", [], " SKIP LOCKED")
     with cursor(conn) as cur:
-        cur.execute("SELECT w.delivery_id, w.notification_id, w.channels, w.within_seconds, d.user_id, d.channel,"
+        cur.execute("SELECT w.delivery_id, w.notification_id, d.notification_seq, w.channels, w.within_seconds,"
+                    " d.user_id, d.channel,"
                     " d.status, d.delivered_at, d.sent_at + make_interval(secs => w.within_seconds) AS deadline,"
                     " d.sent_at + make_interval(secs => w.within_seconds) <= now() AS overdue,"
                     " n.deleted_at IS NOT NULL AS deleted, coalesce(n.expires_at <= now(), false) AS expired"
@@ -85,7 +86,8 @@ def _postpone(conn, row):
 def run(conn, row, why):
     """Write the row's fallback deliveries and mark it done; the new delivery ids (the caller commits,
     then enqueues them)."""
-    claimed = {"notification_id": row["notification_id"], "user_id": row["user_id"], "channel": row["channel"]}
+    claimed = {"notification_id": row["notification_id"], "notification_seq": row["notification_seq"],
+               "user_id": row["user_id"], "channel": row["channel"]}
     new = repository.fall_back(conn, claimed, row["channels"], reason=f"{row['channel']} {why}")
     _finish(conn, row, "done", f"{why}: falls back to {', '.join(row['channels'])}"
             + ("" if new else " (each had a delivery already)"))

@@ -110,7 +110,8 @@ def settle(sender_id, digest_id, provider_id):
         cur.execute(
             "WITH done AS (UPDATE deliveries SET status = 'sent', attempts = attempts + 1, updated_at = now(),"
             " locked_until = NULL, reason = NULL, provider_message_id = %(pid)s, sent_at = now()"
-            " WHERE digest_id = %(digest)s AND id <> %(sender)s AND status = 'pending' RETURNING id, attempts)"
-            " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, started_at)"
-            " SELECT id, attempts, 'sent', %(pid)s, now() FROM done",
+            " WHERE digest_id = %(digest)s AND id <> %(sender)s AND status = 'pending'"
+            " RETURNING id, notification_seq, attempts)"
+            " INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, provider_message_id,"
+            " started_at) SELECT id, notification_seq, attempts, 'sent', %(pid)s, now() FROM done",
             {"pid": provider_id, "digest": digest_id, "sender": sender_id})

@@ -38,9 +38,10 @@ SENT_SQL = (
     "WITH sent AS (UPDATE deliveries SET status = 'sent', updated_at = now(), locked_until = NULL,"
     " provider_message_id = coalesce(%(pid)s, provider_message_id), sent_at = now()"
     " WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM delivery_attempts"
-    " WHERE delivery_id = %(id)s AND attempt = %(attempt)s AND outcome = 'sent') RETURNING id)"
-    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, provider_message_id, provider, started_at,"
-    " resolution) SELECT id, %(attempt)s, 'sent', %(pid)s, %(provider)s, %(started_at)s, %(resolution)s::jsonb FROM sent")
+    " WHERE delivery_id = %(id)s AND attempt = %(attempt)s AND outcome = 'sent') RETURNING id, notification_seq)"
+    " INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, provider_message_id, provider,"
+    " started_at, resolution) SELECT id, notification_seq, %(attempt)s, 'sent', %(pid)s, %(provider)s,"
+    " %(started_at)s, %(resolution)s::jsonb FROM sent")
 
 
 def _params(claimed, provider_id, provider=None):

@@ -177,7 +177,8 @@ def _apply(conn, domain, found, ids, message_id, status, reason, at):
     if not ids:
         return [], []
     with db.cursor(conn) as cur:
-        cur.execute("SELECT d.id, d.notification_id, d.user_id, d.channel, d.attempts, n.type, n.event"
+        cur.execute("SELECT d.id, d.notification_id, d.notification_seq, d.user_id, d.channel, d.attempts, n.type,"
+                    " n.event"
                     " FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
                     " WHERE d.id = ANY(%s::uuid[]) AND d.status = 'sent' AND d.delivered_at IS NULL"
                     " ORDER BY d.id FOR UPDATE OF d", ([str(i) for i in ids],))
@@ -193,10 +194,11 @@ def _apply(conn, domain, found, ids, message_id, status, reason, at):
                         " last_error = CASE WHEN %(s)s = 'undelivered' THEN %(why)s ELSE last_error END,"
                         " updated_at = now() WHERE id = %(id)s",
                         {"s": status, "at": at, "said": said, "why": reason, "id": row["id"]})
-            cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider,"
-                        " provider_message_id, started_at) VALUES (%s, %s, %s, %s, %s, %s, coalesce(%s, now()))",
-                        (row["id"], row["attempts"], status, reason if status == "undelivered" else None, found.name,
-                         message_id, at))
+            cur.execute("INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, error,"
+                        " provider, provider_message_id, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                        " coalesce(%s, now()))",
+                        (row["id"], row["notification_seq"], row["attempts"], status,
+                         reason if status == "undelivered" else None, found.name, message_id, at))
             new += repository.fall_back(conn, row, fallback, reason=f"{row['channel']} undelivered")
     return [row["id"] for row in rows], new
 

@@ -16,7 +16,8 @@ def claim(conn, delivery_id, lease_seconds):
             "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = now(),"
             " locked_until = now() + make_interval(secs => %s)"
             " WHERE id = %s AND (status = 'pending' OR (status = 'sending' AND locked_until < now()))"
-            " RETURNING id, notification_id, user_id, channel, attempts, attempts - attempt_base AS tries, escalation_step,"
+            " RETURNING id, notification_id, notification_seq, user_id, channel, attempts,"
+            " attempts - attempt_base AS tries, escalation_step,"
             " now() AS started_at",
             (lease_seconds, delivery_id))
         claimed = cur.fetchone()
@@ -39,10 +40,10 @@ def record_tries(conn, claimed, tries):
     """The provider tries of this attempt that failed over to the next provider, one row each."""
     with conn.cursor() as cur:
         for tried in tries:
-            cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider, maybe_accepted,"
-                        " started_at) VALUES (%s, %s, 'retry', %s, %s, %s, %s)",
-                        (claimed["id"], claimed["attempts"], tried["error"], tried["provider"],
-                         tried["maybe_accepted"], claimed["started_at"]))
+            cur.execute("INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, error,"
+                        " provider, maybe_accepted, started_at) VALUES (%s, %s, %s, 'retry', %s, %s, %s, %s)",
+                        (claimed["id"], claimed["notification_seq"], claimed["attempts"], tried["error"],
+                         tried["provider"], tried["maybe_accepted"], claimed["started_at"]))
 
 
 def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, outcome=None):
@@ -54,10 +55,10 @@ def finish(conn, claimed, status, *, error=None, reason=None, provider_id=None, 
             " provider_message_id = coalesce(%(pid)s, provider_message_id),"
             " sent_at = CASE WHEN %(status)s = 'sent' THEN now() ELSE sent_at END WHERE id = %(id)s",
             {"status": status, "error": error, "reason": reason, "pid": provider_id, "id": claimed["id"]})
-        cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, provider_message_id,"
-                    " started_at, resolution) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)",
-                    (claimed["id"], claimed["attempts"], outcome or status, error or reason, provider_id,
-                     claimed["started_at"], resolution_json(claimed)))
+        cur.execute("INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, error,"
+                    " provider_message_id, started_at, resolution) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
+                    (claimed["id"], claimed["notification_seq"], claimed["attempts"], outcome or status,
+                     error or reason, provider_id, claimed["started_at"], resolution_json(claimed)))
 
 
 def for_notification(conn, user_id, notification_id, customers=None):
@@ -135,10 +136,10 @@ def fall_back(conn, claimed, channels, reason=None):
     if not channels:
         return []
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason)"
-                    " SELECT gen_random_uuid(), %s, %s, c, 'pending', %s FROM unnest(%s::text[]) AS c"
-                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id",
-                    (claimed["notification_id"], claimed["user_id"],
+        cur.execute("INSERT INTO deliveries (id, notification_id, notification_seq, user_id, channel, status, reason)"
+                    " SELECT gen_random_uuid(), %s, %s, %s, c, 'pending', %s FROM unnest(%s::text[]) AS c"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    (claimed["notification_id"], claimed["notification_seq"], claimed["user_id"],
                      f"fallback: {reason or claimed['channel'] + ' failed'}", list(channels)))
         return [row[0] for row in cur.fetchall()]
 
@@ -167,6 +168,7 @@ def hold(conn, claimed, until, reason):
     with conn.cursor() as cur:
         cur.execute("UPDATE deliveries SET status = 'pending', attempts = attempts - 1, reason = %s,"
                     " locked_until = %s, updated_at = now() WHERE id = %s", (reason, until, claimed["id"]))
-        cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at, resolution)"
-                    " VALUES (%s, %s, 'held', %s, %s, %s::jsonb)", (claimed["id"], claimed["attempts"], reason,
-                                                                   claimed["started_at"], resolution_json(claimed)))
+        cur.execute("INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, error, started_at,"
+                    " resolution) VALUES (%s, %s, %s, 'held', %s, %s, %s::jsonb)",
+                    (claimed["id"], claimed["notification_seq"], claimed["attempts"], reason, claimed["started_at"],
+                     resolution_json(claimed)))

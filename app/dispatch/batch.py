@@ -77,7 +77,7 @@ def store_batch(app, conn, only=None, lane=None):
                 repository.insert_deliveries(conn, deliveries)
                 acks.insert_escalations(conn, rows)
                 repository.mark_dispatched(conn, [t["id"] for t in claimed])
-                pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
+                pending = repository.pending_deliveries(conn, rows)
             committed = True
             online = publish_stored(app, rows)
     except INFRASTRUCTURE_ERRORS:
@@ -169,7 +169,7 @@ def after_publish(app, conn, rows, online, deliveries, pending, lane=None):
     visible = in_inbox(rows)
     STORED.inc(len(rows))
     PUBLISHED.inc(len(visible))
-    for _, _, channel, status, _, tried, _ in deliveries:
+    for _, _, _, channel, status, _, tried, _ in deliveries:
         if tried:   # decided here rather than by a job: counted as that job would have
             DELIVERIES.labels(channel, status).inc()
     if visible:

@@ -81,7 +81,7 @@ def _chunks(app, conn, trigger_id, should_stop):
                 repository.insert_deliveries(conn, deliveries)
                 acks.insert_escalations(conn, rows)
                 repository.advance_trigger(conn, trigger_id, done, done == len(users))
-                pending = repository.pending_deliveries(conn, [r["id"] for r in rows])
+                pending = repository.pending_deliveries(conn, rows)
             online = publish_stored(app, rows)
         after_publish(app, conn, rows, online, deliveries, pending, body.get("priority"))
     if not users:

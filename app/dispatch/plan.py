@@ -44,7 +44,7 @@ class Plan:
 
     def delivery_rows(self, rows):
         """Rows for `deliveries`: every decision but the in-app `sent` one, which `in_app` records."""
-        return [(row["id"], row["user_id"], *decision)
+        return [(row["id"], row["seq"], row["user_id"], *decision)
                 for row in rows for decision in self.decisions[str(row["user_id"])]
                 if decision[0] != IN_APP or decision[1] != "sent"]
 

@@ -135,33 +135,41 @@ def store_chunk(conn, trigger_id, body, user_ids, hidden_users=(), localised=(),
 
 
 def insert_deliveries(conn, rows):
-    """rows: (notification_id, user_id, channel, status, reason, tried, resolution); existing ones are kept.
+    """rows: (notification_id, notification_seq, user_id, channel, status, reason, tried, resolution);
+    existing ones are kept.
 
     A row decided with `tried` (skipped for want of an address or of consent) gets its one attempt
     recorded; `resolution` (what the plan decided on, JSON text) is stored with the row as evidence."""
     if not rows:
         return
-    notification_ids, user_ids, channels, statuses, reasons, tried, resolutions = zip(*rows)
+    notification_ids, seqs, user_ids, channels, statuses, reasons, tried, resolutions = zip(*rows)
     with conn.cursor() as cur:
-        cur.execute("WITH d AS (SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],"
-                    " %s::boolean[], %s::jsonb[]) AS d(nid, uid, channel, status, reason, tried, resolution)),"
-                    " ins AS (INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason,"
-                    " attempts, sent_at, resolution)"
-                    " SELECT gen_random_uuid(), d.nid, d.uid, d.channel, d.status, d.reason, d.tried::int,"
+        # ON CONFLICT without a target: (notification_id, channel) is unique in either layout of
+        # `deliveries` (with notification_seq, which follows from the notification, once partitioned)
+        cur.execute("WITH d AS (SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::text[],"
+                    " %s::text[], %s::boolean[], %s::jsonb[]) AS d(nid, nseq, uid, channel, status, reason, tried,"
+                    " resolution)),"
+                    " ins AS (INSERT INTO deliveries (id, notification_id, notification_seq, user_id, channel, status,"
+                    " reason, attempts, sent_at, resolution)"
+                    " SELECT gen_random_uuid(), d.nid, d.nseq, d.uid, d.channel, d.status, d.reason, d.tried::int,"
                     " CASE WHEN d.status = 'sent' THEN now() END, d.resolution FROM d"
-                    " ON CONFLICT (notification_id, channel) DO NOTHING RETURNING id, attempts, status, reason,"
-                    " resolution)"
-                    " INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, started_at, resolution)"
-                    " SELECT id, 1, status, reason, now(), resolution FROM ins WHERE attempts = 1",
-                    (uuid_array(notification_ids), uuid_array(user_ids), list(channels), list(statuses),
+                    " ON CONFLICT DO NOTHING RETURNING id, notification_seq, attempts, status, reason, resolution)"
+                    " INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, error, started_at,"
+                    " resolution) SELECT id, notification_seq, 1, status, reason, now(), resolution FROM ins"
+                    " WHERE attempts = 1",
+                    (uuid_array(notification_ids), list(seqs), uuid_array(user_ids), list(channels), list(statuses),
                      list(reasons), list(tried), list(resolutions)))
 
 
-def pending_deliveries(conn, notification_ids):
-    """Deliveries of these notifications still waiting for a job."""
+def pending_deliveries(conn, rows):
+    """Deliveries of these stored notifications still waiting for a job. Their range of `seq`
+    bounds the read to the partitions of `deliveries` that can hold them (docs/history.md)."""
+    if not rows:
+        return []
+    seqs = [r["seq"] for r in rows]
     with conn.cursor() as cur:
-        cur.execute("SELECT id FROM deliveries WHERE notification_id = ANY(%s::uuid[]) AND status = 'pending'",
-                    (uuid_array(notification_ids),))
+        cur.execute("SELECT id FROM deliveries WHERE notification_id = ANY(%s::uuid[]) AND status = 'pending'"
+                    " AND notification_seq BETWEEN %s AND %s", (uuid_array(r["id"] for r in rows), min(seqs), max(seqs)))
         return [row[0] for row in cur.fetchall()]
 
 

@@ -254,3 +254,19 @@ def test_the_metrics_show_how_much_of_the_sequence_the_partitions_still_take(mak
     with app.app_context(), app_db.connection() as conn:
         partitions.ensure(conn, 1000)
     assert headroom() >= 2000
+
+
+def test_every_delivery_and_attempt_carries_its_notifications_seq(app, db):
+    """What partitions `deliveries` and `delivery_attempts` on the ranges of `notifications`
+    (migrations 0027, 0028): each row names its notification's `seq`."""
+    from app.dispatch.drain import drain
+    from testkit.api import trigger
+    trigger(app.test_client(), [uuid.uuid4() for _ in range(3)])     # chat: email, skipped (no address)
+    with app.app_context():
+        assert drain(app) == 1
+    assert scalar(db, "SELECT count(*) FROM deliveries") == 3
+    assert scalar(db, "SELECT count(*) FROM delivery_attempts") == 3
+    assert scalar(db, "SELECT count(*) FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+                      " WHERE d.notification_seq = n.seq") == 3
+    assert scalar(db, "SELECT count(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                      " WHERE a.notification_seq = d.notification_seq") == 3
