@@ -23,13 +23,16 @@ import collections
 import json
 import os
 import random
+import re
 import signal
+import statistics
 import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
 
-from bench.inbox_data import CLASSES, Server, cache_prefix, cached_database, connect, describe
+from bench.inbox_data import (CLASSES, OLD_MONTH, Server, add_old_month, cache_prefix, cached_database, connect,
+                              describe)
 from bench.load import get_request, open_loop_main
 from bench.measure import log, machine, percentile, raise_nofile
 from bench.rig import SERVER_URL, Bench
@@ -95,14 +98,51 @@ class _ExplainingCursor:
         self._cur.close()
 
 
-def plan_problems(plan):
-    """What the brief forbids in an inbox plan: a sequential scan, or a sort (of a whole inbox)."""
+SMALL_PARTITION_ROWS = 1000     # a Seq Scan of a partition this small (the empty one ahead) is no problem
+
+
+def plan_problems(plan, small=frozenset()):
+    """What the brief forbids in an inbox plan: a sequential scan (but of a `small` partition:
+    the planner rightly reads an empty one that way), or a sort (of a whole inbox)."""
     problems = []
-    if "Seq Scan" in plan:
+    scanned = re.findall(r"Seq Scan on (\S+)", plan)
+    if any(name not in small for name in scanned):
         problems.append("Seq Scan")
     if any(line.strip().lstrip("-> ").startswith("Sort ") for line in plan.splitlines()):
         problems.append("Sort")
     return problems
+
+
+def partition_order(plan):
+    """How the plan reads the partitions for the page: of the Append nodes whose children are scans
+    of partitions, the first with its children in descending order of bounds (an ordered Append,
+    newest first: it stops at the page's limit) gives 'newest first, K of N scans executed';
+    None when no Append reads partitions in either order (e.g. a Sort above the Append)."""
+    lines = plan.splitlines()
+    for number, line in enumerate(lines):
+        node = line.lstrip(" ->")
+        if not node.startswith("Append"):
+            continue
+        depth = line.index("->") + 6 if "->" in line else len(line) - len(line.lstrip()) + 2
+        children = []
+        for child in lines[number + 1:]:
+            arrow = child.find("->")
+            if child.strip() and len(child) - len(child.lstrip()) < depth and (arrow < 0 or arrow < depth):
+                break
+            if arrow == depth:
+                found = re.search(r"Scan (?:Backward )?using \S+ on (notifications_p\d+)", child)
+                children.append((found.group(1) if found else None, "(never executed)" not in child))
+        names = [name for name, _ in children]
+        if len(names) > 1 and None not in names and names == sorted(names, reverse=True):
+            return f"newest first, {sum(ran for _, ran in children)} of {len(children)} scans executed"
+    return None
+
+
+def _small_partitions(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT c.relname FROM pg_partition_tree('notifications') t JOIN pg_class c ON c.oid = t.relid"
+                    " WHERE t.isleaf AND c.reltuples < %s", (SMALL_PARTITION_ROWS,))
+        return frozenset(row[0] for row in cur.fetchall())
 
 
 def plans(url, heavy_offset=1000):
@@ -119,6 +159,8 @@ def plans(url, heavy_offset=1000):
                     " ORDER BY user_no LIMIT 1)")
         chosen = cur.fetchall()
     conn.rollback()
+    small = _small_partitions(conn)
+    conn.rollback()
     out = []
     for user_id, n, customers, who in chosen:
         uses = [("first page", {}), ("status=unread", {"status": "unread"}),
@@ -134,23 +176,27 @@ def plans(url, heavy_offset=1000):
             for number, statement in enumerate(recorder.plans):
                 out.append({"user": who, "notifications": n, "use": use, "statement": number + 1,
                             "sql": statement["sql"], "plan": statement["plan"],
-                            "problems": plan_problems(statement["plan"]),
-                            "ms": _execution_ms(statement["plan"])})
+                            "problems": plan_problems(statement["plan"], small),
+                            "partitions": partition_order(statement["plan"]),
+                            "ms": _plan_ms(statement["plan"]),
+                            "planning_ms": _plan_ms(statement["plan"], "Planning Time:")})
     # not this endpoint's, but the same table by user: where a stream without a cursor starts
     from app.streams import replay
     recorder = _Explaining(conn)
     replay.latest_seq(recorder, uuid.uuid4())
     conn.rollback()
     out += [{"user": "new", "notifications": 0, "use": "stream opened without a cursor (replay.latest_seq)",
-             "statement": 1, "sql": p["sql"], "plan": p["plan"], "problems": plan_problems(p["plan"]),
-             "ms": _execution_ms(p["plan"])} for p in recorder.plans]
+             "statement": 1, "sql": p["sql"], "plan": p["plan"], "problems": plan_problems(p["plan"], small),
+             "partitions": partition_order(p["plan"]),
+             "ms": _plan_ms(p["plan"]), "planning_ms": _plan_ms(p["plan"], "Planning Time:")}
+            for p in recorder.plans]
     conn.close()
     return out
 
 
-def _execution_ms(plan):
+def _plan_ms(plan, label="Execution Time:"):
     for line in plan.splitlines():
-        if line.startswith("Execution Time:"):
+        if line.startswith(label):
             return float(line.split()[2])
     return None
 
@@ -262,9 +308,47 @@ def start_service(bench, workers, app_dir=None):
                             RATE_LIMITS_ENABLED="true")
 
 
-def measure(url, users, sizes, workers, seed, app_dir=None):
-    """One run: a fresh gunicorn with `workers` web workers, the schedule, the figures."""
+def _drop_partition(url, name, at, out):
+    """At monotonic time `at`, drop partition `name` as retention does (app/history/partitions.py:
+    `detach`, 50 ms lock_timeout and retried, then `finish_detached`: counters, dependents, DROP),
+    on a connection of its own as the owner; record when each step ran and how long it took."""
+    import psycopg2
+    from app.history import partitions
+    try:
+        conn = psycopg2.connect(url)
+        time.sleep(max(0.0, at - time.monotonic()))
+        out["start"] = time.monotonic()
+        out["detached"] = partitions.detach(conn, name)
+        out["detach_end"] = time.monotonic()
+        out["held"] = partitions.finish_detached(conn).get(name)
+        out["end"] = time.monotonic()
+        conn.close()
+    except Exception as exc:          # reported with the run's figures
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        out.setdefault("end", time.monotonic())
+
+
+def _drop_figures(drop, measured_from, done, rate):
+    """The drop's durations and the latency of the requests scheduled while it ran (and in the second after)."""
+    if "start" not in drop:
+        return {"error": drop.get("error", "the drop never started")}
+    first = max(0, int((drop["start"] - measured_from) * rate))
+    last = int((drop["end"] - measured_from) * rate) + 1
+    after = last + int(rate)
+    window = [lat for lat, *_ in done[first:last]]
+    return {"detached": drop.get("detached"), "held": drop.get("held"), "error": drop.get("error"),
+            "at_s": drop["start"] - measured_from,
+            "detach_ms": (drop["detach_end"] - drop["start"]) * 1000 if "detach_end" in drop else None,
+            "finish_ms": (drop["end"] - drop["detach_end"]) * 1000 if "detach_end" in drop else None,
+            "during": _summary(window),
+            "second_after": _summary([lat for lat, *_ in done[last:after]])}
+
+
+def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None):
+    """One run: a fresh gunicorn with `workers` web workers, the schedule, the figures; with
+    `drop_partition` (a partition's name), that partition is dropped a third into the measured run."""
     import multiprocessing
+    import threading
     warmup = int(sizes.warmup * sizes.rate)
     requests = schedule(users, warmup + int(sizes.seconds * sizes.rate), seed)
     with Bench(f"inbox-{workers}") as bench:
@@ -286,9 +370,14 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
         message = _receive(pipe, proc, 60)
         if message[0] != "measure":
             raise RuntimeError(f"load process: {message}")
+        measured_from, drop = time.monotonic(), {}    # ~ when the first measured request was due
+        if drop_partition:
+            dropper = threading.Thread(target=_drop_partition, daemon=True, args=(
+                url, drop_partition, measured_from + sizes.seconds / 3, drop))
+            dropper.start()
         web0, pg0, blocks0 = server.workers_cpu(), _backend_cpu(observer), _blocks(observer)
         ticks0, writes0 = _machine_ticks(), _backend_writes(observer)
-        message = _receive(pipe, proc, sizes.seconds + 60)
+        message = _receive(pipe, proc, 3 * sizes.seconds + 120)   # a starved load process lags
         if message[0] != "done":
             raise RuntimeError(f"load process: {message[1]}")
         web1, pg1, ticks1 = server.workers_cpu(), _backend_cpu(observer), _machine_ticks()
@@ -296,6 +385,8 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
         blocks1, writes1 = _blocks(observer), _backend_writes(observer)
         load1 = os.getloadavg()[0]
         result = message[1]
+        if drop_partition:
+            dropper.join(60)
     measured = requests[warmup:]
     done = [(lat, status, kind, cls) for (lat, status), (kind, cls, _) in zip(result["results"], measured)]
     ok = [lat for lat, status, _, _ in done if status == 200]
@@ -318,14 +409,16 @@ def measure(url, users, sizes, workers, seed, app_dir=None):
         "by_size": {CLASSES[c][1]: _summary([lat for lat, _, _, cls in done if cls == c]) for c in range(len(CLASSES))},
         "loadavg": [load0, load1], "machine": _machine_share(ticks0, ticks1),
         "backend_buffer_writes": writes1 - writes0,
+        "drop": _drop_figures(drop, measured_from, done, sizes.rate) if drop_partition else None,
         "max_ms_per_second": [round(max(lat for lat, *_ in done[i:i + int(sizes.rate)]) * 1000, 1)
                               for i in range(0, count, int(sizes.rate))],
     })
     return out
 
 
-def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None):
-    """Everything: the cached database, its description, the plans, one run per worker count."""
+def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, repeat=1, drop_partition=False):
+    """Everything: the cached database, its description, the plans, `repeat` runs per worker count
+    (with `drop_partition`, each run first gets an old month to drop, see inbox_data.add_old_month)."""
     server = Server(os.environ.get("DATABASE_URL", SERVER_URL))
     try:
         url, meta = cached_database(server, sizes, rebuild)
@@ -334,7 +427,17 @@ def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None):
     report = {"sizes": sizes.__dict__, "meta": meta, "database": describe(url), "machine": machine()}
     report["plans"] = plans(url) if explain else []
     users = load_users(url)
-    report["runs"] = [measure(url, users, sizes, count, seed=count, app_dir=app_dir) for count in workers]
+    report["runs"] = []
+    for count in workers:
+        for run in range(repeat):
+            old = None
+            if drop_partition:
+                rows, seconds = add_old_month(url, sizes)
+                log(f"{OLD_MONTH}: {rows:,} old notifications below the loaded ones, attached in {seconds:.0f} s;"
+                    " dropped a third into the run")
+                old = OLD_MONTH
+            report["runs"].append(measure(url, users, sizes, count, seed=count + 100 * run, app_dir=app_dir,
+                                          drop_partition=old))
     return report
 
 
@@ -363,7 +466,8 @@ def render(report):
     total = sum(r["bytes"] for r in rels)
     lines = [
         f"database: {sizes['notifications']:,} notifications of {sizes['users']:,} users, {gb(db['database_bytes'])} "
-        f"(table {gb(table['bytes'])}, {len(indexes)} indexes {gb(sum(r['bytes'] for r in indexes))}); built "
+        f"(table {gb(table['bytes'])} in {db.get('partitions', 1)} partition(s), {len(indexes)} indexes "
+        f"{gb(sum(r['bytes'] for r in indexes))}); built "
         f"{meta['built_at']} in {meta['build_seconds']} s"
         + (f", migrated forward {meta['migrated_forward']} (s)" if meta.get("migrated_forward") else ""),
         f"users: {', '.join(f'{k}: {v:,}' for k, v in db['users_by_size'].items())} notifications each; heaviest "
@@ -379,8 +483,11 @@ def render(report):
         lines += ["", "EXPLAIN (ANALYZE, BUFFERS) of every statement GET /v1/notifications runs:"]
         for p in report["plans"]:
             verdict = "; ".join(p["problems"]) or "index scans only"
+            if p.get("partitions"):
+                verdict += f"; partitions {p['partitions']}"
             lines += ["", f"-- {p['user']} user ({p['notifications']:,} notifications), {p['use']}, statement "
-                          f"{p['statement']}: {ms(p['ms'])} ms, {verdict}", p["sql"], p["plan"]]
+                          f"{p['statement']}: {ms(p['ms'])} ms (planning {ms(p.get('planning_ms'))} ms), {verdict}",
+                      p["sql"], p["plan"]]
     lines += ["", "| web workers | requests | p50 / p95 / p99 / max ms | errors | achieved rate | web CPU per request "
                   "| PostgreSQL CPU per request | load generator CPU | shared_buffers hits | load average |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -392,6 +499,23 @@ def render(report):
             f"{r['client_cpu_s']:.1f} s ({r['client_cpu_ms_per_request']:.2f} ms/request) | "
             f"{pct(r['shared_buffers_hit_ratio'])} "
             f"({r['blocks_read_per_request']:.1f} reads/request) | {r['loadavg'][0]:.1f} → {r['loadavg'][1]:.1f} |")
+    if len(report["runs"]) > len({r["workers"] for r in report["runs"]}):
+        for workers in sorted({r["workers"] for r in report["runs"]}):
+            runs = [r for r in report["runs"] if r["workers"] == workers]
+            medians = {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")}
+            lines.append(f"| {workers}, median of {len(runs)} | {sum(r['requests'] for r in runs):,} | "
+                         f"{ms(medians['p50_ms'])} / {ms(medians['p95_ms'])} / {ms(medians['p99_ms'])} / "
+                         f"{ms(medians['max_ms'])} | {sum(r['errors'] for r in runs)} | | | | | | |")
+    for r in report["runs"]:
+        if r.get("drop"):
+            d = r["drop"]
+            lines.append(
+                f"- partition drop ({r['workers']} worker(s)): " + (f"FAILED {d['error']}; " if d.get("error") else "")
+                + (f"at {d['at_s']:.1f} s, detach {ms(d['detach_ms'])} ms, finish {ms(d['finish_ms'])} ms "
+                   f"({d['held']:,} notifications); requests sent meanwhile: {d['during'].get('count', 0)}, "
+                   f"p50 {ms(d['during'].get('p50_ms'))} / max {ms(d['during'].get('max_ms'))} ms; the second "
+                   f"after: max {ms(d['second_after'].get('max_ms'))} ms; whole run max {ms(r['max_ms'])} ms, "
+                   f"errors {r['errors']}" if "at_s" in d else ""))
     for r in report["runs"]:
         parts = [f"{k} p50 {ms(v.get('p50_ms'))} / p99 {ms(v.get('p99_ms'))} ms (n={v['count']})"
                  for k, v in r["by_kind"].items()]
@@ -417,6 +541,9 @@ def main():
     parser.add_argument("--drop", action="store_true", help="remove the cached database of this size and exit")
     parser.add_argument("--no-explain", action="store_true")
     parser.add_argument("--explain-only", action="store_true", help="build or reuse, print the plans, no run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per worker count (medians reported)")
+    parser.add_argument("--drop-partition", action="store_true",
+                        help="add an old month below the loaded rows before each run, drop it a third into the run")
     parser.add_argument("--json", help="also write the whole report as JSON here")
     parser.add_argument("--app-dir", help="serve the code of this directory (another checkout) instead")
     args = parser.parse_args()
@@ -434,7 +561,8 @@ def main():
         server.close()
         return
     workers = () if args.explain_only else tuple(int(w) for w in args.workers.split(",") if w.strip())
-    report = benchmark(sizes, workers, rebuild=args.rebuild, explain=not args.no_explain, app_dir=args.app_dir)
+    report = benchmark(sizes, workers, rebuild=args.rebuild, explain=not args.no_explain, app_dir=args.app_dir,
+                       repeat=args.repeat, drop_partition=args.drop_partition)
     print(render(report))
     if args.json:
         with open(args.json, "w") as out:

@@ -5,6 +5,7 @@ week in time order (INSERT ... SELECT ... generate_series), its indexes rebuilt 
 VACUUM ANALYZE; kept under a name holding the size and a hash of migrations_sql/ and reused by
 the next run, or migrated forward when only new migrations came since (bench/README.md).
 """
+import collections
 import hashlib
 import io
 import json
@@ -122,6 +123,11 @@ def cached_database(server, sizes, rebuild=False):
             server.drop(other)
         existing = []
     meta = read_meta(server.url_of(name)) if name in existing else None
+    if meta is not None and not meta.get("partition_span"):
+        log(f"the cached database {name} has an unpartitioned `notifications` (migrated forward): built again")
+        server.drop(name)
+        existing.remove(name)
+        meta = None
     if meta is None:
         meta = _migrate_forward(server, existing, name, migrations)
     if meta is None:
@@ -130,7 +136,16 @@ def cached_database(server, sizes, rebuild=False):
         if other != name:
             log(f"dropping the stale cached database {other}")
             server.drop(other)
+    _grant(server.url_of(name))
     return server.url_of(name), meta
+
+
+def _grant(url):
+    """The application role the service connects as (testkit's), granted its rights as the release
+    does (`migrate` alone grants nothing); idempotent, so every run makes sure of it."""
+    from app.migrate import grant_application_role
+    from testkit.database import as_app_role
+    grant_application_role(url, as_app_role(url), echo=lambda *_: None)
 
 
 def _migrate_forward(server, existing, name, migrations):
@@ -155,6 +170,12 @@ def _migrate_forward(server, existing, name, migrations):
             started = time.monotonic()
         conn = connect(url)
         with conn.cursor() as cur:
+            if not is_partitioned(cur):     # 0026 converts only an empty table: this one kept its rows
+                conn.close()
+                log(f"the cached database {other}, migrated forward, has an unpartitioned `notifications`"
+                    " (0026 leaves a table with rows as it is): not used, built again instead")
+                server.drop(wip)
+                return None
             cur.execute("ANALYZE notifications")
             meta = dict(meta, migrations=migrations, migrated_forward=dict(meta.get("migrated_forward", {}), **timings))
             _write_meta(cur, meta)
@@ -220,15 +241,17 @@ def _events():
 
 
 WEEKS = 52
+MONTHS = 12               # partitions of the history: span = ceil(notifications / 12), about a month each
 
 
-# One week of every user's notifications, in time order (so `seq` follows `created_at` and a
-# user's rows lie scattered over the table as a year of real inserts leaves them). User u's
-# i-th of n notifications falls at i/n of the year; a week takes the i of its slice.
-LOAD_WEEK = """
-INSERT INTO notifications (id, user_id, customer_id, type, event, title, content, link_url, link_text,
-                           rec_type, rec_id, read_at, created_at, deleted_at, in_app, trigger_id)
-SELECT gen_random_uuid(), user_id,
+# One slice (a week) of every user's notifications, in time order (so `seq` follows `created_at`
+# and a user's rows lie scattered over the table as a year of real inserts leaves them). User u's
+# i-th of n notifications falls at i/n of the year from %(start)s; slice `part` of `parts` takes
+# the i of its share. {seq}: the column's default (the sequence), or explicit values (old rows).
+LOAD_ROWS = """
+INSERT INTO {table} ({seq_column}id, user_id, customer_id, type, event, title, content, link_url, link_text,
+                     rec_type, rec_id, read_at, created_at, deleted_at, in_app, trigger_id)
+SELECT {seq_value}gen_random_uuid(), user_id,
        CASE WHEN r_customer < 0.2 THEN NULL
             ELSE customers[1 + floor(power(random(), 2) * cardinality(customers))::int] END,
        (%(groups)s::text[])[k], (%(events)s::text[])[k],
@@ -244,12 +267,25 @@ SELECT gen_random_uuid(), user_id,
        gen_random_uuid()
 FROM (SELECT u.user_id, u.customers, u.unread, i, random() AS r_customer,
              1 + floor(random() * %(nevents)s)::int AS k,
-             %(end)s::timestamptz - interval '365 days' + (i - random()) / u.n * interval '365 days' AS ts
+             %(start)s::timestamptz + (i - random()) / u.n * interval '365 days' AS ts
       FROM bench_inbox_users u,
-           generate_series(u.n * %(week)s / %(weeks)s + 1, u.n * (%(week)s + 1) / %(weeks)s) i
+           generate_series(u.n * %(part)s / %(parts)s + 1, u.n * (%(part)s + 1) / %(parts)s) i
       OFFSET 0) s
 ORDER BY ts
 """
+
+
+def load_rows(cur, table, part, parts, start, end, first_seq=None):
+    """Insert slice `part` of `parts` of every user's year from `start` (the rows' `seq` from the
+    sequence, or numbered from `first_seq` in time order)."""
+    from psycopg2 import sql
+    groups, events = _events()
+    explicit = first_seq is not None
+    statement = sql.SQL(LOAD_ROWS).format(
+        table=sql.Identifier(table), seq_column=sql.SQL("seq, " if explicit else ""),
+        seq_value=sql.SQL("%(first_seq)s - 1 + row_number() OVER (ORDER BY ts), " if explicit else ""))
+    cur.execute(statement, {"groups": groups, "events": events, "nevents": len(events), "end": end,
+                            "start": start, "part": part, "parts": parts, "first_seq": first_seq})
 
 
 def _detach_indexes(cur, table):
@@ -276,10 +312,35 @@ def _detach_indexes(cur, table):
         cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
     restore = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(ident, sql.Identifier(name)) + sql.SQL(definition)
                for name, definition in constraints]
-    restore += [sql.SQL(definition) for _, definition in indexes]
+    # a partitioned table's index is defined `ON ONLY` the parent (pg_indexes): recreated that way it
+    # would be an invalid index of the parent alone; without ONLY it is built on every partition too
+    restore += [sql.SQL(definition.replace(" ON ONLY ", " ON ", 1)) for _, definition in indexes]
     restore += [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(sql.Identifier(rel), sql.Identifier(name))
                 + sql.SQL(definition) for rel, name, definition in foreign]
     return restore
+
+
+def is_partitioned(cur):
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'notifications'::regclass)")
+    return cur.fetchone()[0]
+
+
+def month_span(sizes):
+    """Values of `seq` per partition: a twelfth of the rows, so a partition is about a month of history."""
+    return math.ceil(sizes.notifications / MONTHS)
+
+
+def _monthly_partitions(cur, sizes):
+    """Replace the migration's empty partitions (ten million values of `seq` each) by monthly ones,
+    made by the service's own function, enough ahead to hold every row; returns how many."""
+    from psycopg2 import sql
+    cur.execute("SELECT partition::text FROM history_partitions('notifications')")
+    for (name,) in cur.fetchall():
+        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))   # empty: a new database
+    span = month_span(sizes)
+    cur.execute("SELECT history_partitions_ensure('notifications', %s, %s)",
+                (span, math.ceil(sizes.notifications / span)))
+    return cur.fetchone()[0]
 
 
 def _index_definitions(cur):
@@ -298,18 +359,21 @@ def build(server, sizes, name, migrations):
     url = server.url_of(wip)
     migrate(url, echo=lambda *_: None)
     conn = connect(url)
-    groups, events = _events()
     end = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime())
+    year_start = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() // 86400 * 86400 - 365 * 86400))
     with conn.cursor() as cur:
+        if not is_partitioned(cur):
+            raise RuntimeError("the migrations left `notifications` unpartitioned (migration 0026 missing?)")
         cur.execute("SET synchronous_commit = off; SET maintenance_work_mem = '1GB'; SET work_mem = '512MB'")
         cur.execute("CREATE TABLE bench_inbox_users (user_no integer PRIMARY KEY, user_id uuid NOT NULL UNIQUE,"
                     " n integer NOT NULL, customers uuid[] NOT NULL, unread real NOT NULL)")
         cur.copy_expert("COPY bench_inbox_users FROM STDIN", _users_copy(sizes))
+        partitions = _monthly_partitions(cur, sizes)
+        log(f"  {partitions} partitions of {month_span(sizes):,} values of seq (about a month each)")
         before = _index_definitions(cur)
         restore = _detach_indexes(cur, "notifications")
         for week in range(WEEKS):
-            cur.execute(LOAD_WEEK, {"groups": groups, "events": events, "nevents": len(events), "end": end,
-                                    "week": week, "weeks": WEEKS})
+            load_rows(cur, "notifications", week, WEEKS, year_start, end)
             if week % 4 == 3:
                 log(f"  week {week + 1}/{WEEKS} loaded, {time.monotonic() - started:.0f} s")
         load_seconds = time.monotonic() - started
@@ -317,13 +381,22 @@ def build(server, sizes, name, migrations):
             cur.execute(statement)
         if _index_definitions(cur) != before:
             raise RuntimeError("the rebuilt indexes differ from the migrated schema")
+        cur.execute("SELECT (SELECT count(*) FROM pg_index WHERE indrelid = 'notifications'::regclass AND NOT indisvalid),"
+                    " (SELECT count(*) FROM pg_partition_tree('notifications') WHERE isleaf)"
+                    " * (SELECT count(*) FROM pg_index WHERE indrelid = 'notifications'::regclass),"
+                    " (SELECT count(*) FROM pg_index i, pg_partition_tree(i.indexrelid) t"
+                    "  WHERE i.indrelid = 'notifications'::regclass AND t.isleaf)")
+        invalid, expected, leaves = cur.fetchone()
+        if invalid or leaves != expected:
+            raise RuntimeError(f"the rebuilt indexes are incomplete: {invalid} invalid, {leaves} of {expected}"
+                               " indexes of partitions")
         log(f"  indexes rebuilt, {time.monotonic() - started:.0f} s; VACUUM ANALYZE")
         cur.execute("VACUUM ANALYZE")
-        cur.execute("SELECT count(*) FROM notifications")
-        if cur.fetchone()[0] != sizes.notifications:
+        contents = _contents(cur)
+        if contents["stored"] != sizes.notifications:
             raise RuntimeError("the load did not store the expected number of notifications")
-        _contents(cur)
         meta = {"notifications": sizes.notifications, "users": sizes.users, "migrations": migrations,
+                "partition_span": month_span(sizes), "partitions": partitions,
                 "built_at": time.strftime("%Y-%m-%d %H:%M"), "insert_seconds": round(load_seconds),
                 "build_seconds": round(time.monotonic() - started), "complete": True}
         _write_meta(cur, meta)
@@ -340,19 +413,27 @@ def describe(url):
         cur.execute("SELECT pg_database_size(current_database()), current_setting('shared_buffers'),"
                     " current_setting('data_directory')")
         db_bytes, shared_buffers, data_dir = cur.fetchone()
-        cur.execute("SELECT c.relname, pg_relation_size(c.oid), pg_relation_filepath(c.oid) FROM pg_class c"
-                    " WHERE c.oid = 'notifications'::regclass OR c.oid IN"
-                    " (SELECT indexrelid FROM pg_index WHERE indrelid = 'notifications'::regclass) ORDER BY 2 DESC")
-        relations = cur.fetchall()
+        # the table and each of its indexes, summed over the partitions (the leaves of their trees)
+        cur.execute("SELECT 'notifications', t.relid, pg_relation_size(t.relid), pg_relation_filepath(t.relid)"
+                    " FROM pg_partition_tree('notifications') t WHERE t.isleaf UNION ALL"
+                    " SELECT c.relname, t.relid, pg_relation_size(t.relid), pg_relation_filepath(t.relid)"
+                    " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid, pg_partition_tree(i.indexrelid) t"
+                    " WHERE i.indrelid = 'notifications'::regclass AND t.isleaf")
+        leaves = cur.fetchall()
         cur.execute("SELECT value FROM bench_inbox_meta WHERE key = 'contents'")
         found = cur.fetchone()
         contents = found[0] if found else _contents(cur)
     conn.close()
-    rels = []
-    for relname, size, path in relations:
-        rels.append({"name": relname, "bytes": size, "cached": _page_cache_bytes(os.path.join(data_dir, path))})
+    sizes, cached, partitions = collections.Counter(), {}, set()
+    for relname, relid, size, path in leaves:
+        sizes[relname] += size
+        held = _page_cache_bytes(os.path.join(data_dir, path))
+        cached[relname] = None if held is None or cached.get(relname, 0) is None else cached.get(relname, 0) + held
+        if relname == "notifications":
+            partitions.add(relid)
+    rels = [{"name": name, "bytes": size, "cached": cached[name]} for name, size in sizes.most_common()]
     return dict(contents, database_bytes=db_bytes, shared_buffers=shared_buffers, relations=rels,
-                ram_bytes=_ram_bytes())
+                partitions=len(partitions), ram_bytes=_ram_bytes())
 
 
 def _contents(cur):
@@ -362,12 +443,12 @@ def _contents(cur):
     classes = dict(cur.fetchall())
     cur.execute("SELECT max(n), percentile_disc(0.5) WITHIN GROUP (ORDER BY n) FROM bench_inbox_users")
     heaviest, median = cur.fetchone()
-    cur.execute("SELECT count(*) FILTER (WHERE read_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL),"
+    cur.execute("SELECT count(*), count(*) FILTER (WHERE read_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL),"
                 " count(*) FILTER (WHERE NOT in_app), count(*) FILTER (WHERE customer_id IS NULL),"
                 " count(DISTINCT type || '.' || event) FROM notifications")
-    unread, deleted, hidden, no_customer, events = cur.fetchone()
+    stored, unread, deleted, hidden, no_customer, events = cur.fetchone()
     contents = {"users_by_size": {label: classes.get(low, 0) for low, label in CLASSES},
-                "heaviest_user": heaviest, "median_user": median, "unread": unread, "deleted": deleted,
+                "heaviest_user": heaviest, "median_user": median, "stored": stored, "unread": unread, "deleted": deleted,
                 "hidden": hidden, "no_customer": no_customer, "events": events}
     _write_meta(cur, {"contents": contents})
     return contents
@@ -387,3 +468,63 @@ def _page_cache_bytes(path):
 
 def _ram_bytes():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# ============================================================ a month to drop (--drop-partition)
+
+OLD_MONTH = "notifications_bench_old_month"
+UNREAD_OF = """SELECT notification_unread_add(array_agg(user_id), array_agg(customer_id), array_agg(type), array_agg(n))
+FROM (SELECT user_id, customer_id, type, count(*)::integer AS n FROM {} WHERE deleted_at IS NULL AND in_app
+      AND read_at IS NULL GROUP BY 1, 2, 3) d"""
+
+
+def add_old_month(url, sizes):
+    """A month of history older than the loaded year, for retention to drop under load, without
+    touching the cached rows: every user's share of a month (a twelfth of their notifications,
+    in time order) in a partition below the loaded ones, seq -span .. -1, filled as a plain table,
+    then attached with its indexes built by the ATTACH (a CHECK of the range spares the scan), its
+    unread notifications added to the counters (as the insert trigger would have) and VACUUM
+    ANALYZEd. One left by an interrupted run is dropped first, by the service's own functions.
+    Returns (rows, seconds)."""
+    from psycopg2 import sql
+    started = time.monotonic()
+    span = month_span(sizes)
+    table = sql.Identifier(OLD_MONTH)
+    conn = connect(url)
+    _drop_old_month(conn)
+    end = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime())
+    start = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() // 86400 * 86400 - 365 * 86400 * 13 / 12))
+    with conn.cursor() as cur:
+        cur.execute("SET synchronous_commit = off; SET maintenance_work_mem = '1GB'; SET work_mem = '512MB'")
+        cur.execute(sql.SQL("CREATE TABLE {} (LIKE notifications INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+                            " INCLUDING STORAGE INCLUDING COMPRESSION)").format(table))
+        load_rows(cur, OLD_MONTH, 0, MONTHS, start, end, first_seq=-span)
+        cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT bench_old_month_range CHECK (seq >= %s AND seq < 0)")
+                    .format(table), (-span,))
+        cur.execute(sql.SQL("ALTER TABLE notifications ATTACH PARTITION {} FOR VALUES FROM (%s) TO (0)")
+                    .format(table), (-span,))
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT bench_old_month_range").format(table))
+        cur.execute(sql.SQL(UNREAD_OF).format(table))
+        cur.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+        rows = cur.fetchone()[0]
+    conn.close()
+    return rows, time.monotonic() - started
+
+
+def _drop_old_month(conn):
+    """Detach and drop a month left by an interrupted run (with its counters), as retention would."""
+    from app.history import partitions
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid ="
+                    " to_regclass(%s))", (OLD_MONTH, OLD_MONTH))
+        exists, attached = cur.fetchone()
+    if not exists:
+        return
+    conn.autocommit = False
+    if attached and not partitions.detach(conn, OLD_MONTH):
+        raise RuntimeError(f"could not detach the leftover {OLD_MONTH}")
+    partitions.finish_detached(conn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {OLD_MONTH}")   # never attached: no counters to take off
