@@ -67,3 +67,20 @@ def rows(db, sql, *args):
     with db.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
         cur.execute(sql, args)
         return [dict(r) for r in cur.fetchall()]
+
+
+def insert_delivery(db, notification_id, **columns):
+    """Insert one delivery of a stored notification and return its id: its user (unless given) and
+    its `seq` (what partitions `deliveries`, docs/history.md) are the notification's; channel
+    `email` and status `sent` unless given. Any column can be given."""
+    row = {"id": uuid.uuid4(), "channel": "email", "status": "sent", **columns}
+    user = "" if "user_id" in row else ", user_id"
+    names = ", ".join(row)
+    values = ", ".join(f"%({name})s" for name in row)
+    with db.cursor() as cur:
+        cur.execute(f"INSERT INTO deliveries (notification_id, notification_seq{user}, {names})"
+                    f" SELECT n.id, n.seq{', n.user_id' if user else ''}, {values} FROM notifications n"
+                    " WHERE n.id = %(notification)s RETURNING id", {**row, "notification": notification_id})
+        found = cur.fetchone()
+    assert found is not None, f"no notification {notification_id}"
+    return found[0]

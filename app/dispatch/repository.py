@@ -169,7 +169,8 @@ def pending_deliveries(conn, rows):
     seqs = [r["seq"] for r in rows]
     with conn.cursor() as cur:
         cur.execute("SELECT id FROM deliveries WHERE notification_id = ANY(%s::uuid[]) AND status = 'pending'"
-                    " AND notification_seq BETWEEN %s AND %s", (uuid_array(r["id"] for r in rows), min(seqs), max(seqs)))
+                    " AND notification_seq BETWEEN %s AND %s",
+                    (uuid_array(r["id"] for r in rows), min(seqs), max(seqs)))
         return [row[0] for row in cur.fetchall()]
 
 

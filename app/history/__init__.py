@@ -30,14 +30,14 @@ def partitions_command():
               help="values of seq copied per transaction")
 @click.option("--keep-old", is_flag=True, help="keep the old table as notifications_unpartitioned")
 def partition_command(batch_size, keep_old):
-    """Convert an unpartitioned notifications table into the partitioned one, online (as
-    MIGRATION_DATABASE_URL's role, with the service running)."""
+    """Convert the history's unpartitioned tables (notifications, deliveries, delivery_attempts)
+    into partitioned ones, online (as MIGRATION_DATABASE_URL's role, with the service running)."""
     copied = convert.convert(current_app.config["MIGRATION_DATABASE_URL"], current_app.config["HISTORY_PARTITION_ROWS"],
                              batch=batch_size, keep_old=keep_old, echo=click.echo)
-    if copied is not None:
-        with db.connection() as conn:
-            partitions.ensure(conn, current_app.config["HISTORY_PARTITION_ROWS"])
-        click.echo(f"done: {copied} rows copied")
+    with db.connection() as conn:
+        partitions.ensure(conn, current_app.config["HISTORY_PARTITION_ROWS"])
+    click.echo("done: " + (", ".join(f"{table} {rows} rows copied" for table, rows in copied.items())
+                           or "nothing to convert"))
 
 
 def init_app(app):

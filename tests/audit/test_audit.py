@@ -14,7 +14,7 @@ from app.security.api_keys import plain_name
 from app.config import DEV_SECRET_KEY
 from app.security.keyed import keyed_hash
 from testkit.identity import API_KEY, make_token, OTHER_API_KEY, SERVICE
-from testkit.rows import insert_notification
+from testkit.rows import insert_delivery, insert_notification
 
 CUSTOMER = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
 SERVICE_ID = plain_name(API_KEY, DEV_SECRET_KEY)
@@ -161,9 +161,8 @@ def test_operator_re_enqueue_is_recorded(app, db):
     ids = []
     with db.cursor() as cur:
         for channel in ("email", "sms"):
-            ids.append(uuid.uuid4())
-            cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, attempts)"
-                        " VALUES (%s, %s, %s, %s, 'failed', 5)", (ids[-1], notification["id"], user_id, channel))
+            ids.append(insert_delivery(db, notification["id"], user_id=user_id, channel=channel, status="failed",
+                                       attempts=5))
     result = app.test_cli_runner().invoke(args=["deliveries", "retry"])
     assert result.exit_code == 0, result.output
     assert "2 deliveries re-enqueued" in result.output

@@ -100,7 +100,7 @@ def delivery_state(db, channel="email"):
         cur.execute("SELECT d.status, d.provider_message_id,"
                     " array_agg(a.outcome ORDER BY a.attempt) FILTER (WHERE a.id IS NOT NULL)"
                     " FROM deliveries d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id"
-                    " WHERE d.channel = %s GROUP BY d.id", (channel,))
+                    " WHERE d.channel = %s GROUP BY d.id, d.notification_seq", (channel,))
         return cur.fetchone()
 
 

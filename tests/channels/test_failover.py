@@ -49,7 +49,8 @@ def sms_rows(db):
     with db.cursor() as cur:
         cur.execute("SELECT d.status, array_agg(a.provider ORDER BY a.id) FILTER (WHERE a.outcome = 'sent'),"
                     " array_agg(a.provider ORDER BY a.id) FROM deliveries d"
-                    " JOIN delivery_attempts a ON a.delivery_id = d.id WHERE d.channel = 'sms' GROUP BY d.id")
+                    " JOIN delivery_attempts a ON a.delivery_id = d.id WHERE d.channel = 'sms'"
+                    " GROUP BY d.id, d.notification_seq")
         return cur.fetchall()
 
 

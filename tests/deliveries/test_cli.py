@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.rows import insert_notification
+from testkit.rows import insert_delivery, insert_notification
 from devtools.services import REPO_ROOT
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -22,11 +22,7 @@ EMAIL, PHONE = "carol.customer@example.com", "+447700900123"
 def add_failed(db, user, channel, age, group="chat", event="message_received"):
     created = datetime.datetime.now(datetime.timezone.utc) - age
     notification = insert_notification(db, user, type=group, event=event, created_at=created)
-    delivery = uuid.uuid4()
-    with db.cursor() as cur:
-        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, attempts)"
-                    " VALUES (%s, %s, %s, %s, 'failed', 5)", (delivery, notification["id"], user, channel))
-    return delivery
+    return insert_delivery(db, notification["id"], user_id=user, channel=channel, status="failed", attempts=5)
 
 
 @pytest.fixture

@@ -51,6 +51,6 @@ def smtp_outage(rig, n=40, outage=10.0):
                 " || round(extract(epoch FROM a.started_at - d.created_at)::numeric, 1) || 's '"
                 " || coalesce(a.error, '') ORDER BY a.id)"
                 " FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id"
-                " WHERE d.channel = 'email' AND d.status <> 'sent' GROUP BY d.id LIMIT 5"):
+                " WHERE d.channel = 'email' AND d.status <> 'sent' GROUP BY d.id, d.notification_seq LIMIT 5"):
             res.problems.append(f"delivery {delivery}: " + "; ".join(attempts))
     return res

@@ -69,9 +69,17 @@ def seed(url, rows, users, echo):
             conn.commit()
             if end % (SEED_STATEMENT_ROWS * 4) == 0 or end == rows:
                 echo(f"seeded {end} of {rows} ({end / (time.monotonic() - started):.0f}/s)")
+        with conn.cursor() as cur:     # an email sent for every fifth, with its attempt
+            cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, attempts, sent_at)"
+                        " SELECT gen_random_uuid(), id, user_id, 'email', 'sent', 1, created_at FROM notifications"
+                        " WHERE seq % 5 = 0")
+            cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, started_at)"
+                        " SELECT id, 1, 'sent', sent_at FROM deliveries")
+        conn.commit()
+        echo(f"seeded {rows // 5} deliveries and attempts")
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("VACUUM ANALYZE notifications")
+            cur.execute("VACUUM ANALYZE notifications, deliveries, delivery_attempts")
     finally:
         conn.close()
 
@@ -194,14 +202,13 @@ def run(server_url, redis_url, rows, log_dir, users=2000, span=None, batch=20_00
             expected = rows + scalar(watch, "SELECT coalesce(sum(users_total), 0) FROM triggers")
             figures = {
                 "rows": rows, "users": users, "span": span, "conversion_seconds": round(seconds, 1),
-                "swap": next((line for line in converted.stdout.splitlines() if line.startswith("swapped")), None),
+                "swaps": [line for line in converted.stdout.splitlines() if "swapped in" in line],
                 "requests": len(load.times), "errors": len(load.errors), "triggers_accepted": load.accepted,
                 "marked_read": len(load.marked),
                 "p50_ms": round(1000 * percentile(load.times, 0.5), 1) if load.times else None,
                 "p99_ms": round(1000 * percentile(load.times, 0.99), 1) if load.times else None,
                 "max_ms": round(1000 * max(load.times), 1) if load.times else None,
-                "partitioned": scalar(watch, "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table"
-                                             " WHERE partrelid = 'notifications'::regclass)"),
+                "partitioned": scalar(watch, "SELECT count(*) FROM history_tables() WHERE history_is_partitioned(tbl)"),
                 "stored": scalar(watch, "SELECT count(*) FROM notifications"), "expected": expected,
                 "distinct_ids": scalar(watch, "SELECT count(DISTINCT id) FROM notifications"),
                 "pending_triggers": scalar(watch, "SELECT count(*) FROM triggers WHERE status <> 'dispatched'"),
@@ -210,17 +217,35 @@ def run(server_url, redis_url, rows, log_dir, users=2000, span=None, batch=20_00
                 "read_marks_lost": scalar(watch, "SELECT count(*) FROM notifications WHERE id = ANY(%s::uuid[])"
                                                  " AND read_at IS NULL", load.marked),
                 "counters_off": scalar(watch, _COUNTERS_OFF),
-                "old_table_left": scalar(watch, "SELECT to_regclass('notifications_unpartitioned') IS NOT NULL"),
+                "old_tables_left": scalar(watch, "SELECT count(*) FROM history_tables()"
+                                                 " WHERE to_regclass(tbl || '_unpartitioned') IS NOT NULL"),
+                "seeded_deliveries": rows // 5,
+                "sent_deliveries": scalar(watch, "SELECT count(*) FROM deliveries WHERE status = 'sent'"),
+                "sent_attempts": scalar(watch, "SELECT count(*) FROM delivery_attempts WHERE outcome = 'sent'"),
+                "deliveries_twice": scalar(watch, "SELECT count(*) - count(DISTINCT (notification_id, channel))"
+                                                  " FROM deliveries"),
+                "triggered_without_delivery": scalar(watch, "SELECT count(*) FROM notifications n WHERE"
+                                                            " n.trigger_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+                                                            " deliveries d WHERE d.notification_id = n.id)"),
+                "orphans": scalar(watch, "SELECT (SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1"
+                                         " FROM notifications n WHERE n.id = d.notification_id)) + (SELECT count(*)"
+                                         " FROM delivery_attempts a WHERE NOT EXISTS (SELECT 1 FROM deliveries d"
+                                         " WHERE d.id = a.delivery_id))"),
             }
         finally:
             watch.close()
     problems += [f"request failed: {e}" for e in load.errors[:20]]
-    for name, ok in (("partitioned", figures["partitioned"]), ("no trigger left pending", not figures["pending_triggers"]),
+    for name, ok in (("all three tables partitioned", figures["partitioned"] == 3),
+                     ("no trigger left pending", not figures["pending_triggers"]),
+                     ("every seeded delivery and attempt kept",
+                      figures["sent_deliveries"] == figures["sent_attempts"] == figures["seeded_deliveries"]),
+                     ("no delivery twice, none missing, none orphaned", figures["deliveries_twice"] ==
+                      figures["triggered_without_delivery"] == figures["orphans"] == 0),
                      ("every notification once", figures["stored"] == figures["expected"] == figures["distinct_ids"]),
                      ("no trigger's user stored twice", figures["trigger_rows_twice"] == 0),
                      ("every read mark kept", figures["read_marks_lost"] == 0),
                      ("counters equal a recount", figures["counters_off"] == 0),
-                     ("old table dropped", not figures["old_table_left"]),
+                     ("old tables dropped", not figures["old_tables_left"]),
                      ("load ran", figures["triggers_accepted"] > 0 and figures["marked_read"] > 0)):
         if not ok:
             problems.append(f"{name}: {figures}")

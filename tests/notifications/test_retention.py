@@ -7,7 +7,7 @@ import uuid
 import psycopg2
 import pytest
 
-from testkit.rows import insert_notification
+from testkit.rows import insert_delivery, insert_notification
 
 DAY = datetime.timedelta(days=1)
 
@@ -40,11 +40,9 @@ def aged(db, client):
     kept += [insert_notification(db, user, type="chat", created_at=now() - 3000 * DAY)]
     with db.cursor() as cur:
         for row in expired + kept:
-            delivery = uuid.uuid4()
-            cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status)"
-                        " VALUES (%s, %s, %s, 'email', 'failed')", (delivery, row["id"], user))
-            cur.execute("INSERT INTO delivery_attempts (delivery_id, attempt, outcome, started_at)"
-                        " VALUES (%s, 1, 'failed', now())", (delivery,))
+            delivery = insert_delivery(db, row["id"], status="failed")
+            cur.execute("INSERT INTO delivery_attempts (delivery_id, notification_seq, attempt, outcome, started_at)"
+                        " VALUES (%s, %s, 1, 'failed', now())", (delivery, row["seq"]))
     # some audited history about the rows that are about to go
     from testkit.identity import make_token
     headers = {"Authorization": f"Bearer {make_token(user)}"}

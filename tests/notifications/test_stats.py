@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from testkit.identity import make_token, SERVICE
-from testkit.rows import insert_notification
+from testkit.rows import insert_delivery, insert_notification
 
 UTC = datetime.timezone.utc
 START = datetime.datetime(2024, 3, 1, tzinfo=UTC)
@@ -22,10 +22,7 @@ def at(hours, seconds=0):
 def delivery(db, notification, channel, status, after=None):
     """A delivery row; `after`: seconds from the notification's creation to sent_at."""
     sent_at = notification["created_at"] + datetime.timedelta(seconds=after) if after is not None else None
-    with db.cursor() as cur:
-        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, sent_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s)",
-                    (uuid.uuid4(), notification["id"], notification["user_id"], channel, status, sent_at))
+    insert_delivery(db, notification["id"], channel=channel, status=status, sent_at=sent_at)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from testkit.identity import API_KEY, SERVICE
 from testkit.jobs import drain, run_jobs
 from testkit.processes import wait_until
 from testkit.providers import FakeHTTP, FakeTwilio
+from testkit.rows import insert_delivery
 from devtools.services import free_port
 from testkit.logs import Capture
 
@@ -135,11 +136,9 @@ def test_flask_deliveries_failed_shows_classes_and_redacts_old_rows(build, smtp,
     with db.cursor() as cur:   # a row written before last_error was classified: the provider's raw words
         cur.execute("SELECT notification_id FROM deliveries LIMIT 1")
         (notification,) = cur.fetchone()
-        cur.execute("INSERT INTO deliveries (id, notification_id, user_id, channel, status, attempts, last_error)"
-                    " VALUES (%s, %s, %s, 'sms', 'failed', 5, %s)",
-                    (uuid.uuid4(), notification, user_id,
-                     f"ConnectionError: url: /2010-04-01/Accounts/AC{'1' * 32}/Messages.json?token={TOKEN} "
-                     f"to {PHONE}"))
+        insert_delivery(db, notification, user_id=user_id, channel="sms", status="failed", attempts=5,
+                        last_error=f"ConnectionError: url: /2010-04-01/Accounts/AC{'1' * 32}/Messages.json"
+                                   f"?token={TOKEN} to {PHONE}")
     result = app.test_cli_runner().invoke(args=["deliveries", "failed"])
     assert result.exit_code == 0, result.output
     assert "invalid_recipient 550" in result.output
