@@ -70,7 +70,7 @@ class _Explaining:
     EXPLAIN (ANALYZE, BUFFERS), then for real, so the plans are of the endpoint's own SQL."""
 
     def __init__(self, conn):
-        self.conn, self.plans = conn, []
+        self.conn, self.plans, self.prepared = conn, [], {}
 
     def cursor(self, *args, **kwargs):
         return _ExplainingCursor(self, self.conn.cursor(*args, **kwargs))
@@ -81,11 +81,24 @@ class _ExplainingCursor:
         self._owner, self._cur = owner, cur
 
     def execute(self, query, params=None):
+        """The statement explained, then run. The service's prepared statements (db.execute_prepared):
+        a PREPARE just runs (its text is what the plan is shown with); `SET LOCAL ...; EXECUTE`
+        sets the plan mode, then EXPLAIN EXECUTE shows the generic plan the service runs."""
         statement = self._cur.mogrify(query, params).decode()
+        if statement.startswith("PREPARE "):
+            name, _, text = statement.removeprefix("PREPARE ").partition(" AS ")
+            self._owner.prepared[name] = text
+            return self._cur.execute(query, params)
+        setting, _, explained = statement.rpartition("; ")
         with self._owner.conn.cursor() as plain:
-            plain.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement)
+            if setting:
+                plain.execute(setting)
+            plain.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + explained)
             plan = "\n".join(row[0] for row in plain.fetchall())
-        self._owner.plans.append({"sql": statement, "plan": plan})
+        name = explained.removeprefix("EXECUTE ").partition("(")[0]
+        shown = f"{self._owner.prepared[name]} -- generic plan, run as {explained}" if name in self._owner.prepared \
+            else statement
+        self._owner.plans.append({"sql": shown, "plan": plan})
         return self._cur.execute(query, params)
 
     def __getattr__(self, name):

@@ -1,5 +1,5 @@
 """SQL for the inbox. Every function takes the connection first and never commits."""
-from ..db import cursor
+from ..db import cursor, execute_prepared
 from .model import COLUMNS
 
 
@@ -43,13 +43,13 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     """
     where, params = _scope(user_id, customer_id, customers, status, include_expired, ack)
     with conn.cursor() as cur:   # plain rows made dicts here: half the cost of RealDictCursor's
-        cur.execute(f"SELECT n.* FROM (SELECT seq FROM notifications WHERE {where}"
-                    "                  ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s) page"
-                    f" CROSS JOIN LATERAL (SELECT {COLUMNS} FROM notifications WHERE seq = page.seq) n"
-                    " ORDER BY page.seq DESC", dict(params, limit=limit, offset=offset))
+        execute_prepared(cur, f"SELECT n.* FROM (SELECT seq FROM notifications WHERE {where}"
+                              "                  ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s) page"
+                              f" CROSS JOIN LATERAL (SELECT {COLUMNS} FROM notifications WHERE seq = page.seq) n"
+                              " ORDER BY page.seq DESC", dict(params, limit=limit, offset=offset))
         names = [column.name for column in cur.description]
         items = [dict(zip(names, row)) for row in cur.fetchall()]
-        cur.execute(_counts(where, status), params)
+        execute_prepared(cur, _counts(where, status), params)
         total, unread = cur.fetchone()
     return items, total, unread
 

@@ -10,7 +10,7 @@ than the cap (and one row) ever reaches this process for a replay it refuses.
 """
 import json
 
-from ..db import cursor
+from ..db import cursor, execute_prepared
 from ..notifications.model import COLUMNS, to_json_many
 from . import frames
 
@@ -32,7 +32,8 @@ def _scope(customers):
 def latest_seq(conn, user_id):
     """The user's newest cursor (0 when the inbox is empty)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = %s", (user_id,))
+        execute_prepared(cur, "SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = %(user)s",
+                         {"user": user_id})
         return cur.fetchone()[0]
 
 
@@ -41,13 +42,13 @@ def missed(conn, user_id, customers, after, cap, max_bytes):
     one `reset` event."""
     where, params = _scope(customers)
     with cursor(conn) as cur:
-        cur.execute(f"SELECT * FROM (SELECT page.*, sum(size) OVER (ORDER BY seq) AS running FROM ("
-                    f"  SELECT {COLUMNS}, {_TEXT_BYTES} AS size FROM notifications"
-                    f"  WHERE user_id = %(user)s AND seq > %(after)s AND deleted_at IS NULL AND in_app"
-                    f"  AND (expires_at IS NULL OR expires_at > now()){where}"
-                    f"  ORDER BY seq LIMIT %(limit)s) AS page) AS counted"
-                    f" WHERE running - size <= %(max_bytes)s ORDER BY seq",
-                    dict(params, user=user_id, after=after, limit=cap + 1, max_bytes=max_bytes))
+        execute_prepared(cur, f"SELECT * FROM (SELECT page.*, sum(size) OVER (ORDER BY seq) AS running FROM ("
+                              f"  SELECT {COLUMNS}, {_TEXT_BYTES} AS size FROM notifications"
+                              f"  WHERE user_id = %(user)s AND seq > %(after)s AND deleted_at IS NULL AND in_app"
+                              f"  AND (expires_at IS NULL OR expires_at > now()){where}"
+                              f"  ORDER BY seq LIMIT %(limit)s) AS page) AS counted"
+                              f" WHERE running - size <= %(max_bytes)s ORDER BY seq",
+                         dict(params, user=user_id, after=after, limit=cap + 1, max_bytes=max_bytes))
         rows = cur.fetchall()
     if len(rows) > cap:
         return _reset(conn, user_id, "too_many_missed", cap)

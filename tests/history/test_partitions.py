@@ -274,3 +274,26 @@ def test_every_delivery_and_attempt_carries_its_notifications_seq(app, db):
                       " WHERE d.notification_seq = n.seq") == 3
     assert scalar(db, "SELECT count(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id"
                       " WHERE a.notification_seq = d.notification_seq") == 3
+
+
+def test_the_inbox_is_planned_once_per_connection_and_run_with_a_generic_plan(app, db):
+    """Planning a page over every partition and its indexes costs more than running it
+    (docs/history.md): the inbox's statements are prepared on the connection the first time and
+    run with a generic plan after, whoever asks; the answers stay each user's own."""
+    import psycopg2
+    from app.notifications.repository import list_inbox
+    users = [uuid.uuid4() for _ in range(3)]
+    for user in users:
+        for _ in range(2):
+            insert_notification(db, user)
+    conn = psycopg2.connect(app.config["DATABASE_URL"])
+    try:
+        for user in users * 2:
+            items, total, unread = list_inbox(conn, user, limit=10)
+            assert {i["user_id"] for i in items} == {user} and (total, unread) == (2, 2)
+            conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT sum(generic_plans), sum(custom_plans), count(*) FROM pg_prepared_statements")
+            assert cur.fetchone() == (12, 0, 2)        # the page and its counts, six times each
+    finally:
+        conn.close()
