@@ -24,7 +24,7 @@ DETACH_PAUSE_SECONDS = 0.5
 
 def partitioned(conn):
     with conn.cursor() as cur:
-        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'notifications'::regclass)")
+        cur.execute("SELECT history_is_partitioned('notifications')")      # migration 0028
         return cur.fetchone()[0]
 
 
