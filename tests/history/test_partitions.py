@@ -232,6 +232,48 @@ def test_a_busy_table_puts_the_detach_off_and_a_dead_detacher_is_finished_later(
     assert client.get("/v1/notifications/unread-count", headers=bearer(user)).get_json()["unread"] == 1
 
 
+def test_a_finish_takes_the_counters_off_in_steps_and_one_cut_short_is_completed_exactly(
+        make_app, db, owner_conn, every_group_kept):
+    """A month's unread notifications leave the counters a few users per transaction (0029), each
+    step recording how far it got: a process that dies between steps leaves counters that are
+    right for the users done, and the next pass takes off the rest once — every user's count
+    exact, the audit's count of the dropped rows exact."""
+    from app.history import retention
+    app = make_app(NOTIFICATIONS_CONFIG=every_group_kept)
+    users = sorted(uuid.uuid4() for _ in range(5))
+    old, new, first = _old_partition_with_dependents(db, owner_conn, users[0])
+    for user in users[1:]:                          # the old partition: two unread, one read each
+        with owner_conn.cursor() as cur:
+            cur.execute("SELECT setval('notifications_seq_seq', (SELECT max(seq) FROM %s))" % first)
+        owner_conn.commit()
+        for read_at in (None, None, OLD):
+            insert_notification(db, user, created_at=OLD, read_at=read_at, type="task", event="task_due")
+    with owner_conn.cursor() as cur:
+        cur.execute("SELECT setval('notifications_seq_seq', %s)", (new["seq"],))
+        cur.execute("SELECT history_partition_detach(%s::regclass)", (first,))
+    owner_conn.commit()
+    client = app.test_client()
+
+    def unread(user):
+        return client.get("/v1/notifications/unread-count", headers=bearer(user)).get_json()["unread"]
+
+    assert [unread(user) for user in users] == [3, 2, 2, 2, 2]
+    with owner_conn.cursor() as cur:               # two steps of two users, then the process dies
+        for _ in range(2):
+            cur.execute("SELECT history_partition_uncount(%s, 2)", (first,))
+            assert cur.fetchone()[0] == 2
+            owner_conn.commit()
+    assert [unread(user) for user in users] == [1, 0, 0, 0, 2]
+    assert scalar(db, "SELECT held FROM history_detached WHERE name = %s", first) == 12
+    deleted = retention.purge_exclusive(app)
+    assert deleted["(partitions)"] == 15
+    assert [unread(user) for user in users] == [1, 0, 0, 0, 0]
+    assert scalar(db, "SELECT to_regclass(%s)", first) is None
+    assert scalar(db, "SELECT count(*) FROM history_detached") == 0
+    assert scalar(db, "SELECT (change->>'deleted')::int FROM audit_log WHERE action = 'retention.drop_partition'"
+                      " AND target_id = %s", first) == 15
+
+
 def test_the_partition_holding_the_sequence_is_never_detached(db, owner_conn):
     import psycopg2
     current = [p for p in listing(owner_conn) if p[3]][0][0]
