@@ -4,6 +4,7 @@ schemas share (schema.py: strict schemas, UTC times, path ids) and the browsable
 import json
 
 import marshmallow as ma
+import orjson
 from flask import current_app, request
 import flask_smorest
 from flask_smorest import Api as SmorestApi
@@ -36,6 +37,15 @@ class Blueprint(flask_smorest.Blueprint):
         """The query string's parameters as keyword arguments; one the schema does not name is a
         422 (webargs would drop it, and a misspelt filter would go unnoticed)."""
         return self.arguments(schema, location="query", as_kwargs=True, unknown=RAISE)
+
+
+def shaped_response(payload, status=200):
+    """`payload`, already in its documented response schema's shape, as the JSON response: encoded
+    by orjson, not dumped field by field by the schema and then by the json module. For the hot
+    reads: an inbox page of 50 notifications is 850 fields, a third of its request's CPU in
+    marshmallow. The view keeps `@blp.response(…, Schema)` for the OpenAPI document;
+    flask-smorest passes a Response through as it is."""
+    return current_app.response_class(orjson.dumps(payload), status=status, mimetype="application/json")
 
 
 class Api(SmorestApi):

@@ -1,5 +1,5 @@
 """The inbox endpoints. Views validate, call one function of service.py, serialise."""
-from ..api import Blueprint
+from ..api import Blueprint, shaped_response
 from ..api.schema import CustomerQuerySchema, parse_id
 from ..security.auth import UserView, current_user
 from . import service
@@ -19,8 +19,8 @@ class Inbox(UserView):
         `ack=pending`: the notices still awaiting acknowledgement)"""
         items, total, unread = service.inbox(current_user(), customer_id, status, limit, offset, include_expired,
                                              ack)
-        return {"items": [to_public(row) for row in items], "total": total, "unread": unread,
-                "limit": limit, "offset": offset}
+        return shaped_response({"items": [to_public(row) for row in items], "total": total, "unread": unread,
+                                "limit": limit, "offset": offset})
 
 
 @blp.route("/<notification_id>")
