@@ -14,7 +14,7 @@ from testkit.processes import cpu_seconds
 
 
 def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bulk=0, urgent_worker=False,
-              rate_limits="on"):
+              rate_limits="on", recipients=None):
     """trigger -> RQ worker (`python -m workers`) -> stored -> stream, 1,000 users, `rate` triggers/s,
     with the shipped defaults (rate limits on).
 
@@ -24,6 +24,8 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
     keeps an urgent event's trigger to the in-app channel. `beside_bulk`: a `priority: bulk` trigger
     to that many other users (in-app only) is posted just before the measured triggers, so its fan-out
     runs beside them; `urgent_worker`: one more worker, `WORKER_LANES=urgent` (Procfile `urgent`).
+    `recipients`: each measured trigger goes to that many of the connected users, in turn (a login
+    alert goes to one user), instead of to all of them.
     `rate_limits="off"`: the settings of the benches before the shipped defaults (rate limits off),
     to compare with an older commit's run; the result says so."""
     group, _, event_name = event.partition("/")
@@ -45,8 +47,8 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         accept_times = []
 
-        def trigger(sequence):
-            body = spec_body(str_users, marked_title(sequence), type=group, event=event_name, rec_type="tasks")
+        def trigger(sequence, audience=str_users):
+            body = spec_body(audience, marked_title(sequence), type=group, event=event_name, rec_type="tasks")
             if channels:
                 body["channels"] = channels
             started = time.perf_counter()
@@ -67,24 +69,26 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
         cpu0, client_cpu0 = server.workers_cpu(), clients.cpu()
         rq_cpu0 = sum(cpu_seconds(w.proc.pid) for w in rq_workers)
         count = int(sizes.full_path_seconds * sizes.rate)
+        each = recipients or len(users)
+        audiences = [[str_users[(i * each + k) % len(users)] for k in range(each)] for i in range(count)]
         interval = 1.0 / sizes.rate
-        log(f"full path: {count} triggers to {len(users)} users at {sizes.rate}/s; web worker pid "
+        log(f"full path: {count} triggers, each to {each} of {len(users)} users, at {sizes.rate}/s; web worker pid "
             f"{server.worker_pids()[0]}, RQ worker pid(s) {[w.proc.pid for w in rq_workers]}")
         started = time.monotonic()
         for i in range(count):
             delay = started + i * interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            trigger(100 + i)
+            trigger(100 + i, audiences[i])
         seconds = time.monotonic() - started
-        expected = count * len(users)
+        expected = count * each
         received, last_change = wait_received(clients, expected, stall=10, limit=180)
         still_arriving = received < expected and time.monotonic() - last_change < 10
         latencies, parts = clients.latencies()
         conn.close()
         result = {
             "p50_first_tenth_ms": trend(parts)[0], "p50_last_tenth_ms": trend(parts)[1],
-            "event": event, "channels": channels, "beside_bulk": beside_bulk, "urgent_worker": urgent_worker, "rate_limits": "on (shipped)" if rate_limits == "on" else "off", "streams": len(users), "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
+            "event": event, "channels": channels, "beside_bulk": beside_bulk, "urgent_worker": urgent_worker, "rate_limits": "on (shipped)" if rate_limits == "on" else "off", "streams": len(users), "recipients": each, "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
             "expected": expected, "received": received, "lost": expected - received,
             "still_arriving_after_180s": still_arriving,
             "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else None,

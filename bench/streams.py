@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--beside-bulk", type=int, default=0,
                         help="full-path: a bulk trigger to this many other users fans out beside the measured ones")
     parser.add_argument("--urgent-worker", action="store_true", help="full-path: one more worker for the urgent lane")
+    parser.add_argument("--recipients", type=int, help="full-path: each trigger to this many of the connected users"
+                                                        ", in turn (default: all; a login alert has one)")
     parser.add_argument("--window", type=int, default=FULL.window, help="saturation: broadcasts in flight")
     parser.add_argument("--masters", type=int, default=0,
                         help="saturation: the stream channels on a local Redis Cluster of this many masters")
@@ -63,7 +65,7 @@ def main():
         result = memory(args.streams or 3000, sizes, args.keep)
     elif args.scenario == "full-path":
         result = full_path(sizes, args.keep, args.event, args.channels.split(",") if args.channels else None,
-                           args.beside_bulk, args.urgent_worker, args.rate_limits)
+                           args.beside_bulk, args.urgent_worker, args.rate_limits, args.recipients)
     else:
         result = saturation(kind, args.streams or sizes.saturation_streams, sizes, args.keep, masters=args.masters)
     print(json.dumps(result, indent=2, default=str))

@@ -20,7 +20,7 @@ AHEAD = 2
 ENSURE_EVERY_SECONDS = 30
 DETACH_ATTEMPTS = 20      # each waits at most 50 ms for the table's lock (0026); spaced out below
 DETACH_PAUSE_SECONDS = 0.5
-UNCOUNT_USERS = 2000      # users taken off the counters per step of a finish (0029), ~10 ms of work
+UNCOUNT_USERS = 500       # users taken off the counters per step of a finish (0029): ~15 ms of work
 UNCOUNT_PAUSE_SECONDS = 0.02
 
 
