@@ -116,6 +116,13 @@ class Domain:
     all_channels: dict = field(default_factory=dict)   # enabled or not
     rate_limits: dict = field(default_factory=dict)    # name -> limit string (app/ratelimit/)
     teaser: dict = field(default_factory=dict)         # `teaser:` values (bank_name, inbox_url)
+    lane_chunks: dict = field(default_factory=dict)    # lane -> its own batch.users_per_chunk_<lane>
+
+    def chunk_size(self, lane):
+        """Users stored per transaction in `lane`. Every store holds the one sequence lock from its
+        INSERT to its publish (app/dispatch/repository.py `sequence_lock`), so a bulk fan-out's
+        chunk is how long an urgent trigger can wait behind it: a lane may have smaller chunks."""
+        return self.lane_chunks.get(lane or "normal", self.users_per_chunk)
 
     def group(self, name):
         """The canonical Group for a name or alias, or None."""
@@ -400,6 +407,8 @@ def _parse_queue(path):
     return dict(
         queues=dict(queues), retry_attempts=attempts, retry_backoff=tuple(backoff),
         users_per_chunk=_positive(path, batch, "users_per_chunk", "batch"),
+        lane_chunks={lane: _positive(path, batch, f"users_per_chunk_{lane}", "batch") for lane in LANES
+                     if f"users_per_chunk_{lane}" in batch},
         max_user_ids=_positive(path, batch, "max_user_ids", "batch"),
         idempotency_ttl_seconds=3600 * _positive(path, idem, "ttl_hours", "idempotency", 24),
         relay_interval=float(_positive(path, relay, "interval_seconds", "relay", 2)),

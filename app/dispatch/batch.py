@@ -59,7 +59,7 @@ def store_batch(app, conn, only=None, lane=None):
     Raises BatchFailed when the batch could not be stored for a reason of its own (nothing of it
     committed); PostgreSQL or Redis failing, and anything after the commit, are raised as they are."""
     domain = app.config["DOMAIN"]
-    size = domain.users_per_chunk
+    size = domain.chunk_size(lane)
     claimed, committed = [], False
     try:
         with contextlib.ExitStack() as held:

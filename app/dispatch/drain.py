@@ -78,7 +78,7 @@ def _small(app, conn, lane):
 
 def _big(app, conn, should_stop, lane):
     """Store (the rest of) the oldest big trigger no other job holds; 1 when one was worked on."""
-    candidates = repository.big_candidates(conn, app.config["DOMAIN"].users_per_chunk, lane=lane)
+    candidates = repository.big_candidates(conn, app.config["DOMAIN"].chunk_size(lane), lane=lane)
     conn.commit()
     for trigger_id in candidates:
         try:

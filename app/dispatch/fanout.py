@@ -1,6 +1,7 @@
 """A big trigger (more users than one chunk) stored chunk by chunk.
 
-Per chunk of users (queue.yaml `batch.users_per_chunk`): one transaction
+Per chunk of users (queue.yaml `batch.users_per_chunk`, or the trigger's lane's
+`users_per_chunk_<lane>`): one transaction
 stores the notifications (never twice: see `repository.store_chunk`), their
 delivery rows and the trigger's progress; after it commits, one script call
 publishes them to the users' stream channels and one pipeline enqueues the
@@ -60,7 +61,7 @@ def _chunks(app, conn, trigger_id, should_stop):
     customer_id = uuid.UUID(body["customer_id"]) if body.get("customer_id") else None
     users = body["user_ids"]
     needs = {name: channel.needs for name, channel in app.extensions["channels"].items()}
-    size = domain.users_per_chunk
+    size = domain.chunk_size(body.get("priority"))
     start = max(0, (trigger["users_done"] // size - 1) * size)
     done = start
     for offset in range(start, len(users), size):

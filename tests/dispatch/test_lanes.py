@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from testkit.api import assert_error, post_trigger, put_contact, trigger
+from testkit.config_files import queue_yaml
 from testkit.jobs import queued, run_jobs
 from testkit.rows import scalar
 
@@ -41,6 +42,34 @@ def test_an_urgent_email_goes_out_before_a_bulk_triggers_queued_emails(build, sm
     received = [m["rcpt_tos"][0] for m in smtp.messages]
     assert len(received) == 31
     assert received[0].startswith("urgent-")      # triggered last, sent first
+
+
+def test_a_lane_may_store_in_chunks_of_its_own_size(make_app, db, tmp_path):
+    """`batch.users_per_chunk_<lane>`: every store holds the one sequence lock from its INSERT to its
+    publish, so a bulk fan-out's chunk is as long as an urgent trigger can wait behind it; the bulk
+    lane's chunks may be smaller than the others'."""
+    from app import db as app_db
+    from app.dispatch.fanout import dispatch_big
+    app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 10, "users_per_chunk_bulk": 4}))
+    assert app.config["DOMAIN"].chunk_size("bulk") == 4 and app.config["DOMAIN"].chunk_size("urgent") == 10
+    client = app.test_client()
+    bulk_id = trigger(client, [uuid.uuid4() for _ in range(25)], priority="bulk")["trigger_id"]
+    normal_id = trigger(client, [uuid.uuid4() for _ in range(25)])["trigger_id"]
+    app.extensions["redis"].flushall()               # no job: the test runs the fan-outs itself
+    with app.app_context(), app_db.connection() as conn:
+        assert dispatch_big(app, conn, bulk_id, should_stop=lambda: True) == 4     # one chunk, then stops
+        assert dispatch_big(app, conn, normal_id, should_stop=lambda: True) == 10
+    from app.dispatch.drain import drain
+    with app.app_context():
+        drain(app)                                   # the rest of both, each from where it stopped
+    assert scalar(db, "SELECT count(*) FROM notifications") == 50
+    assert scalar(db, "SELECT count(DISTINCT (trigger_id, user_id)) FROM notifications") == 50
+
+
+def test_a_lanes_chunk_size_must_be_positive(make_app, tmp_path):
+    from app.errors import ConfigError
+    with pytest.raises(ConfigError, match="users_per_chunk_bulk"):
+        make_app(QUEUE_CONFIG=queue_yaml(tmp_path, batch={"users_per_chunk": 10, "users_per_chunk_bulk": 0}))
 
 
 def test_a_bulk_fan_out_hands_over_between_chunks_when_urgent_work_waits(build, db):
@@ -103,7 +132,6 @@ def test_unknown_worker_lanes_stop_start_up(build, value):
 
 
 def test_a_lane_may_have_a_recipients_budget_of_its_own(make_app, tmp_path, db):
-    from testkit.config_files import queue_yaml
     app = make_app(RATE_LIMITS_ENABLED="true",
                    QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "10000/minute"}))
     client = app.test_client()
@@ -118,7 +146,6 @@ def test_a_lane_may_have_a_recipients_budget_of_its_own(make_app, tmp_path, db):
 
 def test_a_lane_budget_smaller_than_the_largest_trigger_stops_start_up(make_app, tmp_path):
     from app.errors import ConfigError
-    from testkit.config_files import queue_yaml
     with pytest.raises(ConfigError) as caught:
         make_app(QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"recipients_bulk": "100/minute"}))
     assert caught.value.key == "rate_limits.recipients_bulk"
@@ -134,7 +161,6 @@ def test_a_direct_push_checks_the_priority_too(build):
 def test_the_relay_wakes_a_lost_urgent_drain_on_the_urgent_lane(make_app, rds, db, tmp_path):
     """Redis lost the urgent trigger's drain job: the relay wakes one on the urgent lane's queue, not
     behind the normal lane's work."""
-    from testkit.config_files import queue_yaml
     from workers.relay import sweep
     app = make_app(QUEUE_CONFIG=queue_yaml(tmp_path, relay={"interval_seconds": 1, "stale_after_seconds": 1}))
     client = app.test_client()
@@ -151,7 +177,6 @@ def test_the_relay_wakes_a_lost_urgent_drain_on_the_urgent_lane(make_app, rds, d
 
 def test_a_lane_may_have_a_request_budget_of_its_own(make_app, tmp_path, db):
     """`trigger_<lane>`: one caller's bulk sends cannot use up the requests its alerts need."""
-    from testkit.config_files import queue_yaml
     app = make_app(RATE_LIMITS_ENABLED="true", QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"trigger_bulk": "2/minute"}))
     client = app.test_client()
     for _ in range(2):
@@ -166,7 +191,6 @@ def test_a_lane_may_have_a_request_budget_of_its_own(make_app, tmp_path, db):
 
 def test_an_unknown_lane_budget_stops_start_up(make_app, tmp_path):
     from app.errors import ConfigError
-    from testkit.config_files import queue_yaml
     with pytest.raises(ConfigError) as caught:
         make_app(QUEUE_CONFIG=queue_yaml(tmp_path, rate_limits={"trigger_fast": "2/minute"}))
     assert caught.value.key == "rate_limits.trigger_fast"
