@@ -86,6 +86,7 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
         still_arriving = received < expected and time.monotonic() - last_change < 10
         latencies, parts = clients.latencies()
         conn.close()
+        bulk_rate = _bulk_stored_per_second(bench.database_url) if beside_bulk else None
         result = {
             "p50_first_tenth_ms": trend(parts)[0], "p50_last_tenth_ms": trend(parts)[1],
             "event": event, "channels": channels, "beside_bulk": beside_bulk, "urgent_worker": urgent_worker, "rate_limits": "on (shipped)" if rate_limits == "on" else "off", "streams": len(users), "recipients": each, "rq_workers": sizes.rq_workers, "triggers": count, "achieved_rate": count / seconds,
@@ -97,7 +98,24 @@ def full_path(sizes, keep=False, event="task/task_due", channels=None, beside_bu
             "accept_p50_ms": percentile(accept_times, 0.5) * 1000 if accept_times else None,
             "web_cpu": server.workers_cpu() - cpu0, "rq_cpu": sum(cpu_seconds(w.proc.pid) for w in rq_workers) - rq_cpu0,
             "client_cpu": clients.cpu() - client_cpu0,
+            "bulk_stored_per_s": bulk_rate,
         }
         log(f"full path: {result}")
         clients.call("close")
         return result
+
+
+def _bulk_stored_per_second(url):
+    """The bulk triggers' notifications over the time their chunks' transactions spanned (each row's
+    `created_at` is its transaction's start): how fast the bulk kept flowing beside the urgent ones."""
+    import psycopg2
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), extract(epoch FROM max(n.created_at) - min(n.created_at))"
+                        " FROM notifications n JOIN triggers t ON t.id = n.trigger_id"
+                        " WHERE t.body->>'priority' = 'bulk'")
+            stored, seconds = cur.fetchone()
+        return stored / float(seconds) if seconds else None
+    finally:
+        conn.close()
