@@ -42,24 +42,30 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     (a row of their own when the page is empty). Two statements with a NOT IN subquery in each of
     their three scans cost about twice the PostgreSQL CPU at 13 partitions (docs/history.md).
 
-    The page's `seq` values come from an index alone (notifications_inbox_covering, or the unread
-    or per-customer one), the `offset` entries skipped there, and only the page's own rows are
-    read from the table; the counts are index-only scans (`_counts`). Reading the table instead
+    A first page reads its rows through the index in its order (notifications_inbox_covering, or
+    the unread or per-customer one), newest partition first, stopping at the limit. A deeper
+    page's `seq` values come from the index alone, the `offset` entries skipped there, and only
+    the page's own rows are then read by `seq` (a second index probe each: 20 % more pages read
+    than the first page's way, measured at 50 M). The counts are index-only scans (`_counts`). Reading the table instead
     costs a page read per notification in the inbox, thousands per request for a heavy user
     (docs/inbox.md, "The inbox at 10 M rows").
     """
     where, params = _scope(user_id, customer_id, customers, status, include_expired, ack,
                            not_expired="seq <> ALL((SELECT seqs FROM gone)::bigint[])")
+    if offset == 0:   # the first page: its rows read straight through the index, in its order
+        page = f"page AS MATERIALIZED (SELECT {COLUMNS} FROM notifications WHERE {where} ORDER BY seq DESC LIMIT %(limit)s)"
+        rows_of_page = "page n"
+    else:             # deeper: the skipped entries read from the index alone, then the page's rows
+        page = (f"page AS MATERIALIZED (SELECT seq FROM notifications WHERE {where}"
+                " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s)")
+        rows_of_page = f"(page CROSS JOIN LATERAL (SELECT {COLUMNS} FROM notifications WHERE seq = page.seq) n)"
     with conn.cursor() as cur:   # plain rows made dicts here: half the cost of RealDictCursor's
         execute_prepared(cur, "WITH gone AS MATERIALIZED (SELECT coalesce(array_agg(seq), '{}') AS seqs"
                               "   FROM notifications WHERE user_id = %(user_id)s"
-                              "   AND expires_at IS NOT NULL AND expires_at <= now()),"
-                              " page AS MATERIALIZED (SELECT seq FROM notifications WHERE " + where +
-                              "   ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s)"
+                              f"   AND expires_at IS NOT NULL AND expires_at <= now()), {page}"
                               f" SELECT c.total, c.unread, n.* FROM ({_counts(where, status)}) c"
-                              " LEFT JOIN (page CROSS JOIN LATERAL"
-                              f"  (SELECT {COLUMNS} FROM notifications WHERE seq = page.seq) n) ON true"
-                              " ORDER BY page.seq DESC", dict(params, limit=limit, offset=offset))
+                              f" LEFT JOIN {rows_of_page} ON true ORDER BY n.seq DESC",
+                         dict(params, limit=limit, offset=offset) if offset else dict(params, limit=limit))
         names = [column.name for column in cur.description][2:]
         rows = cur.fetchall()
     items = [dict(zip(names, row[2:])) for row in rows if row[2] is not None]
