@@ -109,6 +109,10 @@ DEFAULTS = {
     # Values of `seq` per partition of the notification history (docs/history.md): about a day's
     # notifications at the peak rate; the worker keeps two such partitions ahead.
     "HISTORY_PARTITION_ROWS": "10000000",
+    # Seconds between a worker's compaction passes: each closed partition rewritten once in user
+    # order, so an inbox page reads a few heap pages, not one per notification (docs/history.md
+    # "Compaction"); 0: never.
+    "HISTORY_COMPACT_INTERVAL_SECONDS": "3600",
 }
 
 DEV_SECRET_KEY = "dev-only-secret-key-never-use-in-production-0123456789"
@@ -119,7 +123,8 @@ INTS = ("DB_POOL_SIZE", "MAX_CONTENT_LENGTH", "SSE_RETRY_MS", "SSE_MAX_STREAMS_P
         "DB_STATEMENT_TIMEOUT_MS", "DB_IDLE_TX_TIMEOUT_MS", "RETRY_STALE_URGENT_SECONDS", "RETRY_CONFIRM_ABOVE",
         "SSE_REPLAY_MAX_BYTES", "SSE_BACKLOG_MAX_BYTES", "AUDIT_ANCHOR_SECONDS",
         "HISTORY_PARTITION_ROWS")
-FLOATS = ("DB_POOL_TIMEOUT", "REPLICA_MAX_LAG_SECONDS", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS")
+FLOATS = ("DB_POOL_TIMEOUT", "REPLICA_MAX_LAG_SECONDS", "SSE_KEEPALIVE_SECONDS", "MAIL_TIMEOUT", "SSE_PEER_TIMEOUT_SECONDS",
+          "HISTORY_COMPACT_INTERVAL_SECONDS")
 BOOLS = ("MAIL_USE_TLS", "MAIL_USE_SSL", "RATE_LIMITS_ENABLED", "INBOX_PAGE_ENABLED", "DEVELOPMENT")
 LISTS = ("API_KEYS", "CORS_ORIGINS", "JWT_ALGORITHMS", "JWT_SECRET_PREVIOUS", "AUDIT_HMAC_KEYS_PREVIOUS",
          "ACK_CALLBACK_HOSTS", "WEBPUSH_RESOLVE", "WORKER_LANES")

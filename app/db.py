@@ -37,7 +37,7 @@ class Locks:
     MIGRATIONS = 7_245_001    # one release migrates at a time (app/migrate.py)
     SEQUENCE = 7_245_002      # notification ids committed and published in order (app/dispatch/repository.py)
     AUDIT_SEAL = 7_245_003    # one audit sealer at a time (app/audit/chain.py)
-    RETENTION = 7_245_004     # one retention purge at a time (app/history/retention.py)
+    RETENTION = 7_245_004     # one history maintenance pass at a time: retention or compaction (app/history/)
     BIG_TRIGGER = 7_245_005   # with hashtext(trigger id): one job per big trigger (app/dispatch/repository.py)
     CONSENT = 7_245_020       # with hashtext(user id): one writer of a user's consent ledger (app/consent/)
 
@@ -200,6 +200,25 @@ def transaction(conn):
         with contextlib.suppress(psycopg2.Error):
             conn.rollback()
         raise
+
+
+@contextlib.contextmanager
+def session_lock(conn, key):
+    """Yield whether the session-level advisory lock `key` was free (taken then, for the block).
+    Session-level: it outlives the commits of a long pass made of short transactions. Call it on
+    an idle connection; at the end an unfinished transaction is rolled back and the lock let go."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        got = cur.fetchone()[0]
+    conn.commit()
+    try:
+        yield got
+    finally:
+        if got:
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            conn.commit()
 
 
 @contextlib.contextmanager

@@ -31,8 +31,8 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
-from bench.inbox_data import (CLASSES, OLD_MONTH, Server, add_old_month, cache_prefix, cached_database, connect,
-                              describe)
+from bench.inbox_data import (CLASSES, OLD_MONTH, Server, add_old_month, cache_prefix, cached_database,
+                              compact_history, connect, describe)
 from bench.load import get_request, open_loop_main
 from bench.measure import log, machine, percentile, raise_nofile
 from bench.rig import SERVER_URL, Bench
@@ -429,14 +429,18 @@ def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None)
     return out
 
 
-def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, repeat=1, drop_partition=False):
-    """Everything: the cached database, its description, the plans, `repeat` runs per worker count
-    (with `drop_partition`, each run first gets an old month to drop, see inbox_data.add_old_month)."""
+def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, repeat=1, drop_partition=False,
+              compact=True):
+    """Everything: the cached database, its closed partitions compacted as the worker does (unless
+    not `compact`), its description, the plans, `repeat` runs per worker count (with
+    `drop_partition`, each run first gets an old month to drop, see inbox_data.add_old_month)."""
     server = Server(os.environ.get("DATABASE_URL", SERVER_URL))
     try:
         url, meta = cached_database(server, sizes, rebuild)
     finally:
         server.close()
+    if compact:
+        compact_history(url)
     report = {"sizes": sizes.__dict__, "meta": meta, "database": describe(url), "machine": machine()}
     report["plans"] = plans(url) if explain else []
     users = load_users(url)
@@ -445,7 +449,7 @@ def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, 
         for run in range(repeat):
             old = None
             if drop_partition:
-                rows, seconds = add_old_month(url, sizes)
+                rows, seconds = add_old_month(url, sizes, compact)
                 log(f"{OLD_MONTH}: {rows:,} old notifications below the loaded ones, attached in {seconds:.0f} s;"
                     " dropped a third into the run")
                 old = OLD_MONTH
@@ -479,7 +483,8 @@ def render(report):
     total = sum(r["bytes"] for r in rels)
     lines = [
         f"database: {sizes['notifications']:,} notifications of {sizes['users']:,} users, {gb(db['database_bytes'])} "
-        f"(table {gb(table['bytes'])} in {db.get('partitions', 1)} partition(s), {len(indexes)} indexes "
+        f"(table {gb(table['bytes'])} in {db.get('partitions', 1)} partition(s), {db.get('compacted', 0)} of them"
+        f" compacted, {len(indexes)} indexes "
         f"{gb(sum(r['bytes'] for r in indexes))}); built "
         f"{meta['built_at']} in {meta['build_seconds']} s"
         + (f", migrated forward {meta['migrated_forward']} (s)" if meta.get("migrated_forward") else ""),
@@ -557,6 +562,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count (medians reported)")
     parser.add_argument("--drop-partition", action="store_true",
                         help="add an old month below the loaded rows before each run, drop it a third into the run")
+    parser.add_argument("--no-compact", action="store_true",
+                        help="leave the closed partitions in time order (the worker compacts them: the shipped default)")
     parser.add_argument("--json", help="also write the whole report as JSON here")
     parser.add_argument("--app-dir", help="serve the code of this directory (another checkout) instead")
     args = parser.parse_args()
@@ -575,7 +582,7 @@ def main():
         return
     workers = () if args.explain_only else tuple(int(w) for w in args.workers.split(",") if w.strip())
     report = benchmark(sizes, workers, rebuild=args.rebuild, explain=not args.no_explain, app_dir=args.app_dir,
-                       repeat=args.repeat, drop_partition=args.drop_partition)
+                       repeat=args.repeat, drop_partition=args.drop_partition, compact=not args.no_compact)
     print(render(report))
     if args.json:
         with open(args.json, "w") as out:

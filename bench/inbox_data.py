@@ -424,6 +424,8 @@ def describe(url):
         cur.execute("SELECT value FROM bench_inbox_meta WHERE key = 'contents'")
         found = cur.fetchone()
         contents = found[0] if found else _contents(cur)
+        cur.execute("SELECT count(*) FROM history_compacted WHERE done_at IS NOT NULL AND rows > 0")
+        compacted = cur.fetchone()[0]
     conn.close()
     sizes, cached, partitions = collections.Counter(), {}, set()
     for relname, relid, size, path in leaves:
@@ -434,7 +436,7 @@ def describe(url):
             partitions.add(relid)
     rels = [{"name": name, "bytes": size, "cached": cached[name]} for name, size in sizes.most_common()]
     return dict(contents, database_bytes=db_bytes, shared_buffers=shared_buffers, relations=rels,
-                partitions=len(partitions), ram_bytes=_ram_bytes())
+                partitions=len(partitions), compacted=compacted, ram_bytes=_ram_bytes())
 
 
 def _contents(cur):
@@ -479,14 +481,15 @@ FROM (SELECT user_id, customer_id, type, count(*)::integer AS n FROM {} WHERE de
       AND read_at IS NULL GROUP BY 1, 2, 3) d"""
 
 
-def add_old_month(url, sizes):
+def add_old_month(url, sizes, compact=True):
     """A month of history older than the loaded year, for retention to drop under load, without
     touching the cached rows: every user's share of a month (a twelfth of their notifications,
     in time order) in a partition below the loaded ones, seq -span .. -1, filled as a plain table,
     then attached with its indexes built by the ATTACH (a CHECK of the range spares the scan), its
     unread notifications added to the counters (as the insert trigger would have), VACUUM
-    ANALYZEd and checkpointed. One left by an interrupted run is dropped first, by the service's own functions.
-    Returns (rows, seconds)."""
+    ANALYZEd and checkpointed; then compacted as the worker would have once it closed
+    (`compact_history`). One left by an interrupted run is dropped first, by the service's own
+    functions. Returns (rows, seconds)."""
     from psycopg2 import sql
     started = time.monotonic()
     span = month_span(sizes)
@@ -511,7 +514,37 @@ def add_old_month(url, sizes):
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
         rows = cur.fetchone()[0]
     conn.close()
+    if compact:
+        compact_history(url, [OLD_MONTH])
     return rows, time.monotonic() - started
+
+
+def compact_history(url, names=None):
+    """The closed partitions (or `names`) compacted as a worker's pass does (app/history/compaction.py,
+    the shipped default), each VACUUM ANALYZEd as autovacuum would soon after, then a CHECKPOINT;
+    returns {name: seconds}. A cached database keeps its compacted partitions."""
+    import psycopg2
+    from psycopg2 import sql
+    from app.history import compaction
+    conn = psycopg2.connect(url)
+    took = {}
+    try:
+        for name in names or compaction.pending(conn):
+            started = time.monotonic()
+            rows = compaction.compact(conn, name)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(name)))
+            conn.autocommit = False
+            took[name] = round(time.monotonic() - started, 1)
+            log(f"  {name}: {rows:,} notifications compacted in {took[name]:.0f} s")
+        if took:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("CHECKPOINT")
+    finally:
+        conn.close()
+    return took
 
 
 def _drop_old_month(conn):

@@ -31,7 +31,7 @@ import threading
 from rq import SimpleWorker
 
 from app import db
-from app.history import partitions as history_partitions, retention
+from app.history import compaction, partitions as history_partitions, retention
 from app.audit import anchor as audit_anchor, chain as audit_chain
 from app.deliveries import repository as deliveries
 from app.dispatch import repository as triggers
@@ -135,4 +135,5 @@ def start_relay(app, worker_key=None):
     threading.Thread(target=schedule.run, args=(app, stop), name="scheduler", daemon=True).start()
     threading.Thread(target=ack_callbacks.run, args=(app, stop), name="ack-callbacks", daemon=True).start()
     retention.schedule(app, stop)  # the periodic purge (app/history/retention.py), its own thread
+    compaction.schedule(app, stop)  # closed partitions rewritten in user order (app/history/compaction.py)
     return stop

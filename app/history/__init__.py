@@ -1,12 +1,14 @@
 """The notification history's life: partitions made ahead (partitions.py), the online conversion
-of an unpartitioned table (convert.py), retention (retention.py); `flask history` and `flask
-retention` for operators."""
+of an unpartitioned table (convert.py), closed partitions rewritten in user order (compaction.py),
+retention (retention.py); `flask history` and `flask retention` for operators."""
+import sys
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from .. import db
-from . import convert, partitions, retention
+from . import compaction, convert, partitions, retention
 
 group = AppGroup("history", help="The partitions of the notification history (docs/history.md).")
 
@@ -38,6 +40,19 @@ def partition_command(batch_size, keep_old):
         partitions.ensure(conn, current_app.config["HISTORY_PARTITION_ROWS"])
     click.echo("done: " + (", ".join(f"{table} {rows} rows copied" for table, rows in copied.items())
                            or "nothing to convert"))
+
+
+@group.command("compact")
+def compact_command():
+    """Rewrite every closed partition not compacted yet in user order, now, online (what each
+    worker does every HISTORY_COMPACT_INTERVAL_SECONDS)."""
+    done = compaction.compact_pending(current_app._get_current_object())
+    if done is None:
+        click.echo("a retention or compaction pass is running; try again later", err=True)
+        sys.exit(1)
+    for name, rows in done.items():
+        click.echo(f"{name}\t{rows}")
+    click.echo(f"{len(done)} partition(s) compacted")
 
 
 def init_app(app):

@@ -99,19 +99,10 @@ def purge_exclusive(app, **options):
     """`purge` unless another process is purging right now (then None). A long pass by design:
     free of the pool's statement timeout (app/db.py), each batch still its own short transaction."""
     with app.app_context(), db.connection() as conn, db.without_timeouts(conn):
-        with conn.cursor() as cur:  # a session-level lock: it outlives the commits of the batches
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (db.Locks.RETENTION,))
-            got = cur.fetchone()[0]
-        conn.commit()
-        if not got:
-            return None
-        try:
+        with db.session_lock(conn, db.Locks.RETENTION) as got:
+            if not got:
+                return None
             deleted = purge(conn, app.config["DOMAIN"], **options)
-        finally:
-            conn.rollback()
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (db.Locks.RETENTION,))
-            conn.commit()
     if any(deleted.values()):
         log.info("retention purge deleted %s", deleted)
     return deleted

@@ -13,21 +13,8 @@ from testkit.config_files import REPO_ROOT
 from testkit.identity import bearer
 from testkit.rows import insert_delivery, insert_notification, scalar
 
-DEFAULT_SPAN = 10_000_000      # the migration's and HISTORY_PARTITION_ROWS' default
+from .conftest import DEFAULT_SPAN
 OLD = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=800)
-
-
-@pytest.fixture
-def owner_conn(clean):
-    """A connection as the schema's owner (the release's and the operator's role), not autocommit;
-    afterwards partitions are made ahead of wherever the test left the sequence, for the next test."""
-    import psycopg2
-    from app.history import partitions
-    conn = psycopg2.connect(clean["MIGRATION_DATABASE_URL"])
-    yield conn
-    conn.rollback()
-    partitions.ensure(conn, DEFAULT_SPAN)
-    conn.close()
 
 
 def partition_of(db, notification_id):
@@ -118,7 +105,13 @@ def test_the_inbox_page_and_the_replay_read_the_newest_partition_only(app, db, o
     # newest first (the partitions ahead, empty, cost a probe each); the older rows are never read
     assert newer in _scanned(page) and older not in _scanned(page), json.dumps(page, indent=1)
     assert newer in _scanned(replay) and older not in _scanned(replay), json.dumps(replay, indent=1)
-    assert replay["Plans"][0]["Subplans Removed"] >= 1           # the older ones pruned at run time
+    assert _pruned(replay) >= 1, json.dumps(replay, indent=1)          # the older ones pruned at run time
+
+
+def _pruned(plan):
+    """Partitions the plan's Append nodes removed at run time (above them a Limit, and a Sort or not,
+    as the statistics of the day make it)."""
+    return plan.get("Subplans Removed", 0) + sum(_pruned(child) for child in plan.get("Plans", []))
 
 
 def _scanned(plan):
