@@ -321,19 +321,24 @@ def start_service(bench, workers, app_dir=None):
                             RATE_LIMITS_ENABLED="true")
 
 
-def _drop_partition(url, name, at, out):
+def _maintain(url, name, at, out, action="drop"):
     """At monotonic time `at`, drop partition `name` as retention does (app/history/partitions.py:
     `detach`, 50 ms lock_timeout and retried, then `finish_detached`: counters, dependents, DROP),
-    on a connection of its own as the owner; record when each step ran and how long it took."""
+    or compact it as a worker's pass does (app/history/compaction.py: copy, catch-up, swap), on a
+    connection of its own as the owner; record when each step ran and how long it took
+    (`step_end`: the end of the detach, or of the copy)."""
     import psycopg2
-    from app.history import partitions
+    from app.history import compaction, partitions
     try:
         conn = psycopg2.connect(url)
         time.sleep(max(0.0, at - time.monotonic()))
         out["start"] = time.monotonic()
-        out["detached"] = partitions.detach(conn, name)
-        out["detach_end"] = time.monotonic()
-        out["held"] = partitions.finish_detached(conn).get(name)
+        if action == "drop":
+            out["detached"] = partitions.detach(conn, name)
+            out["step_end"] = time.monotonic()
+            out["held"] = partitions.finish_detached(conn).get(name)
+        else:
+            out["held"] = compaction.compact(conn, name, after_copy=lambda: out.__setitem__("step_end", time.monotonic()))
         out["end"] = time.monotonic()
         conn.close()
     except Exception as exc:          # reported with the run's figures
@@ -342,24 +347,27 @@ def _drop_partition(url, name, at, out):
 
 
 def _drop_figures(drop, measured_from, done, rate):
-    """The drop's durations and the latency of the requests scheduled while it ran (and in the second after)."""
+    """The drop's (or compaction's) durations and the latency of the requests scheduled while it
+    ran (and in the second after)."""
     if "start" not in drop:
-        return {"error": drop.get("error", "the drop never started")}
+        return {"error": drop.get("error", "it never started")}
     first = max(0, int((drop["start"] - measured_from) * rate))
     last = int((drop["end"] - measured_from) * rate) + 1
     after = last + int(rate)
     window = [lat for lat, *_ in done[first:last]]
     return {"detached": drop.get("detached"), "held": drop.get("held"), "error": drop.get("error"),
             "at_s": drop["start"] - measured_from,
-            "detach_ms": (drop["detach_end"] - drop["start"]) * 1000 if "detach_end" in drop else None,
-            "finish_ms": (drop["end"] - drop["detach_end"]) * 1000 if "detach_end" in drop else None,
+            "action": drop["action"],
+            "detach_ms": (drop["step_end"] - drop["start"]) * 1000 if "step_end" in drop else None,
+            "finish_ms": (drop["end"] - drop["step_end"]) * 1000 if "step_end" in drop else None,
             "during": _summary(window),
             "second_after": _summary([lat for lat, *_ in done[last:after]])}
 
 
-def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None):
+def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None, action="drop"):
     """One run: a fresh gunicorn with `workers` web workers, the schedule, the figures; with
-    `drop_partition` (a partition's name), that partition is dropped a third into the measured run."""
+    `drop_partition` (a partition's name), that partition is dropped (or with `action` "compact",
+    compacted) a third into the measured run."""
     import multiprocessing
     import threading
     warmup = int(sizes.warmup * sizes.rate)
@@ -383,10 +391,10 @@ def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None)
         message = _receive(pipe, proc, 60)
         if message[0] != "measure":
             raise RuntimeError(f"load process: {message}")
-        measured_from, drop = time.monotonic(), {}    # ~ when the first measured request was due
+        measured_from, drop = time.monotonic(), {"action": action}   # ~ when the first measured request was due
         if drop_partition:
-            dropper = threading.Thread(target=_drop_partition, daemon=True, args=(
-                url, drop_partition, measured_from + sizes.seconds / 3, drop))
+            dropper = threading.Thread(target=_maintain, daemon=True, args=(
+                url, drop_partition, measured_from + sizes.seconds / 3, drop, action))
             dropper.start()
         web0, pg0, blocks0 = server.workers_cpu(), _backend_cpu(observer), _blocks(observer)
         ticks0, writes0 = _machine_ticks(), _backend_writes(observer)
@@ -399,7 +407,7 @@ def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None)
         load1 = os.getloadavg()[0]
         result = message[1]
         if drop_partition:
-            dropper.join(60)
+            dropper.join(sizes.seconds + 300)
     measured = requests[warmup:]
     done = [(lat, status, kind, cls) for (lat, status), (kind, cls, _) in zip(result["results"], measured)]
     ok = [lat for lat, status, _, _ in done if status == 200]
@@ -430,10 +438,11 @@ def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None)
 
 
 def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, repeat=1, drop_partition=False,
-              compact=True):
+              compact=True, compact_partition=False):
     """Everything: the cached database, its closed partitions compacted as the worker does (unless
     not `compact`), its description, the plans, `repeat` runs per worker count (with
-    `drop_partition`, each run first gets an old month to drop, see inbox_data.add_old_month)."""
+    `drop_partition`, each run first gets an old month to drop, see inbox_data.add_old_month; with
+    `compact_partition`, one left in time order, compacted during the run)."""
     server = Server(os.environ.get("DATABASE_URL", SERVER_URL))
     try:
         url, meta = cached_database(server, sizes, rebuild)
@@ -448,13 +457,14 @@ def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, 
     for count in workers:
         for run in range(repeat):
             old = None
-            if drop_partition:
-                rows, seconds = add_old_month(url, sizes, compact)
+            if drop_partition or compact_partition:
+                rows, seconds = add_old_month(url, sizes, compact and not compact_partition)
+                action = "compact" if compact_partition else "drop"
                 log(f"{OLD_MONTH}: {rows:,} old notifications below the loaded ones, attached in {seconds:.0f} s;"
-                    " dropped a third into the run")
+                    f" {action}ed a third into the run")
                 old = OLD_MONTH
             report["runs"].append(measure(url, users, sizes, count, seed=count + 100 * run, app_dir=app_dir,
-                                          drop_partition=old))
+                                          drop_partition=old, action="compact" if compact_partition else "drop"))
     return report
 
 
@@ -527,9 +537,11 @@ def render(report):
     for r in report["runs"]:
         if r.get("drop"):
             d = r["drop"]
+            steps = ("copy", "catch-up and swap") if d.get("action") == "compact" else ("detach", "finish")
             lines.append(
-                f"- partition drop ({r['workers']} worker(s)): " + (f"FAILED {d['error']}; " if d.get("error") else "")
-                + (f"at {d['at_s']:.1f} s, detach {ms(d['detach_ms'])} ms, finish {ms(d['finish_ms'])} ms "
+                f"- partition {d.get('action', 'drop')} ({r['workers']} worker(s)): "
+                + (f"FAILED {d['error']}; " if d.get("error") else "")
+                + (f"at {d['at_s']:.1f} s, {steps[0]} {ms(d['detach_ms'])} ms, {steps[1]} {ms(d['finish_ms'])} ms "
                    f"({d['held']:,} notifications); requests sent meanwhile: {d['during'].get('count', 0)}, "
                    f"p50 {ms(d['during'].get('p50_ms'))} / max {ms(d['during'].get('max_ms'))} ms; the second "
                    f"after: max {ms(d['second_after'].get('max_ms'))} ms; whole run max {ms(r['max_ms'])} ms, "
@@ -562,6 +574,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count (medians reported)")
     parser.add_argument("--drop-partition", action="store_true",
                         help="add an old month below the loaded rows before each run, drop it a third into the run")
+    parser.add_argument("--compact-partition", action="store_true",
+                        help="add an old month in time order before each run, compact it a third into the run")
     parser.add_argument("--no-compact", action="store_true",
                         help="leave the closed partitions in time order (the worker compacts them: the shipped default)")
     parser.add_argument("--json", help="also write the whole report as JSON here")
@@ -582,7 +596,8 @@ def main():
         return
     workers = () if args.explain_only else tuple(int(w) for w in args.workers.split(",") if w.strip())
     report = benchmark(sizes, workers, rebuild=args.rebuild, explain=not args.no_explain, app_dir=args.app_dir,
-                       repeat=args.repeat, drop_partition=args.drop_partition, compact=not args.no_compact)
+                       repeat=args.repeat, drop_partition=args.drop_partition, compact=not args.no_compact,
+                       compact_partition=args.compact_partition)
     print(render(report))
     if args.json:
         with open(args.json, "w") as out:

@@ -488,7 +488,7 @@ def add_old_month(url, sizes, compact=True):
     then attached with its indexes built by the ATTACH (a CHECK of the range spares the scan), its
     unread notifications added to the counters (as the insert trigger would have), VACUUM
     ANALYZEd and checkpointed; then compacted as the worker would have once it closed
-    (`compact_history`). One left by an interrupted run is dropped first, by the service's own
+    (`compact_history`), and its files taken out of the page cache (`_evict`). One left by an interrupted run is dropped first, by the service's own
     functions. Returns (rows, seconds)."""
     from psycopg2 import sql
     started = time.monotonic()
@@ -516,7 +516,28 @@ def add_old_month(url, sizes, compact=True):
     conn.close()
     if compact:
         compact_history(url, [OLD_MONTH])
+    _evict(url, OLD_MONTH)
     return rows, time.monotonic() - started
+
+
+def _evict(url, table):
+    """Take `table`'s files (heap and indexes, checkpointed: clean pages) out of the OS page cache,
+    as a month written a year ago would be; what they had pushed out stays out."""
+    conn = connect(url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_setting('data_directory')")
+        data_dir = cur.fetchone()[0]
+        cur.execute("SELECT pg_relation_filepath(c) FROM (SELECT %s::regclass AS c UNION ALL"
+                    " SELECT indexrelid::regclass FROM pg_index WHERE indrelid = %s::regclass) r", (table, table))
+        paths = [os.path.join(data_dir, row[0]) for row in cur.fetchall()]
+    conn.close()
+    for path in paths:
+        for segment in [path] + [f"{path}.{i}" for i in range(1, 1000) if os.path.exists(f"{path}.{i}")]:
+            fd = os.open(segment, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def compact_history(url, names=None):

@@ -53,7 +53,9 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     where, params = _scope(user_id, customer_id, customers, status, include_expired, ack,
                            not_expired="seq <> ALL((SELECT seqs FROM gone)::bigint[])")
     if offset == 0:   # the first page: its rows read straight through the index, in its order
-        page = f"page AS MATERIALIZED (SELECT {COLUMNS} FROM notifications WHERE {where} ORDER BY seq DESC LIMIT %(limit)s)"
+        page = (f"page AS MATERIALIZED (SELECT {COLUMNS} FROM notifications WHERE {where} ORDER BY seq DESC"
+                " LIMIT %(limit)s), seen AS MATERIALIZED (SELECT count(*) AS n,"
+                " count(*) FILTER (WHERE read_at IS NULL) AS unread FROM page)")
         rows_of_page = "page n"
     else:             # deeper: the skipped entries read from the index alone, then the page's rows
         page = (f"page AS MATERIALIZED (SELECT seq FROM notifications WHERE {where}"
@@ -63,7 +65,7 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
         execute_prepared(cur, "WITH gone AS MATERIALIZED (SELECT coalesce(array_agg(seq), '{}') AS seqs"
                               "   FROM notifications WHERE user_id = %(user_id)s"
                               f"   AND expires_at IS NOT NULL AND expires_at <= now()), {page}"
-                              f" SELECT c.total, c.unread, n.* FROM ({_counts(where, status)}) c"
+                              f" SELECT c.total, c.unread, n.* FROM ({_counts(where, status, offset == 0)}) c"
                               f" LEFT JOIN {rows_of_page} ON true ORDER BY n.seq DESC",
                          dict(params, limit=limit, offset=offset) if offset else dict(params, limit=limit))
         names = [column.name for column in cur.description][2:]
@@ -72,17 +74,30 @@ def list_inbox(conn, user_id, *, customer_id=None, customers=None, status="all",
     return items, rows[0][0], rows[0][1]
 
 
-def _counts(where, status):
+def _counts(where, status, first_page):
     """The filter's total and unread. Each count is a subquery of its own so that each is one
     index-only scan (total: an inbox index; unread: notifications_unread_counts); a single
     `count(*) FILTER (WHERE read_at IS NULL)` needs `read_at` of every row instead. A status
-    filter is already in `where`."""
+    filter is already in `where`.
+
+    A first page shorter than its limit holds every notification of the filter, so its own
+    counts (`seen`) are the filter's, in the same snapshot, and the scans are not run at all (an
+    InitPlan runs when its value is first needed, here in the ELSE only). That is most users'
+    inbox: the median user of the 50 M benchmark has 15 notifications, and the two scans read an
+    index leaf in every partition, ~26 of a request's ~45 pages (docs/inbox.md)."""
     total = f"(SELECT count(*) FROM notifications WHERE {where})"
-    if status == "unread":
-        return f"SELECT n AS total, n AS unread FROM {total} AS c (n)"
-    if status == "read":
-        return f"SELECT {total} AS total, 0 AS unread"
-    return f"SELECT {total} AS total, (SELECT count(*) FROM notifications WHERE {where} AND read_at IS NULL) AS unread"
+    unread = {"unread": None, "read": "0"}.get(status, f"(SELECT count(*) FROM notifications WHERE {where}"
+                                                       " AND read_at IS NULL)")
+    if first_page:
+        source = " FROM seen s"
+        total = f"CASE WHEN s.n < %(limit)s THEN s.n ELSE {total} END"
+        if unread and unread != "0":
+            unread = f"CASE WHEN s.n < %(limit)s THEN s.unread ELSE {unread} END"
+    else:
+        source = ""
+    if unread is None:   # status=unread: the total is the unread count, counted once
+        return f"SELECT n AS total, n AS unread FROM (SELECT {total}{source}) AS c (n)"
+    return f"SELECT {total} AS total, {unread} AS unread{source}"
 
 
 def visible(customers):

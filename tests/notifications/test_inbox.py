@@ -229,7 +229,9 @@ def test_every_filter_pages_and_counts_exactly_what_is_stored(client, db):
                             if (r["customer_id"] == customer if customer is not None
                                 else claim is None or r["customer_id"] is None or r["customer_id"] in claim)
                             and (status == "all" or (r["read_at"] is None) == (status == "unread"))]
-                for limit, offset in ((50, 0), (7, 0), (7, 14), (200, 0), (5, 1000)):
+                # a first page shorter than its limit counts itself: as long as the filter, one longer
+                for limit, offset in ((50, 0), (7, 0), (7, 14), (200, 0), (5, 1000),
+                                      (max(1, len(matching)), 0), (len(matching) + 1, 0)):
                     query = f"?status={status}&limit={limit}&offset={offset}"
                     if customer is not None:
                         query += f"&customer_id={customer}"
@@ -239,6 +241,36 @@ def test_every_filter_pages_and_counts_exactly_what_is_stored(client, db):
                     assert ids(r) == [str(row["id"]) for row in matching[offset:offset + limit]], (claim, query)
                     assert body["total"] == len(matching), (claim, query)
                     assert body["unread"] == sum(row["read_at"] is None for row in matching), (claim, query)
+
+
+def test_a_first_page_shorter_than_its_limit_is_its_own_count(app, db):
+    """Such a page holds every notification of the filter, so its counts are the page's own and the
+    count scans (an index leaf in every partition each) do not run at all; a full page runs them."""
+    import psycopg2
+    from app.notifications.repository import list_inbox
+    user_id = uuid.uuid4()
+    for i in range(5):
+        insert_notification(db, user_id, read_at="2024-01-16T00:00:00Z" if i % 2 else None)
+    conn = psycopg2.connect(app.config["DATABASE_URL"])
+
+    def scanned(limit):
+        """(total, unread, indexes the statement scanned), in a transaction of its own."""
+        try:
+            items, total, unread = list_inbox(conn, user_id, limit=limit)
+            with conn.cursor() as cur:
+                cur.execute("SELECT array_agg(relname::text) FROM pg_class WHERE relkind = 'i'"
+                            " AND pg_stat_get_xact_numscans(oid) > 0")
+                return total, unread, set(cur.fetchone()[0] or ())
+        finally:
+            conn.rollback()
+
+    try:
+        short, full = scanned(50), scanned(3)
+    finally:
+        conn.close()
+    assert short[:2] == full[:2] == (5, 3)
+    assert short[2] < full[2], (short, full)
+    assert any(name.endswith("user_id_customer_id_seq_idx") for name in full[2] - short[2])   # the total's
 
 
 # ---------------------------------------------------------------- get one
