@@ -33,6 +33,16 @@ class Blueprint(flask_smorest.Blueprint):
     def __init__(self, name, import_name, url_prefix=PREFIX, **kwargs):
         super().__init__(name, import_name, url_prefix=url_prefix, **kwargs)
 
+    def arguments(self, schema, *args, **kwargs):
+        """flask-smorest's, with a schema class made an instance once, here: webargs makes an
+        instance of a class on every request, and a marshmallow schema and its fields point at
+        each other, so each request left a cycle of ~36 objects to the garbage collector, whose
+        pass over them stalled the gevent worker (every request in it) 25-50 ms every ~7 s at 200
+        inbox requests/s (docs/performance.md). Loading with a shared instance keeps no state."""
+        if isinstance(schema, type):
+            schema = schema()
+        return super().arguments(schema, *args, **kwargs)
+
     def query(self, schema):
         """The query string's parameters as keyword arguments; one the schema does not name is a
         422 (webargs would drop it, and a misspelt filter would go unnoticed)."""
