@@ -388,7 +388,7 @@ def measure(url, users, sizes, workers, seed, app_dir=None, drop_partition=None,
         load0 = os.getloadavg()[0]
         proc.start()
         child.close()
-        message = _receive(pipe, proc, 60)
+        message = _receive(pipe, proc, sizes.warmup + 60)
         if message[0] != "measure":
             raise RuntimeError(f"load process: {message}")
         measured_from, drop = time.monotonic(), {"action": action}   # ~ when the first measured request was due
@@ -566,6 +566,7 @@ def main():
     parser.add_argument("--users", type=int)
     parser.add_argument("--rate", type=float, help="requests per second (200)")
     parser.add_argument("--seconds", type=float, help="measured seconds (30; --quick 15)")
+    parser.add_argument("--warmup", type=float, help="seconds of requests before the measured ones (5; --quick 3)")
     parser.add_argument("--workers", default="1,2", help="web worker counts to run, comma-separated")
     parser.add_argument("--rebuild", action="store_true", help="load the cached database again")
     parser.add_argument("--drop", action="store_true", help="remove the cached database of this size and exit")
@@ -584,7 +585,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # unwind: stop the servers
     raise_nofile()
     sizes = QUICK if args.quick else FULL
-    for field in ("notifications", "users", "rate", "seconds"):
+    for field in ("notifications", "users", "rate", "seconds", "warmup"):
         if getattr(args, field):
             sizes = replace(sizes, **{field: getattr(args, field)})
     if args.drop:
