@@ -459,9 +459,8 @@ def benchmark(sizes, workers=(1, 2), rebuild=False, explain=True, app_dir=None, 
             old = None
             if drop_partition or compact_partition:
                 rows, seconds = add_old_month(url, sizes, compact and not compact_partition)
-                action = "compact" if compact_partition else "drop"
                 log(f"{OLD_MONTH}: {rows:,} old notifications below the loaded ones, attached in {seconds:.0f} s;"
-                    f" {action}ed a third into the run")
+                    f" {'compacted' if compact_partition else 'dropped'} a third into the run")
                 old = OLD_MONTH
             report["runs"].append(measure(url, users, sizes, count, seed=count + 100 * run, app_dir=app_dir,
                                           drop_partition=old, action="compact" if compact_partition else "drop"))
