@@ -91,7 +91,7 @@ class QueueCollector:
             yield from (depth, lane_depth, failed, oldest)
         yield from _breaker_states(self.app)
         from .dispatch import repository
-        from .history import partitions
+        from .history import compaction, partitions
         lag = _from_database(repository.dispatch_lag)
         if lag is not None:
             yield GaugeMetricFamily("notif_dispatch_lag_seconds", "Seconds the oldest trigger due for dispatch "
@@ -101,6 +101,11 @@ class QueueCollector:
             yield GaugeMetricFamily("notif_history_seq_headroom", "Values of seq the history's partitions still "
                                     "take (docs/history.md): below HISTORY_PARTITION_ROWS, the workers are not "
                                     "making partitions ahead", value=headroom)
+        waiting = _from_database(compaction.backlog)
+        if waiting is not None:
+            yield GaugeMetricFamily("notif_history_uncompacted_partitions", "Closed partitions of the history "
+                                    "not yet rewritten in user order (docs/history.md): more than one for long, "
+                                    "no worker is compacting", value=waiting)
 
 
 def _breaker_states(app):

@@ -46,6 +46,14 @@ def pending(conn):
     return [name for name in reversed(closed) if name not in done]
 
 
+def backlog(conn):
+    """How many closed partitions wait for a compaction (None: the history is not partitioned)."""
+    if not partitions.partitioned(conn):
+        return None
+    conn.commit()
+    return len(pending(conn))
+
+
 def _retrying(conn, statement, params, attempts, pause):
     """Run `statement` in its own transaction, again after `pause` while its lock is not to be had."""
     for _ in range(attempts):

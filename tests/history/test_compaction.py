@@ -187,3 +187,20 @@ def test_operators_compact_from_the_command_line(app, db, owner_conn):
     assert max(_pages(owner_conn, part, user) for user in users) < PER_USER // 2
     again = runner.invoke(args=["history", "compact"])
     assert again.exit_code == 0 and again.output == "0 partition(s) compacted\n"
+
+
+def test_the_metrics_show_the_partitions_waiting_for_a_compaction(make_app, db, owner_conn):
+    """`notif_history_uncompacted_partitions`: the closed partitions no pass has compacted yet, 0
+    once one has run."""
+    from app.history import compaction
+    app = make_app()
+    part = _interleaved_closed_partition(db, owner_conn, [uuid.uuid4()])
+    client = app.test_client()
+
+    def waiting():
+        for line in client.get("/metrics").get_data(as_text=True).splitlines():
+            if line.startswith("notif_history_uncompacted_partitions "):
+                return float(line.split()[1])
+    assert waiting() >= 1
+    assert part in compaction.compact_pending(app)
+    assert waiting() == 0
