@@ -17,7 +17,11 @@ CREATE TABLE history_compacted (
     done_at    timestamptz
 );
 
--- The `seq` of every row updated or deleted in the partition being compacted, since it began.
+-- The `seq` of every row inserted, updated or deleted in the partition being compacted since it
+-- began. Inserted too: a partition is closed once the sequence has passed its range, but a
+-- transaction that took a value of it may still be storing its rows (a chunk of a bulk trigger
+-- straddles the boundary); creating the trigger waits for it (SHARE ROW EXCLUSIVE against its
+-- ROW EXCLUSIVE), so each such row is in the copy's snapshot or in the log.
 -- One compaction runs at a time (app/history/compaction.py takes db.Locks.RETENTION).
 CREATE TABLE history_compact_changes (
     id  bigserial PRIMARY KEY,
@@ -27,7 +31,7 @@ CREATE TABLE history_compact_changes (
 CREATE FUNCTION history_compact_log() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = public, pg_temp AS $$
 BEGIN
-    INSERT INTO history_compact_changes (seq) VALUES (OLD.seq);
+    INSERT INTO history_compact_changes (seq) VALUES (CASE TG_OP WHEN 'DELETE' THEN OLD.seq ELSE NEW.seq END);
     RETURN NULL;
 END;
 $$;
@@ -70,7 +74,7 @@ BEGIN
                    ' INCLUDING STORAGE INCLUDING COMPRESSION)', sorted);
     EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (seq >= %s AND seq < %s)', sorted,
                    part_name || '_range', bounds.lo, bounds.hi);
-    EXECUTE format('CREATE TRIGGER history_compact_log AFTER UPDATE OR DELETE ON %s'
+    EXECUTE format('CREATE TRIGGER history_compact_log AFTER INSERT OR UPDATE OR DELETE ON %s'
                    ' FOR EACH ROW EXECUTE FUNCTION history_compact_log()', part);
     RETURN true;
 END;

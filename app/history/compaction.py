@@ -7,7 +7,8 @@ updates (read, acked, deleted) from then on; rewritten sorted by (user_id, seq) 
 month sits on one or two pages.
 
 The rewrite is online: the copy and its indexes are built while the partition serves (only
-read), the updates made meanwhile are logged by a row trigger and written to the copy again, and
+read), the rows changed meanwhile (updated, deleted, or stored late by a transaction that took
+its `seq` before the sequence moved on) are logged by a row trigger and written to the copy again, and
 a swap of a few milliseconds — the DETACH's ACCESS EXCLUSIVE lock on `notifications`, waited for
 at most 50 ms and tried again later, as retention's detach is — puts the copy in the
 partition's place. A process dying at any step leaves the partition as it was (or swapped and

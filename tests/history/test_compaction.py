@@ -67,7 +67,8 @@ def _indexes(db, table):
 def test_a_closed_partition_is_rewritten_in_user_order_while_it_serves(app, db, owner_conn, clean):
     """Each user's rows of the month end up together (a page of the inbox reads a few heap pages,
     not one per notification), every row as it is at the swap — the read and the delete made
-    through the API during the copy included — under the partition's and its indexes' names."""
+    through the API during the copy included, and a row stored late — under the partition's and
+    its indexes' names."""
     from app.history import compaction
     users = [uuid.uuid4() for _ in range(10)]      # more than a heap page holds of them
     part = _interleaved_closed_partition(db, owner_conn, users)
@@ -80,18 +81,23 @@ def test_a_closed_partition_is_rewritten_in_user_order_while_it_serves(app, db, 
     gone_id = inbox_before["items"][-1]["id"]
     expected = {}
 
+    lo = [p for p in listing(owner_conn) if p[0] == part][0][1]
+
     def during_copy():
         assert client.patch(f"/v1/notifications/{unread_id}/read", json={},
                             headers=bearer(users[1])).status_code == 200
         assert client.delete(f"/v1/notifications/{gone_id}", headers=bearer(users[1])).status_code == 204
+        # a row stored late: its transaction took a `seq` of the range before the sequence moved on
+        expected["late"] = insert_notification(db, users[2], seq=lo + 100_000)
         expected["rows"] = _state(db)
         expected["inbox"] = [client.get("/v1/notifications?limit=100", headers=bearer(u)).get_json() for u in users]
 
     with service_connection(clean) as conn:           # the requests during the copy have their own
         assert compaction.pending(conn)[0] == part          # newest first
-        assert compaction.compact(conn, part, after_copy=during_copy) == PER_USER * len(users)
+        assert compaction.compact(conn, part, after_copy=during_copy) == PER_USER * len(users)   # copied
 
     assert _state(db) == expected["rows"]
+    assert expected["late"]["id"] in [r["id"] for r in expected["rows"]]
     assert [client.get("/v1/notifications?limit=100", headers=bearer(u)).get_json() for u in users] == expected["inbox"]
     assert [n["id"] for n in expected["inbox"][1]["items"]].count(gone_id) == 0
     after_pages = [_pages(owner_conn, part, user) for user in users]
