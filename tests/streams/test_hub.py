@@ -61,16 +61,16 @@ def sealed(channel, rest):
 
 def forged_messages(channel, other_channel):
     """(label, bytes) of every shape the hub must drop, for one user's channel."""
-    injection = (b'd|||{"title":"' + FORGED_TITLE.encode() + b'"}\nid: 99999999\nevent: reset\n'
-                 b'data: {"cursor":99999999}')
-    genuine_elsewhere = sealed(other_channel, b'n|99999999||{"title":"' + FORGED_TITLE.encode() + b'"}')
+    injection = (b'd|||{"title":"' + FORGED_TITLE.encode() + b'"}\nid: 900000000000000000\nevent: reset\n'
+                 b'data: {"cursor":900000000000000000}')
+    genuine_elsewhere = sealed(other_channel, b'n|900000000000000000||{"title":"' + FORGED_TITLE.encode() + b'"}')
     return [
         # not sealed by the service
         ("the issue's injection", injection),
-        ("old format, well formed", b'n|99999999||{"title":"' + FORGED_TITLE.encode() + b'"}'),
-        ("a made-up seal", b"0" * 32 + b'|n|99999999||{"title":"' + FORGED_TITLE.encode() + b'"}'),
+        ("old format, well formed", b'n|900000000000000000||{"title":"' + FORGED_TITLE.encode() + b'"}'),
+        ("a made-up seal", b"0" * 32 + b'|n|900000000000000000||{"title":"' + FORGED_TITLE.encode() + b'"}'),
         ("another user's message", genuine_elsewhere),
-        ("altered after sealing", sealed(channel, b'n|5||{"title":"x"}').replace(b"|5|", b"|99999999|")),
+        ("altered after sealing", sealed(channel, b'n|5||{"title":"x"}').replace(b"|5|", b"|900000000000000000|")),
         ("binary", os.urandom(300)),
         ("empty", b""),
         ("huge", b"d|||" + b"x" * (MAX_MESSAGE + 1)),
@@ -79,12 +79,12 @@ def forged_messages(channel, other_channel):
         ("cursor not a number", sealed(channel, b'n|abc||{"title":"x"}')),
         ("negative cursor", sealed(channel, b'n|-5||{"title":"x"}')),
         ("cursor beyond bigint", sealed(channel, b'n|99999999999999999999||{"title":"x"}')),
-        ("cursor on a direct push", sealed(channel, b'd|99999999||{"title":"x"}')),
+        ("cursor on a direct push", sealed(channel, b'd|900000000000000000||{"title":"x"}')),
         ("customer not a UUID", sealed(channel, b'n|7|A|B|{"title":"x"}')),
-        ("event not allowed", sealed(channel, b'e|reset|*|{"cursor":99999999}')),
+        ("event not allowed", sealed(channel, b'e|reset|*|{"cursor":900000000000000000}')),
         ("read for every stream", sealed(channel, b'e|read|*|{"ids":[]}')),
         ("unread for one customer", sealed(channel, b'e|unread|' + CUSTOMER.encode() + b'|{"unread":9}')),
-        ("line break in the body", sealed(channel, b'd|||{"title":"x"}\nid: 99999999')),
+        ("line break in the body", sealed(channel, b'd|||{"title":"x"}\nid: 900000000000000000')),
         ("carriage return in the body", sealed(channel, b'd|||{"title":"x"}\revent: reset')),
         ("JSON whitespace line break", sealed(channel, b'd|||{"title":\n"x"}')),
         ("not JSON", sealed(channel, b"d|||title=x")),
@@ -138,11 +138,11 @@ def test_forged_and_malformed_messages_never_reach_a_stream(services, clean, rds
         trigger(web, users, title="Real", customer_id=CUSTOMER, **IN_APP)
         for user_id, stream in opened:
             (event,) = stream.wait_events(1, timeout=20)
-            assert event.json()["title"] == "Real" and int(event.id) < 99999999
+            assert event.json()["title"] == "Real" and int(event.id) < 900000000000000000
             stream.wait_named("unread", 2)
         for user_id, stream in opened:
             raw = bytes(stream.raw)
-            assert b"99999999" not in raw and FORGED_TITLE.encode() not in raw, raw[-2000:]
+            assert b"900000000000000000" not in raw and FORGED_TITLE.encode() not in raw, raw[-2000:]
             assert b"event: reset" not in raw and stream.named("reset") == []
             assert [e.json()["title"] for e in stream.events] == ["Real"]
             assert {e.event for e in stream.all_events} == {None, "unread"}
